@@ -18,8 +18,17 @@ pub struct Capture {
 impl Capture {
     /// An empty capture that keeps at most `limit` bytes (0 means [`DEFAULT_CAPTURE_LIMIT`]).
     pub fn new(limit: usize) -> Self {
-        let limit = if limit == 0 { DEFAULT_CAPTURE_LIMIT } else { limit };
-        Self { kept: Vec::new(), limit, total: 0, truncated: false }
+        let limit = if limit == 0 {
+            DEFAULT_CAPTURE_LIMIT
+        } else {
+            limit
+        };
+        Self {
+            kept: Vec::new(),
+            limit,
+            total: 0,
+            truncated: false,
+        }
     }
 
     /// A capture holding `bytes` as if they had streamed through a capture of `limit`.

@@ -7,3 +7,6 @@ pub mod record;
 
 pub use capture::Capture;
 pub use record::{Exchange, HealthProbe};
+pub mod json;
+pub mod parse;
+pub mod value;
