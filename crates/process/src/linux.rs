@@ -1,0 +1,265 @@
+//! Linux: the process tree and its LISTEN sockets from `/proc`.
+//!
+//! One poll reads `/proc/<pid>/stat` of every process (for ppid and pgid), builds the tree from the
+//! parent links plus every member of the child's process group (which catches servers whose launcher
+//! forked and exited: they are re-parented to init or a subreaper but keep the process group), then
+//! collects socket inodes from `/proc/<pid>/fd` and matches them against `/proc/<pid>/net/tcp{,6}`
+//! entries in state `0A` (LISTEN), read once per network namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::ports::MAX_TREE_PIDS;
+
+/// The fields of `/proc/<pid>/stat` the tree walk needs.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    pid: u32,
+    ppid: u32,
+    pgid: u32,
+    zombie: bool,
+}
+
+/// Read the leading fields of `/proc/<pid>/stat` into `buf` and parse them.
+fn read_stat(pid: u32, buf: &mut [u8; 512]) -> Option<ProcStat> {
+    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    // The fields we need come right after comm (at most 64 bytes), so one short read is enough.
+    let n = file.read(buf).ok()?;
+    parse_stat(pid, &buf[..n])
+}
+
+/// Parse `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses, so split at the last `)`.
+fn parse_stat(pid: u32, line: &[u8]) -> Option<ProcStat> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(line.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        ppid,
+        pgid,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+/// Every process currently visible in `/proc`.
+fn all_stats() -> io::Result<Vec<ProcStat>> {
+    let mut buf = [0u8; 512];
+    let mut out = Vec::with_capacity(256);
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may vanish between readdir and open; that is not an error.
+        if let Some(stat) = read_stat(pid, &mut buf) {
+            out.push(stat);
+        }
+    }
+    Ok(out)
+}
+
+/// True if some non-zombie process has process-group id `pgid`.
+pub(crate) fn group_has_live_member(pgid: u32) -> io::Result<bool> {
+    Ok(all_stats()?.iter().any(|s| s.pgid == pgid && !s.zombie))
+}
+
+/// The pids of the tree rooted at `root`, plus members of process group `group` and their descendants.
+///
+/// Breadth-first, deduplicated, at most [`MAX_TREE_PIDS`]. Zombies are skipped (they hold no sockets).
+pub(crate) fn tree_pids(root: u32, group: Option<u32>) -> io::Result<Vec<u32>> {
+    let stats = all_stats()?;
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for s in &stats {
+        children.entry(s.ppid).or_default().push(s.pid);
+    }
+    let zombies: HashSet<u32> = stats.iter().filter(|s| s.zombie).map(|s| s.pid).collect();
+    let mut queue: Vec<u32> = Vec::new();
+    if stats.iter().any(|s| s.pid == root) {
+        queue.push(root);
+    }
+    if let Some(g) = group {
+        queue.extend(stats.iter().filter(|s| s.pgid == g && s.pid != root).map(|s| s.pid));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < queue.len() && out.len() < MAX_TREE_PIDS {
+        let pid = queue[i];
+        i += 1;
+        if !seen.insert(pid) {
+            continue;
+        }
+        if !zombies.contains(&pid) {
+            out.push(pid);
+        }
+        if let Some(kids) = children.get(&pid) {
+            queue.extend(kids.iter().copied());
+        }
+    }
+    Ok(out)
+}
+
+/// Socket inodes held open by `pid` (via `/proc/<pid>/fd/*` links of the form `socket:[N]`).
+fn socket_inodes(pid: u32, into: &mut HashSet<u64>) {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    // Permission errors (another user's process) and races with exit are ignored: other pids may still answer.
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if let Some(inode) = parse_socket_link(target.as_os_str().as_encoded_bytes()) {
+            into.insert(inode);
+        }
+    }
+}
+
+fn parse_socket_link(link: &[u8]) -> Option<u64> {
+    let inner = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(inner).ok()?.parse().ok()
+}
+
+/// The network namespace of `pid`, as the inode in the `/proc/<pid>/ns/net` link.
+fn netns_of(pid: u32) -> Option<std::ffi::OsString> {
+    fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|p| p.into_os_string())
+}
+
+/// LISTEN entries (inode → bound address) from a `/proc/<pid>/net/tcp` or `tcp6` table.
+fn parse_listen_table(text: &str, into: &mut HashMap<u64, SocketAddr>) {
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(_sl), Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if state != "0A" {
+            continue;
+        }
+        // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then inode.
+        let Some(inode) = fields.nth(5).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if let Some(addr) = parse_hex_addr(local) {
+            into.insert(inode, addr);
+        }
+    }
+}
+
+/// Parse `0100007F:1F90` / 32-hex-digit IPv6 forms. The kernel prints each 32-bit word of the address in
+/// host byte order, so converting each word back with `to_ne_bytes` recovers network order on any CPU.
+fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
+    let (ip_hex, port_hex) = s.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let ip = match ip_hex.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip_hex, 16).ok()?.to_ne_bytes())),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                let word = u32::from_str_radix(ip_hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Every TCP LISTEN socket held by one of `pids`, as (bound address, owning pid), sorted and deduplicated.
+pub(crate) fn listeners_of(pids: &[u32]) -> Vec<(SocketAddr, u32)> {
+    let mut per_pid: Vec<(u32, HashSet<u64>)> = Vec::new();
+    for &pid in pids {
+        let mut inodes = HashSet::new();
+        socket_inodes(pid, &mut inodes);
+        if !inodes.is_empty() {
+            per_pid.push((pid, inodes));
+        }
+    }
+    if per_pid.is_empty() {
+        return Vec::new();
+    }
+    // The tables are per network namespace; read them once for each namespace the sockets live in.
+    let mut tables: HashMap<Option<std::ffi::OsString>, HashMap<u64, SocketAddr>> = HashMap::new();
+    let mut out = Vec::new();
+    for (pid, inodes) in &per_pid {
+        let ns = netns_of(*pid);
+        let table = tables.entry(ns).or_insert_with(|| {
+            let mut t = HashMap::new();
+            for name in ["tcp", "tcp6"] {
+                if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{name}")) {
+                    parse_listen_table(&text, &mut t);
+                }
+            }
+            t
+        });
+        for inode in inodes {
+            if let Some(addr) = table.get(inode) {
+                if addr.port() > 0 {
+                    out.push((*addr, *pid));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup_by_key(|(addr, _)| *addr);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_parens_and_spaces_in_comm() {
+        let s = parse_stat(42, b"42 (a) b (c)) S 7 42 7 0 -1").unwrap();
+        assert_eq!((s.ppid, s.pgid, s.zombie), (7, 42, false));
+        let z = parse_stat(5, b"5 (x) Z 1 5 5").unwrap();
+        assert!(z.zombie);
+        assert!(parse_stat(5, b"5 (x").is_none());
+    }
+
+    #[test]
+    fn hex_addresses() {
+        if cfg!(target_endian = "little") {
+            assert_eq!(parse_hex_addr("0100007F:1F90").unwrap(), "127.0.0.1:8080".parse().unwrap());
+            assert_eq!(
+                parse_hex_addr("00000000000000000000000001000000:0050").unwrap(),
+                "[::1]:80".parse().unwrap()
+            );
+            assert_eq!(
+                parse_hex_addr("0000000000000000FFFF00000100007F:0050").unwrap(),
+                "[::ffff:127.0.0.1]:80".parse().unwrap()
+            );
+        }
+        assert!(parse_hex_addr("zz:1").is_none());
+        assert!(parse_hex_addr("0100007F").is_none());
+    }
+
+    #[test]
+    fn listen_table_keeps_only_state_0a() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F91 0100007F:D000 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 100 0 0 10 0\n";
+        let mut t = HashMap::new();
+        parse_listen_table(text, &mut t);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[&111].port(), 8080);
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link(b"socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link(b"pipe:[12345]"), None);
+        assert_eq!(parse_socket_link(b"/dev/null"), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! Listening-port discovery over a child's process tree, and the choice of the address to proxy to.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// At most this many pids are inspected per poll (the original's bound; a runaway fork bomb stays cheap).
+pub const MAX_TREE_PIDS: usize = 256;
+
+/// Default interval between two looks at the process tree.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Default time to wait for a listening port before giving up.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One TCP socket in LISTEN state found in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listener {
+    /// The address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`, `::1`, ...).
+    pub addr: SocketAddr,
+    /// The pid holding the socket (one of them, if several share it).
+    pub pid: u32,
+}
+
+/// Every TCP LISTEN socket (IPv4 and IPv6) held by `root_pid`, its descendants, and — when `root_pid` leads
+/// a process group — every member of that group and their descendants. Sorted by address, deduplicated.
+pub fn listening_ports(root_pid: u32) -> io::Result<Vec<Listener>> {
+    platform::listeners(root_pid, Some(root_pid))
+}
+
+/// Pick the address to connect to: the lowest port other than `exclude_port`, and on that port the bound
+/// address a local client can reach, preferring IPv4 (wildcards map to loopback of the same family).
+pub fn connect_addr(listeners: &[Listener], exclude_port: Option<u16>) -> Option<SocketAddr> {
+    let port = listeners
+        .iter()
+        .map(|l| l.addr.port())
+        .filter(|&p| p != 0 && Some(p) != exclude_port)
+        .min()?;
+    listeners
+        .iter()
+        .filter(|l| l.addr.port() == port)
+        .map(|l| reachable(l.addr))
+        .min_by_key(|a| preference(*a))
+}
+
+/// Map a bound address to one a client on this host can connect to.
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        // `::` accepts on ::1 whether or not it is dual-stack, so ::1 is always right.
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        other => other,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// Lower is better: IPv4 loopback, IPv6 loopback, then specific addresses (IPv4 first).
+fn preference(addr: SocketAddr) -> u8 {
+    match addr.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => 0,
+        IpAddr::V6(v6) if v6.is_loopback() => 1,
+        IpAddr::V4(_) => 2,
+        IpAddr::V6(_) => 3,
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) mod platform {
+    use super::Listener;
+    use std::io;
+
+    /// Listeners of the tree rooted at `root`, extended with process group `group`.
+    pub(crate) fn listeners(root: u32, group: Option<u32>) -> io::Result<Vec<Listener>> {
+        let pids = crate::linux::tree_pids(root, group)?;
+        Ok(crate::linux::listeners_of(&pids)
+            .into_iter()
+            .map(|(addr, pid)| Listener { addr, pid })
+            .collect())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) mod platform {
+    use super::Listener;
+    use std::io;
+
+    /// Port discovery is implemented for Linux only; see the crate README.
+    pub(crate) fn listeners(_root: u32, _group: Option<u32>) -> io::Result<Vec<Listener>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "listening-port discovery is only implemented on Linux; set APP_PORT",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(s: &str) -> Listener {
+        Listener {
+            addr: s.parse().unwrap(),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn lowest_port_wins_and_exclusion_applies() {
+        let ls = [l("0.0.0.0:9000"), l("127.0.0.1:8081"), l("0.0.0.0:8500")];
+        assert_eq!(connect_addr(&ls, None), Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(connect_addr(&ls, Some(8081)), Some("127.0.0.1:8500".parse().unwrap()));
+        assert_eq!(connect_addr(&[l("0.0.0.0:8081")], Some(8081)), None);
+        assert_eq!(connect_addr(&[], None), None);
+    }
+
+    #[test]
+    fn family_and_address_follow_the_binding() {
+        assert_eq!(connect_addr(&[l("[::1]:7000")], None), Some("[::1]:7000".parse().unwrap()));
+        assert_eq!(connect_addr(&[l("[::]:7000")], None), Some("[::1]:7000".parse().unwrap()));
+        assert_eq!(
+            connect_addr(&[l("[::]:7000"), l("0.0.0.0:7000")], None),
+            Some("127.0.0.1:7000".parse().unwrap())
+        );
+        assert_eq!(
+            connect_addr(&[l("10.1.2.3:7000")], None),
+            Some("10.1.2.3:7000".parse().unwrap())
+        );
+        assert_eq!(
+            connect_addr(&[l("[::ffff:127.0.0.1]:7000")], None),
+            Some("127.0.0.1:7000".parse().unwrap())
+        );
+        assert_eq!(
+            connect_addr(&[l("10.1.2.3:7000"), l("[::1]:7000")], None),
+            Some("[::1]:7000".parse().unwrap())
+        );
+    }
+}
