@@ -226,7 +226,11 @@ impl fmt::Debug for Child {
 
 impl Child {
     /// Start `command` (resolved via `PATH`) with `args`, in a new process group whose id is the child's pid.
-    pub fn spawn(command: &OsStr, args: &[OsString], opts: &SpawnOptions) -> Result<Child, SpawnError> {
+    pub fn spawn(
+        command: &OsStr,
+        args: &[OsString],
+        opts: &SpawnOptions,
+    ) -> Result<Child, SpawnError> {
         let display = command.to_string_lossy().trim().to_owned();
         if display.is_empty() {
             return Err(SpawnError::EmptyCommand);
@@ -326,7 +330,11 @@ impl Child {
     ///
     /// Returns when the direct child is reaped and no live process is left in its group, so nothing the
     /// child started in its group (background jobs, launcher-forked servers) outlives the call.
-    pub async fn stop_with(&mut self, first: Signal, grace: Duration) -> Result<ExitStatus, StopError> {
+    pub async fn stop_with(
+        &mut self,
+        first: Signal,
+        grace: Duration,
+    ) -> Result<ExitStatus, StopError> {
         let group = self.group();
         let deadline = Instant::now() + grace;
         if self.status.is_none() || group.is_alive() {

@@ -65,7 +65,10 @@ pub enum DetectError {
 /// server whose launcher forked and exited is found although it was re-parented away). The lowest port other
 /// than `opts.exclude_port` wins; see [`connect_addr`] for the address. A child that exits non-zero or by a
 /// signal fails at once; one that exits 0 fails only when nothing it started is left in its group.
-pub async fn wait_for_listen_port(child: &mut Child, opts: &DetectOptions) -> Result<SocketAddr, DetectError> {
+pub async fn wait_for_listen_port(
+    child: &mut Child,
+    opts: &DetectOptions,
+) -> Result<SocketAddr, DetectError> {
     let deadline = Instant::now() + opts.timeout;
     let pid = child.pid();
     loop {
@@ -96,7 +99,10 @@ pub async fn wait_for_listen_port(child: &mut Child, opts: &DetectOptions) -> Re
             });
         }
         // A zero interval would spin; one millisecond keeps a misconfiguration from eating a core.
-        let nap = opts.poll_interval.max(Duration::from_millis(1)).min(deadline - now);
+        let nap = opts
+            .poll_interval
+            .max(Duration::from_millis(1))
+            .min(deadline - now);
         if exited.is_some() {
             sleep(nap).await;
         } else {

@@ -23,13 +23,16 @@ mod ready;
 mod signals;
 
 #[cfg(unix)]
-pub use child::{Child, ExitStatus, ProcessGroup, SpawnError, SpawnOptions, Stdio, StopError, KILL_WAIT};
+pub use child::{
+    Child, ExitStatus, ProcessGroup, SpawnError, SpawnOptions, Stdio, StopError, KILL_WAIT,
+};
 #[cfg(unix)]
 pub use detect::{wait_for_listen_port, DetectError, DetectOptions};
 #[cfg(unix)]
 pub use nix::sys::signal::Signal;
 pub use ports::{
-    connect_addr, listening_ports, Listener, DEFAULT_DETECT_TIMEOUT, DEFAULT_POLL_INTERVAL, MAX_TREE_PIDS,
+    connect_addr, listening_ports, Listener, DEFAULT_DETECT_TIMEOUT, DEFAULT_POLL_INTERVAL,
+    MAX_TREE_PIDS,
 };
 pub use ready::{wait_tcp_ready, ReadyError};
 #[cfg(unix)]

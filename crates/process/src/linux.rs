@@ -85,7 +85,12 @@ pub(crate) fn tree_pids(root: u32, group: Option<u32>) -> io::Result<Vec<u32>> {
         queue.push(root);
     }
     if let Some(g) = group {
-        queue.extend(stats.iter().filter(|s| s.pgid == g && s.pid != root).map(|s| s.pid));
+        queue.extend(
+            stats
+                .iter()
+                .filter(|s| s.pgid == g && s.pid != root)
+                .map(|s| s.pid),
+        );
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -163,7 +168,9 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
     let (ip_hex, port_hex) = s.split_once(':')?;
     let port = u16::from_str_radix(port_hex, 16).ok()?;
     let ip = match ip_hex.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip_hex, 16).ok()?.to_ne_bytes())),
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip_hex, 16).ok()?.to_ne_bytes(),
+        )),
         32 => {
             let mut bytes = [0u8; 16];
             for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
@@ -233,7 +240,10 @@ mod tests {
     #[test]
     fn hex_addresses() {
         if cfg!(target_endian = "little") {
-            assert_eq!(parse_hex_addr("0100007F:1F90").unwrap(), "127.0.0.1:8080".parse().unwrap());
+            assert_eq!(
+                parse_hex_addr("0100007F:1F90").unwrap(),
+                "127.0.0.1:8080".parse().unwrap()
+            );
             assert_eq!(
                 parse_hex_addr("00000000000000000000000001000000:0050").unwrap(),
                 "[::1]:80".parse().unwrap()

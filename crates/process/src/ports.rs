@@ -112,16 +112,28 @@ mod tests {
     #[test]
     fn lowest_port_wins_and_exclusion_applies() {
         let ls = [l("0.0.0.0:9000"), l("127.0.0.1:8081"), l("0.0.0.0:8500")];
-        assert_eq!(connect_addr(&ls, None), Some("127.0.0.1:8081".parse().unwrap()));
-        assert_eq!(connect_addr(&ls, Some(8081)), Some("127.0.0.1:8500".parse().unwrap()));
+        assert_eq!(
+            connect_addr(&ls, None),
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        assert_eq!(
+            connect_addr(&ls, Some(8081)),
+            Some("127.0.0.1:8500".parse().unwrap())
+        );
         assert_eq!(connect_addr(&[l("0.0.0.0:8081")], Some(8081)), None);
         assert_eq!(connect_addr(&[], None), None);
     }
 
     #[test]
     fn family_and_address_follow_the_binding() {
-        assert_eq!(connect_addr(&[l("[::1]:7000")], None), Some("[::1]:7000".parse().unwrap()));
-        assert_eq!(connect_addr(&[l("[::]:7000")], None), Some("[::1]:7000".parse().unwrap()));
+        assert_eq!(
+            connect_addr(&[l("[::1]:7000")], None),
+            Some("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(
+            connect_addr(&[l("[::]:7000")], None),
+            Some("[::1]:7000".parse().unwrap())
+        );
         assert_eq!(
             connect_addr(&[l("[::]:7000"), l("0.0.0.0:7000")], None),
             Some("127.0.0.1:7000".parse().unwrap())

@@ -42,7 +42,11 @@ async fn child_listening_through_sh_c() {
     assert_eq!(addr, v4(ports[0]), "0.0.0.0 maps to 127.0.0.1");
     let found = listening_ports(child.pid()).unwrap();
     assert_eq!(found.len(), 1);
-    assert_ne!(found[0].pid, child.pid(), "listener is the python grandchild, not sh");
+    assert_ne!(
+        found[0].pid,
+        child.pid(),
+        "listener is the python grandchild, not sh"
+    );
     assert_eq!(ppid_of(found[0].pid), Some(child.pid()));
     child.stop(Duration::from_secs(2)).await.unwrap();
     assert_eq!(group_gone(child.pid()).await, Vec::<u32>::new());
@@ -51,16 +55,30 @@ async fn child_listening_through_sh_c() {
 #[tokio::test]
 async fn launcher_that_forks_and_exits() {
     // The direct child exits 0 right away; the server is re-parented away from it but stays in its group.
-    let mut child = spawn_piped("sh", &["-c", r#"python3 -c "$LISTEN_PY" 127.0.0.1 & exit 0"#]);
+    let mut child = spawn_piped(
+        "sh",
+        &["-c", r#"python3 -c "$LISTEN_PY" 127.0.0.1 & exit 0"#],
+    );
     let ports = announced_ports(&mut child).await;
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, ExitStatus::Code(0));
     let addr = wait_for_listen_port(&mut child, &opts()).await.unwrap();
     assert_eq!(addr, v4(ports[0]));
     let found = listening_ports(child.pid()).unwrap();
-    assert_ne!(ppid_of(found[0].pid), Some(child.pid()), "server was re-parented");
+    assert_ne!(
+        ppid_of(found[0].pid),
+        Some(child.pid()),
+        "server was re-parented"
+    );
     child.stop(Duration::from_secs(2)).await.unwrap();
-    assert_eq!(group_gone(child.pid()).await, Vec::<u32>::new(), "orphaned server killed by stop");
+    assert_eq!(
+        group_gone(child.pid()).await,
+        Vec::<u32>::new(),
+        "orphaned server killed by stop"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +86,10 @@ async fn intermediate_launcher_exits_while_child_lives() {
     // Like `npm start` -> helper that backgrounds the server and exits: the server's parent chain is broken.
     let mut child = spawn_piped(
         "sh",
-        &["-c", r#"sh -c 'python3 -c "$LISTEN_PY" 127.0.0.1 & exit 0'; sleep 30"#],
+        &[
+            "-c",
+            r#"sh -c 'python3 -c "$LISTEN_PY" 127.0.0.1 & exit 0'; sleep 30"#,
+        ],
     );
     let ports = announced_ports(&mut child).await;
     let addr = wait_for_listen_port(&mut child, &opts()).await.unwrap();
@@ -112,7 +133,10 @@ async fn ipv6_only_listener_gives_ipv6_address() {
     let mut child = spawn_piped("python3", &["-c", LISTEN_PY, "::1"]);
     let ports = announced_ports(&mut child).await;
     let addr = wait_for_listen_port(&mut child, &opts()).await.unwrap();
-    assert_eq!(addr, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ports[0])));
+    assert_eq!(
+        addr,
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ports[0]))
+    );
     // And the address is really connectable.
     tokio::net::TcpStream::connect(addr).await.unwrap();
     child.stop(Duration::from_secs(2)).await.unwrap();
@@ -123,10 +147,16 @@ async fn ipv6_wildcard_maps_to_ipv6_loopback() {
     let mut child = spawn_piped("python3", &["-c", LISTEN_PY, "::"]);
     let ports = announced_ports(&mut child).await;
     let addr = wait_for_listen_port(&mut child, &opts()).await.unwrap();
-    assert_eq!(addr, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ports[0])));
+    assert_eq!(
+        addr,
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ports[0]))
+    );
     tokio::net::TcpStream::connect(addr).await.unwrap();
     let found = listening_ports(child.pid()).unwrap();
-    assert!(found[0].addr.ip().is_unspecified() && found[0].addr.is_ipv6(), "{found:?}");
+    assert!(
+        found[0].addr.ip().is_unspecified() && found[0].addr.is_ipv6(),
+        "{found:?}"
+    );
     child.stop(Duration::from_secs(2)).await.unwrap();
 }
 
@@ -143,8 +173,15 @@ async fn never_listening_child_times_out_naming_command_and_timeout() {
     assert!(matches!(err, DetectError::Timeout { .. }));
     let msg = err.to_string();
     assert!(msg.contains("\"sleep\"") && msg.contains("300ms"), "{msg}");
-    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2), "{elapsed:?}");
-    assert_eq!(child.try_wait().unwrap(), None, "timeout leaves the child running for the caller");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "timeout leaves the child running for the caller"
+    );
     child.stop(Duration::from_secs(2)).await.unwrap();
 }
 
@@ -157,7 +194,10 @@ async fn child_exiting_before_listening_reports_its_status() {
         other => panic!("unexpected {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("\"sh\"") && msg.contains("exit code 3"), "{msg}");
+    assert!(
+        msg.contains("\"sh\"") && msg.contains("exit code 3"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -165,7 +205,16 @@ async fn child_exiting_zero_with_nothing_left_fails() {
     let mut child = spawn_piped("true", &[]);
     let started = std::time::Instant::now();
     let err = wait_for_listen_port(&mut child, &opts()).await.unwrap_err();
-    assert!(matches!(err, DetectError::ChildExited { status: ExitStatus::Code(0), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DetectError::ChildExited {
+                status: ExitStatus::Code(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -174,6 +223,15 @@ async fn child_killed_before_listening_reports_the_signal() {
     let mut child = spawn_piped("sleep", &["30"]);
     child.signal(process::Signal::SIGKILL).unwrap();
     let err = wait_for_listen_port(&mut child, &opts()).await.unwrap_err();
-    assert!(matches!(err, DetectError::ChildExited { status: ExitStatus::Signal(9), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DetectError::ChildExited {
+                status: ExitStatus::Signal(9),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("signal 9 (SIGKILL)"), "{err}");
 }

@@ -37,7 +37,10 @@ time.sleep(60)
 "#;
 
 async fn next(fwd: &mut SignalForwarder) -> ForwardEvent {
-    tokio::time::timeout(Duration::from_secs(5), fwd.next_event()).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(5), fwd.next_event())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -49,7 +52,12 @@ async fn sigterm_is_forwarded_and_child_code_wins() {
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "ready");
     let mut fwd = SignalForwarder::start(child.group(), Duration::from_secs(10)).unwrap();
 
-    for (sig, num) in [(Signal::SIGHUP, 1), (Signal::SIGUSR1, 10), (Signal::SIGUSR2, 12), (Signal::SIGQUIT, 3)] {
+    for (sig, num) in [
+        (Signal::SIGHUP, 1),
+        (Signal::SIGUSR1, 10),
+        (Signal::SIGUSR2, 12),
+        (Signal::SIGQUIT, 3),
+    ] {
         raise(sig).unwrap();
         match next(&mut fwd).await {
             ForwardEvent::Forwarded { signal, result } => {
@@ -58,18 +66,32 @@ async fn sigterm_is_forwarded_and_child_code_wins() {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(line, Some(format!("got {num}")));
     }
     assert_eq!(fwd.stop_signal(), None, "only INT/TERM request a stop");
 
     raise(Signal::SIGTERM).unwrap();
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), fwd.stop_requested()).await.unwrap(),
+        tokio::time::timeout(Duration::from_secs(5), fwd.stop_requested())
+            .await
+            .unwrap(),
         Some(Signal::SIGTERM)
     );
-    assert!(matches!(next(&mut fwd).await, ForwardEvent::Forwarded { signal: Signal::SIGTERM, .. }));
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    assert!(matches!(
+        next(&mut fwd).await,
+        ForwardEvent::Forwarded {
+            signal: Signal::SIGTERM,
+            ..
+        }
+    ));
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, ExitStatus::Code(42));
     assert_eq!(status.exit_code_for_parent(), 42);
 }
@@ -81,10 +103,20 @@ async fn second_sigint_escalates_to_sigkill() {
     assert_eq!(first_line(&mut child).await, "ready");
     let mut fwd = SignalForwarder::start(child.group(), Duration::from_secs(30)).unwrap();
     raise(Signal::SIGINT).unwrap();
-    assert!(matches!(next(&mut fwd).await, ForwardEvent::Forwarded { signal: Signal::SIGINT, .. }));
+    assert!(matches!(
+        next(&mut fwd).await,
+        ForwardEvent::Forwarded {
+            signal: Signal::SIGINT,
+            ..
+        }
+    ));
     assert_eq!(fwd.stop_requested().await, Some(Signal::SIGINT));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(child.try_wait().unwrap(), None, "child ignores the first SIGINT");
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "child ignores the first SIGINT"
+    );
     raise(Signal::SIGINT).unwrap();
     match next(&mut fwd).await {
         ForwardEvent::Escalated { reason, result } => {
@@ -93,7 +125,10 @@ async fn second_sigint_escalates_to_sigkill() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.exit_code_for_parent(), 137);
     assert_eq!(group_gone(child.pid()).await, Vec::<u32>::new());
 }
@@ -107,13 +142,25 @@ async fn grace_period_escalates_to_sigkill() {
     let mut fwd = SignalForwarder::start(child.group(), grace).unwrap();
     let started = Instant::now();
     raise(Signal::SIGTERM).unwrap();
-    assert!(matches!(next(&mut fwd).await, ForwardEvent::Forwarded { signal: Signal::SIGTERM, .. }));
+    assert!(matches!(
+        next(&mut fwd).await,
+        ForwardEvent::Forwarded {
+            signal: Signal::SIGTERM,
+            ..
+        }
+    ));
     match next(&mut fwd).await {
         ForwardEvent::Escalated { reason, .. } => assert_eq!(reason, Escalation::GraceElapsed),
         other => panic!("unexpected {other:?}"),
     }
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(status, ExitStatus::Signal(9));
-    assert!(elapsed >= grace && elapsed < grace + Duration::from_secs(2), "{elapsed:?}");
+    assert!(
+        elapsed >= grace && elapsed < grace + Duration::from_secs(2),
+        "{elapsed:?}"
+    );
 }

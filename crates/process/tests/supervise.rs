@@ -35,7 +35,10 @@ async fn crash_exit_code_is_propagated() {
 async fn sigkill_maps_to_137() {
     let mut child = spawn_piped("sleep", &["30"]);
     child.signal(Signal::SIGKILL).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, ExitStatus::Signal(9));
     assert_eq!(status.exit_code_for_parent(), 137);
     assert_eq!(status.to_string(), "signal 9 (SIGKILL)");
@@ -55,10 +58,20 @@ wait $!"#;
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "ready");
     child.signal(Signal::SIGTERM).unwrap();
-    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.unwrap().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(line.as_deref(), Some("grandchild got TERM"));
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
-    assert_eq!(status, ExitStatus::Code(42), "sh relays the grandchild's code");
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status,
+        ExitStatus::Code(42),
+        "sh relays the grandchild's code"
+    );
 }
 
 #[tokio::test]
@@ -66,13 +79,19 @@ async fn stop_escalates_to_sigkill_after_grace_and_leaves_no_orphans() {
     let mut child = spawn_piped("python3", &["-c", STUBBORN_PY, "with-grandchild"]);
     assert_eq!(first_line(&mut child).await, "ready");
     let members = live_group_members(child.pid());
-    assert!(members.len() >= 2, "child and grandchild in the group: {members:?}");
+    assert!(
+        members.len() >= 2,
+        "child and grandchild in the group: {members:?}"
+    );
     let grace = Duration::from_millis(500);
     let started = Instant::now();
     let status = child.stop(grace).await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(status, ExitStatus::Signal(9));
-    assert!(elapsed >= grace && elapsed < grace + Duration::from_secs(2), "{elapsed:?}");
+    assert!(
+        elapsed >= grace && elapsed < grace + Duration::from_secs(2),
+        "{elapsed:?}"
+    );
     assert_eq!(group_gone(child.pid()).await, Vec::<u32>::new());
     let still_there: Vec<u32> = proc_table()
         .into_iter()
@@ -99,7 +118,10 @@ async fn stop_with_sigint_for_static_cmd_drain() {
         &["-c", "import time\nprint('ready', flush=True)\ntry:\n time.sleep(30)\nexcept KeyboardInterrupt:\n raise SystemExit(5)"],
     );
     assert_eq!(first_line(&mut child).await, "ready");
-    let status = child.stop_with(Signal::SIGINT, Duration::from_secs(5)).await.unwrap();
+    let status = child
+        .stop_with(Signal::SIGINT, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(status, ExitStatus::Code(5));
 }
 
@@ -107,7 +129,10 @@ async fn stop_with_sigint_for_static_cmd_drain() {
 async fn stop_after_exit_still_kills_leftover_group_members() {
     let mut child = spawn_piped("sh", &["-c", "sleep 30 & exit 0"]);
     assert_eq!(child.wait().await.unwrap(), ExitStatus::Code(0));
-    assert!(!live_group_members(child.pid()).is_empty(), "background sleep still running");
+    assert!(
+        !live_group_members(child.pid()).is_empty(),
+        "background sleep still running"
+    );
     let status = child.stop(Duration::from_secs(2)).await.unwrap();
     assert_eq!(status, ExitStatus::Code(0));
     assert_eq!(group_gone(child.pid()).await, Vec::<u32>::new());
@@ -125,9 +150,17 @@ async fn dropping_the_handle_kills_the_group() {
 
 #[tokio::test]
 async fn spawn_errors_name_the_command() {
-    let err = Child::spawn(OsStr::new("waygate-no-such-command"), &[], &SpawnOptions::default()).unwrap_err();
+    let err = Child::spawn(
+        OsStr::new("waygate-no-such-command"),
+        &[],
+        &SpawnOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, SpawnError::Start { .. }));
-    assert!(err.to_string().contains("\"waygate-no-such-command\""), "{err}");
+    assert!(
+        err.to_string().contains("\"waygate-no-such-command\""),
+        "{err}"
+    );
     let err = Child::spawn(OsStr::new("  "), &[], &SpawnOptions::default()).unwrap_err();
     assert!(matches!(err, SpawnError::EmptyCommand));
 }
@@ -140,13 +173,23 @@ async fn child_gets_own_group_env_and_cwd() {
         current_dir: Some("/tmp".into()),
         ..SpawnOptions::default()
     };
-    let args: Vec<OsString> = ["-c", r#"echo "$WAYGATE_PROBE $(pwd) $(cut -d' ' -f5 /proc/$$/stat) $PATH""#].iter().map(OsString::from).collect();
+    let args: Vec<OsString> = [
+        "-c",
+        r#"echo "$WAYGATE_PROBE $(pwd) $(cut -d' ' -f5 /proc/$$/stat) $PATH""#,
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     let mut child = Child::spawn(OsStr::new("sh"), &args, &opts).unwrap();
     let pid = child.pid();
     let line = first_line(&mut child).await;
     let path = std::env::var("PATH").unwrap();
     // The third word is the child's pgid as the kernel sees it: equal to its pid.
-    assert_eq!(line, format!("yes /tmp {pid} {path}"), "inherited env plus additions, own group");
+    assert_eq!(
+        line,
+        format!("yes /tmp {pid} {path}"),
+        "inherited env plus additions, own group"
+    );
     assert_eq!(child.wait().await.unwrap(), ExitStatus::Code(0));
 }
 
@@ -157,17 +200,24 @@ async fn tcp_readiness() {
     wait_tcp_ready(addr, Duration::from_secs(2)).await.unwrap();
     drop(listener);
     let started = Instant::now();
-    let err = wait_tcp_ready(addr, Duration::from_millis(300)).await.unwrap_err();
+    let err = wait_tcp_ready(addr, Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     let msg = err.to_string();
-    assert!(msg.contains(&addr.to_string()) && msg.contains("300ms"), "{msg}");
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("300ms"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn tcp_readiness_waits_for_a_late_listener() {
     let mut child = spawn_piped("python3", &["-c", "import socket,time\ntime.sleep(0.5)\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(30)"]);
     // The port is only known once printed, so detect it first, then probe readiness.
-    let addr = process::wait_for_listen_port(&mut child, &process::DetectOptions::default()).await.unwrap();
+    let addr = process::wait_for_listen_port(&mut child, &process::DetectOptions::default())
+        .await
+        .unwrap();
     wait_tcp_ready(addr, Duration::from_secs(2)).await.unwrap();
     child.stop(Duration::from_secs(2)).await.unwrap();
 }

@@ -59,11 +59,22 @@ pub async fn announced_ports(child: &mut Child) -> Vec<u16> {
 pub fn proc_table() -> Vec<(u32, u32, u32, char)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        out.push((pid, f[1].parse().unwrap(), f[2].parse().unwrap(), f[0].chars().next().unwrap()));
+        out.push((
+            pid,
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[0].chars().next().unwrap(),
+        ));
     }
     out
 }
