@@ -1,0 +1,12 @@
+//! proxygw: warms backend targets on first traffic and routes frontends to them with kernel DNAT (nftables),
+//! draining a target once conntrack shows no flow to it for `idle_timeout`.
+//!
+//! Layout: [`config`] (YAML v1 + schemas), [`engine`] (one task owning all state), [`dataplane`] (nft +
+//! conntrack, and an in-memory twin for tests), [`plugins`] (compile-time kinds), [`protocol`] and [`ctl`]
+//! (the Unix-socket IPC), [`log`] (slog-style text lines).
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod protocol;
+pub mod syntax;
