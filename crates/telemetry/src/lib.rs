@@ -7,6 +7,11 @@ pub mod record;
 
 pub use capture::Capture;
 pub use record::{Exchange, HealthProbe};
+pub mod emf;
+pub mod entry;
+pub mod hash;
 pub mod json;
+pub mod meta;
+pub mod multimap;
 pub mod parse;
 pub mod value;

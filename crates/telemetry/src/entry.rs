@@ -1,0 +1,651 @@
+//! Log entries (`_t` TRAFFIC and HEALTH) in cwproxy's member order and omission rules, and the
+//! metric sets that accompany them.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::emf::{self, Datum, EmfError, MetricEventKind};
+use crate::hash::{self, EntryHashes};
+use crate::json;
+use crate::multimap::Multimap;
+use crate::parse::{self, raw_text};
+use crate::record::{unix_millis, Exchange, HealthProbe};
+use crate::value::{Parsed, Value};
+
+/// Namespace of traffic metrics.
+pub const TRAFFIC_NAMESPACE: &str = "app/traffic";
+/// Namespace of health metrics.
+pub const HEALTH_NAMESPACE: &str = "app/health";
+
+/// The category written in `_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// A proxied exchange.
+    Traffic,
+    /// A health probe.
+    Health,
+}
+
+impl Category {
+    fn as_str(self) -> &'static str {
+        match self {
+            Category::Traffic => "TRAFFIC",
+            Category::Health => "HEALTH",
+        }
+    }
+}
+
+/// A body as logged: the parsed value and, for traffic, the raw text.
+#[derive(Debug)]
+pub struct BodyPart<'a> {
+    /// `body`.
+    pub value: Parsed<'a>,
+    /// `body_raw`, omitted when `None` or empty.
+    pub raw: Option<Cow<'a, [u8]>>,
+}
+
+impl BodyPart<'static> {
+    /// A null body with no raw text.
+    pub fn null() -> Self {
+        Self {
+            value: Parsed::new(Value::Null, 0),
+            raw: None,
+        }
+    }
+}
+
+impl<'a> BodyPart<'a> {
+    /// Parses captured bytes by content type; `with_raw` adds `body_raw` (traffic entries).
+    pub fn parse(
+        content_type: Option<&[u8]>,
+        bytes: &'a [u8],
+        truncated: bool,
+        with_raw: bool,
+    ) -> Self {
+        let raw = (with_raw && !bytes.is_empty()).then(|| raw_text(bytes, truncated));
+        Self {
+            value: parse::parse_body(content_type, bytes, truncated),
+            raw,
+        }
+    }
+}
+
+/// The `request` object.
+#[derive(Debug)]
+pub struct RequestPart<'a> {
+    /// `time`: ms since epoch of the start.
+    pub time_ms: i64,
+    /// `host`.
+    pub host: Cow<'a, [u8]>,
+    /// `port`.
+    pub port: i64,
+    /// `path` (decoded).
+    pub path: Cow<'a, [u8]>,
+    /// `method`.
+    pub method: &'a str,
+    /// `url`.
+    pub url: Cow<'a, [u8]>,
+    /// `queries`.
+    pub queries: Multimap<'a>,
+    /// `cookies`.
+    pub cookies: Multimap<'a>,
+    /// `headers`.
+    pub headers: Multimap<'a>,
+    /// `body`, `body_raw`.
+    pub body: BodyPart<'a>,
+}
+
+/// The `response` object.
+#[derive(Debug)]
+pub struct ResponsePart<'a> {
+    /// `time`: ms since epoch of the end.
+    pub time_ms: i64,
+    /// `status`.
+    pub status: u16,
+    /// `headers`.
+    pub headers: Multimap<'a>,
+    /// `set_cookies`.
+    pub set_cookies: Multimap<'a>,
+    /// `body`, `body_raw`.
+    pub body: BodyPart<'a>,
+}
+
+/// One log entry ready to be written.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// `_t`.
+    pub category: Category,
+    /// `app_name` (and the start of `_q`); omitted for health entries.
+    pub app_name: &'a str,
+    /// Pre-rendered `aws_meta` object, if any metadata was detected.
+    pub aws_meta: Option<&'a [u8]>,
+    /// Exact duration behind `delay` and the summary.
+    pub delay: Duration,
+    /// `request`.
+    pub request: RequestPart<'a>,
+    /// `response`.
+    pub response: ResponsePart<'a>,
+}
+
+fn millis_f64(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e6
+}
+
+impl Entry<'_> {
+    /// Timestamp for EMF and CloudWatch: response time, else request time, else now.
+    pub fn timestamp_ms(&self) -> i64 {
+        if self.response.time_ms > 0 {
+            self.response.time_ms
+        } else if self.request.time_ms > 0 {
+            self.request.time_ms
+        } else {
+            unix_millis(std::time::SystemTime::now())
+        }
+    }
+
+    /// Appends the entry as one JSON object (no newline). `scratch` is reused for signatures.
+    pub fn write_json(&self, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+        let hashes = self.hashes(scratch);
+        let delay_ms = millis_f64(self.delay);
+        out.push(b'{');
+        if self.category == Category::Traffic {
+            out.extend_from_slice(b"\"_q\":\"");
+            // Go trims the whole summary; only the app name can contribute leading space.
+            let name = self.app_name.trim_start();
+            if !name.is_empty() {
+                json::write_str_body(out, name.as_bytes());
+                out.push(b' ');
+            }
+            json::write_str_body(
+                out,
+                if self.request.method.is_empty() {
+                    b"UNKNOWN"
+                } else {
+                    self.request.method.as_bytes()
+                },
+            );
+            out.push(b' ');
+            json::write_str_body(out, &self.request.path);
+            out.push(b' ');
+            json::write_u64(out, u64::from(self.response.status));
+            out.push(b' ');
+            json::write_fixed3(out, delay_ms);
+            out.extend_from_slice(b"ms");
+            out.extend_from_slice(b"\",");
+        }
+        out.extend_from_slice(b"\"_t\":\"");
+        out.extend_from_slice(self.category.as_str().as_bytes());
+        out.push(b'"');
+        if self.category == Category::Traffic && !self.app_name.is_empty() {
+            out.extend_from_slice(b",\"app_name\":");
+            json::write_str(out, self.app_name.as_bytes());
+        }
+        if let Some(meta) = self.aws_meta {
+            out.extend_from_slice(b",\"aws_meta\":");
+            out.extend_from_slice(meta);
+        }
+        out.extend_from_slice(b",\"global_hash\":\"");
+        out.extend_from_slice(&hashes.global);
+        out.extend_from_slice(b"\",\"delay\":");
+        json::write_fixed3(out, delay_ms);
+
+        let rq = &self.request;
+        out.extend_from_slice(b",\"request\":{\"time\":");
+        json::write_i64(out, rq.time_ms);
+        out.extend_from_slice(b",\"host\":");
+        json::write_str(out, &rq.host);
+        out.extend_from_slice(b",\"port\":");
+        json::write_i64(out, rq.port);
+        out.extend_from_slice(b",\"path\":");
+        json::write_str(out, &rq.path);
+        out.extend_from_slice(b",\"method\":");
+        json::write_str(out, rq.method.as_bytes());
+        out.extend_from_slice(b",\"url\":");
+        json::write_str(out, &rq.url);
+        out.extend_from_slice(b",\"queries\":");
+        rq.queries.write_json(out);
+        if let Some(h) = hashes.queries {
+            out.extend_from_slice(b",\"queries_hash\":\"");
+            out.extend_from_slice(&h);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"cookies\":");
+        rq.cookies.write_json(out);
+        out.extend_from_slice(b",\"headers\":");
+        rq.headers.write_json(out);
+        write_body(out, &rq.body, hashes.request_body);
+
+        let rs = &self.response;
+        out.extend_from_slice(b"},\"response\":{\"time\":");
+        json::write_i64(out, rs.time_ms);
+        out.extend_from_slice(b",\"status\":");
+        json::write_u64(out, u64::from(rs.status));
+        out.extend_from_slice(b",\"headers\":");
+        rs.headers.write_json(out);
+        out.extend_from_slice(b",\"set_cookies\":");
+        rs.set_cookies.write_json(out);
+        write_body(out, &rs.body, hashes.response_body);
+        out.extend_from_slice(b"}}");
+    }
+
+    fn hashes(&self, scratch: &mut Vec<u8>) -> EntryHashes {
+        scratch.clear();
+        scratch.extend_from_slice(b"queries:");
+        let q = scratch.len();
+        self.request.queries.signature(scratch);
+        let q_end = scratch.len();
+        scratch.extend_from_slice(b"|request_body:");
+        let rq = scratch.len();
+        hash::signature(self.request.body.value.value(), scratch);
+        let rq_end = scratch.len();
+        scratch.extend_from_slice(b"|response_body:");
+        let rs = scratch.len();
+        hash::signature(self.response.body.value.value(), scratch);
+        let non_null = |b: &BodyPart<'_>| !matches!(b.value.value(), Value::Null);
+        EntryHashes {
+            queries: (!self.request.queries.is_empty())
+                .then(|| hash::short_hash(&scratch[q..q_end])),
+            request_body: non_null(&self.request.body)
+                .then(|| hash::short_hash(&scratch[rq..rq_end])),
+            response_body: non_null(&self.response.body).then(|| hash::short_hash(&scratch[rs..])),
+            global: hash::short_hash(scratch),
+        }
+    }
+
+    /// Appends the entry with its metrics embedded as EMF, then any overflow metric-only events,
+    /// each line terminated by `\n` (the stdout form).
+    pub fn write_with_metrics(
+        &self,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        data: &[Datum<'_>],
+    ) -> Result<(), EmfError> {
+        let start = out.len();
+        self.write_json(out, scratch);
+        let (namespace, kind) = match self.category {
+            Category::Traffic => (
+                TRAFFIC_NAMESPACE,
+                MetricEventKind::Traffic {
+                    app_name: self.app_name,
+                },
+            ),
+            Category::Health => (HEALTH_NAMESPACE, MetricEventKind::Health),
+        };
+        if data.is_empty() {
+            out.push(b'\n');
+            return Ok(());
+        }
+        let result = emf::append_to_entry(out, start, data, namespace, self.timestamp_ms(), kind);
+        if result.is_err() {
+            // Never lose the log line because its metrics were unencodable: write it plain.
+            out.truncate(start);
+            self.write_json(out, scratch);
+            out.push(b'\n');
+        }
+        result
+    }
+}
+
+fn write_body(out: &mut Vec<u8>, body: &BodyPart<'_>, hash: Option<[u8; 6]>) {
+    out.extend_from_slice(b",\"body\":");
+    body.value.value().write_json(out);
+    if let Some(raw) = body.raw.as_deref().filter(|r| !r.is_empty()) {
+        out.extend_from_slice(b",\"body_raw\":");
+        json::write_str(out, raw);
+    }
+    if let Some(h) = hash {
+        out.extend_from_slice(b",\"body_hash\":\"");
+        out.extend_from_slice(&h);
+        out.push(b'"');
+    }
+}
+
+/// Inserts a newline after the `_q` member, the CloudWatch form of a traffic event (spec §4.2):
+/// events that do not start with `{"_q":` are returned unchanged.
+pub fn cloudwatch_form(event: &[u8]) -> Cow<'_, [u8]> {
+    if !event.starts_with(b"{\"_q\":") {
+        return Cow::Borrowed(event);
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in event.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b',' if !in_string => {
+                let mut with_newline = Vec::with_capacity(event.len() + 1);
+                with_newline.extend_from_slice(&event[..=i]);
+                with_newline.push(b'\n');
+                with_newline.extend_from_slice(&event[i + 1..]);
+                return Cow::Owned(with_newline);
+            }
+            _ => {}
+        }
+    }
+    Cow::Borrowed(event)
+}
+
+/// Host and port of an inbound request as cwproxy logs them: the absolute-form authority or the
+/// `Host` header, split; without a valid numeric port the whole value (brackets stripped) is the
+/// host and the port is 80, or 443 on TLS.
+pub fn split_host_port<'a>(host: &'a [u8], tls: bool) -> (Cow<'a, [u8]>, i64) {
+    let default_port = if tls { 443 } else { 80 };
+    let strip = |h: &'a [u8]| -> Cow<'a, [u8]> {
+        let h = h.strip_prefix(b"[").unwrap_or(h);
+        let h = h.strip_suffix(b"]").unwrap_or(h);
+        Cow::Borrowed(h)
+    };
+    // net.SplitHostPort: `[v6]:port`, or `host:port` with exactly one colon.
+    let split = if host.first() == Some(&b'[') {
+        host.iter().position(|&b| b == b']').and_then(|end| {
+            let rest = &host[end + 1..];
+            rest.strip_prefix(b":").map(|port| (&host[1..end], port))
+        })
+    } else {
+        match host.iter().filter(|&&b| b == b':').count() {
+            1 => host
+                .iter()
+                .position(|&b| b == b':')
+                .map(|i| (&host[..i], &host[i + 1..])),
+            _ => None,
+        }
+    };
+    match split {
+        Some((h, port)) => match std::str::from_utf8(port)
+            .ok()
+            .and_then(|p| p.parse::<i64>().ok())
+        {
+            Some(p) => (Cow::Borrowed(h), p),
+            None => (Cow::Borrowed(host), default_port),
+        },
+        None => (strip(host), default_port),
+    }
+}
+
+/// Go's `net.JoinHostPort`: brackets around hosts that contain a colon.
+pub fn join_host_port(host: &[u8], port: i64, out: &mut Vec<u8>) {
+    if host.contains(&b':') {
+        out.push(b'[');
+        out.extend_from_slice(host);
+        out.push(b']');
+    } else {
+        out.extend_from_slice(host);
+    }
+    out.push(b':');
+    json::write_i64(out, port);
+}
+
+/// Percent-decodes a URL path like Go's `url.PathUnescape`; undecodable paths are kept as sent.
+pub fn decode_path(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.is_empty() {
+        return Cow::Borrowed(b"/");
+    }
+    if !raw.contains(&b'%') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = |j: usize| raw.get(j).and_then(|&c| (c as char).to_digit(16));
+            match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => return Cow::Borrowed(raw),
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Process-wide values every entry carries.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// `APP_NAME`.
+    pub app_name: String,
+    /// Pre-rendered `aws_meta` object.
+    pub aws_meta: Option<Vec<u8>>,
+}
+
+/// Metric values of one traffic exchange, kept beside the entry so the data points can borrow
+/// them.
+struct TrafficMetrics {
+    latency: f64,
+    request_size: f64,
+    response_size: f64,
+    status_bucket: Option<&'static str>,
+}
+
+fn content_type(headers: &http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+}
+
+/// Renders one proxied exchange as its stdout line(s) with `app/traffic` EMF.
+pub fn render_traffic(
+    ctx: &Context,
+    ex: &Exchange,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), EmfError> {
+    // Go's r.Host: the absolute-form authority wins over the Host header.
+    let host_value: &[u8] = match ex.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => ex
+            .request_headers
+            .get(http::header::HOST)
+            .map_or(&b""[..], |v| v.as_bytes()),
+    };
+    let (host, port) = split_host_port(host_value, ex.tls);
+    let path = decode_path(
+        if ex.method == http::Method::CONNECT && ex.uri.path_and_query().is_none() {
+            b""
+        } else {
+            ex.uri.path().as_bytes()
+        },
+    );
+    let raw_query = ex.uri.query().unwrap_or("").as_bytes();
+    let mut url = Vec::with_capacity(host.len() + path.len() + raw_query.len() + 8);
+    join_host_port(&host, port, &mut url);
+    url.extend_from_slice(&path);
+    if !raw_query.is_empty() {
+        url.push(b'?');
+        url.extend_from_slice(raw_query);
+    }
+    let chunked = ex
+        .request_headers
+        .contains_key(http::header::TRANSFER_ENCODING);
+    let request_skip: &[&str] = if chunked {
+        &["host", "transfer-encoding", "trailer"]
+    } else {
+        &["host"]
+    };
+
+    let response_body = match &ex.response_body {
+        Some(c) => BodyPart::parse(
+            content_type(&ex.response_headers),
+            c.bytes(),
+            c.truncated(),
+            true,
+        ),
+        None => BodyPart::null(),
+    };
+    let entry = Entry {
+        category: Category::Traffic,
+        app_name: &ctx.app_name,
+        aws_meta: ctx.aws_meta.as_deref(),
+        delay: ex.elapsed,
+        request: RequestPart {
+            time_ms: unix_millis(ex.start),
+            host,
+            port,
+            path,
+            method: ex.method.as_str(),
+            url: Cow::Owned(url),
+            queries: Multimap::from_query(raw_query),
+            cookies: Multimap::from_cookie_headers(&ex.request_headers),
+            headers: Multimap::from_headers(&ex.request_headers, request_skip),
+            body: BodyPart::parse(
+                content_type(&ex.request_headers),
+                ex.request_body.bytes(),
+                ex.request_body.truncated(),
+                true,
+            ),
+        },
+        response: ResponsePart {
+            time_ms: unix_millis(ex.end),
+            status: ex.status,
+            headers: Multimap::from_headers(
+                &ex.response_headers,
+                &["set-cookie", "transfer-encoding"],
+            ),
+            set_cookies: Multimap::from_set_cookie_headers(&ex.response_headers),
+            body: response_body,
+        },
+    };
+    let m = TrafficMetrics {
+        latency: millis_f64(ex.elapsed),
+        request_size: ex.request_body.total() as f64,
+        response_size: ex
+            .response_body
+            .as_ref()
+            .map_or(ex.local_response_bytes, |c| c.total()) as f64,
+        status_bucket: match ex.status {
+            200..=299 => Some("2XXStatusCode"),
+            400..=499 => Some("4XXStatusCode"),
+            500..=599 => Some("5XXStatusCode"),
+            _ => None,
+        },
+    };
+    let endpoint: &[u8] = ex
+        .endpoint
+        .as_deref()
+        .map_or(entry.request.path.as_ref(), str::as_bytes);
+    let app_dims: [(&str, &[u8]); 1] = [("AppName", ctx.app_name.as_bytes())];
+    let route_dims: [(&str, &[u8]); 3] = [
+        ("AppName", ctx.app_name.as_bytes()),
+        ("Endpoint", endpoint),
+        ("Method", ex.method.as_str().as_bytes()),
+    ];
+    let mut data: [Datum<'_>; 10] = [Datum {
+        name: "",
+        unit: "",
+        value: 0.0,
+        dims: &[],
+    }; 10];
+    let mut n = 0;
+    for dims in [&app_dims[..], &route_dims[..]] {
+        for (name, unit, value) in [
+            ("RequestCount", "Count", 1.0),
+            ("Latency", "Milliseconds", m.latency),
+            ("RequestBodySize", "Bytes", m.request_size),
+            ("ResponseBodySize", "Bytes", m.response_size),
+        ] {
+            data[n] = Datum {
+                name,
+                unit,
+                value,
+                dims,
+            };
+            n += 1;
+        }
+        if let Some(bucket) = m.status_bucket {
+            data[n] = Datum {
+                name: bucket,
+                unit: "Count",
+                value: 1.0,
+                dims,
+            };
+            n += 1;
+        }
+    }
+    entry.write_with_metrics(out, scratch, &data[..n])
+}
+
+/// Renders one health probe as its stdout line(s) with `app/health` EMF.
+pub fn render_health(
+    ctx: &Context,
+    probe: &HealthProbe,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), EmfError> {
+    let body = if probe.body.bytes().is_empty() {
+        match &probe.error {
+            Some(err) => BodyPart {
+                value: Parsed::new(Value::Str(Cow::Borrowed(err.as_bytes())), 0),
+                raw: None,
+            },
+            None => BodyPart::null(),
+        }
+    } else {
+        BodyPart::parse(
+            content_type(&probe.headers),
+            probe.body.bytes(),
+            probe.body.truncated(),
+            false,
+        )
+    };
+    let entry = Entry {
+        category: Category::Health,
+        app_name: &ctx.app_name,
+        aws_meta: ctx.aws_meta.as_deref(),
+        delay: probe.latency,
+        request: RequestPart {
+            time_ms: unix_millis(probe.start),
+            host: Cow::Borrowed(probe.host.as_bytes()),
+            port: i64::from(probe.port),
+            path: Cow::Borrowed(if probe.path.is_empty() {
+                b"/"
+            } else {
+                probe.path.as_bytes()
+            }),
+            method: "GET",
+            url: Cow::Borrowed(probe.url.as_bytes()),
+            queries: Multimap::from_query(probe.raw_query.as_bytes()),
+            cookies: Multimap::default(),
+            headers: Multimap::default(),
+            body: BodyPart::null(),
+        },
+        response: ResponsePart {
+            time_ms: unix_millis(probe.end),
+            status: probe.status,
+            headers: Multimap::from_headers(&probe.headers, &["transfer-encoding"]),
+            set_cookies: Multimap::from_set_cookie_headers(&probe.headers),
+            body,
+        },
+    };
+    let up = if (200..400).contains(&probe.status) {
+        1.0
+    } else {
+        0.0
+    };
+    let dims: [(&str, &[u8]); 2] = [
+        ("AppName", ctx.app_name.as_bytes()),
+        ("Endpoint", probe.url.as_bytes()),
+    ];
+    let data = [
+        Datum {
+            name: "HealthStatus",
+            unit: "Count",
+            value: up,
+            dims: &dims,
+        },
+        Datum {
+            name: "HealthLatency",
+            unit: "Milliseconds",
+            value: millis_f64(probe.latency),
+            dims: &dims,
+        },
+    ];
+    entry.write_with_metrics(out, scratch, &data)
+}
