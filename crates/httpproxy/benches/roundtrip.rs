@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the in-process round-trip benchmark.
+fn main() {}
