@@ -7,6 +7,7 @@ pub mod record;
 
 pub use capture::Capture;
 pub use record::{Exchange, HealthProbe};
+pub mod diag;
 pub mod emf;
 pub mod entry;
 pub mod hash;
@@ -14,4 +15,5 @@ pub mod json;
 pub mod meta;
 pub mod multimap;
 pub mod parse;
+pub mod pipeline;
 pub mod value;

@@ -1,0 +1,402 @@
+//! The telemetry pipeline: callers hand over records without ever blocking; one worker thread
+//! renders them and writes each batch of lines to stdout with a single write call, then passes
+//! every event to further sinks (CloudWatch Logs).
+//!
+//! The queue is bounded by count and by captured bytes, so a slow or stuck stdout costs memory
+//! up to a fixed ceiling and then drops (counted, and reported on stderr at most once per
+//! interval), instead of slowing traffic.
+
+use std::io::{ErrorKind, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::diag::Diag;
+use crate::entry::{self, Category, Context};
+use crate::record::{Exchange, HealthProbe};
+
+/// Receives every rendered event in its stdout form (without the newline), after stdout.
+///
+/// Implementations must not block: they queue and return.
+pub trait EventSink: Send + Sync {
+    /// One event of `category` whose EMF/CloudWatch timestamp is `timestamp_ms`.
+    fn deliver(&self, category: Category, timestamp_ms: i64, event: &[u8]);
+}
+
+/// One unit of work for the pipeline.
+#[derive(Debug)]
+pub enum Record {
+    /// A proxied exchange → traffic line.
+    Traffic(Box<Exchange>),
+    /// A health probe → health line.
+    Health(Box<HealthProbe>),
+}
+
+impl Record {
+    fn approx_bytes(&self) -> usize {
+        match self {
+            Record::Traffic(ex) => {
+                512 + ex.request_body.bytes().len()
+                    + ex.response_body.as_ref().map_or(0, |c| c.bytes().len())
+                    + 64 * (ex.request_headers.len() + ex.response_headers.len())
+            }
+            Record::Health(p) => 512 + p.body.bytes().len() + 64 * p.headers.len(),
+        }
+    }
+}
+
+enum Msg {
+    Record(Record, usize),
+    SetAwsMeta(Option<Vec<u8>>),
+    Flush(SyncSender<()>),
+    Stop,
+}
+
+/// Tuning of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Most records waiting to be written.
+    pub capacity: usize,
+    /// Most captured bytes waiting to be written.
+    pub max_queued_bytes: usize,
+    /// Least time between two stderr reports about drops or write failures.
+    pub report_interval: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            max_queued_bytes: 64 << 20,
+            report_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    queued_bytes: AtomicUsize,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    write_failures: AtomicU64,
+}
+
+/// A cheap, cloneable handle for emitting records.
+#[derive(Clone)]
+pub struct Emitter {
+    tx: SyncSender<Msg>,
+    counters: Arc<Counters>,
+    max_queued_bytes: usize,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter").finish_non_exhaustive()
+    }
+}
+
+impl Emitter {
+    /// Queues a record; never blocks. Returns false (and counts a drop) when the queue is full.
+    pub fn emit(&self, record: Record) -> bool {
+        let bytes = record.approx_bytes();
+        let queued = self
+            .counters
+            .queued_bytes
+            .fetch_add(bytes, Ordering::AcqRel);
+        if queued + bytes > self.max_queued_bytes {
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::AcqRel);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send(Msg::Record(record, bytes)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters
+                    .queued_bytes
+                    .fetch_sub(bytes, Ordering::AcqRel);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Replaces the `aws_meta` object of later entries (metadata detection finishes after start).
+    pub fn set_aws_meta(&self, meta: Option<Vec<u8>>) {
+        // Blocking is fine here: this happens once, off the request path.
+        let _ = self.tx.send(Msg::SetAwsMeta(meta));
+    }
+
+    /// Records dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records written to stdout so far.
+    pub fn written(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+}
+
+/// The running pipeline; dropping it without [`Pipeline::shutdown`] detaches the worker.
+pub struct Pipeline {
+    emitter: Emitter,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Starts the worker thread writing to `out` (normally [`stdout_writer`]).
+    pub fn start(
+        config: PipelineConfig,
+        context: Context,
+        out: Box<dyn Write + Send>,
+        sinks: Vec<Arc<dyn EventSink>>,
+        diag: Diag,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(config.capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let worker_counters = Arc::clone(&counters);
+        let interval = config.report_interval;
+        let worker = std::thread::Builder::new()
+            .name("telemetry".into())
+            .spawn(move || {
+                Worker::new(context, out, sinks, diag, worker_counters, interval).run(&rx)
+            })?;
+        Ok(Self {
+            emitter: Emitter {
+                tx,
+                counters,
+                max_queued_bytes: config.max_queued_bytes,
+            },
+            worker: Some(worker),
+        })
+    }
+
+    /// A handle for emitting records.
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+
+    /// Queues a control message behind the records, waiting for room until `deadline`.
+    fn send_control(&self, mut msg: Msg, deadline: Instant) -> bool {
+        loop {
+            match self.emitter.tx.try_send(msg) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Writes everything queued so far, waiting at most `budget`. Returns true when done in time.
+    pub fn flush(&self, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        self.send_control(Msg::Flush(ack_tx), deadline)
+            && ack_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_ok()
+    }
+
+    /// Flushes within `budget` and stops the worker. Records still queued when the budget runs
+    /// out are not written; the worker is then left to finish on its own (it never blocks exit).
+    pub fn shutdown(mut self, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        let flushed = self.flush(budget);
+        if flushed && self.send_control(Msg::Stop, deadline) {
+            if let Some(w) = self.worker.take() {
+                let _ = w.join();
+            }
+        }
+        flushed
+    }
+}
+
+/// Standard output as a raw, unbuffered writer, so each batch of lines is one `write` call and
+/// never mixes with what other writers of the same descriptor (an inspector child) write.
+pub fn stdout_writer() -> Box<dyn Write + Send> {
+    Box::new(RawStdout)
+}
+
+struct RawStdout;
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: fd 1 stays open for the life of the process (we never close it); `buf` is a
+        // valid readable slice of `buf.len()` bytes.
+        let n = unsafe { libc::write(libc::STDOUT_FILENO, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Worker {
+    context: Context,
+    out: Box<dyn Write + Send>,
+    sinks: Vec<Arc<dyn EventSink>>,
+    diag: Diag,
+    counters: Arc<Counters>,
+    interval: Duration,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    next_report: Instant,
+    reported_drops: u64,
+    reported_failures: u64,
+    last_error: Option<String>,
+}
+
+impl Worker {
+    fn new(
+        context: Context,
+        out: Box<dyn Write + Send>,
+        sinks: Vec<Arc<dyn EventSink>>,
+        diag: Diag,
+        counters: Arc<Counters>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            context,
+            out,
+            sinks,
+            diag,
+            counters,
+            interval,
+            buf: Vec::with_capacity(16 << 10),
+            scratch: Vec::with_capacity(1 << 10),
+            next_report: Instant::now(),
+            reported_drops: 0,
+            reported_failures: 0,
+            last_error: None,
+        }
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(self.interval) {
+                Ok(Msg::Record(record, bytes)) => {
+                    self.handle(&record);
+                    drop(record);
+                    self.counters
+                        .queued_bytes
+                        .fetch_sub(bytes, Ordering::AcqRel);
+                }
+                Ok(Msg::SetAwsMeta(meta)) => self.context.aws_meta = meta,
+                Ok(Msg::Flush(ack)) => {
+                    let _ = self.out.flush();
+                    let _ = ack.try_send(());
+                }
+                Ok(Msg::Stop) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.report(false);
+        }
+        self.report(true);
+    }
+
+    fn handle(&mut self, record: &Record) {
+        self.buf.clear();
+        let (category, result) = match record {
+            Record::Traffic(ex) => (
+                Category::Traffic,
+                entry::render_traffic(&self.context, ex, &mut self.buf, &mut self.scratch),
+            ),
+            Record::Health(p) => (
+                Category::Health,
+                entry::render_health(&self.context, p, &mut self.buf, &mut self.scratch),
+            ),
+        };
+        if let Err(e) = result {
+            // The line was still written without EMF; say why once per occurrence.
+            self.diag.log(format_args!(
+                "failed to attach EMF metrics to log entry: {e}"
+            ));
+        }
+        match write_all(&mut self.out, &self.buf) {
+            Ok(()) => {
+                self.counters.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                self.last_error = Some(e.to_string());
+            }
+        }
+        if self.sinks.is_empty() {
+            return;
+        }
+        let timestamp = match record {
+            Record::Traffic(ex) => crate::record::unix_millis(ex.end),
+            Record::Health(p) => crate::record::unix_millis(p.end),
+        };
+        for line in self.buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            for sink in &self.sinks {
+                sink.deliver(category, timestamp, line);
+            }
+        }
+    }
+
+    fn report(&mut self, last: bool) {
+        let now = Instant::now();
+        if !last && now < self.next_report {
+            return;
+        }
+        let drops = self.counters.dropped.load(Ordering::Relaxed);
+        let failures = self.counters.write_failures.load(Ordering::Relaxed);
+        if drops > self.reported_drops {
+            self.diag.log(format_args!(
+                "dropped {} telemetry records because the queue was full (total dropped: {drops})",
+                drops - self.reported_drops
+            ));
+            self.reported_drops = drops;
+            self.next_report = now + self.interval;
+        }
+        if failures > self.reported_failures {
+            self.diag.log(format_args!(
+                "failed to write {} log lines to stdout: {} (total failed: {failures})",
+                failures - self.reported_failures,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            ));
+            self.reported_failures = failures;
+            self.next_report = now + self.interval;
+        }
+    }
+}
+
+/// `write_all` that retries interrupted writes and gives up on a closed descriptor.
+fn write_all(out: &mut Box<dyn Write + Send>, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match out.write(buf) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::WriteZero,
+                    "stdout accepted no bytes",
+                ))
+            }
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

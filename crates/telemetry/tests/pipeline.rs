@@ -1,0 +1,229 @@
+//! The stdout pipeline: one write per line, never blocking the caller, surviving a closed stdout.
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Method, Uri};
+use telemetry::diag::Diag;
+use telemetry::entry::{Category, Context};
+use telemetry::pipeline::{EventSink, Pipeline, PipelineConfig, Record};
+use telemetry::{Capture, Exchange};
+
+fn exchange(i: usize) -> Record {
+    let uri: Uri = format!("/item/{i}?n={i}").parse().expect("uri");
+    Record::Traffic(Box::new(Exchange {
+        start: SystemTime::now(),
+        end: SystemTime::now(),
+        elapsed: Duration::from_micros(250),
+        method: Method::GET,
+        uri,
+        tls: false,
+        request_headers: HeaderMap::new(),
+        request_body: Capture::new(1024),
+        status: 200,
+        response_headers: HeaderMap::new(),
+        response_body: Some(Capture::from_bytes(1024, b"ok")),
+        local_response_bytes: 0,
+        endpoint: None,
+    }))
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").push(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_diag() -> (Diag, Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    (
+        Diag::with_target(
+            "test",
+            Arc::new(move |l: &str| sink.lock().expect("lock").push(l.to_owned())),
+        ),
+        lines,
+    )
+}
+
+#[test]
+fn each_line_is_one_write_and_valid_json() {
+    let rec = Recorder::default();
+    let (diag, _) = captured_diag();
+    let p = Pipeline::start(
+        PipelineConfig::default(),
+        Context {
+            app_name: "t".into(),
+            aws_meta: None,
+        },
+        Box::new(rec.clone()),
+        vec![],
+        diag,
+    )
+    .expect("start");
+    let e = p.emitter();
+    for i in 0..200 {
+        assert!(e.emit(exchange(i)));
+    }
+    assert!(p.shutdown(Duration::from_secs(5)));
+    let writes = rec.0.lock().expect("lock");
+    assert_eq!(writes.len(), 200);
+    for w in writes.iter() {
+        assert_eq!(w.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(w.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(w).expect("json line");
+        assert_eq!(v["_t"], "TRAFFIC");
+    }
+}
+
+/// A writer that blocks until released.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>, Recorder);
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (lock, cv) = &*self.0;
+        let mut open = lock.lock().expect("lock");
+        while !*open {
+            open = cv.wait(open).expect("wait");
+        }
+        self.1.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn stuck_stdout_never_blocks_callers_and_drops_are_counted_and_reported_once() {
+    let gate = Gate::default();
+    let (diag, reports) = captured_diag();
+    let cfg = PipelineConfig {
+        capacity: 16,
+        max_queued_bytes: 1 << 20,
+        report_interval: Duration::from_secs(3600),
+    };
+    let p = Pipeline::start(
+        cfg,
+        Context::default(),
+        Box::new(gate.clone()),
+        vec![],
+        diag,
+    )
+    .expect("start");
+    let e = p.emitter();
+    let started = Instant::now();
+    let total = 5000;
+    let accepted = (0..total).filter(|&i| e.emit(exchange(i))).count();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "emit blocked for {took:?}");
+    assert!(accepted <= 16 + 1, "accepted {accepted} with capacity 16");
+    assert_eq!(e.dropped() as usize, total - accepted);
+    // Release stdout: everything accepted gets written, nothing else.
+    {
+        let (lock, cv) = &*gate.0;
+        *lock.lock().expect("lock") = true;
+        cv.notify_all();
+    }
+    assert!(p.flush(Duration::from_secs(5)));
+    assert_eq!(gate.1 .0.lock().expect("lock").len(), accepted);
+    assert_eq!(e.written() as usize, accepted);
+    // A long report interval means one report for thousands of drops, not one per drop.
+    let more = (0..100).filter(|&i| !e.emit(exchange(i))).count();
+    assert!(p.shutdown(Duration::from_secs(5)));
+    let reports = reports.lock().expect("lock");
+    let drop_reports: Vec<&String> = reports.iter().filter(|l| l.contains("dropped")).collect();
+    assert!(
+        (1..=2).contains(&drop_reports.len()),
+        "{reports:?} (later drops: {more})"
+    );
+    assert!(
+        drop_reports[0].contains(&format!("total dropped: {}", total - accepted)),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn closed_stdout_does_not_panic_and_is_reported() {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] was just created by pipe() and is owned by nobody else; closing the read
+    // end makes every later write fail with EPIPE (SIGPIPE is ignored by the Rust runtime).
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is a fresh descriptor owned by this File from now on.
+    let write_end = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+    let (diag, reports) = captured_diag();
+    let p = Pipeline::start(
+        PipelineConfig::default(),
+        Context::default(),
+        Box::new(write_end),
+        vec![],
+        diag,
+    )
+    .expect("start");
+    let e = p.emitter();
+    for i in 0..50 {
+        e.emit(exchange(i));
+    }
+    assert!(p.shutdown(Duration::from_secs(5)));
+    assert_eq!(e.written(), 0);
+    let reports = reports.lock().expect("lock");
+    assert!(
+        reports
+            .iter()
+            .any(|l| l.contains("failed to write") && l.contains("total failed: 50")),
+        "{reports:?}"
+    );
+}
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<(Category, i64, Vec<u8>)>>);
+
+impl EventSink for Collect {
+    fn deliver(&self, category: Category, timestamp_ms: i64, event: &[u8]) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push((category, timestamp_ms, event.to_vec()));
+    }
+}
+
+#[test]
+fn sinks_get_every_event_after_stdout() {
+    let sink = Arc::new(Collect::default());
+    let rec = Recorder::default();
+    let p = Pipeline::start(
+        PipelineConfig::default(),
+        Context {
+            app_name: "svc".into(),
+            aws_meta: None,
+        },
+        Box::new(rec.clone()),
+        vec![sink.clone() as Arc<dyn EventSink>],
+        Diag::new("test"),
+    )
+    .expect("start");
+    for i in 0..10 {
+        p.emitter().emit(exchange(i));
+    }
+    assert!(p.shutdown(Duration::from_secs(5)));
+    let got = sink.0.lock().expect("lock");
+    assert_eq!(got.len(), 10);
+    for (i, (cat, ts, ev)) in got.iter().enumerate() {
+        assert_eq!(*cat, Category::Traffic);
+        assert!(*ts > 0);
+        let mut line = ev.clone();
+        line.push(b'\n');
+        assert_eq!(&line, &rec.0.lock().expect("lock")[i]);
+    }
+}
