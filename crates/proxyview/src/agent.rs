@@ -1,0 +1,523 @@
+//! The agent (`proxyview client`): keeps one tunnel to the server, re-registering after every
+//! reconnect, and forwards each tunnelled request to its route's `value:port` over a pooled
+//! HTTP/1.1 client. Upgrades (WebSocket) become raw byte pipes to the backend.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::config::{ClientConfig, Route};
+use crate::http_util::{self, boxed, empty, full, PvBody};
+use crate::mux::{self, Heartbeat};
+use crate::protocol::{self, agent_error, Hello, HelloAck};
+use crate::wsio::{self, WsIo};
+
+/// Why a session ended before or instead of serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Retrying cannot help (bad token, refused identity): the process should exit.
+    #[error("{0}")]
+    Fatal(String),
+    /// Network or server trouble: reconnect after a back-off.
+    #[error("{0}")]
+    Retry(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Agent state shared by every stream of every session.
+pub struct Agent {
+    cfg: ClientConfig,
+    routes: HashMap<String, Route>,
+    client: Client<HttpConnector, PvBody>,
+    instance: String,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Runs the agent until a fatal error (401/403, identity refused); transient failures reconnect
+/// with exponential back-off and jitter.
+pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
+    let agent = Arc::new(Agent::new(cfg)?);
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        match agent.clone().session().await {
+            Err(SessionError::Fatal(msg)) => anyhow::bail!("{msg}"),
+            Err(SessionError::Retry(msg)) => warn!(error = %msg, "tunnel down"),
+            Ok(()) => info!("tunnel closed by the server"),
+        }
+        if started.elapsed() >= protocol::RECONNECT_STABLE {
+            failures = 0;
+        }
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Delay before reconnect attempt `n`: base·2ⁿ capped, then a random point in its upper half, so
+/// agents cut off together do not come back in lock-step.
+pub fn backoff(n: u32) -> Duration {
+    let cap = protocol::RECONNECT_MAX.as_millis() as u64;
+    let exp = (protocol::RECONNECT_BASE.as_millis() as u64)
+        .saturating_mul(1u64 << n.min(20))
+        .min(cap);
+    let jittered = rand::rng().random_range(exp / 2..=exp);
+    Duration::from_millis(jittered)
+}
+
+impl Agent {
+    /// Builds the agent (pooled backend client, TLS settings).
+    pub fn new(cfg: ClientConfig) -> anyhow::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(protocol::BACKEND_POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(http);
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        let instance = format!("{:016x}", rand::rng().random::<u64>());
+        #[cfg(feature = "tls")]
+        let tls = if cfg.server.tls {
+            Some(crate::tls::connector(cfg.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            routes,
+            client,
+            instance,
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    async fn dial(&self) -> Result<Box<dyn Io>, SessionError> {
+        let url = &self.cfg.server;
+        let tcp = tokio::time::timeout(
+            protocol::HANDSHAKE_TIMEOUT,
+            TcpStream::connect((url.host.as_str(), url.port)),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Retry(format!("connect to {}:{} timed out", url.host, url.port))
+        })?
+        .map_err(|e| {
+            SessionError::Retry(format!("cannot connect to {}:{}: {e}", url.host, url.port))
+        })?;
+        let _ = tcp.set_nodelay(true);
+        if !url.tls {
+            return Ok(Box::new(tcp));
+        }
+        #[cfg(feature = "tls")]
+        {
+            let Some(tls) = &self.tls else {
+                return Err(SessionError::Fatal("wss:// without a TLS connector".into()));
+            };
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
+                SessionError::Fatal(format!("proxyview.url host {:?}: {e}", url.host))
+            })?;
+            let stream = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, tls.connect(name, tcp))
+                .await
+                .map_err(|_| SessionError::Retry("TLS handshake timed out".into()))?
+                .map_err(|e| {
+                    SessionError::Retry(format!("TLS handshake with {} failed: {e}", url.host))
+                })?;
+            Ok(Box::new(stream))
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(SessionError::Fatal("wss:// needs the tls feature".into()))
+    }
+
+    /// One session: dial, authenticate, register, then serve streams until the tunnel ends.
+    pub async fn session(self: Arc<Self>) -> Result<(), SessionError> {
+        let io = self.dial().await?;
+        let uri = self.cfg.server.uri();
+        let bad = |e: tokio_websockets::Error| {
+            SessionError::Fatal(format!("cannot build the handshake: {e}"))
+        };
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.cfg.token.expose()))
+            .map_err(|_| {
+                SessionError::Fatal("proxyview.token has characters not allowed in a header".into())
+            })?;
+        let client_id = HeaderValue::from_str(&self.cfg.client_id).map_err(|_| {
+            SessionError::Fatal("clientId has characters not allowed in a header".into())
+        })?;
+        let builder = tokio_websockets::ClientBuilder::new()
+            .uri(&uri)
+            .map_err(|e| SessionError::Fatal(format!("proxyview.url {uri:?}: {e}")))?
+            .add_header(header::AUTHORIZATION, bearer)
+            .map_err(bad)?
+            .add_header(
+                HeaderName::from_static(protocol::CLIENT_ID_HEADER),
+                client_id,
+            )
+            .map_err(bad)?
+            .limits(
+                tokio_websockets::Limits::default()
+                    .max_payload_len(Some(protocol::MAX_CONTROL_MESSAGE)),
+            );
+        let (mut ws, _) = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, builder.connect_on(io))
+            .await
+            .map_err(|_| SessionError::Retry(format!("WebSocket handshake with {uri} timed out")))?
+            .map_err(|e| classify_handshake_error(&uri, e))?;
+        let hello = Hello {
+            version: protocol::PROTOCOL_VERSION,
+            client_id: self.cfg.client_id.clone(),
+            instance: self.instance.clone(),
+            routes: self.cfg.routes.iter().map(|r| r.name.clone()).collect(),
+        };
+        let text = serde_json::to_string(&hello).map_err(|e| SessionError::Fatal(e.to_string()))?;
+        wsio::send_control(&mut ws, text)
+            .await
+            .map_err(SessionError::Retry)?;
+        let ack =
+            match tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, wsio::read_control(&mut ws))
+                .await
+            {
+                Err(_) => return Err(SessionError::Retry("no HelloAck from the server".into())),
+                // 1008 = the server refused this identity; retrying the same config cannot help.
+                Ok(Err(e)) if e.contains("(1008)") => {
+                    return Err(SessionError::Fatal(format!(
+                        "server refused the agent: {e}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(SessionError::Retry(e)),
+                Ok(Ok(t)) => serde_json::from_str::<HelloAck>(&t).map_err(|e| {
+                    SessionError::Retry(format!("bad HelloAck from the server: {e}"))
+                })?,
+            };
+        for r in &ack.rejected {
+            warn!(route = %r.route, reason = %r.reason, "route rejected by the server");
+        }
+        if ack.accepted.is_empty() {
+            return Err(SessionError::Retry(
+                "the server accepted none of this agent's routes".into(),
+            ));
+        }
+        info!(session = ack.session, accepted = ?ack.accepted, "tunnel up");
+        ws.limits_mut()
+            .set_max_payload_len(Some(protocol::MAX_WS_MESSAGE));
+        let hb = Heartbeat {
+            interval: Duration::from_millis(ack.heartbeat_interval_ms.max(100)),
+            timeout: Duration::from_millis(ack.heartbeat_timeout_ms.max(100)),
+        };
+        let agent = self.clone();
+        let svc = service_fn(move |req| {
+            let a = agent.clone();
+            async move { Ok::<_, Infallible>(a.forward(req).await) }
+        });
+        mux::server_builder(hb)
+            .serve_connection(TokioIo::new(WsIo::new(ws)), svc)
+            .await
+            .map_err(|e| SessionError::Retry(format!("tunnel failed: {e}")))
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Response<PvBody> {
+        let route_name = req
+            .headers()
+            .get(protocol::ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(route) = self.routes.get(route_name) else {
+            return agent_fail(
+                StatusCode::BAD_GATEWAY,
+                agent_error::NO_ROUTE,
+                &format!("agent has no route {route_name:?}"),
+            );
+        };
+        let upgrade = (req.method() == Method::CONNECT)
+            .then(|| {
+                req.extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .map(|p| p.as_str().to_string())
+            })
+            .flatten();
+        let on_tunnel = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let method = match &upgrade {
+            Some(_) => parts
+                .headers
+                .get(protocol::METHOD_HEADER)
+                .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+                .unwrap_or(Method::GET),
+            None => parts.method.clone(),
+        };
+        prepare_headers(&mut parts.headers, route);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        match (upgrade, on_tunnel) {
+            (Some(proto), Some(on_tunnel)) => {
+                self.forward_upgrade(route, method, &path, parts.headers, &proto, on_tunnel)
+                    .await
+            }
+            _ => {
+                let uri: Uri = match format!("http://{}{path}", route.authority()).parse() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return agent_fail(
+                            StatusCode::BAD_GATEWAY,
+                            agent_error::BACKEND_UNREACHABLE,
+                            "bad backend URI",
+                        )
+                    }
+                };
+                let mut out = Request::new(boxed(body));
+                *out.method_mut() = method;
+                *out.uri_mut() = uri;
+                *out.version_mut() = Version::HTTP_11;
+                *out.headers_mut() = parts.headers;
+                match tokio::time::timeout(self.cfg.response_timeout, self.client.request(out))
+                    .await
+                {
+                    Err(_) => agent_fail(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        agent_error::BACKEND_TIMEOUT,
+                        &format!(
+                            "backend {} sent no response within {:?}",
+                            route.authority(),
+                            self.cfg.response_timeout
+                        ),
+                    ),
+                    Ok(Err(e)) => {
+                        debug!(route = %route.name, error = ?e, "backend request failed");
+                        agent_fail(
+                            StatusCode::BAD_GATEWAY,
+                            agent_error::BACKEND_UNREACHABLE,
+                            &format!("backend {} failed: {}", route.authority(), error_chain(&e)),
+                        )
+                    }
+                    Ok(Ok(resp)) => {
+                        let (mut parts, body) = resp.into_parts();
+                        http_util::strip_hop_by_hop(&mut parts.headers);
+                        parts.version = Version::HTTP_2;
+                        Response::from_parts(parts, boxed(body))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn forward_upgrade(
+        &self,
+        route: &Route,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+        proto: &str,
+        on_tunnel: hyper::upgrade::OnUpgrade,
+    ) -> Response<PvBody> {
+        let authority = route.authority();
+        let unreachable = |msg: String| {
+            agent_fail(
+                StatusCode::BAD_GATEWAY,
+                agent_error::BACKEND_UNREACHABLE,
+                &msg,
+            )
+        };
+        let tcp = match tokio::time::timeout(
+            self.cfg.connect_timeout,
+            TcpStream::connect(authority.as_str()),
+        )
+        .await
+        {
+            Err(_) => return unreachable(format!("connect to {authority} timed out")),
+            Ok(Err(e)) => return unreachable(format!("cannot connect to {authority}: {e}")),
+            Ok(Ok(t)) => t,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake::<_, PvBody>(TokioIo::new(tcp)).await {
+                Ok(x) => x,
+                Err(e) => return unreachable(format!("backend {authority}: {e}")),
+            };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        http_util::set_upgrade(&mut headers, proto);
+        let mut req = Request::new(empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.headers_mut() = headers;
+        let mut resp =
+            match tokio::time::timeout(self.cfg.response_timeout, sender.send_request(req)).await {
+                Err(_) => {
+                    return agent_fail(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        agent_error::BACKEND_TIMEOUT,
+                        "backend did not answer the upgrade",
+                    )
+                }
+                Ok(Err(e)) => return unreachable(format!("backend {authority}: {e}")),
+                Ok(Ok(r)) => r,
+            };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = resp.into_parts();
+            http_util::strip_hop_by_hop(&mut parts.headers);
+            parts.version = Version::HTTP_2;
+            return Response::from_parts(parts, boxed(body));
+        }
+        let backend_up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(on_tunnel, backend_up) {
+                Ok((a, b)) => {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                            .await;
+                }
+                Err(e) => debug!(error = %e, "upgrade pipe failed"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        http_util::strip_hop_by_hop(&mut parts.headers);
+        parts.status = StatusCode::OK;
+        parts.version = Version::HTTP_2;
+        Response::from_parts(parts, empty())
+    }
+}
+
+/// Turns the tunnelled request's headers into the backend's: metadata consumed, Host rewritten
+/// (unless the route preserves it), `X-Forwarded-*` added.
+fn prepare_headers(h: &mut HeaderMap, route: &Route) {
+    let get = |h: &HeaderMap, n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let peer = get(h, protocol::PEER_HEADER);
+    let original_host = get(h, protocol::HOST_HEADER);
+    http_util::strip_internal(h);
+    http_util::strip_hop_by_hop(h);
+    let host = match (&original_host, route.preserve_host) {
+        (Some(o), true) => o.clone(),
+        _ if route.port == 80 => route.value.clone(),
+        _ => route.authority(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        h.insert(header::HOST, v);
+    }
+    if let Some(peer) = peer {
+        let xff = match get(h, "x-forwarded-for") {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
+            _ => peer,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if !h.contains_key("x-forwarded-host") {
+        if let Some(v) = original_host.and_then(|o| HeaderValue::from_str(&o).ok()) {
+            h.insert("x-forwarded-host", v);
+        }
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+fn agent_fail(status: StatusCode, kind: &'static str, msg: &str) -> Response<PvBody> {
+    let mut r = Response::new(full(format!("proxyview agent: {msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(protocol::ERROR_HEADER, HeaderValue::from_static(kind));
+    r
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn classify_handshake_error(uri: &str, e: tokio_websockets::Error) -> SessionError {
+    use tokio_websockets::upgrade::Error as U;
+    match e {
+        tokio_websockets::Error::Upgrade(U::DidNotSwitchProtocols(401)) => SessionError::Fatal(format!(
+            "server {uri} answered 401: the agent token was refused; check proxyview.token (and the server's agents: entry for this clientId)"
+        )),
+        tokio_websockets::Error::Upgrade(U::DidNotSwitchProtocols(403)) => SessionError::Fatal(format!(
+            "server {uri} answered 403: this agent's address is not in the server's internal.whitelistedIps"
+        )),
+        other => SessionError::Retry(format!("WebSocket handshake with {uri} failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteKind;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for n in 0..40 {
+            let d = backoff(n);
+            let exp = (100u64 << n.min(20)).min(30_000);
+            assert!(
+                d.as_millis() as u64 >= exp / 2 && d.as_millis() as u64 <= exp,
+                "{n}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_for_backend() {
+        let route = Route {
+            name: "r".into(),
+            value: "svc".into(),
+            port: 8083,
+            kind: RouteKind::Cname,
+            preserve_host: false,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(protocol::PEER_HEADER, HeaderValue::from_static("10.0.0.9"));
+        h.insert(protocol::HOST_HEADER, HeaderValue::from_static("R:8080"));
+        h.insert(protocol::ROUTE_HEADER, HeaderValue::from_static("r"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        prepare_headers(&mut h, &route);
+        assert_eq!(h["host"], "svc:8083");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "R:8080");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key(protocol::ROUTE_HEADER));
+        let mut h = HeaderMap::new();
+        h.insert(protocol::HOST_HEADER, HeaderValue::from_static("r"));
+        let keep = Route {
+            preserve_host: true,
+            ..route
+        };
+        prepare_headers(&mut h, &keep);
+        assert_eq!(h["host"], "r");
+    }
+}

@@ -1,0 +1,117 @@
+//! `proxyview server` and `proxyview client`: the two halves of the tunnel.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use proxyview::access_log::{AccessSink, JsonLines};
+use proxyview::config::{resolve_path, ClientConfig, ServerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "proxyview",
+    version,
+    about = "Reverse HTTP tunnel: agents dial out, the server routes by Host"
+)]
+struct Cli {
+    /// Diagnostics filter (tracing syntax, e.g. `info`, `proxyview=debug`); logs go to stderr.
+    #[arg(long, global = true, env = "PROXYVIEW_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (internal port for agents, external port for callers).
+    Server(Common),
+    /// Run an agent next to the services it exposes.
+    Client(Common),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// YAML config; default `$LHUB_CONFIG_DIR/application.yaml` as Proxyview did.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("proxyview: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Server(c) => {
+            let cfg = ServerConfig::load(&resolve_path(c.config.as_deref())?)?;
+            if c.check {
+                eprintln!("config ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            rt.block_on(async move {
+                let sink: Option<Arc<dyn AccessSink>> = if cfg.access_log {
+                    Some(JsonLines::stdout())
+                } else {
+                    None
+                };
+                let server = proxyview::server::Server::new(cfg, sink);
+                let bound = server.start().await?;
+                eprintln!(
+                    "proxyview server listening internal={} external={}",
+                    bound.internal, bound.external
+                );
+                shutdown_signal().await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Cmd::Client(c) => {
+            let cfg = ClientConfig::load(&resolve_path(c.config.as_deref())?)?;
+            if c.check {
+                eprintln!("config ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            rt.block_on(async move {
+                tokio::select! {
+                    r = proxyview::agent::run(cfg) => r.map(|()| ExitCode::SUCCESS),
+                    () = shutdown_signal() => Ok(ExitCode::SUCCESS),
+                }
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,280 @@
+//! Route table: which live agent sessions serve which route name, and who may claim what.
+//!
+//! Rules (checked per route when a session registers):
+//! - A route listed under some agent in the server's `agents:` section is *reserved*: only the
+//!   clientIds listing it may serve it; an agent with an `agents:` entry may only serve its listed
+//!   routes. One leaked token therefore exposes only its own routes.
+//! - A session of the same `clientId` **and** process instance replaces the older session (a
+//!   reconnect whose old socket is not yet known dead).
+//! - Sessions of the same `clientId` (different instances) share a route: round-robin, with
+//!   failover when one is gone.
+//! - A different `clientId` claiming a route someone serves is rejected, unless both are allowed
+//!   that route by the `agents:` section, in which case they share it.
+//! - A session going away removes only its own entries (keyed by session id), so a late
+//!   disconnect of an old session never removes a newer session's routes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::Notify;
+
+use crate::config::AgentPolicy;
+use crate::http_util::PvBody;
+use crate::protocol::Rejected;
+
+/// The HTTP/2 handle the server uses to open streams to an agent.
+pub type Sender = hyper::client::conn::http2::SendRequest<PvBody>;
+
+/// One live agent session as the router sees it.
+#[derive(Debug)]
+pub struct Session {
+    /// Server-assigned id, unique for the process lifetime.
+    pub id: u64,
+    /// The agent's `clientId`.
+    pub client_id: String,
+    /// The agent process instance.
+    pub instance: String,
+    /// Set once the HTTP/2 handshake is done; sessions without it are skipped.
+    pub sender: OnceLock<Sender>,
+    /// Notified when the router drops this session in favour of a newer one.
+    pub evicted: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    sessions: Vec<Arc<Session>>,
+    next: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    routes: HashMap<String, Entry>,
+}
+
+/// Route name → sessions, plus the claim policy.
+#[derive(Debug)]
+pub struct Router {
+    state: Mutex<State>,
+    policies: Vec<AgentPolicy>,
+}
+
+/// Outcome of a registration.
+#[derive(Debug, Default)]
+pub struct Registration {
+    /// Routes now served by the session.
+    pub accepted: Vec<String>,
+    /// Routes refused with reasons.
+    pub rejected: Vec<Rejected>,
+}
+
+impl Router {
+    /// An empty table enforcing `policies` (the server's `agents:` section).
+    pub fn new(policies: Vec<AgentPolicy>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            policies,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the table consistent (every mutation is a single
+        // push/retain), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `agents:` entry for a clientId, if any.
+    pub fn policy(&self, client_id: &str) -> Option<&AgentPolicy> {
+        self.policies.iter().find(|p| p.client_id == client_id)
+    }
+
+    /// The `agents:` entries that list `route`.
+    fn reserved_by<'a>(&'a self, route: &'a str) -> impl Iterator<Item = &'a AgentPolicy> + 'a {
+        self.policies
+            .iter()
+            .filter(move |p| p.routes.iter().any(|r| r == route))
+    }
+
+    /// Registers `session` for `routes` (already normalised), evicting an older session of the same
+    /// clientId and instance.
+    pub fn register(&self, session: &Arc<Session>, routes: &[String]) -> Registration {
+        let mut out = Registration::default();
+        let mut evicted: Vec<Arc<Session>> = Vec::new();
+        let own_policy = self.policy(&session.client_id);
+        let mut st = self.lock();
+        for entry in st.routes.values_mut() {
+            entry.sessions.retain(|s| {
+                let same = s.client_id == session.client_id
+                    && s.instance == session.instance
+                    && s.id != session.id;
+                if same && !evicted.iter().any(|e| e.id == s.id) {
+                    evicted.push(s.clone());
+                }
+                !same
+            });
+        }
+        for route in routes {
+            let reserved: Vec<&AgentPolicy> = self.reserved_by(route).collect();
+            let reject = |reason: String| Rejected {
+                route: route.clone(),
+                reason,
+            };
+            if let Some(p) = own_policy {
+                if !p.routes.iter().any(|r| r == route) {
+                    out.rejected.push(reject(format!(
+                        "route {route:?} is not among the routes the server's agents: section allows clientId {:?}",
+                        session.client_id
+                    )));
+                    continue;
+                }
+            } else if !reserved.is_empty() {
+                out.rejected.push(reject(format!(
+                    "route {route:?} is reserved by the server's agents: section for another clientId"
+                )));
+                continue;
+            }
+            let entry = st.routes.entry(route.clone()).or_default();
+            if let Some(other) = entry
+                .sessions
+                .iter()
+                .find(|s| s.client_id != session.client_id)
+            {
+                let shared = reserved.iter().any(|p| p.client_id == other.client_id)
+                    && reserved.iter().any(|p| p.client_id == session.client_id);
+                if !shared {
+                    out.rejected.push(reject(format!(
+                        "route {route:?} is already served by clientId {:?}",
+                        other.client_id
+                    )));
+                    continue;
+                }
+            }
+            if !entry.sessions.iter().any(|s| s.id == session.id) {
+                entry.sessions.push(session.clone());
+            }
+            out.accepted.push(route.clone());
+        }
+        st.routes.retain(|_, e| !e.sessions.is_empty());
+        drop(st);
+        for e in evicted {
+            e.evicted.notify_one();
+        }
+        out
+    }
+
+    /// Drops every entry of session `id` (and only of it).
+    pub fn remove_session(&self, id: u64) {
+        let mut st = self.lock();
+        for entry in st.routes.values_mut() {
+            entry.sessions.retain(|s| s.id != id);
+        }
+        st.routes.retain(|_, e| !e.sessions.is_empty());
+    }
+
+    /// The sessions serving `route`, starting with the next one in round-robin order.
+    pub fn candidates(&self, route: &str) -> Vec<Arc<Session>> {
+        let mut st = self.lock();
+        let Some(entry) = st.routes.get_mut(route) else {
+            return Vec::new();
+        };
+        let n = entry.sessions.len();
+        let start = entry.next % n;
+        entry.next = entry.next.wrapping_add(1);
+        (0..n)
+            .map(|i| entry.sessions[(start + i) % n].clone())
+            .collect()
+    }
+
+    /// Route names currently served (for diagnostics and tests).
+    pub fn routes(&self) -> Vec<(String, Vec<String>)> {
+        let st = self.lock();
+        let mut v: Vec<_> = st
+            .routes
+            .iter()
+            .map(|(r, e)| {
+                (
+                    r.clone(),
+                    e.sessions.iter().map(|s| s.client_id.clone()).collect(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn session(id: u64, client: &str, instance: &str) -> Arc<Session> {
+        Arc::new(Session {
+            id,
+            client_id: client.into(),
+            instance: instance.into(),
+            sender: OnceLock::new(),
+            evicted: Notify::new(),
+        })
+    }
+
+    fn r(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn other_client_is_rejected_same_client_shares_and_reconnect_replaces() {
+        let router = Router::new(vec![]);
+        let a1 = session(1, "a", "i1");
+        assert_eq!(
+            router.register(&a1, &r(&["x", "y"])).accepted,
+            r(&["x", "y"])
+        );
+        let b = session(2, "b", "j");
+        let reg = router.register(&b, &r(&["x", "z"]));
+        assert_eq!(reg.accepted, r(&["z"]));
+        assert!(
+            reg.rejected[0].reason.contains("\"a\""),
+            "{:?}",
+            reg.rejected
+        );
+        let a2 = session(3, "a", "i2");
+        router.register(&a2, &r(&["x"]));
+        let ids: Vec<u64> = (0..4).map(|_| router.candidates("x")[0].id).collect();
+        assert!(ids.contains(&1) && ids.contains(&3), "round robin: {ids:?}");
+        // Reconnect of instance i1 replaces session 1 everywhere.
+        let a1b = session(4, "a", "i1");
+        router.register(&a1b, &r(&["x", "y"]));
+        let mut ids: Vec<u64> = router.candidates("x").iter().map(|s| s.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![3, 4]);
+        // Late disconnect of the replaced session removes nothing of the new one.
+        router.remove_session(1);
+        assert_eq!(router.candidates("y")[0].id, 4);
+        router.remove_session(4);
+        assert!(router.candidates("y").is_empty());
+        assert_eq!(router.candidates("x")[0].id, 3);
+    }
+
+    #[test]
+    fn agents_section_reserves_and_allows_sharing() {
+        let pol = |c: &str, routes: &[&str]| AgentPolicy {
+            client_id: c.into(),
+            token: Secret::new("t"),
+            routes: r(routes),
+        };
+        let router = Router::new(vec![pol("a", &["pay", "shared"]), pol("b", &["shared"])]);
+        let anon = session(1, "anon", "i");
+        let reg = router.register(&anon, &r(&["pay", "free"]));
+        assert_eq!(reg.accepted, r(&["free"]));
+        let a = session(2, "a", "i");
+        let reg = router.register(&a, &r(&["pay", "shared", "free", "other"]));
+        assert_eq!(reg.accepted, r(&["pay", "shared"]));
+        assert_eq!(reg.rejected.len(), 2);
+        let b = session(3, "b", "i");
+        assert_eq!(
+            router.register(&b, &r(&["shared", "pay"])).accepted,
+            r(&["shared"])
+        );
+        assert_eq!(router.candidates("shared").len(), 2);
+    }
+}

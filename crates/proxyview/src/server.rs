@@ -1,0 +1,792 @@
+//! The server: an internal port where agents open their tunnel, an external port where callers
+//! send HTTP/1.1 requests that are routed by Host into the tunnel of the agent serving that route.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use telemetry::{Capture, Exchange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::access_log::{AccessRecord, AccessSink, Tap, CAPTURE_LIMIT};
+use crate::config::{normalize_route_name, peer_allowed, Allowlist, Secret, ServerConfig};
+use crate::host::request_host;
+use crate::http_util::{self, boxed, empty, full, PvBody};
+use crate::mux::{self, Heartbeat};
+use crate::protocol::{self, Hello, HelloAck, Rejected};
+use crate::router::{Router, Session};
+use crate::wsio::{self, WsIo};
+
+/// Proxyview's exact error page, used for every failure in legacy mode.
+pub const LEGACY_404_BODY: &str = "Resource was not found.";
+
+/// Shared server state.
+pub struct Server {
+    cfg: ServerConfig,
+    router: Router,
+    sink: Option<Arc<dyn AccessSink>>,
+    next_session: AtomicU64,
+}
+
+/// Addresses the server actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Agent-facing listener.
+    pub internal: SocketAddr,
+    /// Caller-facing listener.
+    pub external: SocketAddr,
+}
+
+impl Server {
+    /// Builds the server; `sink` receives access records when the config enables them.
+    pub fn new(cfg: ServerConfig, sink: Option<Arc<dyn AccessSink>>) -> Arc<Self> {
+        let router = Router::new(cfg.agents.clone());
+        let sink = if cfg.access_log { sink } else { None };
+        Arc::new(Self {
+            cfg,
+            router,
+            sink,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// The route table (for diagnostics).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Binds both listeners and spawns their accept loops.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<Bound> {
+        use anyhow::Context as _;
+        let internal = TcpListener::bind(self.cfg.internal_addr())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on internal.port {}",
+                    self.cfg.internal_addr()
+                )
+            })?;
+        let external = TcpListener::bind(self.cfg.external_addr())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on external.port {}",
+                    self.cfg.external_addr()
+                )
+            })?;
+        let bound = Bound {
+            internal: internal.local_addr()?,
+            external: external.local_addr()?,
+        };
+        let s = self.clone();
+        tokio::spawn(async move { s.accept_loop(internal, Port::Internal).await });
+        let s = self.clone();
+        tokio::spawn(async move { s.accept_loop(external, Port::External).await });
+        Ok(bound)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: Port) {
+        let allow = match port {
+            Port::Internal => self.cfg.internal_allow.clone(),
+            Port::External => self.cfg.external_allow.clone(),
+        };
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if !peer_allowed(allow.as_ref(), peer.ip()) {
+                debug!(%peer, ?port, "peer not in whitelistedIps");
+                tokio::spawn(reject_peer(
+                    tcp,
+                    self.cfg.legacy_errors && port == Port::External,
+                ));
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            let s = self.clone();
+            tokio::spawn(async move { s.serve_connection(tcp, peer, port).await });
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, port: Port) {
+        let s = self.clone();
+        let svc = service_fn(move |req| {
+            let s = s.clone();
+            async move {
+                Ok::<_, Infallible>(match port {
+                    Port::Internal => s.handle_internal(peer, req),
+                    Port::External => s.handle_external(peer, req).await,
+                })
+            }
+        });
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.cfg.header_read_timeout)
+            .max_buf_size(256 * 1024);
+        if let Err(e) = b
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades()
+            .await
+        {
+            debug!(%peer, error = %e, "connection ended with error");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Internal port: agents.
+
+    fn handle_internal(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Response<PvBody> {
+        match req.uri().path() {
+            protocol::HEALTH_PATH => return text(StatusCode::OK, "ok\n"),
+            protocol::CONNECT_PATH => {}
+            _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
+        }
+        let presented = presented_token(req.headers(), protocol::AUTH_TOKEN_HEADER);
+        let header_client = req
+            .headers()
+            .get(protocol::CLIENT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let expected: &Secret = match header_client.as_deref().and_then(|c| self.router.policy(c)) {
+            Some(p) => &p.token,
+            None => &self.cfg.internal_token,
+        };
+        if !presented.is_some_and(|t| expected.matches(t.as_bytes())) {
+            info!(%peer, client = ?header_client, "agent rejected: bad or missing token");
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "UnAuthenticated: bad or missing agent token\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"proxyview\""),
+            );
+            return r;
+        }
+        let key = match websocket_key(&req) {
+            Ok(k) => k,
+            Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let s = self.clone();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(up) => {
+                    let ws = tokio_websockets::ServerBuilder::new()
+                        .limits(
+                            tokio_websockets::Limits::default()
+                                .max_payload_len(Some(protocol::MAX_CONTROL_MESSAGE)),
+                        )
+                        .serve(TokioIo::new(up));
+                    s.run_session(ws, header_client, peer).await;
+                }
+                Err(e) => debug!(%peer, error = %e, "agent upgrade failed"),
+            }
+        });
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&accept_key(&key)) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        r
+    }
+
+    async fn run_session<S>(
+        self: Arc<Self>,
+        mut ws: tokio_websockets::WebSocketStream<S>,
+        header_client: Option<String>,
+        peer: SocketAddr,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let hello =
+            match tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, wsio::read_control(&mut ws))
+                .await
+            {
+                Ok(Ok(text)) => {
+                    serde_json::from_str::<Hello>(&text).map_err(|e| format!("bad Hello: {e}"))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("no Hello within {:?}", protocol::HANDSHAKE_TIMEOUT)),
+            };
+        let hello = match hello.and_then(|h| self.check_hello(h, header_client.as_deref())) {
+            Ok(h) => h,
+            Err(reason) => {
+                info!(%peer, %reason, "agent session refused");
+                wsio::close_with(&mut ws, 1008, &reason).await;
+                return;
+            }
+        };
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id,
+            client_id: hello.client_id.clone(),
+            instance: hello.instance.clone(),
+            sender: OnceLock::new(),
+            evicted: Notify::new(),
+        });
+        let mut routes = Vec::new();
+        let mut rejected = Vec::new();
+        for (i, r) in hello.routes.iter().enumerate() {
+            match normalize_route_name(&format!("routes[{i}]"), r) {
+                Ok(n) => routes.push(n),
+                Err(e) => rejected.push(Rejected {
+                    route: r.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        let mut reg = self.router.register(&session, &routes);
+        rejected.append(&mut reg.rejected);
+        let ack = HelloAck {
+            version: protocol::PROTOCOL_VERSION,
+            session: id,
+            accepted: reg.accepted.clone(),
+            rejected: rejected.clone(),
+            heartbeat_interval_ms: millis(self.cfg.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.cfg.heartbeat_timeout),
+        };
+        let sent = match serde_json::to_string(&ack) {
+            Ok(t) => wsio::send_control(&mut ws, t).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            warn!(session = id, error = %e, "cannot acknowledge agent");
+            self.router.remove_session(id);
+            return;
+        }
+        ws.limits_mut()
+            .set_max_payload_len(Some(protocol::MAX_WS_MESSAGE));
+        let hb = Heartbeat {
+            interval: self.cfg.heartbeat_interval,
+            timeout: self.cfg.heartbeat_timeout,
+        };
+        let (tx, conn) = match mux::client_builder(hb)
+            .handshake::<_, PvBody>(TokioIo::new(WsIo::new(ws)))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(session = id, error = %e, "HTTP/2 handshake with agent failed");
+                self.router.remove_session(id);
+                return;
+            }
+        };
+        let _ = session.sender.set(tx);
+        info!(
+            session = id, client = %hello.client_id, %peer,
+            accepted = ?reg.accepted, rejected = ?rejected, "agent connected"
+        );
+        tokio::select! {
+            r = conn => match r {
+                Ok(()) => info!(session = id, client = %hello.client_id, "agent disconnected"),
+                Err(e) => info!(session = id, client = %hello.client_id, error = %e, "agent session failed"),
+            },
+            () = session.evicted.notified() => {
+                info!(session = id, client = %hello.client_id, "agent session replaced by a reconnect");
+            }
+        }
+        self.router.remove_session(id);
+    }
+
+    fn check_hello(&self, h: Hello, header_client: Option<&str>) -> Result<Hello, String> {
+        if h.version != protocol::PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} not supported (server speaks {})",
+                h.version,
+                protocol::PROTOCOL_VERSION
+            ));
+        }
+        if h.client_id.trim().is_empty() || h.client_id.len() > protocol::MAX_CLIENT_ID_LEN {
+            return Err("clientId is empty or too long".into());
+        }
+        if h.routes.len() > protocol::MAX_ROUTES {
+            return Err(format!("more than {} routes", protocol::MAX_ROUTES));
+        }
+        match header_client {
+            Some(c) if c != h.client_id => {
+                return Err(format!("client-id header {c:?} differs from Hello clientId {:?}", h.client_id))
+            }
+            None if self.router.policy(&h.client_id).is_some() => {
+                return Err(format!(
+                    "clientId {:?} has its own token in the server's agents: section; send it with a client-id header",
+                    h.client_id
+                ))
+            }
+            _ => {}
+        }
+        Ok(h)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // External port: callers.
+
+    async fn handle_external(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Response<PvBody> {
+        let mut log = self.sink.as_ref().map(|_| LogCtx {
+            start: SystemTime::now(),
+            t0: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            request: Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT))),
+            endpoint: None,
+            client_id: None,
+            session: None,
+        });
+        let host = match request_host(req.uri(), req.headers()) {
+            Ok(h) => h,
+            Err(e) => return self.fail(log, StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        if let Some(token) = &self.cfg.external_token {
+            if !presented_token(req.headers(), protocol::AUTH_TOKEN_HEADER)
+                .is_some_and(|t| token.matches(t.as_bytes()))
+            {
+                let mut r = self.fail(
+                    log,
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong auth-token / Authorization: Bearer",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"proxyview\""),
+                );
+                return r;
+            }
+        }
+        let candidates = self.router.candidates(&host);
+        if candidates.is_empty() {
+            return self.fail(
+                log,
+                StatusCode::NOT_FOUND,
+                &format!("no agent serves host {host:?}"),
+            );
+        }
+        if let Some(l) = log.as_mut() {
+            l.endpoint = Some(host.clone());
+        }
+        let proto = http_util::upgrade_protocol(req.headers());
+        let caller_upgrade = proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let original_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        if self.cfg.external_token.is_some() {
+            remove_token_headers(&mut headers);
+        }
+        http_util::strip_hop_by_hop(&mut headers);
+        http_util::strip_internal(&mut headers);
+        headers.remove(header::HOST);
+        if !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip()) {
+            for h in [
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "forwarded",
+            ] {
+                headers.remove(h);
+            }
+        }
+        insert(&mut headers, protocol::ROUTE_HEADER, &host);
+        insert(&mut headers, protocol::PEER_HEADER, &peer.ip().to_string());
+        insert(&mut headers, protocol::HOST_HEADER, &original_host);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{host}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return self.fail(
+                    log,
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded",
+                )
+            }
+        };
+        let mut out = Request::new(empty());
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_2;
+        if let Some(p) = &proto {
+            *out.method_mut() = Method::CONNECT;
+            out.extensions_mut()
+                .insert(hyper::ext::Protocol::from(p.as_str()));
+            insert(&mut headers, protocol::METHOD_HEADER, parts.method.as_str());
+        } else {
+            *out.method_mut() = parts.method;
+            let body = boxed(body);
+            *out.body_mut() = match &log {
+                Some(l) => boxed(Tap::new(body, l.request.clone(), None)),
+                None => body,
+            };
+        }
+        *out.headers_mut() = headers;
+
+        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
+        let mut pending = Some(out);
+        let mut answer = None;
+        for s in candidates {
+            let Some(req) = pending.take() else { break };
+            let Some(tx) = s.sender.get() else {
+                pending = Some(req);
+                continue;
+            };
+            let mut tx = tx.clone();
+            match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
+                Err(_) => {
+                    return self.fail(
+                        log.map(|l| l.served_by(&s)),
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "no response from the agent within {:?}",
+                            self.cfg.response_timeout
+                        ),
+                    )
+                }
+                Ok(Ok(resp)) => {
+                    answer = Some((resp, s));
+                    break;
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never reached the agent: try the next session of this route.
+                    Some(req) => {
+                        debug!(session = s.id, error = %e.error(), "session not usable, failing over");
+                        pending = Some(req);
+                    }
+                    None => {
+                        return self.fail(
+                            log.map(|l| l.served_by(&s)),
+                            StatusCode::BAD_GATEWAY,
+                            &format!("tunnel to agent {:?} failed: {}", s.client_id, e.error()),
+                        )
+                    }
+                },
+            }
+        }
+        let Some((mut resp, session)) = answer else {
+            return self.fail(
+                log,
+                StatusCode::BAD_GATEWAY,
+                &format!("no live agent session for host {host:?}"),
+            );
+        };
+        let log = log.map(|l| l.served_by(&session));
+        let agent_error = resp.headers_mut().remove(protocol::ERROR_HEADER);
+        if agent_error.is_some() && self.cfg.legacy_errors {
+            return self.fail(log, resp.status(), "agent error");
+        }
+        if let (Some(p), Some(caller_up)) = (&proto, caller_upgrade) {
+            if resp.status() == StatusCode::OK {
+                let tunnel_up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(caller_up, tunnel_up) {
+                        Ok((a, b)) => {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(a),
+                                &mut TokioIo::new(b),
+                            )
+                            .await;
+                        }
+                        Err(e) => debug!(error = %e, "upgrade pass-through failed"),
+                    }
+                });
+                let (mut parts, _) = resp.into_parts();
+                http_util::strip_hop_by_hop(&mut parts.headers);
+                http_util::set_upgrade(&mut parts.headers, p);
+                parts.status = StatusCode::SWITCHING_PROTOCOLS;
+                parts.version = Version::HTTP_11;
+                let r = Response::from_parts(parts, empty());
+                if let Some(l) = log {
+                    self.emit(l, &r, None, 0);
+                }
+                return r;
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        http_util::strip_hop_by_hop(&mut parts.headers);
+        http_util::strip_internal(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        let body = boxed(body);
+        let body = match log {
+            None => body,
+            Some(l) => {
+                let capture = Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT)));
+                let sink = self.sink.clone();
+                let (status, rheaders) = (parts.status, parts.headers.clone());
+                let cap = capture.clone();
+                let finish: Box<dyn FnOnce(bool) + Send> = Box::new(move |_complete| {
+                    if let Some(sink) = sink {
+                        let resp_cap =
+                            std::mem::take(&mut *cap.lock().unwrap_or_else(|p| p.into_inner()));
+                        sink.emit(l.record(status.as_u16(), rheaders, Some(resp_cap), 0));
+                    }
+                });
+                boxed(Tap::new(body, capture, Some(finish)))
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// A locally generated error response (and its log record).
+    fn fail(&self, log: Option<LogCtx>, status: StatusCode, msg: &str) -> Response<PvBody> {
+        let r = if self.cfg.legacy_errors {
+            legacy_404()
+        } else {
+            text(status, &format!("proxyview: {msg}\n"))
+        };
+        if let Some(l) = log {
+            let len = if self.cfg.legacy_errors {
+                LEGACY_404_BODY.len()
+            } else {
+                msg.len() + 12
+            };
+            self.emit(l, &r, None, len as u64);
+        }
+        r
+    }
+
+    fn emit(&self, l: LogCtx, r: &Response<PvBody>, body: Option<Capture>, local: u64) {
+        if let Some(sink) = &self.sink {
+            sink.emit(l.record(r.status().as_u16(), r.headers().clone(), body, local));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Internal,
+    External,
+}
+
+/// What the server remembers about a request until its log record is written.
+struct LogCtx {
+    start: SystemTime,
+    t0: Instant,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request: Arc<Mutex<Capture>>,
+    endpoint: Option<String>,
+    client_id: Option<String>,
+    session: Option<u64>,
+}
+
+impl LogCtx {
+    fn served_by(mut self, s: &Session) -> Self {
+        self.client_id = Some(s.client_id.clone());
+        self.session = Some(s.id);
+        self
+    }
+
+    fn record(
+        self,
+        status: u16,
+        response_headers: HeaderMap,
+        response_body: Option<Capture>,
+        local: u64,
+    ) -> AccessRecord {
+        let request_body =
+            std::mem::take(&mut *self.request.lock().unwrap_or_else(|p| p.into_inner()));
+        AccessRecord {
+            exchange: Exchange {
+                start: self.start,
+                end: SystemTime::now(),
+                elapsed: self.t0.elapsed(),
+                method: self.method,
+                uri: self.uri,
+                tls: false,
+                request_headers: self.headers,
+                request_body,
+                status,
+                response_headers,
+                response_body,
+                local_response_bytes: local,
+                endpoint: Some(self.endpoint.unwrap_or_else(|| "unmatched".into())),
+            },
+            client_id: self.client_id,
+            session: self.session,
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
+    list.is_some_and(|l| l.allows(ip))
+}
+
+fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// The token from `Authorization: Bearer …`, else from the legacy header.
+fn presented_token<'a>(h: &'a HeaderMap, legacy: &str) -> Option<&'a str> {
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    bearer.or_else(|| h.get(legacy).and_then(|v| v.to_str().ok()).map(str::trim))
+}
+
+/// Removes the caller's proxy credentials so the backend never sees them.
+fn remove_token_headers(h: &mut HeaderMap) {
+    h.remove(protocol::AUTH_TOKEN_HEADER);
+    let is_bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    if is_bearer {
+        h.remove(header::AUTHORIZATION);
+    }
+}
+
+fn websocket_key(req: &Request<Incoming>) -> Result<String, &'static str> {
+    if req.method() != Method::GET {
+        return Err("/connect needs GET with a WebSocket upgrade\n");
+    }
+    if !http_util::upgrade_protocol(req.headers())
+        .is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+    {
+        return Err("/connect needs Connection: upgrade and Upgrade: websocket\n");
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err("/connect needs Sec-WebSocket-Version: 13\n");
+    }
+    req.headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .ok_or("/connect needs Sec-WebSocket-Key\n")
+}
+
+/// RFC 6455 §4.2.2: base64(SHA-1(key ++ GUID)).
+fn accept_key(key: &str) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+fn text(status: StatusCode, body: &str) -> Response<PvBody> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Proxyview's 404 page, byte for byte.
+pub fn legacy_404() -> Response<PvBody> {
+    let mut r = Response::new(full(LEGACY_404_BODY));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Answers a peer outside the allowlist without reading its request: 403 and a FIN, then its
+/// unread bytes are drained briefly so the kernel does not turn our close into an RST that would
+/// destroy the answer. In legacy mode the connection is just closed, as Proxyview did.
+async fn reject_peer(mut tcp: TcpStream, silent: bool) {
+    if silent {
+        return;
+    }
+    let body = "proxyview: your address is not allowed\n";
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn token_sources_and_stripping() {
+        let mut h = HeaderMap::new();
+        h.insert("auth-token", HeaderValue::from_static("legacy"));
+        assert_eq!(presented_token(&h, "auth-token"), Some("legacy"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  tok "),
+        );
+        assert_eq!(presented_token(&h, "auth-token"), Some("tok"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        remove_token_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        remove_token_headers(&mut h);
+        assert_eq!(
+            h.len(),
+            1,
+            "non-bearer Authorization belongs to the backend"
+        );
+    }
+}
