@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use crate::child::{Child, ExitStatus};
-use crate::ports::{connect_addr, platform, DEFAULT_DETECT_TIMEOUT, DEFAULT_POLL_INTERVAL};
+use crate::ports::{connect_addr, PortWatcher, DEFAULT_DETECT_TIMEOUT, DEFAULT_POLL_INTERVAL};
 
 /// Settings for [`wait_for_listen_port`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,7 @@ pub async fn wait_for_listen_port(
 ) -> Result<SocketAddr, DetectError> {
     let deadline = Instant::now() + opts.timeout;
     let pid = child.pid();
+    let mut watcher = PortWatcher::default();
     loop {
         let exited = child.try_wait().map_err(|source| DetectError::Io {
             command: child.command().to_owned(),
@@ -84,7 +85,7 @@ pub async fn wait_for_listen_port(
                 });
             }
         }
-        let listeners = platform::listeners(pid, Some(pid)).map_err(|source| DetectError::Io {
+        let listeners = watcher.poll(pid).map_err(|source| DetectError::Io {
             command: child.command().to_owned(),
             source,
         })?;

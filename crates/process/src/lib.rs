@@ -21,6 +21,8 @@ mod ports;
 mod ready;
 #[cfg(unix)]
 mod signals;
+#[cfg(target_os = "linux")]
+mod sockdiag;
 
 #[cfg(unix)]
 pub use child::{
@@ -31,8 +33,8 @@ pub use detect::{wait_for_listen_port, DetectError, DetectOptions};
 #[cfg(unix)]
 pub use nix::sys::signal::Signal;
 pub use ports::{
-    connect_addr, listening_ports, Listener, DEFAULT_DETECT_TIMEOUT, DEFAULT_POLL_INTERVAL,
-    MAX_TREE_PIDS,
+    connect_addr, listening_ports, Listener, PortWatcher, DEFAULT_DETECT_TIMEOUT,
+    DEFAULT_POLL_INTERVAL, MAX_TREE_PIDS, WALK_EVERY,
 };
 pub use ready::{wait_tcp_ready, ReadyError};
 #[cfg(unix)]

@@ -3,8 +3,8 @@
 //! One poll reads `/proc/<pid>/stat` of every process (for ppid and pgid), builds the tree from the
 //! parent links plus every member of the child's process group (which catches servers whose launcher
 //! forked and exited: they are re-parented to init or a subreaper but keep the process group), then
-//! collects socket inodes from `/proc/<pid>/fd` and matches them against `/proc/<pid>/net/tcp{,6}`
-//! entries in state `0A` (LISTEN), read once per network namespace.
+//! collects socket inodes from `/proc/<pid>/fd` and matches them against the LISTEN sockets of this
+//! network namespace (sock_diag netlink; `/proc/self/net/tcp{,6}` state `0A` as the fallback).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -133,13 +133,6 @@ fn parse_socket_link(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
-/// The network namespace of `pid`, as the inode in the `/proc/<pid>/ns/net` link.
-fn netns_of(pid: u32) -> Option<std::ffi::OsString> {
-    fs::read_link(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(|p| p.into_os_string())
-}
-
 /// LISTEN entries (inode → bound address) from a `/proc/<pid>/net/tcp` or `tcp6` table.
 fn parse_listen_table(text: &str, into: &mut HashMap<u64, SocketAddr>) {
     for line in text.lines().skip(1) {
@@ -184,44 +177,64 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Every TCP LISTEN socket held by one of `pids`, as (bound address, owning pid), sorted and deduplicated.
-pub(crate) fn listeners_of(pids: &[u32]) -> Vec<(SocketAddr, u32)> {
-    let mut per_pid: Vec<(u32, HashSet<u64>)> = Vec::new();
-    for &pid in pids {
-        let mut inodes = HashSet::new();
-        socket_inodes(pid, &mut inodes);
-        if !inodes.is_empty() {
-            per_pid.push((pid, inodes));
-        }
+/// Every TCP LISTEN socket of this network namespace held by the tree of `root` (see [`tree_pids`]), as
+/// (bound address, owning pid), sorted and deduplicated by address.
+///
+/// Only the caller's network namespace is consulted: a listener in another namespace is not reachable
+/// through this host's loopback anyway. The LISTEN set comes first because it is cheap; when it is empty
+/// (a container before the app listens) the process tree is not walked at all.
+pub(crate) fn tree_listeners(root: u32, group: Option<u32>) -> io::Result<Vec<(SocketAddr, u32)>> {
+    attribute(&listen_table()?, root, group)
+}
+
+/// Every TCP LISTEN socket of this network namespace, by socket inode.
+pub(crate) fn listen_table() -> io::Result<HashMap<u64, SocketAddr>> {
+    match crate::sockdiag::listen_sockets() {
+        Ok(t) => Ok(t),
+        // sock_diag can be unavailable (module not loaded, seccomp); /proc is slower but always there.
+        Err(_) => proc_listen_table(),
     }
-    if per_pid.is_empty() {
-        return Vec::new();
+}
+
+/// The entries of `table` held open by a process of the tree of `root` (see [`tree_pids`]).
+pub(crate) fn attribute(
+    table: &HashMap<u64, SocketAddr>,
+    root: u32,
+    group: Option<u32>,
+) -> io::Result<Vec<(SocketAddr, u32)>> {
+    if table.is_empty() {
+        return Ok(Vec::new());
     }
-    // The tables are per network namespace; read them once for each namespace the sockets live in.
-    let mut tables: HashMap<Option<std::ffi::OsString>, HashMap<u64, SocketAddr>> = HashMap::new();
     let mut out = Vec::new();
-    for (pid, inodes) in &per_pid {
-        let ns = netns_of(*pid);
-        let table = tables.entry(ns).or_insert_with(|| {
-            let mut t = HashMap::new();
-            for name in ["tcp", "tcp6"] {
-                if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{name}")) {
-                    parse_listen_table(&text, &mut t);
-                }
-            }
-            t
-        });
-        for inode in inodes {
+    let mut inodes = HashSet::new();
+    for pid in tree_pids(root, group)? {
+        inodes.clear();
+        socket_inodes(pid, &mut inodes);
+        for inode in &inodes {
             if let Some(addr) = table.get(inode) {
                 if addr.port() > 0 {
-                    out.push((*addr, *pid));
+                    out.push((*addr, pid));
                 }
             }
         }
     }
     out.sort();
     out.dedup_by_key(|(addr, _)| *addr);
-    out
+    Ok(out)
+}
+
+/// LISTEN sockets of this network namespace from `/proc/self/net/tcp{,6}`.
+fn proc_listen_table() -> io::Result<HashMap<u64, SocketAddr>> {
+    let mut table = HashMap::new();
+    for name in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        match fs::read_to_string(name) {
+            Ok(text) => parse_listen_table(&text, &mut table),
+            // tcp6 is absent when IPv6 is disabled.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(table)
 }
 
 #[cfg(test)]

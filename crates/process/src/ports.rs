@@ -24,6 +24,8 @@ pub struct Listener {
 
 /// Every TCP LISTEN socket (IPv4 and IPv6) held by `root_pid`, its descendants, and — when `root_pid` leads
 /// a process group — every member of that group and their descendants. Sorted by address, deduplicated.
+///
+/// Only sockets in the caller's network namespace count: others are not reachable through its loopback.
 pub fn listening_ports(root_pid: u32) -> io::Result<Vec<Listener>> {
     platform::listeners(root_pid, Some(root_pid))
 }
@@ -69,24 +71,71 @@ fn preference(addr: SocketAddr) -> u8 {
     }
 }
 
+/// Polls a tree repeatedly, skipping the process walk while nothing in the namespace changed.
+///
+/// Socket inode numbers are not reused in practice, so if the namespace's set of LISTEN sockets is the same
+/// as at the last walk, no process in the tree can have started listening since, short of receiving a
+/// listening socket from outside the tree over a Unix socket. A walk every [`WALK_EVERY`] polls covers that.
+#[derive(Debug, Default)]
+pub struct PortWatcher {
+    last_inodes: Option<Vec<u64>>,
+    polls_since_walk: u32,
+    cached: Vec<Listener>,
+}
+
+/// Polls between two unconditional walks of the process tree.
+pub const WALK_EVERY: u32 = 10;
+
+impl PortWatcher {
+    /// A watcher that has not polled yet (its first poll always walks the tree).
+    pub fn new() -> Self {
+        PortWatcher::default()
+    }
+
+    /// Like [`listening_ports`], but answers from the last walk while the namespace's LISTEN set is unchanged.
+    pub fn poll(&mut self, root_pid: u32) -> io::Result<Vec<Listener>> {
+        platform::poll(self, root_pid, Some(root_pid))
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub(crate) mod platform {
-    use super::Listener;
+    use super::{Listener, PortWatcher, WALK_EVERY};
     use std::io;
 
     /// Listeners of the tree rooted at `root`, extended with process group `group`.
     pub(crate) fn listeners(root: u32, group: Option<u32>) -> io::Result<Vec<Listener>> {
-        let pids = crate::linux::tree_pids(root, group)?;
-        Ok(crate::linux::listeners_of(&pids)
+        Ok(to_listeners(crate::linux::tree_listeners(root, group)?))
+    }
+
+    pub(super) fn poll(
+        w: &mut PortWatcher,
+        root: u32,
+        group: Option<u32>,
+    ) -> io::Result<Vec<Listener>> {
+        let table = crate::linux::listen_table()?;
+        let mut inodes: Vec<u64> = table.keys().copied().collect();
+        inodes.sort_unstable();
+        w.polls_since_walk += 1;
+        if w.last_inodes.as_ref() != Some(&inodes) || w.polls_since_walk >= WALK_EVERY {
+            w.cached = to_listeners(crate::linux::attribute(&table, root, group)?);
+            w.last_inodes = Some(inodes);
+            w.polls_since_walk = 0;
+        }
+        Ok(w.cached.clone())
+    }
+
+    fn to_listeners(found: Vec<(std::net::SocketAddr, u32)>) -> Vec<Listener> {
+        found
             .into_iter()
             .map(|(addr, pid)| Listener { addr, pid })
-            .collect())
+            .collect()
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) mod platform {
-    use super::Listener;
+    use super::{Listener, PortWatcher};
     use std::io;
 
     /// Port discovery is implemented for Linux only; see the crate README.
@@ -95,6 +144,14 @@ pub(crate) mod platform {
             io::ErrorKind::Unsupported,
             "listening-port discovery is only implemented on Linux; set APP_PORT",
         ))
+    }
+
+    pub(super) fn poll(
+        _w: &mut PortWatcher,
+        root: u32,
+        group: Option<u32>,
+    ) -> io::Result<Vec<Listener>> {
+        listeners(root, group)
     }
 }
 

@@ -235,3 +235,26 @@ async fn child_killed_before_listening_reports_the_signal() {
     );
     assert!(err.to_string().contains("signal 9 (SIGKILL)"), "{err}");
 }
+
+#[tokio::test]
+async fn port_watcher_sees_late_listener_and_close() {
+    // Listens after 0.5 s, closes after another 0.5 s: each change of the LISTEN set triggers a walk.
+    let script = "import socket,time\ntime.sleep(0.5)\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(0.5)\ns.close()\ntime.sleep(30)";
+    let mut child = spawn_piped("python3", &["-c", script]);
+    let mut watcher = process::PortWatcher::new();
+    assert_eq!(watcher.poll(child.pid()).unwrap(), vec![]);
+    let port = announced_ports(&mut child).await[0];
+    let seen = watcher.poll(child.pid()).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].addr, v4(port));
+    assert_eq!(seen[0].pid, child.pid());
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !watcher.poll(child.pid()).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "closed listener still reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.stop(Duration::from_secs(2)).await.unwrap();
+}
