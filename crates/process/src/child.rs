@@ -19,6 +19,9 @@ pub const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often `stop` checks whether the process group has emptied.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
+/// How often [`Child::wait_group`] checks for leftover group members once the direct child has exited.
+pub const GROUP_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Where one of the child's standard streams goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stdio {
@@ -310,6 +313,16 @@ impl Child {
         }
         let status = ExitStatus::from_std(self.inner.wait().await?);
         self.status = Some(status);
+        Ok(status)
+    }
+
+    /// Wait for the direct child, then until no live process is left in its group; returns the direct child's
+    /// status. Use this to supervise a launcher that forks the real server and exits 0. Cancel-safe.
+    pub async fn wait_group(&mut self) -> io::Result<ExitStatus> {
+        let status = self.wait().await?;
+        while self.group().is_alive() {
+            sleep(GROUP_WATCH_INTERVAL).await;
+        }
         Ok(status)
     }
 

@@ -26,7 +26,8 @@ mod sockdiag;
 
 #[cfg(unix)]
 pub use child::{
-    Child, ExitStatus, ProcessGroup, SpawnError, SpawnOptions, Stdio, StopError, KILL_WAIT,
+    Child, ExitStatus, ProcessGroup, SpawnError, SpawnOptions, Stdio, StopError,
+    GROUP_WATCH_INTERVAL, KILL_WAIT,
 };
 #[cfg(unix)]
 pub use detect::{wait_for_listen_port, DetectError, DetectOptions};

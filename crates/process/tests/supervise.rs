@@ -221,3 +221,20 @@ async fn tcp_readiness_waits_for_a_late_listener() {
     wait_tcp_ready(addr, Duration::from_secs(2)).await.unwrap();
     child.stop(Duration::from_secs(2)).await.unwrap();
 }
+
+#[tokio::test]
+async fn wait_group_outlasts_a_launcher_that_exits_zero() {
+    let mut child = spawn_piped("sh", &["-c", "sleep 0.6 & exit 0"]);
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait_group())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(live_group_members(child.pid()), Vec::<u32>::new());
+}
