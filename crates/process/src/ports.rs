@@ -77,6 +77,7 @@ fn preference(addr: SocketAddr) -> u8 {
 /// as at the last walk, no process in the tree can have started listening since, short of receiving a
 /// listening socket from outside the tree over a Unix socket. A walk every [`WALK_EVERY`] polls covers that.
 #[derive(Debug, Default)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub struct PortWatcher {
     last_inodes: Option<Vec<u64>>,
     polls_since_walk: u32,
@@ -133,16 +134,72 @@ pub(crate) mod platform {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+/// macOS and Windows: the `listeners` crate (libproc on macOS, `GetExtendedTcpTable` on Windows).
+/// Compiled for both in CI-less cross checks only; never run here (see README).
+#[cfg(any(target_os = "macos", target_os = "windows"))]
 pub(crate) mod platform {
     use super::{Listener, PortWatcher};
     use std::io;
 
-    /// Port discovery is implemented for Linux only; see the crate README.
+    /// Listeners held by `root` or (Unix) by a member of process group `group`.
+    pub(crate) fn listeners(root: u32, group: Option<u32>) -> io::Result<Vec<Listener>> {
+        let all = listeners::get_all().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut out: Vec<Listener> = all
+            .into_iter()
+            .filter(|l| {
+                l.protocol == listeners::Protocol::TCP
+                    && l.state == listeners::SocketState::Listen
+                    && l.socket.port() > 0
+                    && in_tree(l.process.pid, root, group)
+            })
+            .map(|l| Listener {
+                addr: l.socket,
+                pid: l.process.pid,
+            })
+            .collect();
+        out.sort();
+        out.dedup_by_key(|l| l.addr);
+        Ok(out)
+    }
+
+    pub(super) fn poll(
+        _w: &mut PortWatcher,
+        root: u32,
+        group: Option<u32>,
+    ) -> io::Result<Vec<Listener>> {
+        listeners(root, group)
+    }
+
+    /// The group covers `sh -c` wrappers and launchers; descendants that left the group are not seen.
+    #[cfg(unix)]
+    fn in_tree(pid: u32, root: u32, group: Option<u32>) -> bool {
+        use nix::unistd::{getpgid, Pid};
+        if pid == root {
+            return true;
+        }
+        let (Some(g), Ok(p)) = (group, i32::try_from(pid)) else {
+            return false;
+        };
+        matches!(getpgid(Some(Pid::from_raw(p))), Ok(pg) if i64::from(pg.as_raw()) == i64::from(g))
+    }
+
+    /// Windows has no process groups to follow: only the direct child's own sockets count.
+    #[cfg(windows)]
+    fn in_tree(pid: u32, root: u32, _group: Option<u32>) -> bool {
+        pid == root
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
+pub(crate) mod platform {
+    use super::{Listener, PortWatcher};
+    use std::io;
+
+    /// Port discovery is not implemented on this platform; see the crate README.
     pub(crate) fn listeners(_root: u32, _group: Option<u32>) -> io::Result<Vec<Listener>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "listening-port discovery is only implemented on Linux; set APP_PORT",
+            "listening-port discovery is not implemented on this platform",
         ))
     }
 
