@@ -5,23 +5,18 @@
 //! `capture_limit` bytes are kept, and the record is emitted when the response body ends, fails,
 //! or is dropped because the caller went away. Nothing on the request path waits for the sink.
 
-use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use telemetry::{Capture, Exchange};
-use tokio::sync::mpsc;
 
 use crate::http_util::{BoxError, PvBody};
 
 /// Bytes of each body kept for the log line (the rest is counted, not kept).
 pub const CAPTURE_LIMIT: usize = 4 * 1024;
-/// Records queued for the writer before new ones are dropped (and counted).
-pub const QUEUE_DEPTH: usize = 4096;
 
 /// One proxied exchange plus the tunnel facts `Exchange` has no field for.
 #[derive(Debug, Clone)]
@@ -46,73 +41,47 @@ impl<F: Fn(AccessRecord) + Send + Sync> AccessSink for F {
     }
 }
 
-/// Writes one JSON line per record to stdout from a background task; a full queue drops records
-/// and counts them rather than slowing requests down.
+/// The access-log switch's sink: telemetry's pipeline (cwproxy's traffic line with EMF, written
+/// to stdout by its own worker thread; `emit` never blocks).
+///
+/// The line has no field for the agent's `clientId` yet (telemetry's `Exchange` has none), so it
+/// is carried in [`AccessRecord`] but not written.
 #[derive(Debug)]
-pub struct JsonLines {
-    tx: mpsc::Sender<AccessRecord>,
-    dropped: Arc<AtomicU64>,
+pub struct TelemetrySink {
+    emitter: telemetry::pipeline::Emitter,
 }
 
-impl JsonLines {
-    /// Starts the writer task (needs a Tokio runtime).
-    pub fn stdout() -> Arc<Self> {
-        let (tx, mut rx) = mpsc::channel::<AccessRecord>(QUEUE_DEPTH);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
-        tokio::task::spawn_blocking(move || {
-            let stdout = std::io::stdout();
-            let mut line = Vec::with_capacity(1024);
-            while let Some(rec) = rx.blocking_recv() {
-                line.clear();
-                encode(&rec, d.swap(0, Ordering::Relaxed), &mut line);
-                let mut out = stdout.lock();
-                // One write per line so concurrent writers never interleave within a line.
-                if out.write_all(&line).and_then(|()| out.flush()).is_err() {
-                    return;
-                }
-            }
-        });
-        Arc::new(Self { tx, dropped })
+impl TelemetrySink {
+    /// Starts telemetry's pipeline on stdout; `app_name` is the `AppName` dimension.
+    pub fn start(app_name: &str) -> std::io::Result<(Arc<Self>, telemetry::pipeline::Pipeline)> {
+        let ctx = telemetry::entry::Context {
+            app_name: app_name.to_string(),
+            aws_meta: None,
+        };
+        let pipeline = telemetry::pipeline::Pipeline::start(
+            telemetry::pipeline::PipelineConfig::default(),
+            ctx,
+            telemetry::pipeline::stdout_writer(),
+            Vec::new(),
+            telemetry::diag::Diag::new("proxyview"),
+        )?;
+        Ok((
+            Arc::new(Self {
+                emitter: pipeline.emitter(),
+            }),
+            pipeline,
+        ))
     }
 }
 
-impl AccessSink for JsonLines {
+impl AccessSink for TelemetrySink {
     fn emit(&self, record: AccessRecord) {
-        if self.tx.try_send(record).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The line written by [`JsonLines`]: a flat JSON object with the exchange's main facts.
-pub fn encode(rec: &AccessRecord, dropped_before: u64, out: &mut Vec<u8>) {
-    let ex = &rec.exchange;
-    let header = |name: &str| {
-        ex.request_headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let mut v = serde_json::json!({
-        "time": telemetry::record::unix_millis(ex.start),
-        "endpoint": ex.endpoint,
-        "clientId": rec.client_id,
-        "session": rec.session,
-        "method": ex.method.as_str(),
-        "uri": ex.uri.to_string(),
-        "host": header("host"),
-        "userAgent": header("user-agent"),
-        "status": ex.status,
-        "latencyMs": ex.elapsed.as_secs_f64() * 1000.0,
-        "requestBytes": ex.request_body.total(),
-        "responseBytes": ex.response_body.as_ref().map_or(ex.local_response_bytes, Capture::total),
-    });
-    if dropped_before > 0 {
-        v["droppedBefore"] = dropped_before.into();
-    }
-    if serde_json::to_writer(&mut *out, &v).is_ok() {
-        out.push(b'\n');
+        // A full queue drops and counts inside telemetry; the request never waits.
+        let _ = self
+            .emitter
+            .emit(telemetry::pipeline::Record::Traffic(Box::new(
+                record.exchange,
+            )));
     }
 }
 

@@ -475,6 +475,7 @@ fn classify_handshake_error(uri: &str, e: tokio_websockets::Error) -> SessionErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::RouteKind;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use proxyview::access_log::{AccessSink, JsonLines};
+use proxyview::access_log::{AccessSink, TelemetrySink};
 use proxyview::config::{resolve_path, ClientConfig, ServerConfig};
 
 #[derive(Parser)]
@@ -69,12 +69,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("config ok");
                 return Ok(ExitCode::SUCCESS);
             }
-            rt.block_on(async move {
-                let sink: Option<Arc<dyn AccessSink>> = if cfg.access_log {
-                    Some(JsonLines::stdout())
-                } else {
-                    None
-                };
+            let (sink, pipeline) = if cfg.access_log {
+                let app = std::env::var("APP_NAME").unwrap_or_else(|_| "proxyview".into());
+                let (sink, pipeline) = TelemetrySink::start(&app)?;
+                (Some(sink as Arc<dyn AccessSink>), Some(pipeline))
+            } else {
+                (None, None)
+            };
+            let r = rt.block_on(async move {
                 let server = proxyview::server::Server::new(cfg, sink);
                 let bound = server.start().await?;
                 eprintln!(
@@ -83,7 +85,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 shutdown_signal().await;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            if let Some(p) = pipeline {
+                // Write what is queued, but never hang the exit on a stuck stdout.
+                p.shutdown(std::time::Duration::from_secs(2));
+            }
+            r
         }
         Cmd::Client(c) => {
             let cfg = ClientConfig::load(&resolve_path(c.config.as_deref())?)?;

@@ -733,9 +733,10 @@ pub fn legacy_404() -> Response<PvBody> {
     r
 }
 
-/// Answers a peer outside the allowlist without reading its request: 403 and a FIN, then its
-/// unread bytes are drained briefly so the kernel does not turn our close into an RST that would
-/// destroy the answer. In legacy mode the connection is just closed, as Proxyview did.
+/// Answers a peer outside the allowlist without parsing anything it sent: once its first bytes
+/// have arrived (so an HTTP client is reading by then), 403 and a FIN; its unread bytes are then
+/// drained briefly so the kernel does not turn our close into an RST that destroys the answer.
+/// In legacy mode the connection is just closed, as Proxyview did.
 async fn reject_peer(mut tcp: TcpStream, silent: bool) {
     if silent {
         return;
@@ -745,6 +746,7 @@ async fn reject_peer(mut tcp: TcpStream, silent: bool) {
         "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = tokio::time::timeout(protocol::HEADER_READ_TIMEOUT, tcp.readable()).await;
     let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
         tcp.write_all(head.as_bytes()).await?;
         tcp.shutdown().await?;
@@ -756,6 +758,7 @@ async fn reject_peer(mut tcp: TcpStream, silent: bool) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! The shipped example configs (Proxyview's own shapes and the full option set) load and validate.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

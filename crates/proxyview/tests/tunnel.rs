@@ -1,0 +1,576 @@
+//! End-to-end: the real server and agent binaries on loopback, an in-process backend.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use proxyview::http_util::full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(15);
+
+async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml(
+        "127.0.0.1",
+        0,
+        0,
+        "",
+        server_extra_external,
+        top,
+    ))
+    .await;
+    let agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "",
+    ));
+    wait_route(server.external, "route1", T).await;
+    (server, agent, be)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_forms_route_and_binary_round_trips() {
+    let (server, _agent, _) = setup("", "").await;
+    for host in ["route1", "ROUTE1", "route1:8080", "Route1.:80", "route1."] {
+        let (s, body) = get_text(server.external, host, "/name").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "b1"), "Host {host}");
+    }
+    let (s, _) = get_text(server.external, "route2", "/name").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Absolute-form target wins over the Host header.
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!("GET http://Route1:9/name HTTP/1.1\r\nHost: other\r\nauth-token: {TOKEN_OUT}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("b1"),
+        "{out}"
+    );
+
+    // Every byte value, both ways, byte-exact.
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let r = send(
+        server.external,
+        request("POST", "route1", "/echo", full(data.clone())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_bytes(r).await.as_ref(), data.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_checked_stripped_and_forwarded_headers_set() {
+    let (server, _agent, _) = setup("", "").await;
+    let mut r = request("GET", "route1", "/headers", full(Bytes::new()));
+    r.headers_mut().remove("auth-token");
+    let resp = send(server.external, r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let mut r = request("GET", "route1", "/headers", full(Bytes::new()));
+    r.headers_mut()
+        .insert("auth-token", "wrong".parse().unwrap());
+    assert_eq!(
+        send(server.external, r).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let mut r = request("GET", "route1:8080", "/headers", full(Bytes::new()));
+    r.headers_mut().remove("auth-token");
+    r.headers_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN_OUT}").parse().unwrap(),
+    );
+    r.headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    r.headers_mut()
+        .insert("proxyview-route", "forged".parse().unwrap());
+    let resp = send(server.external, r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
+    assert!(
+        seen.get("authorization").is_none() && seen.get("auth-token").is_none(),
+        "{seen}"
+    );
+    assert!(seen.get("proxyview-route").is_none(), "{seen}");
+    // The caller is not a trusted proxy: its X-Forwarded-For is replaced, not extended.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "route1:8080");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(
+        seen["host"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_stream_both_ways_with_flat_rss() {
+    let (server, agent, _) = setup("", "").await;
+    const N: u64 = 50 * 1024 * 1024;
+    // Warm up so the baseline includes pools and buffers.
+    let r = send(
+        server.external,
+        request("POST", "route1", "/count", pattern_body(1 << 20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(body_bytes(r).await, "1048576 true");
+    let (s0, a0) = (server.proc.rss_kib().0, agent.rss_kib().0);
+
+    let r = send(
+        server.external,
+        request("POST", "route1", "/count", pattern_body(N)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_bytes(r).await, format!("{N} true"));
+
+    let r = get(server.external, "route1", &format!("/bytes/{N}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], N.to_string().as_str());
+    assert_eq!(check_pattern(r.into_body()).await, N);
+
+    let (s1, a1) = (server.proc.rss_kib().1, agent.rss_kib().1);
+    eprintln!("RSS KiB: server {s0} -> peak {s1}, agent {a0} -> peak {a1}");
+    // 50 MB passed each way; buffering it would show as tens of MB of growth.
+    assert!(
+        s1.saturating_sub(s0) < 16 * 1024,
+        "server RSS grew {s0} -> {s1} KiB"
+    );
+    assert!(
+        a1.saturating_sub(a0) < 16 * 1024,
+        "agent RSS grew {a0} -> {a1} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_over_one_agent() {
+    let (server, _agent, _) = setup("", "").await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let ext = server.external;
+        tasks.push(tokio::spawn(async move {
+            // Each request sleeps 300 ms at the backend: serialised they would take 60 s.
+            let body = format!("req-{i}");
+            let r = send(ext, request("POST", "route1", "/echo", full(body.clone())))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(body_bytes(r).await, body);
+            let (s, b) = get_text(ext, "route1", "/sleep/300").await;
+            assert_eq!((s, b.as_str()), (StatusCode::OK, "slept"));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_as_they_are_sent() {
+    let (server, _agent, _) = setup("", "").await;
+    let r = get(server.external, "route1", "/sse").await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body = r.into_body();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.unwrap().data_ref() {
+            seen.push((t0.elapsed(), String::from_utf8_lossy(d).into_owned()));
+        }
+    }
+    let all: String = seen.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(all, "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n");
+    // The first event must not wait for the last (800 ms later).
+    assert!(
+        seen[0].0 < Duration::from_millis(300),
+        "first event after {:?}",
+        seen[0].0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_tunnel() {
+    let (server, _agent, _) = setup("", "").await;
+    let tcp = TcpStream::connect(server.external).await.unwrap();
+    let uri = format!("ws://route1:{}/ws", server.external.port());
+    let (mut ws, resp) = tokio_websockets::ClientBuilder::new()
+        .uri(&uri)
+        .unwrap()
+        .add_header("auth-token".parse().unwrap(), TOKEN_OUT.parse().unwrap())
+        .unwrap()
+        .connect_on(tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..20 {
+        let msg = format!("hello {i}");
+        ws.send(tokio_websockets::Message::text(msg.clone()))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.as_text(), Some(msg.as_str()));
+    }
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+    ws.send(tokio_websockets::Message::binary(big.clone()))
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(Bytes::from(back.into_payload()), Bytes::from(big));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_caller_does_not_stall_a_fast_one() {
+    let (server, _agent, _) = setup("", "").await;
+    // The slow caller asks for 200 MB and never reads: its stream's window fills and stops.
+    let mut slow = TcpStream::connect(server.external).await.unwrap();
+    slow.write_all(
+        format!("GET /bytes/209715200 HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let r = get(server.external, "route1", "/bytes/10485760")
+            .await
+            .unwrap();
+        assert_eq!(check_pattern(r.into_body()).await, 10 * 1024 * 1024);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "fast caller took {:?}",
+        t0.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    slow.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf[..12], b"HTTP/1.1 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_request_gives_502_then_restart_restores_routes() {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let yaml = agent_yaml("agent-1", server.internal, TOKEN_IN, &[("route1", be)], "");
+    let mut agent = start_agent(&yaml);
+    wait_route(server.external, "route1", T).await;
+    let ext = server.external;
+    let pending = tokio::spawn(async move { get_text(ext, "route1", "/sleep/5000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    agent.kill();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(3), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let (s, _) = get_text(server.external, "route1", "/name").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "routes of a dead agent are gone");
+    let _agent2 = start_agent(&yaml);
+    wait_route(server.external, "route1", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_agent_reconnects_within_two_seconds() {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let (internal, external) = (server.internal, server.external);
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "",
+    ));
+    wait_route(external, "route1", T).await;
+    drop(server);
+    let server = start_server(&server_yaml(
+        "127.0.0.1",
+        internal.port(),
+        external.port(),
+        "",
+        "",
+        "",
+    ))
+    .await;
+    let t0 = Instant::now();
+    wait_route(server.external, "route1", Duration::from_secs(2)).await;
+    eprintln!("routes back {:?} after the server restarted", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_agent_token_is_fatal_with_a_clear_message() {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let mut agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        "wrong",
+        &[("route1", be)],
+        "",
+    ));
+    let status = agent
+        .wait_exit(T)
+        .expect("agent with a bad token must exit");
+    assert!(!status.success());
+    let err = agent.stderr_text();
+    assert!(
+        err.contains("401") && err.contains("proxyview.token"),
+        "{err}"
+    );
+    // Raw check: no upgrade without the token, 401 before any WebSocket byte.
+    let mut tcp = TcpStream::connect(server.internal).await.unwrap();
+    tcp.write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nauth-token: nope\r\nclient-id: a\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 401");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_client_id_cannot_take_a_route() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let _a = start_agent(&agent_yaml(
+        "agent-a",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", b1)],
+        "",
+    ));
+    wait_route(server.external, "route1", T).await;
+    let b = start_agent(&agent_yaml(
+        "agent-b",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", b2), ("route2", b2)],
+        "",
+    ));
+    assert!(
+        b.wait_log("already served by clientId \"agent-a\"", T)
+            .await,
+        "{}",
+        b.stderr_text()
+    );
+    wait_route(server.external, "route2", T).await;
+    for _ in 0..10 {
+        assert_eq!(get_text(server.external, "route1", "/name").await.1, "b1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_id_shares_round_robin_and_fails_over() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let mut a1 = start_agent(&agent_yaml(
+        "agent-a",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", b1)],
+        "",
+    ));
+    wait_route(server.external, "route1", T).await;
+    let _a2 = start_agent(&agent_yaml(
+        "agent-a",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", b2)],
+        "",
+    ));
+    assert!(_a2.wait_log("tunnel up", T).await);
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        names.push(get_text(server.external, "route1", "/name").await.1);
+    }
+    assert!(
+        names.iter().any(|n| n == "b1") && names.iter().any(|n| n == "b2"),
+        "{names:?}"
+    );
+    a1.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        let (s, n) = get_text(server.external, "route1", "/name").await;
+        assert_eq!((s, n.as_str()), (StatusCode::OK, "b2"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_errors_are_502_and_504_or_legacy_404() {
+    let be = backend("b1").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be), ("gone", dead)],
+        "responseTimeoutSecs: 0.5\n",
+    ));
+    wait_route(server.external, "route1", T).await;
+    assert_eq!(
+        get_text(server.external, "gone", "/").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        get_text(server.external, "route1", "/sleep/3000").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+
+    let legacy = start_server(&server_yaml(
+        "127.0.0.1",
+        0,
+        0,
+        "",
+        "  legacyErrors: true\n",
+        "",
+    ))
+    .await;
+    let _agent2 = start_agent(&agent_yaml(
+        "agent-1",
+        legacy.internal,
+        TOKEN_IN,
+        &[("route1", be), ("gone", dead)],
+        "",
+    ));
+    wait_route(legacy.external, "route1", T).await;
+    for (host, token) in [
+        ("gone", TOKEN_OUT),
+        ("nothing", TOKEN_OUT),
+        ("route1", "bad"),
+    ] {
+        let mut r = request("GET", host, "/", full(Bytes::new()));
+        r.headers_mut().insert("auth-token", token.parse().unwrap());
+        let resp = send(legacy.external, r).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()["content-length"], "23");
+        assert_eq!(resp.headers()["cache-control"], "no-cache");
+        assert_eq!(body_bytes(resp).await, "Resource was not found.");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_response_timeout_is_504() {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml(
+        "127.0.0.1",
+        0,
+        0,
+        "",
+        "  responseTimeoutSecs: 0.5\n",
+        "",
+    ))
+    .await;
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "",
+    ));
+    wait_route(server.external, "route1", T).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        get_text(server.external, "route1", "/sleep/3000").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_with_cidr_and_ipv6_on_both_ports() {
+    let be = backend("b1").await;
+    // Dual-stack bind; only IPv6 loopback may call, only 127.0.0.0/8 may connect agents.
+    let yaml = server_yaml(
+        "::",
+        0,
+        0,
+        "  whitelistedIps: [\"127.0.0.0/8\"]\n",
+        "  whitelistedIps: [\"::1/128\", \"10.0.0.0/8\"]\n",
+        "",
+    );
+    let server = start_server(&yaml).await;
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.internal.port()));
+    let _agent = start_agent(&agent_yaml("agent-1", v4, TOKEN_IN, &[("route1", be)], ""));
+    let ext6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.external.port()));
+    let ext4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.external.port()));
+    wait_route(ext6, "route1", T).await;
+    let (s, body) = get_text(ext4, "route1", "/name").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    // An agent from ::1 is outside internal.whitelistedIps: 403, which the agent treats as fatal.
+    let int6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.internal.port()));
+    let mut agent6 = start_agent(&agent_yaml(
+        "agent-6",
+        int6,
+        TOKEN_IN,
+        &[("route6", be)],
+        "",
+    ));
+    assert!(agent6.wait_exit(T).is_some_and(|s| !s.success()));
+    assert!(
+        agent6.stderr_text().contains("403"),
+        "{}",
+        agent6.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_line_names_the_route() {
+    let (server, _agent, _) = setup("", "accessLog: true\n").await;
+    let (s, _) = get_text(server.external, "route1", "/name?x=1").await;
+    assert_eq!(s, StatusCode::OK);
+    let end = Instant::now() + T;
+    loop {
+        let out = server.proc.stdout_text();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["request"]["queries"]["x"] == "1")
+            .collect();
+        if let Some(v) = lines.first() {
+            assert_eq!(v["_t"], "TRAFFIC");
+            assert_eq!(v["Endpoint"], "route1");
+            assert_eq!(v["response"]["status"], 200);
+            assert_eq!(v["ResponseBodySize"], 2);
+            assert_eq!(v["request"]["queries"]["x"], "1");
+            break;
+        }
+        assert!(Instant::now() < end, "no access log line in {out:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
