@@ -145,6 +145,7 @@ pub(crate) fn rewrite_request(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

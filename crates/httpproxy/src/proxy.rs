@@ -96,6 +96,9 @@ fn classify(e: &BoxError) -> BodyFailure {
     }
 }
 
+/// A buffered request body and its trailers, sent again on every retry.
+type Replay = (Option<Bytes>, Option<HeaderMap>);
+
 /// Result of trying to buffer a body for replay.
 enum Buffered<B> {
     /// The whole body (and trailers) fit: replayable.
@@ -383,64 +386,63 @@ where
             .is_some_and(|n| n > limit as u64);
 
         // (first body, replayable copy)
-        let (first_body, replay): (UpstreamBody<B>, Option<(Option<Bytes>, Option<HeaderMap>)>) =
-            if tee.inner.is_end_stream() {
-                (UpstreamBody::Empty, retry_eligible.then_some((None, None)))
-            } else if retry_eligible && limit > 0 && !declared_too_big {
-                match self.buffer(tee, limit).await {
-                    Ok(Buffered::Complete(data, trailers)) => {
-                        let body = if data.is_none() && trailers.is_none() {
-                            UpstreamBody::Empty
-                        } else {
-                            UpstreamBody::Buffered {
-                                data: data.clone(),
-                                trailers: trailers.clone(),
-                            }
-                        };
-                        (body, Some((data, trailers)))
-                    }
-                    Ok(Buffered::Partial(prefix, tee)) => (
+        let (first_body, replay): (UpstreamBody<B>, Option<Replay>) = if tee.inner.is_end_stream() {
+            (UpstreamBody::Empty, retry_eligible.then_some((None, None)))
+        } else if retry_eligible && limit > 0 && !declared_too_big {
+            match self.buffer(tee, limit).await {
+                Ok(Buffered::Complete(data, trailers)) => {
+                    let body = if data.is_none() && trailers.is_none() {
+                        UpstreamBody::Empty
+                    } else {
+                        UpstreamBody::Buffered {
+                            data: data.clone(),
+                            trailers: trailers.clone(),
+                        }
+                    };
+                    (body, Some((data, trailers)))
+                }
+                Ok(Buffered::Partial(prefix, tee)) => (
+                    UpstreamBody::Stream {
+                        prefix: Some(prefix),
+                        inner: tee,
+                    },
+                    None,
+                ),
+                Err(e) => return self.body_failure(slot, &e),
+            }
+        } else if upgrade.is_none() && !is_connect {
+            // Read the first frame before the head goes upstream, so a body that is broken from
+            // its first byte (bad chunk size) is rejected without the upstream seeing anything.
+            let mut tee = tee;
+            match tee.next_frame().await {
+                None => (UpstreamBody::Empty, None),
+                Some(Err(e)) => return self.body_failure(slot, &e),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (
                         UpstreamBody::Stream {
-                            prefix: Some(prefix),
+                            prefix: Some(data),
                             inner: tee,
                         },
                         None,
                     ),
-                    Err(e) => return self.body_failure(slot, &e),
-                }
-            } else if upgrade.is_none() && !is_connect {
-                // Read the first frame before the head goes upstream, so a body that is broken from
-                // its first byte (bad chunk size) is rejected without the upstream seeing anything.
-                let mut tee = tee;
-                match tee.next_frame().await {
-                    None => (UpstreamBody::Empty, None),
-                    Some(Err(e)) => return self.body_failure(slot, &e),
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => (
-                            UpstreamBody::Stream {
-                                prefix: Some(data),
-                                inner: tee,
-                            },
-                            None,
-                        ),
-                        Err(frame) => (
-                            UpstreamBody::Buffered {
-                                data: None,
-                                trailers: frame.into_trailers().ok(),
-                            },
-                            None,
-                        ),
-                    },
-                }
-            } else {
-                (
-                    UpstreamBody::Stream {
-                        prefix: None,
-                        inner: tee,
-                    },
-                    None,
-                )
-            };
+                    Err(frame) => (
+                        UpstreamBody::Buffered {
+                            data: None,
+                            trailers: frame.into_trailers().ok(),
+                        },
+                        None,
+                    ),
+                },
+            }
+        } else {
+            (
+                UpstreamBody::Stream {
+                    prefix: None,
+                    inner: tee,
+                },
+                None,
+            )
+        };
 
         let max_attempts = if replay.is_some() {
             s.retry.max_attempts
@@ -696,7 +698,7 @@ mod tests {
         assert!(out.ends_with("ok"), "{out}");
 
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].status, 500);
         assert_eq!(seen[0].uri.path(), "/boom");

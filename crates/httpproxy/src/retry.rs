@@ -202,7 +202,7 @@ impl RetryPolicy {
         if self.max_backoff < self.initial_backoff {
             self.max_backoff = self.initial_backoff;
         }
-        if !(self.multiplier >= 1.0) || !self.multiplier.is_finite() {
+        if self.multiplier.is_nan() || self.multiplier < 1.0 || !self.multiplier.is_finite() {
             self.multiplier = 1.0;
         }
         self.methods = normalize_methods(std::mem::take(&mut self.methods));
@@ -248,6 +248,7 @@ impl RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -517,7 +517,7 @@ async fn transport_errors_are_retried_only_when_enabled() {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     return; // drop: connection closed before a response
                 }
                 let _ = s
