@@ -57,6 +57,11 @@ pub struct SpawnOptions {
     pub envs: Vec<(OsString, OsString)>,
     /// Working directory; `None` keeps the parent's.
     pub current_dir: Option<PathBuf>,
+    /// Linux: make this process a child subreaper (process-wide and permanent) and treat every other child
+    /// process of it as part of this child's tree, so daemons that double-fork and `setsid` out of the
+    /// group are still detected, signalled, stopped and reaped. Only for a process that supervises this
+    /// one child (cwproxy). Ignored on other platforms.
+    pub adopt_orphans: bool,
 }
 
 /// How a child process ended.
@@ -111,6 +116,14 @@ pub enum SpawnError {
     /// The command string was empty or only whitespace.
     #[error("target command is required")]
     EmptyCommand,
+    /// `adopt_orphans` was asked for but `prctl(PR_SET_CHILD_SUBREAPER)` failed.
+    #[error("become child subreaper for {command:?}: {source}")]
+    Subreaper {
+        /// The command as given.
+        command: String,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The OS refused to start it (not found on PATH, not executable, ...).
     #[error("start {command:?}: {source}")]
     Start {
@@ -145,15 +158,18 @@ pub enum StopError {
 }
 
 /// A copyable handle on a child's process group (pgid = the child's pid), for signalling from other tasks.
+///
+/// From [`Child::group`] with `adopt_orphans`, it also covers the processes this process adopted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessGroup {
     pgid: u32,
+    adopt: bool,
 }
 
 impl ProcessGroup {
     /// Handle on an existing process group.
     pub fn new(pgid: u32) -> Self {
-        ProcessGroup { pgid }
+        ProcessGroup { pgid, adopt: false }
     }
 
     /// The process-group id.
@@ -161,24 +177,30 @@ impl ProcessGroup {
         self.pgid
     }
 
-    /// Send `sig` to every process in the group. An already-empty group is not an error.
+    /// Send `sig` to every process in the group (and adopted processes). An empty group is not an error.
     pub fn signal(self, sig: Signal) -> io::Result<()> {
-        match killpg(self.nix_pid()?, sig) {
+        let result = match killpg(self.nix_pid()?, sig) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(io::Error::from(e)),
+        };
+        if self.adopt {
+            signal_adopted(self.pgid, sig);
         }
+        result
     }
 
-    /// True while some process (zombies excluded where the OS lets us tell) is still in the group.
+    /// True while some process (zombies excluded where the OS lets us tell) is still in the group, or
+    /// adopted. Reaps adopted processes that have exited.
     pub fn is_alive(self) -> bool {
         let Ok(pid) = self.nix_pid() else {
             return false;
         };
-        match killpg(pid, None) {
+        let in_group = match killpg(pid, None) {
             Err(Errno::ESRCH) => false,
             // EPERM means a member exists that we may not signal; it is alive all the same.
             Ok(()) | Err(_) => has_live_member(self.pgid),
-        }
+        };
+        in_group || (self.adopt && adopted_alive(self.pgid))
     }
 
     fn nix_pid(self) -> io::Result<Pid> {
@@ -204,6 +226,39 @@ fn has_live_member(_pgid: u32) -> bool {
     true
 }
 
+/// Signal every adopted process (they left the group, so `killpg` misses them).
+#[cfg(target_os = "linux")]
+fn signal_adopted(direct: u32, sig: Signal) {
+    if let Ok((live, zombies)) = crate::linux::adopted(direct) {
+        crate::linux::reap(&zombies);
+        for pid in live {
+            if let Ok(p) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn signal_adopted(_direct: u32, _sig: Signal) {}
+
+/// True while an adopted process lives; reaps the adopted ones that exited.
+#[cfg(target_os = "linux")]
+fn adopted_alive(direct: u32) -> bool {
+    match crate::linux::adopted(direct) {
+        Ok((live, zombies)) => {
+            crate::linux::reap(&zombies);
+            !live.is_empty()
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn adopted_alive(_direct: u32) -> bool {
+    false
+}
+
 /// A running child process placed in its own process group.
 ///
 /// Dropping a `Child` without [`Child::stop`] sends SIGKILL to its process group (best effort: errors are
@@ -215,6 +270,8 @@ pub struct Child {
     status: Option<ExitStatus>,
     /// Set once `stop` has seen the group empty, so `Drop` does not signal a pgid the kernel may reuse.
     group_reaped: bool,
+    /// `SpawnOptions::adopt_orphans` was set (and this is Linux).
+    adopt: bool,
 }
 
 impl fmt::Debug for Child {
@@ -251,6 +308,14 @@ impl Child {
         if let Some(dir) = &opts.current_dir {
             cmd.current_dir(dir);
         }
+        let adopt = opts.adopt_orphans && cfg!(target_os = "linux");
+        #[cfg(target_os = "linux")]
+        if adopt {
+            crate::linux::become_subreaper().map_err(|source| SpawnError::Subreaper {
+                command: display.clone(),
+                source,
+            })?;
+        }
         let inner = cmd.spawn().map_err(|source| SpawnError::Start {
             command: display.clone(),
             source,
@@ -268,6 +333,7 @@ impl Child {
             command: display,
             status: None,
             group_reaped: false,
+            adopt,
         })
     }
 
@@ -281,9 +347,21 @@ impl Child {
         &self.command
     }
 
-    /// A copyable handle on the child's process group.
+    /// A copyable handle on the child's process group (including adopted processes with `adopt_orphans`).
     pub fn group(&self) -> ProcessGroup {
-        ProcessGroup::new(self.pid)
+        ProcessGroup {
+            pgid: self.pid,
+            adopt: self.adopt,
+        }
+    }
+
+    /// The processes port discovery looks at for this child.
+    pub(crate) fn scope(&self) -> crate::ports::Scope {
+        crate::ports::Scope {
+            root: self.pid,
+            group: Some(self.pid),
+            adopter: self.adopt.then(std::process::id),
+        }
     }
 
     /// Send `sig` to the child's whole process group.

@@ -70,7 +70,6 @@ pub async fn wait_for_listen_port(
     opts: &DetectOptions,
 ) -> Result<SocketAddr, DetectError> {
     let deadline = Instant::now() + opts.timeout;
-    let pid = child.pid();
     let mut watcher = PortWatcher::default();
     loop {
         let exited = child.try_wait().map_err(|source| DetectError::Io {
@@ -85,10 +84,12 @@ pub async fn wait_for_listen_port(
                 });
             }
         }
-        let listeners = watcher.poll(pid).map_err(|source| DetectError::Io {
-            command: child.command().to_owned(),
-            source,
-        })?;
+        let listeners = watcher
+            .poll_scope(child.scope())
+            .map_err(|source| DetectError::Io {
+                command: child.command().to_owned(),
+                source,
+            })?;
         if let Some(addr) = connect_addr(&listeners, opts.exclude_port) {
             return Ok(addr);
         }

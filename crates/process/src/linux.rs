@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::ports::MAX_TREE_PIDS;
+use crate::ports::{Scope, MAX_TREE_PIDS};
 
 /// The fields of `/proc/<pid>/stat` the tree walk needs.
 #[derive(Debug, Clone, Copy)]
@@ -70,10 +70,11 @@ pub(crate) fn group_has_live_member(pgid: u32) -> io::Result<bool> {
     Ok(all_stats()?.iter().any(|s| s.pgid == pgid && !s.zombie))
 }
 
-/// The pids of the tree rooted at `root`, plus members of process group `group` and their descendants.
+/// The pids of the tree rooted at `scope.root`, plus members of `scope.group`, plus the other children of
+/// `scope.adopter`, each with their descendants.
 ///
 /// Breadth-first, deduplicated, at most [`MAX_TREE_PIDS`]. Zombies are skipped (they hold no sockets).
-pub(crate) fn tree_pids(root: u32, group: Option<u32>) -> io::Result<Vec<u32>> {
+pub(crate) fn tree_pids(scope: Scope) -> io::Result<Vec<u32>> {
     let stats = all_stats()?;
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for s in &stats {
@@ -81,15 +82,19 @@ pub(crate) fn tree_pids(root: u32, group: Option<u32>) -> io::Result<Vec<u32>> {
     }
     let zombies: HashSet<u32> = stats.iter().filter(|s| s.zombie).map(|s| s.pid).collect();
     let mut queue: Vec<u32> = Vec::new();
-    if stats.iter().any(|s| s.pid == root) {
-        queue.push(root);
+    if stats.iter().any(|s| s.pid == scope.root) {
+        queue.push(scope.root);
     }
-    if let Some(g) = group {
+    if let Some(g) = scope.group {
+        queue.extend(stats.iter().filter(|s| s.pgid == g).map(|s| s.pid));
+    }
+    if let Some(me) = scope.adopter {
         queue.extend(
-            stats
-                .iter()
-                .filter(|s| s.pgid == g && s.pid != root)
-                .map(|s| s.pid),
+            children
+                .get(&me)
+                .into_iter()
+                .flatten()
+                .filter(|&&p| p != scope.root),
         );
     }
     let mut seen = HashSet::new();
@@ -109,6 +114,52 @@ pub(crate) fn tree_pids(root: u32, group: Option<u32>) -> io::Result<Vec<u32>> {
         }
     }
     Ok(out)
+}
+
+/// Processes adopted by this (subreaper) process other than `direct`: live ones with their descendants,
+/// and the adopted children that are zombies waiting to be reaped.
+pub(crate) fn adopted(direct: u32) -> io::Result<(Vec<u32>, Vec<u32>)> {
+    let me = std::process::id();
+    let stats = all_stats()?;
+    let zombies = stats
+        .iter()
+        .filter(|s| s.ppid == me && s.pid != direct && s.zombie)
+        .map(|s| s.pid)
+        .collect();
+    let mut live = Vec::new();
+    let mut frontier: Vec<u32> = stats
+        .iter()
+        .filter(|s| s.ppid == me && s.pid != direct && !s.zombie)
+        .map(|s| s.pid)
+        .collect();
+    while let Some(pid) = frontier.pop() {
+        if live.len() >= MAX_TREE_PIDS || live.contains(&pid) {
+            continue;
+        }
+        live.push(pid);
+        frontier.extend(
+            stats
+                .iter()
+                .filter(|s| s.ppid == pid && !s.zombie)
+                .map(|s| s.pid),
+        );
+    }
+    Ok((live, zombies))
+}
+
+/// Reap adopted zombies (they are our children; nobody else will wait for them).
+pub(crate) fn reap(pids: &[u32]) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    for &pid in pids {
+        if let Ok(p) = i32::try_from(pid) {
+            let _ = waitpid(nix::unistd::Pid::from_raw(p), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Make this process a child subreaper: orphans among its descendants are re-parented to it instead of init.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
 /// Socket inodes held open by `pid` (via `/proc/<pid>/fd/*` links of the form `socket:[N]`).
@@ -177,14 +228,14 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Every TCP LISTEN socket of this network namespace held by the tree of `root` (see [`tree_pids`]), as
+/// Every TCP LISTEN socket of this network namespace held by the tree (see [`tree_pids`]), as
 /// (bound address, owning pid), sorted and deduplicated by address.
 ///
 /// Only the caller's network namespace is consulted: a listener in another namespace is not reachable
 /// through this host's loopback anyway. The LISTEN set comes first because it is cheap; when it is empty
 /// (a container before the app listens) the process tree is not walked at all.
-pub(crate) fn tree_listeners(root: u32, group: Option<u32>) -> io::Result<Vec<(SocketAddr, u32)>> {
-    attribute(&listen_table()?, root, group)
+pub(crate) fn tree_listeners(scope: Scope) -> io::Result<Vec<(SocketAddr, u32)>> {
+    attribute(&listen_table()?, scope)
 }
 
 /// Every TCP LISTEN socket of this network namespace, by socket inode.
@@ -196,18 +247,17 @@ pub(crate) fn listen_table() -> io::Result<HashMap<u64, SocketAddr>> {
     }
 }
 
-/// The entries of `table` held open by a process of the tree of `root` (see [`tree_pids`]).
+/// The entries of `table` held open by a process of the tree (see [`tree_pids`]).
 pub(crate) fn attribute(
     table: &HashMap<u64, SocketAddr>,
-    root: u32,
-    group: Option<u32>,
+    scope: Scope,
 ) -> io::Result<Vec<(SocketAddr, u32)>> {
     if table.is_empty() {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     let mut inodes = HashSet::new();
-    for pid in tree_pids(root, group)? {
+    for pid in tree_pids(scope)? {
         inodes.clear();
         socket_inodes(pid, &mut inodes);
         for inode in &inodes {

@@ -13,6 +13,28 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default time to wait for a listening port before giving up.
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which processes count as one supervised tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scope {
+    /// The direct child.
+    pub root: u32,
+    /// Its process group: members count even when re-parented away (launcher forked and exited).
+    pub group: Option<u32>,
+    /// This process, when it is a child subreaper adopting the tree's orphans: its other children count.
+    pub adopter: Option<u32>,
+}
+
+impl Scope {
+    /// The tree of `root` and, if `root` leads one, its process group.
+    pub(crate) fn of(root: u32) -> Self {
+        Scope {
+            root,
+            group: Some(root),
+            adopter: None,
+        }
+    }
+}
+
 /// One TCP socket in LISTEN state found in the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Listener {
@@ -27,7 +49,7 @@ pub struct Listener {
 ///
 /// Only sockets in the caller's network namespace count: others are not reachable through its loopback.
 pub fn listening_ports(root_pid: u32) -> io::Result<Vec<Listener>> {
-    platform::listeners(root_pid, Some(root_pid))
+    platform::listeners(Scope::of(root_pid))
 }
 
 /// Pick the address to connect to: the lowest port other than `exclude_port`, and on that port the bound
@@ -95,31 +117,33 @@ impl PortWatcher {
 
     /// Like [`listening_ports`], but answers from the last walk while the namespace's LISTEN set is unchanged.
     pub fn poll(&mut self, root_pid: u32) -> io::Result<Vec<Listener>> {
-        platform::poll(self, root_pid, Some(root_pid))
+        platform::poll(self, Scope::of(root_pid))
+    }
+
+    /// Poll an explicit scope (the detection loop passes the child's adoption setting).
+    #[cfg(unix)]
+    pub(crate) fn poll_scope(&mut self, scope: Scope) -> io::Result<Vec<Listener>> {
+        platform::poll(self, scope)
     }
 }
 
 #[cfg(target_os = "linux")]
 pub(crate) mod platform {
-    use super::{Listener, PortWatcher, WALK_EVERY};
+    use super::{Listener, PortWatcher, Scope, WALK_EVERY};
     use std::io;
 
-    /// Listeners of the tree rooted at `root`, extended with process group `group`.
-    pub(crate) fn listeners(root: u32, group: Option<u32>) -> io::Result<Vec<Listener>> {
-        Ok(to_listeners(crate::linux::tree_listeners(root, group)?))
+    /// Listeners of the tree described by `scope`.
+    pub(crate) fn listeners(scope: Scope) -> io::Result<Vec<Listener>> {
+        Ok(to_listeners(crate::linux::tree_listeners(scope)?))
     }
 
-    pub(super) fn poll(
-        w: &mut PortWatcher,
-        root: u32,
-        group: Option<u32>,
-    ) -> io::Result<Vec<Listener>> {
+    pub(super) fn poll(w: &mut PortWatcher, scope: Scope) -> io::Result<Vec<Listener>> {
         let table = crate::linux::listen_table()?;
         let mut inodes: Vec<u64> = table.keys().copied().collect();
         inodes.sort_unstable();
         w.polls_since_walk += 1;
         if w.last_inodes.as_ref() != Some(&inodes) || w.polls_since_walk >= WALK_EVERY {
-            w.cached = to_listeners(crate::linux::attribute(&table, root, group)?);
+            w.cached = to_listeners(crate::linux::attribute(&table, scope)?);
             w.last_inodes = Some(inodes);
             w.polls_since_walk = 0;
         }
@@ -138,11 +162,11 @@ pub(crate) mod platform {
 /// Compiled for both in CI-less cross checks only; never run here (see README).
 #[cfg(any(target_os = "macos", target_os = "windows"))]
 pub(crate) mod platform {
-    use super::{Listener, PortWatcher};
+    use super::{Listener, PortWatcher, Scope};
     use std::io;
 
-    /// Listeners held by `root` or (Unix) by a member of process group `group`.
-    pub(crate) fn listeners(root: u32, group: Option<u32>) -> io::Result<Vec<Listener>> {
+    /// Listeners held by `scope.root` or (Unix) by a member of `scope.group`.
+    pub(crate) fn listeners(scope: Scope) -> io::Result<Vec<Listener>> {
         let all = listeners::get_all().map_err(|e| io::Error::other(e.to_string()))?;
         let mut out: Vec<Listener> = all
             .into_iter()
@@ -150,7 +174,7 @@ pub(crate) mod platform {
                 l.protocol == listeners::Protocol::TCP
                     && l.state == listeners::SocketState::Listen
                     && l.socket.port() > 0
-                    && in_tree(l.process.pid, root, group)
+                    && in_tree(l.process.pid, scope.root, scope.group)
             })
             .map(|l| Listener {
                 addr: l.socket,
@@ -162,12 +186,8 @@ pub(crate) mod platform {
         Ok(out)
     }
 
-    pub(super) fn poll(
-        _w: &mut PortWatcher,
-        root: u32,
-        group: Option<u32>,
-    ) -> io::Result<Vec<Listener>> {
-        listeners(root, group)
+    pub(super) fn poll(_w: &mut PortWatcher, scope: Scope) -> io::Result<Vec<Listener>> {
+        listeners(scope)
     }
 
     /// The group covers `sh -c` wrappers and launchers; descendants that left the group are not seen.
@@ -192,23 +212,19 @@ pub(crate) mod platform {
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 pub(crate) mod platform {
-    use super::{Listener, PortWatcher};
+    use super::{Listener, PortWatcher, Scope};
     use std::io;
 
     /// Port discovery is not implemented on this platform; see the crate README.
-    pub(crate) fn listeners(_root: u32, _group: Option<u32>) -> io::Result<Vec<Listener>> {
+    pub(crate) fn listeners(_scope: Scope) -> io::Result<Vec<Listener>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "listening-port discovery is not implemented on this platform",
         ))
     }
 
-    pub(super) fn poll(
-        _w: &mut PortWatcher,
-        root: u32,
-        group: Option<u32>,
-    ) -> io::Result<Vec<Listener>> {
-        listeners(root, group)
+    pub(super) fn poll(_w: &mut PortWatcher, scope: Scope) -> io::Result<Vec<Listener>> {
+        listeners(scope)
     }
 }
 
