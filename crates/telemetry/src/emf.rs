@@ -47,9 +47,9 @@ struct Batch<'d, 'a> {
 }
 
 impl<'d, 'a> Batch<'d, 'a> {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Self {
-            data: Vec::new(),
+            data: Vec::with_capacity(capacity),
             distinct_metrics: 0,
         }
     }
@@ -102,14 +102,14 @@ fn partition<'d, 'a>(
     data: &'d [Datum<'a>],
     reserved: &[&str],
 ) -> Result<Vec<Batch<'d, 'a>>, EmfError> {
-    let mut batches = Vec::new();
-    let mut current = Batch::new();
+    let mut batches = Vec::with_capacity(1);
+    let mut current = Batch::new(data.len());
     for d in data {
         if !current.can_add(d, reserved) {
             if current.data.is_empty() {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
-            batches.push(std::mem::replace(&mut current, Batch::new()));
+            batches.push(std::mem::replace(&mut current, Batch::new(data.len())));
             if !current.can_add(d, reserved) {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
@@ -130,7 +130,7 @@ fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, time
         .iter()
         .flat_map(|d| d.dims.iter().copied())
         .collect();
-    dims.sort_by(|a, b| a.0.cmp(b.0));
+    dims.sort_unstable_by(|a, b| a.0.cmp(b.0));
     dims.dedup_by(|a, b| a.0 == b.0);
     for (k, v) in &dims {
         out.push(b',');
@@ -139,7 +139,7 @@ fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, time
     }
     // Root metric members: first occurrence of each name, sorted by name.
     let mut metrics: Vec<&Datum<'_>> = batch.data.clone();
-    metrics.sort_by(|a, b| a.name.cmp(b.name));
+    metrics.sort_unstable_by(|a, b| a.name.cmp(b.name));
     metrics.dedup_by(|a, b| a.name == b.name);
     for m in &metrics {
         out.push(b',');
@@ -148,22 +148,37 @@ fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, time
     }
 
     // One directive per distinct set of dimension keys, ordered by the NUL-joined sorted keys.
-    let mut groups: Vec<(Vec<&str>, Vec<&Datum<'_>>)> = Vec::new();
+    // Keys are unique within a datum, so two datums share a set when they have the same number
+    // of keys and one's keys all appear in the other's.
+    let same_keys = |a: &Datum<'_>, b: &Datum<'_>| {
+        a.dims.len() == b.dims.len()
+            && a.dims
+                .iter()
+                .all(|(k, _)| b.dims.iter().any(|(k2, _)| k2 == k))
+    };
+    let mut groups: Vec<(Vec<&str>, Vec<&Datum<'_>>)> = Vec::with_capacity(4);
     for d in &batch.data {
-        let mut keys: Vec<&str> = d.dims.iter().map(|(k, _)| *k).collect();
-        keys.sort_unstable();
-        match groups.iter_mut().find(|(k, _)| *k == keys) {
+        match groups
+            .iter_mut()
+            .find(|(_, members)| same_keys(members[0], d))
+        {
             Some((_, members)) => {
                 if !members.iter().any(|m| m.name == d.name) {
                     members.push(d);
                 }
             }
-            None => groups.push((keys, vec![*d])),
+            None => {
+                let mut keys: Vec<&str> = d.dims.iter().map(|(k, _)| *k).collect();
+                keys.sort_unstable();
+                let mut members = Vec::with_capacity(batch.data.len());
+                members.push(*d);
+                groups.push((keys, members));
+            }
         }
     }
     // Comparing key lists element-wise equals comparing their NUL-joined strings, since NUL sorts
     // below every byte a key can contain.
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
     out.extend_from_slice(b",\"_aws\":{\"Timestamp\":");
     json::write_i64(out, timestamp);
@@ -182,7 +197,7 @@ fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, time
             json::write_str(out, k.as_bytes());
         }
         out.extend_from_slice(b"]],\"Metrics\":[");
-        members.sort_by(|a, b| a.name.cmp(b.name));
+        members.sort_unstable_by(|a, b| a.name.cmp(b.name));
         for (j, m) in members.iter().enumerate() {
             if j > 0 {
                 out.push(b',');

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::emf::{self, Datum, EmfError, MetricEventKind};
-use crate::hash::{self, EntryHashes};
+use crate::hash::{self, EntryHashes, Scratch};
 use crate::json;
 use crate::multimap::Multimap;
 use crate::parse::{self, raw_text};
@@ -144,7 +144,7 @@ impl Entry<'_> {
     }
 
     /// Appends the entry as one JSON object (no newline). `scratch` is reused for signatures.
-    pub fn write_json(&self, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    pub fn write_json(&self, out: &mut Vec<u8>, scratch: &mut Scratch) {
         let hashes = self.hashes(scratch);
         let delay_ms = millis_f64(self.delay);
         out.push(b'{');
@@ -228,7 +228,11 @@ impl Entry<'_> {
         out.extend_from_slice(b"}}");
     }
 
-    fn hashes(&self, scratch: &mut Vec<u8>) -> EntryHashes {
+    fn hashes(&self, scratch: &mut Scratch) -> EntryHashes {
+        let Scratch {
+            signature: scratch,
+            cache,
+        } = scratch;
         scratch.clear();
         scratch.extend_from_slice(b"queries:");
         let q = scratch.len();
@@ -243,12 +247,10 @@ impl Entry<'_> {
         hash::signature(self.response.body.value.value(), scratch);
         let non_null = |b: &BodyPart<'_>| !matches!(b.value.value(), Value::Null);
         EntryHashes {
-            queries: (!self.request.queries.is_empty())
-                .then(|| hash::short_hash(&scratch[q..q_end])),
-            request_body: non_null(&self.request.body)
-                .then(|| hash::short_hash(&scratch[rq..rq_end])),
-            response_body: non_null(&self.response.body).then(|| hash::short_hash(&scratch[rs..])),
-            global: hash::short_hash(scratch),
+            queries: (!self.request.queries.is_empty()).then(|| cache.hash(&scratch[q..q_end])),
+            request_body: non_null(&self.request.body).then(|| cache.hash(&scratch[rq..rq_end])),
+            response_body: non_null(&self.response.body).then(|| cache.hash(&scratch[rs..])),
+            global: cache.hash(scratch),
         }
     }
 
@@ -257,7 +259,7 @@ impl Entry<'_> {
     pub fn write_with_metrics(
         &self,
         out: &mut Vec<u8>,
-        scratch: &mut Vec<u8>,
+        scratch: &mut Scratch,
         data: &[Datum<'_>],
     ) -> Result<(), EmfError> {
         let start = out.len();
@@ -436,7 +438,7 @@ pub fn render_traffic(
     ctx: &Context,
     ex: &Exchange,
     out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Result<(), EmfError> {
     // Go's r.Host: the absolute-form authority wins over the Host header.
     let host_value: &[u8] = match ex.uri.authority() {
@@ -577,7 +579,7 @@ pub fn render_health(
     ctx: &Context,
     probe: &HealthProbe,
     out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Result<(), EmfError> {
     let body = if probe.body.bytes().is_empty() {
         match &probe.error {

@@ -81,6 +81,81 @@ pub fn short_hash(signature: &[u8]) -> [u8; 6] {
     out
 }
 
+/// Most signatures remembered by a [`HashCache`].
+const CACHE_SLOTS: usize = 256;
+/// Longer signatures are hashed every time rather than cached, bounding the cache's memory.
+const CACHE_MAX_SIGNATURE: usize = 1024;
+
+/// A small direct-mapped memo of signature → hash.
+///
+/// Traffic repeats a handful of shapes per endpoint, so most SHA-256 computations repeat too;
+/// the cache holds at most 256 signatures of at most 1 KiB each.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    slots: Vec<Option<(Box<[u8]>, [u8; 6])>>,
+    enabled: bool,
+}
+
+impl HashCache {
+    /// An enabled, empty cache.
+    pub fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// A cache that never remembers (for measuring the uncached cost).
+    pub fn disabled() -> Self {
+        Self {
+            slots: Vec::new(),
+            enabled: false,
+        }
+    }
+
+    /// `short_hash(signature)`, from the cache when possible.
+    pub fn hash(&mut self, signature: &[u8]) -> [u8; 6] {
+        if !self.enabled || signature.len() > CACHE_MAX_SIGNATURE {
+            return short_hash(signature);
+        }
+        // FNV-1a picks the slot; a hit still compares the whole signature.
+        let slot = signature.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let slot = (slot % CACHE_SLOTS as u64) as usize;
+        if self.slots.is_empty() {
+            self.slots.resize_with(CACHE_SLOTS, || None);
+        }
+        if let Some((sig, hash)) = &self.slots[slot] {
+            if sig.as_ref() == signature {
+                return *hash;
+            }
+        }
+        let hash = short_hash(signature);
+        self.slots[slot] = Some((signature.into(), hash));
+        hash
+    }
+}
+
+/// Reusable buffers for rendering entries on one thread.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Signature buffer.
+    pub signature: Vec<u8>,
+    /// Signature → hash memo.
+    pub cache: HashCache,
+}
+
+impl Scratch {
+    /// Scratch space with the hash cache enabled.
+    pub fn new() -> Self {
+        Self {
+            signature: Vec::with_capacity(1024),
+            cache: HashCache::new(),
+        }
+    }
+}
+
 /// Signatures of one entry and the hashes derived from them, computed with one buffer.
 #[derive(Debug, Default)]
 pub struct EntryHashes {

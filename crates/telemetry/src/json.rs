@@ -17,81 +17,106 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// Appends the escaped contents of a JSON string literal without the surrounding quotes.
-pub fn write_str_body(out: &mut Vec<u8>, s: &[u8]) {
-    let mut rest = s;
-    loop {
-        match std::str::from_utf8(rest) {
-            Ok(valid) => {
-                write_valid(out, valid);
-                return;
-            }
-            Err(err) => {
-                let (valid, after) = rest.split_at(err.valid_up_to());
-                // SAFETY: `valid_up_to` marks the longest prefix that is valid UTF-8.
-                write_valid(out, unsafe { std::str::from_utf8_unchecked(valid) });
-                // Go's utf8.DecodeRune reports every invalid position with width 1, so each byte of
-                // a bad sequence becomes its own replacement escape.
-                let bad = err.error_len().unwrap_or(after.len());
-                for _ in 0..bad {
-                    out.extend_from_slice(b"\\ufffd");
-                }
-                rest = &after[bad..];
-            }
-        }
+/// Byte classes: 0 = copy as is, 1 = ASCII that needs an escape, 2 = start of a non-ASCII sequence.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if i < 0x20
+            || i == b'"' as usize
+            || i == b'\\' as usize
+            || i == b'<' as usize
+            || i == b'>' as usize
+            || i == b'&' as usize
+        {
+            1
+        } else if i >= 0x80 {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Width of the valid UTF-8 sequence at the start of `s`, or 0 when Go's `utf8.DecodeRune`
+/// would report an error there (it then consumes exactly one byte).
+fn utf8_width(s: &[u8]) -> usize {
+    let b0 = s[0];
+    let cont = |i: usize, lo: u8, hi: u8| s.get(i).is_some_and(|&b| (lo..=hi).contains(&b));
+    match b0 {
+        0xC2..=0xDF if cont(1, 0x80, 0xBF) => 2,
+        0xE0 if cont(1, 0xA0, 0xBF) && cont(2, 0x80, 0xBF) => 3,
+        0xE1..=0xEC | 0xEE..=0xEF if cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF) => 3,
+        0xED if cont(1, 0x80, 0x9F) && cont(2, 0x80, 0xBF) => 3,
+        0xF0 if cont(1, 0x90, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) => 4,
+        0xF1..=0xF3 if cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) => 4,
+        0xF4 if cont(1, 0x80, 0x8F) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) => 4,
+        _ => 0,
     }
 }
 
-fn write_valid(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+/// Appends the escaped contents of a JSON string literal without the surrounding quotes.
+pub fn write_str_body(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b < 0x80 {
-            if !needs_escape(b) {
+    while i < s.len() {
+        let b = s[i];
+        match CLASS[usize::from(b)] {
+            0 => {
                 i += 1;
                 continue;
             }
-            out.extend_from_slice(&bytes[start..i]);
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0x08 => out.extend_from_slice(b"\\b"),
-                0x0c => out.extend_from_slice(b"\\f"),
-                _ => {
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
+            1 => {
+                out.extend_from_slice(&s[start..i]);
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0x08 => out.extend_from_slice(b"\\b"),
+                    0x0c => out.extend_from_slice(b"\\f"),
+                    _ => {
+                        out.extend_from_slice(b"\\u00");
+                        out.push(HEX[usize::from(b >> 4)]);
+                        out.push(HEX[usize::from(b & 0xf)]);
+                    }
+                }
+                i += 1;
+                start = i;
+            }
+            _ => {
+                let w = utf8_width(&s[i..]);
+                if w == 0 {
+                    // Go reports every invalid position with width 1, so each byte of a bad
+                    // sequence becomes its own replacement escape.
+                    out.extend_from_slice(&s[start..i]);
+                    out.extend_from_slice(b"\\ufffd");
+                    i += 1;
+                    start = i;
+                } else if w == 3
+                    && b == 0xE2
+                    && s[i + 1] == 0x80
+                    && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9)
+                {
+                    // U+2028 / U+2029: line terminators to JavaScript.
+                    out.extend_from_slice(&s[start..i]);
+                    out.extend_from_slice(if s[i + 2] == 0xA8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    });
+                    i += 3;
+                    start = i;
+                } else {
+                    i += w;
                 }
             }
-            i += 1;
-            start = i;
-            continue;
         }
-        // U+2028 and U+2029 are E2 80 A8 / E2 80 A9; JavaScript treats them as line breaks.
-        if b == 0xE2 && i + 2 < bytes.len() && bytes[i + 1] == 0x80 && bytes[i + 2] & 0xFE == 0xA8 {
-            out.extend_from_slice(&bytes[start..i]);
-            out.extend_from_slice(if bytes[i + 2] == 0xA8 {
-                b"\\u2028"
-            } else {
-                b"\\u2029"
-            });
-            i += 3;
-            start = i;
-            continue;
-        }
-        i += 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-}
-
-#[inline]
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\' || b == b'<' || b == b'>' || b == b'&'
+    out.extend_from_slice(&s[start..]);
 }
 
 /// Appends an integer.
@@ -145,40 +170,42 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
         return;
     }
     let abs = v.abs();
-    let mut s = String::new();
     if abs == 0.0 || (1e-6..1e21).contains(&abs) {
         // Rust's Display prints the shortest round-trip digits without an exponent, like Go's 'f', -1.
-        let _ = write!(s, "{v}");
-    } else {
-        // Rust's LowerExp prints shortest digits as `1.5e-10`; Go writes at least two exponent
-        // digits with an explicit sign, then trims `e-0N` back to `e-N`.
-        let _ = write!(s, "{v:e}");
-        if let Some(pos) = s.find('e') {
-            let (mantissa, exp) = s.split_at(pos);
-            let exp = &exp[1..];
-            let (sign, digits) = match exp.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exp),
-            };
-            let mut fixed = String::with_capacity(s.len() + 2);
-            fixed.push_str(mantissa);
-            fixed.push('e');
-            fixed.push(sign);
-            if digits.len() < 2 && sign == '+' {
-                fixed.push('0');
+        let _ = write!(Appender(out), "{v}");
+        return;
+    }
+    // Rust's LowerExp prints shortest digits as `1.5e-10`; Go writes an explicit exponent sign
+    // and at least two digits, then trims `e-0N` back to `e-N`.
+    let start = out.len();
+    let _ = write!(Appender(out), "{v:e}");
+    if let Some(pos) = out[start..]
+        .iter()
+        .position(|&b| b == b'e')
+        .map(|p| start + p)
+    {
+        if out.get(pos + 1) != Some(&b'-') {
+            out.insert(pos + 1, b'+');
+            if out.len() - (pos + 2) < 2 {
+                out.insert(pos + 2, b'0');
             }
-            fixed.push_str(digits);
-            s = fixed;
         }
     }
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// Appends a millisecond duration with exactly three decimals, as Go's `fmt.Sprintf("%.3f")`.
 pub fn write_fixed3(out: &mut Vec<u8>, v: f64) {
-    let mut s = String::new();
-    let _ = write!(s, "{v:.3}");
-    out.extend_from_slice(s.as_bytes());
+    let _ = write!(Appender(out), "{v:.3}");
+}
+
+/// Formats straight into the output buffer, avoiding a temporary `String`.
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Appender<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// Appends `"key":` with the key escaped like any Go string.

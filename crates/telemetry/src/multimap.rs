@@ -28,22 +28,24 @@ impl<'a> Multimap<'a> {
 
     /// Headers with Go-canonical names (`content-type` → `Content-Type`), minus `skip`.
     pub fn from_headers(headers: &'a HeaderMap, skip: &[&str]) -> Self {
-        let pairs = headers
-            .iter()
-            .filter(|(name, _)| !skip.contains(&name.as_str()))
-            .map(|(name, value)| {
-                (
+        let mut pairs = Vec::with_capacity(headers.len());
+        for (name, value) in headers.iter() {
+            if !skip.contains(&name.as_str()) {
+                pairs.push((
                     canonical_header_name(name.as_str()),
                     Cow::Borrowed(value.as_bytes()),
-                )
-            })
-            .collect();
+                ));
+            }
+        }
         Self::from_pairs(pairs)
     }
 
     /// Request cookies from every `Cookie` header, as Go's `Request.Cookies()` parses them.
     pub fn from_cookie_headers(headers: &'a HeaderMap) -> Self {
         let mut pairs = Vec::new();
+        if let Some(first) = headers.get(http::header::COOKIE) {
+            pairs.reserve(first.as_bytes().iter().filter(|&&b| b == b';').count() + 1);
+        }
         for line in headers.get_all(http::header::COOKIE) {
             for part in trim(line.as_bytes()).split(|&b| b == b';') {
                 let part = trim(part);
@@ -172,36 +174,37 @@ fn cookie_value(raw: &[u8]) -> Option<&[u8]> {
 /// Go's canonical MIME header key of a lowercase HTTP/1 header name; common names need no
 /// allocation.
 pub fn canonical_header_name(lower: &str) -> Cow<'static, [u8]> {
-    const COMMON: &[&str] = &[
-        "Accept",
-        "Accept-Encoding",
-        "Accept-Language",
-        "Authorization",
-        "Cache-Control",
-        "Connection",
-        "Content-Encoding",
-        "Content-Length",
-        "Content-Type",
-        "Cookie",
-        "Date",
-        "Etag",
-        "Expires",
-        "Last-Modified",
-        "Location",
-        "Origin",
-        "Referer",
-        "Server",
-        "Set-Cookie",
-        "User-Agent",
-        "Vary",
-        "X-Content-Type-Options",
-        "X-Forwarded-For",
-        "X-Forwarded-Host",
-        "X-Forwarded-Proto",
-        "X-Request-Id",
-    ];
-    if let Some(found) = COMMON.iter().find(|c| c.eq_ignore_ascii_case(lower)) {
-        return Cow::Borrowed(found.as_bytes());
+    let common: &'static str = match lower {
+        "accept" => "Accept",
+        "accept-encoding" => "Accept-Encoding",
+        "accept-language" => "Accept-Language",
+        "authorization" => "Authorization",
+        "cache-control" => "Cache-Control",
+        "connection" => "Connection",
+        "content-encoding" => "Content-Encoding",
+        "content-length" => "Content-Length",
+        "content-type" => "Content-Type",
+        "cookie" => "Cookie",
+        "date" => "Date",
+        "etag" => "Etag",
+        "expires" => "Expires",
+        "last-modified" => "Last-Modified",
+        "location" => "Location",
+        "origin" => "Origin",
+        "referer" => "Referer",
+        "server" => "Server",
+        "set-cookie" => "Set-Cookie",
+        "user-agent" => "User-Agent",
+        "vary" => "Vary",
+        "x-content-type-options" => "X-Content-Type-Options",
+        "x-forwarded-for" => "X-Forwarded-For",
+        "x-forwarded-host" => "X-Forwarded-Host",
+        "x-forwarded-proto" => "X-Forwarded-Proto",
+        "x-request-id" => "X-Request-Id",
+        _ => "",
+    };
+    if !common.is_empty() {
+        return Cow::Borrowed(common.as_bytes());
     }
     let mut upper = true;
     let name = lower

@@ -43,7 +43,7 @@ fn render(content_type: &str, body: &[u8]) -> serde_json::Value {
         },
         &ex,
         &mut out,
-        &mut Vec::new(),
+        &mut telemetry::hash::Scratch::new(),
     )
     .expect("renders");
     assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
@@ -110,7 +110,13 @@ fn huge_numbers_kept_verbatim() {
     let big = format!("{{\"n\":{}{}}}", "9".repeat(5000), "e999999");
     let ex = exchange("application/json", big.as_bytes());
     let mut out = Vec::new();
-    entry::render_traffic(&Context::default(), &ex, &mut out, &mut Vec::new()).expect("renders");
+    entry::render_traffic(
+        &Context::default(),
+        &ex,
+        &mut out,
+        &mut telemetry::hash::Scratch::new(),
+    )
+    .expect("renders");
     // Syntactically valid JSON (serde_json's skip path checks number syntax, not range).
     serde_json::from_slice::<serde::de::IgnoredAny>(&out).expect("valid JSON");
     let line = String::from_utf8(out).expect("utf8");
@@ -142,7 +148,13 @@ fn oversized_body_truncated_and_marked() {
     let ex = exchange("application/json", &body);
     assert!(ex.request_body.truncated());
     let mut out = Vec::new();
-    entry::render_traffic(&Context::default(), &ex, &mut out, &mut Vec::new()).expect("renders");
+    entry::render_traffic(
+        &Context::default(),
+        &ex,
+        &mut out,
+        &mut telemetry::hash::Scratch::new(),
+    )
+    .expect("renders");
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     let raw = v["request"]["body_raw"].as_str().expect("raw");
     assert!(raw.ends_with("...(truncated)"));

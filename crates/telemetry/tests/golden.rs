@@ -71,7 +71,8 @@ fn example_exchange() -> Exchange {
 
 fn render_traffic(ctx: &Context, ex: &Exchange) -> String {
     let mut out = Vec::new();
-    entry::render_traffic(ctx, ex, &mut out, &mut Vec::new()).expect("renders");
+    entry::render_traffic(ctx, ex, &mut out, &mut telemetry::hash::Scratch::new())
+        .expect("renders");
     String::from_utf8(out).expect("utf8")
 }
 
@@ -117,7 +118,7 @@ fn health_success_line() {
         &ecs_context("orders-api"),
         &health_probe(),
         &mut out,
-        &mut Vec::new(),
+        &mut telemetry::hash::Scratch::new(),
     )
     .expect("renders");
     assert_eq!(
@@ -139,7 +140,7 @@ fn health_failure_line() {
         &ecs_context("orders-api"),
         &probe,
         &mut out,
-        &mut Vec::new(),
+        &mut telemetry::hash::Scratch::new(),
     )
     .expect("renders");
     let line = String::from_utf8(out).expect("utf8");
@@ -194,7 +195,7 @@ fn minimal_entry<'a>(
 
 fn to_string(e: &Entry<'_>) -> String {
     let mut out = Vec::new();
-    e.write_json(&mut out, &mut Vec::new());
+    e.write_json(&mut out, &mut telemetry::hash::Scratch::new());
     String::from_utf8(out).expect("utf8")
 }
 
@@ -353,7 +354,7 @@ fn more_than_100_metrics_split_into_metric_only_events() {
         .collect();
     let e = minimal_entry("svc", "GET", None, Duration::from_millis(1));
     let mut out = Vec::new();
-    e.write_json(&mut out, &mut Vec::new());
+    e.write_json(&mut out, &mut telemetry::hash::Scratch::new());
     emf::append_to_entry(
         &mut out,
         0,

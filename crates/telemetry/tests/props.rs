@@ -97,7 +97,7 @@ proptest! {
             endpoint: None,
         };
         let mut out = Vec::new();
-        entry::render_traffic(&Context { app_name: "p".into(), aws_meta: None }, &ex, &mut out, &mut Vec::new()).expect("renders");
+        entry::render_traffic(&Context { app_name: "p".into(), aws_meta: None }, &ex, &mut out, &mut telemetry::hash::Scratch::new()).expect("renders");
         for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let v: serde_json::Value = serde_json::from_slice(line).expect("line is JSON");
             prop_assert_eq!(&v["_t"], "TRAFFIC");

@@ -49,7 +49,10 @@ pub fn query_unescape(s: &[u8]) -> Result<Cow<'_, [u8]>, FormError> {
 /// Returns the pairs that decoded and the first error, like Go: request queries use the pairs
 /// and ignore the error (`URL.Query()`), form bodies fall back to raw text on any error.
 pub fn parse_query(query: &[u8]) -> (Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)>, Option<FormError>) {
-    let mut pairs = Vec::new();
+    if query.is_empty() {
+        return (Vec::new(), None);
+    }
+    let mut pairs = Vec::with_capacity(query.iter().filter(|&&b| b == b'&').count() + 1);
     let mut first_err = None;
     for part in query.split(|&b| b == b'&') {
         if part.contains(&b';') {

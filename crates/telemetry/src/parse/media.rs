@@ -72,8 +72,8 @@ fn consume_value(s: &[u8]) -> Option<(&[u8], &[u8])> {
     None
 }
 
-/// Returns the lowercased media type (`application/json`) if Go would accept the header value.
-pub fn media_type(value: &[u8]) -> Option<String> {
+/// Returns the media type (`application/json`, case as sent) if Go would accept the header value.
+pub fn media_type(value: &[u8]) -> Option<&[u8]> {
     let base_end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
     let base = trim_space(&value[..base_end]);
     let (typ, rest) = consume_token(base);
@@ -87,7 +87,7 @@ pub fn media_type(value: &[u8]) -> Option<String> {
             return None;
         }
     }
-    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut seen: Vec<&[u8]> = Vec::new();
     let mut v = &value[base_end..];
     loop {
         v = trim_left_space(v);
@@ -104,11 +104,11 @@ pub fn media_type(value: &[u8]) -> Option<String> {
             let rest = trim_left_space(rest).strip_prefix(b"=")?;
             let rest = trim_left_space(rest);
             let (_, rest) = consume_value(rest)?;
-            Some((key.to_ascii_lowercase(), rest))
+            Some((key, rest))
         })();
         match parsed {
             Some((key, rest)) => {
-                if seen.contains(&key) {
+                if seen.iter().any(|k| k.eq_ignore_ascii_case(key)) {
                     return None;
                 }
                 seen.push(key);
@@ -119,7 +119,7 @@ pub fn media_type(value: &[u8]) -> Option<String> {
             None => return None,
         }
     }
-    Some(String::from_utf8_lossy(base).to_ascii_lowercase())
+    Some(base)
 }
 
 #[cfg(test)]
@@ -129,18 +129,18 @@ mod tests {
     #[test]
     fn accepts_like_go() {
         assert_eq!(
-            media_type(b"application/json").as_deref(),
-            Some("application/json")
+            media_type(b"application/json"),
+            Some(&b"application/json"[..])
         );
         assert_eq!(
-            media_type(b"Application/JSON; charset=utf-8").as_deref(),
-            Some("application/json")
+            media_type(b"Application/JSON; charset=utf-8"),
+            Some(&b"Application/JSON"[..])
         );
         assert_eq!(
-            media_type(b"text/xml;charset=\"utf-8\";").as_deref(),
-            Some("text/xml")
+            media_type(b"text/xml;charset=\"utf-8\";"),
+            Some(&b"text/xml"[..])
         );
-        assert_eq!(media_type(b" json ").as_deref(), Some("json"));
+        assert_eq!(media_type(b" json "), Some(&b"json"[..]));
     }
 
     #[test]

@@ -37,16 +37,18 @@ pub fn parse_body<'a>(content_type: Option<&[u8]>, bytes: &'a [u8], truncated: b
     let Some(media) = content_type.and_then(media::media_type) else {
         return raw();
     };
-    if media == "application/json" {
+    let is = |want: &str| media.eq_ignore_ascii_case(want.as_bytes());
+    let xml_suffix = media.len() >= 4 && media[media.len() - 4..].eq_ignore_ascii_case(b"+xml");
+    if is("application/json") {
         if let Ok(parsed) = json::parse_first(bytes) {
             return parsed;
         }
-    } else if media == "application/x-www-form-urlencoded" {
+    } else if is("application/x-www-form-urlencoded") {
         let (pairs, err) = form::parse_query(bytes);
         if err.is_none() {
             return Parsed::new(multimap_value(pairs), 1);
         }
-    } else if media == "application/xml" || media == "text/xml" || media.ends_with("+xml") {
+    } else if is("application/xml") || is("text/xml") || xml_suffix {
         if let Ok(parsed) = xml::parse(bytes) {
             return parsed;
         }
