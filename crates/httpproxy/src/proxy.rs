@@ -89,11 +89,50 @@ enum BodyFailure {
 
 fn classify(e: &BoxError) -> BodyFailure {
     match e.downcast_ref::<hyper::Error>() {
-        Some(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => {
-            BodyFailure::ClientGone
-        }
-        _ => BodyFailure::Malformed,
+        Some(h) => classify_hyper(h),
+        None => BodyFailure::Malformed,
     }
+}
+
+fn classify_hyper(h: &hyper::Error) -> BodyFailure {
+    if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+        return BodyFailure::ClientGone;
+    }
+    // A connection that ends inside a chunked body surfaces as an I/O error of the body decoder.
+    let mut source = std::error::Error::source(h);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return BodyFailure::ClientGone;
+            }
+        }
+        source = err.source();
+    }
+    BodyFailure::Malformed
+}
+
+/// Whether a forwarding error was caused by the inbound request body (client gone or bad
+/// framing mid-stream) rather than by the upstream: hyper wraps body errors as a "user" error
+/// whose cause is the inbound body's own error.
+fn inbound_failure(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailure> {
+    let mut current = Some(e);
+    let mut user_body = false;
+    while let Some(err) = current {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if user_body {
+                return Some(classify_hyper(h));
+            }
+            user_body = h.is_user() && std::error::Error::source(h).is_some();
+        } else if user_body {
+            return Some(BodyFailure::Malformed);
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// A buffered request body and its trailers, sent again on every retry.
@@ -275,7 +314,15 @@ where
     }
 
     fn body_failure(&self, slot: &mut Option<Draft>, e: &BoxError) -> Response<ProxyBody> {
-        match classify(e) {
+        self.body_failure_kind(slot, classify(e))
+    }
+
+    fn body_failure_kind(
+        &self,
+        slot: &mut Option<Draft>,
+        failure: BodyFailure,
+    ) -> Response<ProxyBody> {
+        match failure {
             BodyFailure::ClientGone => {
                 if let Some(d) = slot.take() {
                     self.shared.sink.exchange(d.into_exchange(
@@ -488,6 +535,9 @@ where
                     break resp;
                 }
                 Ok(Err(e)) => {
+                    if let Some(failure) = inbound_failure(&e) {
+                        return self.body_failure_kind(slot, failure);
+                    }
                     if more && s.retry.retry_transport_errors {
                         tokio::time::sleep(s.retry.backoff(attempt)).await;
                         attempt += 1;
@@ -573,11 +623,17 @@ where
         let sink = Arc::clone(&self.shared.sink);
         let logger = self.shared.config.logger.clone();
         let close = self.shared.close_tunnels.clone();
+        let limit = self.shared.config.capture_limit;
         self.shared.tunnels.spawn(async move {
             let (client, upstream) = tokio::join!(client, upstream);
             match (client, upstream) {
                 (Ok(client), Ok(upstream)) => {
-                    sink.exchange(draft.into_exchange(status, headers, Some(Capture::new(1)), 0));
+                    sink.exchange(draft.into_exchange(
+                        status,
+                        headers,
+                        Some(Capture::new(limit)),
+                        0,
+                    ));
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
                     tokio::select! {

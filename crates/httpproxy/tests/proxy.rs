@@ -727,3 +727,62 @@ async fn head_and_no_content_responses_complete_normally() {
     );
     h.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_leaving_mid_upload_is_499_not_an_upstream_error() {
+    let (up, _) = upstream(|r: Request<hyper::body::Incoming>| async move {
+        let _ = r.into_body().collect().await;
+        Response::new(full("done"))
+    })
+    .await;
+    let h = Harness::start(config(up)).await;
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write_all(b"5\r\nworld\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    let ex = h.exchanges(1).await;
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].status, 499);
+    assert_eq!(ex[0].request_body.bytes(), b"helloworld");
+    assert!(
+        h.logs().is_empty(),
+        "client abort logged as an upstream error: {:?}",
+        h.logs()
+    );
+    h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_upstream_headers_time_out_with_502() {
+    let (up, _) = upstream(|_r| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let mut cfg = config(up);
+    cfg.response_header_timeout = Duration::from_millis(300);
+    let h = Harness::start(cfg).await;
+    let started = std::time::Instant::now();
+    let out = String::from_utf8(
+        raw(
+            h.addr,
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    )
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(h.exchanges(1).await[0].status, 502);
+    assert!(h
+        .logs()
+        .iter()
+        .any(|l| l == "reverse proxy upstream error: timeout awaiting response headers"));
+    h.stop().await.unwrap();
+}
