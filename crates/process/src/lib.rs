@@ -8,7 +8,31 @@
 //!   (Linux, via `/proc`), and choose the address to proxy to.
 //! - [`wait_tcp_ready`]: readiness by TCP connect.
 //!
-//! Supervision needs Unix; port discovery needs Linux (other platforms get `ErrorKind::Unsupported`).
+//! Supervision needs Unix. Port discovery is implemented and tested on Linux (`/proc` + sock_diag); macOS and
+//! Windows go through the `listeners` crate and are compile-checked only; see README.md.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::ffi::{OsStr, OsString};
+//! use std::time::Duration;
+//! use process::{wait_for_listen_port, wait_tcp_ready, Child, DetectOptions, SignalForwarder, SpawnOptions, Stdio};
+//!
+//! // `cwproxy python3 -m http.server 0`: start the app, forward our signals to it, find its port.
+//! let args: Vec<OsString> = ["-m", "http.server", "0", "--bind", "127.0.0.1"].map(OsString::from).to_vec();
+//! let opts = SpawnOptions { stdout: Stdio::Null, stderr: Stdio::Null, ..SpawnOptions::default() };
+//! let mut child = Child::spawn(OsStr::new("python3"), &args, &opts)?;
+//! let _signals = SignalForwarder::start(child.group(), Duration::from_secs(10))?;
+//! let detect = DetectOptions { exclude_port: Some(8081), ..DetectOptions::default() };
+//! let upstream = wait_for_listen_port(&mut child, &detect).await?;
+//! wait_tcp_ready(upstream, Duration::from_secs(5)).await?;
+//! assert!(upstream.ip().is_loopback());
+//! // ... proxy to `upstream` until child.wait_group() returns, then exit with its code:
+//! let status = child.stop(Duration::from_secs(10)).await?;
+//! assert_eq!(status.exit_code_for_parent(), 143); // http.server dies of SIGTERM: 128 + 15
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 #[cfg(unix)]
