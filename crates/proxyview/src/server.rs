@@ -733,9 +733,10 @@ pub fn legacy_404() -> Response<PvBody> {
     r
 }
 
-/// Answers a peer outside the allowlist without parsing anything it sent: once its first bytes
-/// have arrived (so an HTTP client is reading by then), 403 and a FIN; its unread bytes are then
-/// drained briefly so the kernel does not turn our close into an RST that destroys the answer.
+/// Answers a peer outside the allowlist without parsing or forwarding anything it sent: its
+/// first bytes are read and discarded (so an HTTP client is reading by then), then 403 and a FIN;
+/// the rest is drained briefly so the kernel does not turn our close into an RST that destroys
+/// the answer.
 /// In legacy mode the connection is just closed, as Proxyview did.
 async fn reject_peer(mut tcp: TcpStream, silent: bool) {
     if silent {
@@ -746,11 +747,12 @@ async fn reject_peer(mut tcp: TcpStream, silent: bool) {
         "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(protocol::HEADER_READ_TIMEOUT, tcp.readable()).await;
+    let mut sink = [0u8; 4096];
+    // Discard (never parse) what the peer sent first, so the answer follows its request.
+    let _ = tokio::time::timeout(protocol::HEADER_READ_TIMEOUT, tcp.read(&mut sink)).await;
     let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
         tcp.write_all(head.as_bytes()).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
         while tcp.read(&mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })

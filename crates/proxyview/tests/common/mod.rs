@@ -90,6 +90,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- stderr of pid {} ----\n{}",
+                self.pid(),
+                self.stderr_text()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -196,12 +203,15 @@ pub fn start_agent(yaml: &str) -> Proc {
 pub async fn wait_route(external: SocketAddr, host: &str, within: Duration) {
     let end = Instant::now() + within;
     loop {
-        if let Ok(r) = get(external, host, "/name").await {
-            if r.status() == StatusCode::OK {
-                return;
-            }
-        }
-        assert!(Instant::now() < end, "route {host} never became reachable");
+        let last = match get(external, host, "/name").await {
+            Ok(r) if r.status() == StatusCode::OK => return,
+            Ok(r) => format!("{:?}", r.status()),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < end,
+            "route {host} never became reachable (last answer: {last})"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
