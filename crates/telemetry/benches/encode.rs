@@ -113,8 +113,8 @@ fn main() {
     let ex = example();
     let mut out = Vec::with_capacity(4096);
     let mut cold = Scratch {
-        signature: Vec::with_capacity(1024),
         cache: HashCache::disabled(),
+        ..Scratch::new()
     };
     let mut scratch = Scratch::new();
     let n: u64 = std::env::var("BENCH_ITERS")

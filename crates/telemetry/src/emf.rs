@@ -41,110 +41,140 @@ pub enum EmfError {
     NotAnObject,
 }
 
-struct Batch<'d, 'a> {
-    data: Vec<&'d Datum<'a>>,
-    distinct_metrics: usize,
+/// Reusable index buffers for EMF assembly, so a warm renderer allocates nothing here.
+#[derive(Debug, Default)]
+pub struct EmfScratch {
+    /// Datum indices, batch after batch.
+    order: Vec<usize>,
+    /// End offset in `order` of each batch.
+    ends: Vec<usize>,
+    /// (datum, dimension) pairs of one batch.
+    dims: Vec<(usize, usize)>,
+    /// Datum indices of one batch, one per metric name.
+    metrics: Vec<usize>,
+    /// One representative datum per dimension-key set.
+    groups: Vec<usize>,
+    /// Datum indices of one directive.
+    members: Vec<usize>,
 }
 
-impl<'d, 'a> Batch<'d, 'a> {
-    fn new(capacity: usize) -> Self {
-        Self {
-            data: Vec::with_capacity(capacity),
-            distinct_metrics: 0,
-        }
-    }
-
-    fn metric(&self, name: &str) -> Option<&Datum<'a>> {
-        self.data.iter().find(|d| d.name == name).copied()
-    }
-
-    fn dim_value(&self, key: &str) -> Option<&'a [u8]> {
-        self.data
+/// Whether `d` can join the batch `batch` (indices into `data`), as cwproxy's `canAdd`.
+fn can_add(
+    data: &[Datum<'_>],
+    batch: &[usize],
+    distinct: usize,
+    d: &Datum<'_>,
+    reserved: &[&str],
+) -> bool {
+    let metric = |name: &str| batch.iter().map(|&i| &data[i]).find(|m| m.name == name);
+    let dim_value = |key: &str| {
+        batch
             .iter()
-            .flat_map(|d| d.dims.iter())
+            .flat_map(|&i| data[i].dims.iter())
             .find(|(k, _)| *k == key)
             .map(|(_, v)| *v)
+    };
+    if d.name.is_empty() || distinct >= MAX_METRICS || reserved.contains(&d.name) {
+        return false;
     }
-
-    fn can_add(&self, d: &Datum<'_>, reserved: &[&str]) -> bool {
-        if d.name.is_empty() || self.distinct_metrics >= MAX_METRICS || reserved.contains(&d.name) {
+    if dim_value(d.name).is_some() {
+        return false;
+    }
+    if let Some(existing) = metric(d.name) {
+        if existing.value != d.value || existing.unit != d.unit {
             return false;
         }
-        if self.dim_value(d.name).is_some() {
-            return false;
-        }
-        if let Some(existing) = self.metric(d.name) {
-            if existing.value != d.value || existing.unit != d.unit {
-                return false;
-            }
-        }
-        if d.dims.len() > MAX_DIMENSIONS {
-            return false;
-        }
-        d.dims.iter().all(|(k, v)| {
-            !k.is_empty()
-                && !reserved.contains(k)
-                && self.metric(k).is_none()
-                && self.dim_value(k).is_none_or(|existing| existing == *v)
-        })
     }
-
-    fn add(&mut self, d: &'d Datum<'a>) {
-        if self.metric(d.name).is_none() {
-            self.distinct_metrics += 1;
-        }
-        self.data.push(d);
+    if d.dims.len() > MAX_DIMENSIONS {
+        return false;
     }
+    d.dims.iter().all(|(k, v)| {
+        !k.is_empty()
+            && !reserved.contains(k)
+            && metric(k).is_none()
+            && dim_value(k).is_none_or(|e| e == *v)
+    })
 }
 
-/// Splits data points into EMF-compatible batches, in order, as cwproxy's `partitionDatums`.
-fn partition<'d, 'a>(
-    data: &'d [Datum<'a>],
+/// Splits data points into EMF-compatible batches in order, as cwproxy's `partitionDatums`:
+/// fills `scratch.order` / `scratch.ends`.
+fn partition(
+    data: &[Datum<'_>],
     reserved: &[&str],
-) -> Result<Vec<Batch<'d, 'a>>, EmfError> {
-    let mut batches = Vec::with_capacity(1);
-    let mut current = Batch::new(data.len());
-    for d in data {
-        if !current.can_add(d, reserved) {
-            if current.data.is_empty() {
+    scratch: &mut EmfScratch,
+) -> Result<(), EmfError> {
+    scratch.order.clear();
+    scratch.ends.clear();
+    let mut start = 0;
+    let mut distinct = 0;
+    for (i, d) in data.iter().enumerate() {
+        if !can_add(data, &scratch.order[start..], distinct, d, reserved) {
+            if scratch.order.len() == start {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
-            batches.push(std::mem::replace(&mut current, Batch::new(data.len())));
-            if !current.can_add(d, reserved) {
+            scratch.ends.push(scratch.order.len());
+            start = scratch.order.len();
+            distinct = 0;
+            if !can_add(data, &[], 0, d, reserved) {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
         }
-        current.add(d);
+        if !scratch.order[start..]
+            .iter()
+            .any(|&j| data[j].name == d.name)
+        {
+            distinct += 1;
+        }
+        scratch.order.push(i);
     }
-    if !current.data.is_empty() {
-        batches.push(current);
+    if scratch.order.len() > start {
+        scratch.ends.push(scratch.order.len());
     }
-    Ok(batches)
+    Ok(())
 }
 
-/// Writes `,"Dim":"v",...,"Metric":1,...,"_aws":{...}` for one batch.
-fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, timestamp: i64) {
+/// Sorted dimension keys of a datum, on the stack (at most [`MAX_DIMENSIONS`] after validation).
+fn sorted_keys<'a>(d: &Datum<'a>, buf: &mut [&'a str; MAX_DIMENSIONS]) -> usize {
+    let n = d.dims.len().min(MAX_DIMENSIONS);
+    for (slot, (k, _)) in buf.iter_mut().zip(d.dims.iter()) {
+        *slot = k;
+    }
+    buf[..n].sort_unstable();
+    n
+}
+
+/// Writes `,"Dim":"v",...,"Metric":1,...,"_aws":{...}` for the batch `order` (indices into `data`).
+fn write_members(
+    out: &mut Vec<u8>,
+    data: &[Datum<'_>],
+    batch: &[usize],
+    namespace: &str,
+    timestamp: i64,
+    s: &mut EmfScratch,
+) {
     // Root dimension members: union over the batch, sorted by key.
-    let mut dims: Vec<(&str, &[u8])> = batch
-        .data
-        .iter()
-        .flat_map(|d| d.dims.iter().copied())
-        .collect();
-    dims.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    dims.dedup_by(|a, b| a.0 == b.0);
-    for (k, v) in &dims {
+    s.dims.clear();
+    for &i in batch {
+        s.dims.extend((0..data[i].dims.len()).map(|j| (i, j)));
+    }
+    let key = |&(i, j): &(usize, usize)| data[i].dims[j].0;
+    s.dims.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+    s.dims.dedup_by(|a, b| key(a) == key(b));
+    for &(i, j) in &s.dims {
+        let (k, v) = data[i].dims[j];
         out.push(b',');
         json::write_key(out, k.as_bytes());
         json::write_str(out, v);
     }
-    // Root metric members: first occurrence of each name, sorted by name.
-    let mut metrics: Vec<&Datum<'_>> = batch.data.clone();
-    metrics.sort_unstable_by(|a, b| a.name.cmp(b.name));
-    metrics.dedup_by(|a, b| a.name == b.name);
-    for m in &metrics {
+    // Root metric members: one per name, sorted by name.
+    s.metrics.clear();
+    s.metrics.extend_from_slice(batch);
+    s.metrics.sort_by(|&a, &b| data[a].name.cmp(data[b].name));
+    s.metrics.dedup_by(|a, b| data[*a].name == data[*b].name);
+    for &i in &s.metrics {
         out.push(b',');
-        json::write_key(out, m.name.as_bytes());
-        json::write_f64(out, m.value);
+        json::write_key(out, data[i].name.as_bytes());
+        json::write_f64(out, data[i].value);
     }
 
     // One directive per distinct set of dimension keys, ordered by the NUL-joined sorted keys.
@@ -156,57 +186,62 @@ fn write_members(out: &mut Vec<u8>, batch: &Batch<'_, '_>, namespace: &str, time
                 .iter()
                 .all(|(k, _)| b.dims.iter().any(|(k2, _)| k2 == k))
     };
-    let mut groups: Vec<(Vec<&str>, Vec<&Datum<'_>>)> = Vec::with_capacity(4);
-    for d in &batch.data {
-        match groups
-            .iter_mut()
-            .find(|(_, members)| same_keys(members[0], d))
-        {
-            Some((_, members)) => {
-                if !members.iter().any(|m| m.name == d.name) {
-                    members.push(d);
-                }
-            }
-            None => {
-                let mut keys: Vec<&str> = d.dims.iter().map(|(k, _)| *k).collect();
-                keys.sort_unstable();
-                let mut members = Vec::with_capacity(batch.data.len());
-                members.push(*d);
-                groups.push((keys, members));
-            }
+    s.groups.clear();
+    for &i in batch {
+        if !s.groups.iter().any(|&g| same_keys(&data[g], &data[i])) {
+            s.groups.push(i);
         }
     }
-    // Comparing key lists element-wise equals comparing their NUL-joined strings, since NUL sorts
-    // below every byte a key can contain.
-    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // Comparing sorted key lists element-wise equals comparing their NUL-joined strings, since
+    // NUL sorts below every byte a key can contain.
+    s.groups.sort_unstable_by(|&a, &b| {
+        let (mut ka, mut kb) = ([""; MAX_DIMENSIONS], [""; MAX_DIMENSIONS]);
+        let (na, nb) = (
+            sorted_keys(&data[a], &mut ka),
+            sorted_keys(&data[b], &mut kb),
+        );
+        ka[..na].cmp(&kb[..nb])
+    });
 
     out.extend_from_slice(b",\"_aws\":{\"Timestamp\":");
     json::write_i64(out, timestamp);
     out.extend_from_slice(b",\"CloudWatchMetrics\":[");
-    for (i, (keys, members)) in groups.iter_mut().enumerate() {
-        if i > 0 {
+    for (gi, &g) in s.groups.iter().enumerate() {
+        if gi > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"Namespace\":");
         json::write_str(out, namespace.as_bytes());
         out.extend_from_slice(b",\"Dimensions\":[[");
-        for (j, k) in keys.iter().enumerate() {
+        let mut keys = [""; MAX_DIMENSIONS];
+        let n = sorted_keys(&data[g], &mut keys);
+        for (j, k) in keys[..n].iter().enumerate() {
             if j > 0 {
                 out.push(b',');
             }
             json::write_str(out, k.as_bytes());
         }
         out.extend_from_slice(b"]],\"Metrics\":[");
-        members.sort_unstable_by(|a, b| a.name.cmp(b.name));
-        for (j, m) in members.iter().enumerate() {
+        // The first datum of each name in this key set gives the directive its unit.
+        s.members.clear();
+        for &i in batch {
+            if same_keys(&data[g], &data[i])
+                && !s.members.iter().any(|&m| data[m].name == data[i].name)
+            {
+                s.members.push(i);
+            }
+        }
+        s.members
+            .sort_unstable_by(|&a, &b| data[a].name.cmp(data[b].name));
+        for (j, &m) in s.members.iter().enumerate() {
             if j > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"Name\":");
-            json::write_str(out, m.name.as_bytes());
-            if !m.unit.is_empty() {
+            json::write_str(out, data[m].name.as_bytes());
+            if !data[m].unit.is_empty() {
                 out.extend_from_slice(b",\"Unit\":");
-                json::write_str(out, m.unit.as_bytes());
+                json::write_str(out, data[m].unit.as_bytes());
             }
             out.push(b'}');
         }
@@ -239,36 +274,48 @@ pub fn append_to_entry(
     namespace: &str,
     timestamp: i64,
     kind: MetricEventKind<'_>,
+    scratch: &mut EmfScratch,
 ) -> Result<(), EmfError> {
     if out.len() <= base_start || out.last() != Some(&b'}') {
         return Err(EmfError::NotAnObject);
     }
-    let batches = partition(data, RESERVED_LOG_KEYS)?;
-    let mut batches = batches.into_iter();
-    if let Some(first) = batches.next() {
-        out.pop();
-        write_members(out, &first, namespace, timestamp);
-        out.push(b'}');
+    partition(data, RESERVED_LOG_KEYS, scratch)?;
+    let order = std::mem::take(&mut scratch.order);
+    let ends = std::mem::take(&mut scratch.ends);
+    let mut start = 0;
+    for (n, &end) in ends.iter().enumerate() {
+        let batch = &order[start..end];
+        if n == 0 {
+            out.pop();
+            write_members(out, data, batch, namespace, timestamp, scratch);
+            out.extend_from_slice(b"}\n");
+        } else {
+            write_metric_event(out, data, batch, namespace, timestamp, kind, scratch);
+            out.push(b'\n');
+        }
+        start = end;
     }
-    out.push(b'\n');
-    for batch in batches {
-        write_metric_event(out, &batch, namespace, timestamp, kind);
+    if ends.is_empty() {
         out.push(b'\n');
     }
+    scratch.order = order;
+    scratch.ends = ends;
     Ok(())
 }
 
 fn write_metric_event(
     out: &mut Vec<u8>,
-    batch: &Batch<'_, '_>,
+    data: &[Datum<'_>],
+    batch: &[usize],
     namespace: &str,
     timestamp: i64,
     kind: MetricEventKind<'_>,
+    scratch: &mut EmfScratch,
 ) {
     out.push(b'{');
     match kind {
         MetricEventKind::Traffic { app_name } => {
-            let mut names: Vec<&str> = batch.data.iter().map(|d| d.name).collect();
+            let mut names: Vec<&str> = batch.iter().map(|&i| data[i].name).collect();
             names.sort_unstable();
             names.dedup();
             let mut summary = String::new();
@@ -288,7 +335,7 @@ fn write_metric_event(
         }
         MetricEventKind::Health => out.extend_from_slice(b"\"_t\":\"HEALTH\""),
     }
-    write_members(out, batch, namespace, timestamp);
+    write_members(out, data, batch, namespace, timestamp, scratch);
     out.push(b'}');
 }
 
@@ -299,11 +346,27 @@ pub fn write_metric_events(
     namespace: &str,
     timestamp: i64,
     kind: MetricEventKind<'_>,
+    scratch: &mut EmfScratch,
 ) -> Result<(), EmfError> {
-    for batch in partition(data, RESERVED_METRIC_KEYS)? {
-        write_metric_event(out, &batch, namespace, timestamp, kind);
+    partition(data, RESERVED_METRIC_KEYS, scratch)?;
+    let order = std::mem::take(&mut scratch.order);
+    let ends = std::mem::take(&mut scratch.ends);
+    let mut start = 0;
+    for &end in &ends {
+        write_metric_event(
+            out,
+            data,
+            &order[start..end],
+            namespace,
+            timestamp,
+            kind,
+            scratch,
+        );
         out.push(b'\n');
+        start = end;
     }
+    scratch.order = order;
+    scratch.ends = ends;
     Ok(())
 }
 
@@ -328,7 +391,16 @@ mod tests {
             }];
             let mut out = b"{}".to_vec();
             assert!(
-                append_to_entry(&mut out, 0, &d, "ns", 1, MetricEventKind::Health).is_err(),
+                append_to_entry(
+                    &mut out,
+                    0,
+                    &d,
+                    "ns",
+                    1,
+                    MetricEventKind::Health,
+                    &mut EmfScratch::default()
+                )
+                .is_err(),
                 "{name:?}"
             );
         }
@@ -346,8 +418,16 @@ mod tests {
         }];
         for d in [&reserved_dim[..], &too_many[..]] {
             let mut out = b"{}".to_vec();
-            let err = append_to_entry(&mut out, 0, d, "ns", 1, MetricEventKind::Health)
-                .expect_err("rejected");
+            let err = append_to_entry(
+                &mut out,
+                0,
+                d,
+                "ns",
+                1,
+                MetricEventKind::Health,
+                &mut EmfScratch::default(),
+            )
+            .expect_err("rejected");
             assert!(err.to_string().contains("cannot be encoded as EMF"));
         }
     }
@@ -362,7 +442,15 @@ mod tests {
             dims: &[],
         }];
         assert_eq!(
-            append_to_entry(&mut out, 0, &d, "ns", 1, MetricEventKind::Health),
+            append_to_entry(
+                &mut out,
+                0,
+                &d,
+                "ns",
+                1,
+                MetricEventKind::Health,
+                &mut EmfScratch::default()
+            ),
             Err(EmfError::NotAnObject)
         );
     }
@@ -377,7 +465,15 @@ mod tests {
             dims,
         }];
         let mut out = Vec::new();
-        write_metric_events(&mut out, &d, "app/health", 7, MetricEventKind::Health).expect("ok");
+        write_metric_events(
+            &mut out,
+            &d,
+            "app/health",
+            7,
+            MetricEventKind::Health,
+            &mut EmfScratch::default(),
+        )
+        .expect("ok");
         assert_eq!(
             s(&out),
             "{\"_t\":\"HEALTH\",\"AppName\":\"orders\",\"Endpoint\":\"http://x:80/h\",\"HealthLatency\":2.5,\"_aws\":{\"Timestamp\":7,\"CloudWatchMetrics\":[{\"Namespace\":\"app/health\",\"Dimensions\":[[\"AppName\",\"Endpoint\"]],\"Metrics\":[{\"Name\":\"HealthLatency\",\"Unit\":\"Milliseconds\"}]}]}}\n"
@@ -409,6 +505,7 @@ mod tests {
             "app/traffic",
             5,
             MetricEventKind::Traffic { app_name: "x" },
+            &mut EmfScratch::default(),
         )
         .expect("ok");
         let lines: Vec<&str> = s(&out).lines().collect();

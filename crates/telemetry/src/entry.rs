@@ -232,6 +232,7 @@ impl Entry<'_> {
         let Scratch {
             signature: scratch,
             cache,
+            ..
         } = scratch;
         scratch.clear();
         scratch.extend_from_slice(b"queries:");
@@ -277,7 +278,15 @@ impl Entry<'_> {
             out.push(b'\n');
             return Ok(());
         }
-        let result = emf::append_to_entry(out, start, data, namespace, self.timestamp_ms(), kind);
+        let result = emf::append_to_entry(
+            out,
+            start,
+            data,
+            namespace,
+            self.timestamp_ms(),
+            kind,
+            &mut scratch.emf,
+        );
         if result.is_err() {
             // Never lose the log line because its metrics were unencodable: write it plain.
             out.truncate(start);

@@ -144,6 +144,8 @@ pub struct Scratch {
     pub signature: Vec<u8>,
     /// Signature → hash memo.
     pub cache: HashCache,
+    /// EMF index buffers.
+    pub emf: crate::emf::EmfScratch,
 }
 
 impl Scratch {
@@ -152,6 +154,7 @@ impl Scratch {
         Self {
             signature: Vec::with_capacity(1024),
             cache: HashCache::new(),
+            emf: Default::default(),
         }
     }
 }

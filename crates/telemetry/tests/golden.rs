@@ -362,6 +362,7 @@ fn more_than_100_metrics_split_into_metric_only_events() {
         "app/traffic",
         42,
         MetricEventKind::Traffic { app_name: "svc" },
+        &mut emf::EmfScratch::default(),
     )
     .expect("ok");
     let text = String::from_utf8(out).expect("utf8");
