@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# proxyview vs rathole on loopback, one run, same machine, same backend.
+#   (a) direct to the backend, (b) through proxyview (one agent, Host routing),
+#   (c) through rathole 0.5.0 as a plain TCP tunnel.
+# Prints wrk small-GET req/s and p50/p99, CPU µs per request of the tunnel processes,
+# 100 MB download MB/s, and peak RSS, with the ratios b/c.
+# Installs its own tools (wrk from apt, rathole built from its crates.io source) under target/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+TOOLS="$ROOT/target/bench-tools"
+WORK="$(mktemp -d)"
+DURATION="${DURATION:-10}"
+CONNS="${CONNS:-50}"
+BULK_BYTES=$((100 * 1024 * 1024))
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- tools -----------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
+fi
+RATHOLE="$TOOLS/bin/rathole"
+if [ ! -x "$RATHOLE" ]; then
+  # `cargo install rathole --locked` fails on rustc 1.95 (its lock pins time 0.3.29, E0282):
+  # fetch the source through cargo, bump `time`, build with the lock (see shared/peer-baselines.md).
+  log "building rathole 0.5.0 (once)"
+  fetch="$WORK/fetch"; mkdir -p "$fetch/src"
+  printf '[package]\nname="fetch-rathole"\nversion="0.0.0"\nedition="2021"\n[dependencies]\nrathole="=0.5.0"\n[workspace]\n' > "$fetch/Cargo.toml"
+  echo 'fn main(){}' > "$fetch/src/main.rs"
+  (cd "$fetch" && cargo fetch -q)
+  src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rathole-0.5.0 | head -1)"
+  cp -r "$src" "$WORK/rathole-src"
+  (cd "$WORK/rathole-src" && cargo update -q -p time --precise 0.3.36 \
+    && cargo install -q --path . --locked --root "$TOOLS" --no-default-features --features server,client)
+fi
+
+log "building proxyview and the backend (release)"
+cargo build -q --release -p proxyview --bin proxyview --example bench_backend
+PV="$ROOT/target/release/proxyview"
+BACKEND="$ROOT/target/release/examples/bench_backend"
+
+# --- processes -------------------------------------------------------------------------------
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+P_BE=$(port); P_PV_IN=$(port); P_PV_EX=$(port); P_RH_CTL=$(port); P_RH_SVC=$(port)
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+"$BACKEND" "127.0.0.1:$P_BE" 2>/dev/null & PIDS+=($!)
+wait_port "$P_BE"
+
+cat > "$WORK/pv-server.yaml" <<EOF
+host: "127.0.0.1"
+internal: {port: $P_PV_IN, token: "bench"}
+external: {port: $P_PV_EX, token: "bench"}
+EOF
+cat > "$WORK/pv-agent.yaml" <<EOF
+clientId: "bench"
+routes: [{name: "svc", value: "127.0.0.1", port: $P_BE, type: "ip"}]
+proxyview: {url: "127.0.0.1:$P_PV_IN", token: "bench"}
+EOF
+PROXYVIEW_LOG=warn "$PV" server --config "$WORK/pv-server.yaml" 2>"$WORK/pv-server.log" & PV_S=$!; PIDS+=($PV_S)
+wait_port "$P_PV_IN"
+PROXYVIEW_LOG=warn "$PV" client --config "$WORK/pv-agent.yaml" 2>"$WORK/pv-agent.log" & PV_A=$!; PIDS+=($PV_A)
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: svc' -H 'auth-token: bench' "http://127.0.0.1:$P_PV_EX/")" = 200 ] && break
+  sleep 0.05
+done
+
+cat > "$WORK/rh-server.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$P_RH_CTL"
+[server.services.svc]
+token = "bench"
+bind_addr = "127.0.0.1:$P_RH_SVC"
+EOF
+cat > "$WORK/rh-client.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:$P_RH_CTL"
+[client.services.svc]
+token = "bench"
+local_addr = "127.0.0.1:$P_BE"
+EOF
+"$RATHOLE" "$WORK/rh-server.toml" >/dev/null 2>&1 & RH_S=$!; PIDS+=($RH_S)
+wait_port "$P_RH_CTL"
+"$RATHOLE" "$WORK/rh-client.toml" >/dev/null 2>&1 & RH_C=$!; PIDS+=($RH_C)
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_RH_SVC/")" = 200 ] && break
+  sleep 0.05
+done
+
+# --- measurements ----------------------------------------------------------------------------
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+hwm_kib() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+# run_wrk NAME URL HOSTHEADER PIDS... → sets RPS, P50, P99 (ms), CPU_US
+run_wrk() {
+  local name=$1 url=$2 host=$3; shift 3
+  local hdr=(); [ -n "$host" ] && hdr=(-H "Host: $host" -H "auth-token: bench")
+  wrk -t2 -c"$CONNS" -d2s "${hdr[@]}" "$url" >/dev/null 2>&1   # warm-up
+  local c0; c0=$(cpu_ticks "$@")
+  local out; out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url")
+  local c1; c1=$(cpu_ticks "$@")
+  RPS=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  local reqs; reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+  P50=$(awk '$1=="50%"{print $2}' <<<"$out" | to_ms)
+  P99=$(awk '$1=="99%"{print $2}' <<<"$out" | to_ms)
+  if [ "$#" -gt 0 ]; then
+    CPU_US=$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d/hz*1e6/n}')
+  else
+    CPU_US="-"
+  fi
+  log "$name: $RPS req/s p50 ${P50}ms p99 ${P99}ms cpu ${CPU_US}us/req"
+}
+
+bulk() { # URL HOST → MB/s
+  local hdr=(); [ -n "$2" ] && hdr=(-H "Host: $2" -H "auth-token: bench")
+  curl -s -o /dev/null "${hdr[@]}" -w '%{speed_download}' "$1" | awk '{printf "%.0f", $1/1e6}'
+}
+
+log "small GET, wrk -t2 -c$CONNS -d${DURATION}s"
+run_wrk direct "http://127.0.0.1:$P_BE/" ""
+D_RPS=$RPS D_P50=$P50 D_P99=$P99
+run_wrk proxyview "http://127.0.0.1:$P_PV_EX/" "svc" "$PV_S" "$PV_A"
+B_RPS=$RPS B_P50=$P50 B_P99=$P99 B_CPU=$CPU_US
+run_wrk rathole "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"
+C_RPS=$RPS C_P50=$P50 C_P99=$P99 C_CPU=$CPU_US
+
+log "bulk download, $BULK_BYTES bytes"
+D_BULK=$(bulk "http://127.0.0.1:$P_BE/bytes/$BULK_BYTES" "")
+B_BULK=$(bulk "http://127.0.0.1:$P_PV_EX/bytes/$BULK_BYTES" "svc")
+C_BULK=$(bulk "http://127.0.0.1:$P_RH_SVC/bytes/$BULK_BYTES" "")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
+printf '\n%-28s %12s %12s %12s %10s\n' "metric" "direct" "proxyview" "rathole" "pv/rathole"
+printf '%-28s %12s %12s %12s %10s\n' "small GET req/s" "$D_RPS" "$B_RPS" "$C_RPS" "$(ratio "$B_RPS" "$C_RPS")"
+printf '%-28s %12s %12s %12s %10s\n' "p50 ms" "$D_P50" "$B_P50" "$C_P50" "$(ratio "$B_P50" "$C_P50")"
+printf '%-28s %12s %12s %12s %10s\n' "p99 ms" "$D_P99" "$B_P99" "$C_P99" "$(ratio "$B_P99" "$C_P99")"
+printf '%-28s %12s %12s %12s %10s\n' "tunnel CPU us/req (both)" "-" "$B_CPU" "$C_CPU" "$(ratio "$B_CPU" "$C_CPU")"
+printf '%-28s %12s %12s %12s %10s\n' "100 MB download MB/s" "$D_BULK" "$B_BULK" "$C_BULK" "$(ratio "$B_BULK" "$C_BULK")"
+printf '%-28s %12s %12s %12s\n' "peak RSS KiB server" "-" "$(hwm_kib "$PV_S")" "$(hwm_kib "$RH_S")"
+printf '%-28s %12s %12s %12s\n' "peak RSS KiB agent/client" "-" "$(hwm_kib "$PV_A")" "$(hwm_kib "$RH_C")"
