@@ -356,7 +356,7 @@ impl Server {
             t0: Instant::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
-            headers: req.headers().clone(),
+            headers: self.logged_headers(req.headers()),
             request: Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT))),
             endpoint: None,
             client_id: None,
@@ -559,6 +559,15 @@ impl Server {
             }
         };
         Response::from_parts(parts, body)
+    }
+
+    /// The request headers as logged: the caller's proxy token never reaches the log.
+    fn logged_headers(&self, h: &HeaderMap) -> HeaderMap {
+        let mut h = h.clone();
+        if self.cfg.external_token.is_some() {
+            remove_token_headers(&mut h);
+        }
+        h
     }
 
     /// A locally generated error response (and its log record).

@@ -568,6 +568,13 @@ async fn access_log_line_names_the_route() {
             assert_eq!(v["response"]["status"], 200);
             assert_eq!(v["ResponseBodySize"], 2);
             assert_eq!(v["request"]["queries"]["x"], "1");
+            let headers = v["request"]["headers"].as_object().unwrap();
+            assert!(
+                headers
+                    .keys()
+                    .all(|k| !k.eq_ignore_ascii_case("auth-token")),
+                "token logged: {v}"
+            );
             break;
         }
         assert!(Instant::now() < end, "no access log line in {out:?}");
