@@ -8,5 +8,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod dataplane;
+pub mod engine;
+pub mod log;
+pub mod plugins;
 pub mod protocol;
 pub mod syntax;

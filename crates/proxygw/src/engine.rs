@@ -1,0 +1,1109 @@
+//! The engine: one task owns every target and frontend and takes all events from one channel (warm signals,
+//! handler results, conntrack flow events, ctl requests, shutdown), so state changes have a total order.
+//!
+//! Order that keeps clients safe: warm the handler (which waits for readiness) → DNAT on; on idle: DNAT off →
+//! flush the mapping's conntrack entries → drain the handler. A dataplane failure rolls the state back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Config, FrontendConfig, TargetConfig};
+use crate::dataplane::{Dataplane, Flow, FlowEvent, Mapping};
+use crate::log::Logger;
+use crate::plugins::{FrontendCtx, FrontendHandler, Registry, TargetCtx, TargetHandler};
+use crate::protocol::{EndpointInfo, FrontendStatus, StatusResponse, TargetStatus, WireProtocol};
+
+/// Events queued before the engine applies back-pressure to ctl and handler results.
+pub const EVENT_QUEUE: usize = 4096;
+/// How long shutdown waits for one handler's close before moving on.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retry interval after a failed DNAT disable.
+pub const DISABLE_RETRY: Duration = Duration::from_secs(5);
+
+/// Target lifecycle (spec §5.2); the numbers are the original's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// 1: cold, DNAT off.
+    Inactive = 1,
+    /// 2: warm, DNAT on.
+    Active = 2,
+    /// 3: handler warming, DNAT off.
+    Warming = 3,
+    /// 4: DNAT off, handler draining.
+    Draining = 4,
+    /// 6: shut down.
+    Closed = 6,
+}
+
+impl TargetState {
+    /// The status string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inactive => "inactive",
+            Self::Active => "active",
+            Self::Warming => "warming",
+            Self::Draining => "draining",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Frontend lifecycle (spec §5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendState {
+    /// 1.
+    Stopped = 1,
+    /// 2.
+    Starting = 2,
+    /// 3.
+    Running = 3,
+    /// 4.
+    Stopping = 4,
+    /// 5.
+    Closed = 5,
+}
+
+impl FrontendState {
+    /// The status string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Who asked for a warm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WarmOrigin {
+    /// A frontend, with the client's address when the kind knows it.
+    Frontend {
+        /// Frontend name.
+        name: String,
+        /// Client address.
+        source: Option<SocketAddr>,
+    },
+    /// `proxygwctl warm`.
+    Ctl,
+    /// Rebuilt after a restart from live conntrack flows.
+    Restart,
+}
+
+impl std::fmt::Display for WarmOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Frontend {
+                name,
+                source: Some(s),
+            } => write!(f, "frontend {name} from {s}"),
+            Self::Frontend { name, source: None } => write!(f, "frontend {name}"),
+            Self::Ctl => f.write_str("ctl"),
+            Self::Restart => f.write_str("restart"),
+        }
+    }
+}
+
+/// A control request (the served ctl methods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Status snapshot.
+    Status,
+    /// Warm a target.
+    Warm(String),
+    /// Drain a target now.
+    Drain(String),
+    /// Start a frontend.
+    Start(String),
+    /// Stop a frontend.
+    Stop(String),
+}
+
+/// Reply to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Status.
+    Status(StatusResponse),
+    /// Accepted.
+    Done,
+}
+
+enum Op {
+    Warm,
+    Drain,
+    Start,
+    Stop,
+}
+
+enum Event {
+    Wake {
+        target: String,
+        origin: WarmOrigin,
+    },
+    Exited {
+        target: String,
+        reason: String,
+    },
+    Done {
+        name: String,
+        epoch: u64,
+        op: Op,
+        result: Result<(), String>,
+    },
+    Flow(FlowEvent),
+    Ctl(Request, oneshot::Sender<Result<Reply, String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Sends warm signals for one target; cheap to clone. A full queue drops the signal: the engine is already
+/// flooded with warm signals, which coalesce anyway.
+#[derive(Clone, Debug)]
+pub struct Waker {
+    tx: mpsc::Sender<Event>,
+    target: String,
+    frontend: String,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Event")
+    }
+}
+
+impl Waker {
+    /// Signals warm; `source` is the client address, logged with the wake.
+    pub fn wake(&self, source: Option<SocketAddr>) {
+        let _ = self.tx.try_send(Event::Wake {
+            target: self.target.clone(),
+            origin: WarmOrigin::Frontend {
+                name: self.frontend.clone(),
+                source,
+            },
+        });
+    }
+}
+
+/// Tells the engine a target's backend stopped by itself (e.g. the static:cmd child exited).
+#[derive(Clone, Debug)]
+pub struct ExitNotifier {
+    tx: mpsc::Sender<Event>,
+    target: String,
+}
+
+impl ExitNotifier {
+    /// Reports the exit.
+    pub fn exited(&self, reason: String) {
+        let tx = self.tx.clone();
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Event::Exited { target, reason }).await;
+        });
+    }
+}
+
+/// The handle ctl and the daemon use; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Event>,
+}
+
+impl EngineHandle {
+    /// Sends a request and waits for the reply; `closed` once the engine has shut down.
+    pub async fn request(&self, req: Request) -> Result<Reply, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Ctl(req, tx))
+            .await
+            .map_err(|_| "closed".to_string())?;
+        rx.await.map_err(|_| "closed".to_string())?
+    }
+
+    /// Status snapshot.
+    pub async fn status(&self) -> Result<StatusResponse, String> {
+        match self.request(Request::Status).await? {
+            Reply::Status(s) => Ok(s),
+            Reply::Done => Err("unexpected reply".into()),
+        }
+    }
+
+    /// A sender of conntrack events into the engine.
+    pub fn flow_sink(&self) -> FlowSink {
+        FlowSink {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Shuts the engine down (frontends, then targets, then the dataplane) and waits until it is done.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Event::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Feeds [`FlowEvent`]s into the engine.
+#[derive(Clone, Debug)]
+pub struct FlowSink {
+    tx: mpsc::Sender<Event>,
+}
+
+impl FlowSink {
+    /// Delivers one event; false once the engine is gone.
+    pub async fn send(&self, ev: FlowEvent) -> bool {
+        self.tx.send(Event::Flow(ev)).await.is_ok()
+    }
+}
+
+struct Target {
+    cfg: TargetConfig,
+    kind: String,
+    handler: Arc<dyn TargetHandler>,
+    state: TargetState,
+    state_tx: watch::Sender<TargetState>,
+    last_error: String,
+    epoch: u64,
+    op: Option<JoinHandle<()>>,
+    mappings: Vec<Mapping>,
+    flows: HashSet<Flow>,
+    /// Since when the target has had no flow (and no warm signal); the idle clock.
+    idle_since: Instant,
+    warm_pending: bool,
+    /// The error to keep when a rollback drain finishes.
+    rollback_error: Option<String>,
+    retry_disable_at: Option<Instant>,
+}
+
+struct Frontend {
+    cfg: FrontendConfig,
+    kind: String,
+    handler: Arc<dyn FrontendHandler>,
+    state: FrontendState,
+    last_error: String,
+    epoch: u64,
+    op: Option<JoinHandle<()>>,
+    backend: SocketAddr,
+}
+
+/// The engine before it runs: targets and frontends are built (targets first), nothing started.
+pub struct Engine<D: Dataplane> {
+    dp: D,
+    log: Logger,
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+    targets: BTreeMap<String, Target>,
+    frontends: BTreeMap<String, Frontend>,
+    closed: bool,
+}
+
+/// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
+pub fn channel() -> (EngineHandle, EngineInbox) {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    (EngineHandle { tx: tx.clone() }, EngineInbox { tx, rx })
+}
+
+/// The receiving half made by [`channel`].
+pub struct EngineInbox {
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+}
+
+impl<D: Dataplane> Engine<D> {
+    /// Builds every target, then every frontend, from the config; registers the DNAT groups. Any failure is
+    /// an error naming the target or frontend (the original skipped failing frontends silently-ish).
+    pub async fn build(
+        cfg: &Config,
+        reg: &Registry,
+        mut dp: D,
+        inbox: EngineInbox,
+        log: Logger,
+    ) -> Result<Self, String> {
+        let EngineInbox { tx, rx } = inbox;
+        let mut targets = BTreeMap::new();
+        for t in &cfg.targets {
+            let kind = t.kind.to_string();
+            let (ctor, _) = reg
+                .targets
+                .get(&kind)
+                .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
+            let ctx = TargetCtx {
+                name: t.name.clone(),
+                endpoints: t.endpoints.clone(),
+                log: log.clone(),
+                exited: ExitNotifier {
+                    tx: tx.clone(),
+                    target: t.name.clone(),
+                },
+            };
+            let handler = ctor(&ctx, &t.options).map_err(|e| {
+                format!("create target {:?}: handler for kind {kind:?}: {e}", t.name)
+            })?;
+            let (state_tx, _) = watch::channel(TargetState::Inactive);
+            targets.insert(
+                t.name.clone(),
+                Target {
+                    cfg: t.clone(),
+                    kind,
+                    handler,
+                    state: TargetState::Inactive,
+                    state_tx,
+                    last_error: String::new(),
+                    epoch: 0,
+                    op: None,
+                    mappings: Vec::new(),
+                    flows: HashSet::new(),
+                    idle_since: Instant::now(),
+                    warm_pending: false,
+                    rollback_error: None,
+                    retry_disable_at: None,
+                },
+            );
+        }
+        let mut frontends = BTreeMap::new();
+        for f in &cfg.frontends {
+            let kind = f.kind.to_string();
+            let target = targets
+                .get_mut(&f.target_name)
+                .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
+            let ep = target
+                .cfg
+                .endpoints
+                .iter()
+                .find(|e| e.name == f.endpoint_name)
+                .ok_or_else(|| {
+                    format!(
+                        "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
+                        f.name, f.endpoint_name, f.target_name
+                    )
+                })?;
+            let backend = ep.address;
+            let (ctor, _) = reg.frontends.get(&kind).ok_or_else(|| {
+                format!("create frontend {:?}: frontend kind not registered", f.name)
+            })?;
+            let ctx = FrontendCtx {
+                name: f.name.clone(),
+                target: f.target_name.clone(),
+                protocol: f.protocol,
+                listen: f.listen,
+                backend,
+                log: log.clone(),
+                waker: Waker {
+                    tx: tx.clone(),
+                    target: f.target_name.clone(),
+                    frontend: f.name.clone(),
+                },
+                target_state: target.state_tx.subscribe(),
+            };
+            let handler = ctor(&ctx, &f.options).map_err(|e| {
+                format!(
+                    "create frontend {:?}: handler for kind {kind:?}: {e}",
+                    f.name
+                )
+            })?;
+            target.mappings.push(Mapping {
+                protocol: f.protocol,
+                listen: f.listen,
+                backend,
+                flow_timeout: f.flow_timeout,
+                masquerade: f.masquerade,
+            });
+            frontends.insert(
+                f.name.clone(),
+                Frontend {
+                    cfg: f.clone(),
+                    kind,
+                    handler,
+                    state: FrontendState::Stopped,
+                    last_error: String::new(),
+                    epoch: 0,
+                    op: None,
+                    backend,
+                },
+            );
+        }
+        for (name, t) in &targets {
+            dp.add_group(name, &t.mappings)
+                .await
+                .map_err(|e| format!("create target {name:?}: flow group: {e}"))?;
+        }
+        Ok(Self {
+            dp,
+            log,
+            tx,
+            rx,
+            targets,
+            frontends,
+            closed: false,
+        })
+    }
+
+    /// Runs until shutdown: rebuilds state from existing flows, starts every frontend, then serves events.
+    pub async fn run(mut self) {
+        self.rebuild().await;
+        let names: Vec<String> = self.frontends.keys().cloned().collect();
+        for n in names {
+            self.start_frontend(&n);
+        }
+        loop {
+            let deadline = self.next_deadline();
+            let ev = tokio::select! {
+                ev = self.rx.recv() => ev,
+                _ = sleep_until_opt(deadline) => { self.on_tick().await; continue; }
+            };
+            match ev {
+                None => break,
+                Some(Event::Shutdown(done)) => {
+                    self.shutdown().await;
+                    let _ = done.send(());
+                    break;
+                }
+                Some(ev) => self.handle(ev).await,
+            }
+        }
+        // Answer anything still queued so no ctl client hangs.
+        self.rx.close();
+        while let Some(ev) = self.rx.recv().await {
+            match ev {
+                Event::Ctl(Request::Status, reply) => {
+                    let _ = reply.send(Ok(Reply::Status(self.status())));
+                }
+                Event::Ctl(_, reply) => {
+                    let _ = reply.send(Err("closed".into()));
+                }
+                Event::Shutdown(done) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// After a restart, flows DNATed by a previous run are still in conntrack: their targets are warmed again so
+    /// DNAT comes back for new flows and the idle clock follows the live ones.
+    async fn rebuild(&mut self) {
+        let flows = match self.dp.dump_flows().await {
+            Ok(f) => f,
+            Err(e) => {
+                self.log.warn("conntrack dump failed", &[("err", &e)]);
+                return;
+            }
+        };
+        self.apply_resync(flows);
+        let live: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| !t.flows.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in live {
+            self.log.info(
+                "target has live flows from a previous run; warming",
+                &[("target", &name)],
+            );
+            self.warm(&name, WarmOrigin::Restart);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.targets
+            .values()
+            .filter_map(|t| match t.state {
+                TargetState::Active if t.flows.is_empty() => Some(
+                    t.retry_disable_at
+                        .unwrap_or(t.idle_since + t.cfg.idle_timeout),
+                ),
+                _ => None,
+            })
+            .min()
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                t.state == TargetState::Active
+                    && t.flows.is_empty()
+                    && t.retry_disable_at
+                        .unwrap_or(t.idle_since + t.cfg.idle_timeout)
+                        <= now
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.log.info("target idle; draining", &[("target", &name)]);
+            let _ = self.drain(&name).await;
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Wake { target, origin } => {
+                if self.targets.contains_key(&target) {
+                    self.warm(&target, origin);
+                }
+            }
+            Event::Exited { target, reason } => self.on_exited(&target, reason).await,
+            Event::Done {
+                name,
+                epoch,
+                op,
+                result,
+            } => match op {
+                Op::Warm => self.on_warm_done(&name, epoch, result).await,
+                Op::Drain => self.on_drain_done(&name, epoch, result).await,
+                Op::Start | Op::Stop => self.on_frontend_done(&name, epoch, op, result),
+            },
+            Event::Flow(fe) => self.on_flow(fe),
+            Event::Ctl(req, reply) => {
+                let r = self.on_ctl(req).await;
+                let _ = reply.send(r);
+            }
+            Event::Shutdown(_) => {}
+        }
+    }
+
+    async fn on_ctl(&mut self, req: Request) -> Result<Reply, String> {
+        if self.closed {
+            return match req {
+                Request::Status => Ok(Reply::Status(self.status())),
+                _ => Err("closed".into()),
+            };
+        }
+        match req {
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Warm(name) => {
+                if !self.targets.contains_key(&name) {
+                    return Err(format!("target {name:?}: target not registered"));
+                }
+                self.warm(&name, WarmOrigin::Ctl);
+                Ok(Reply::Done)
+            }
+            Request::Drain(name) => {
+                let Some(t) = self.targets.get(&name) else {
+                    return Err(format!("target {name:?}: target not registered"));
+                };
+                match t.state {
+                    TargetState::Inactive | TargetState::Draining => Ok(Reply::Done),
+                    TargetState::Warming => Err(format!(
+                        "target {name:?} is warming; drain it once it is active"
+                    )),
+                    TargetState::Closed => Err("closed".into()),
+                    TargetState::Active => {
+                        self.log
+                            .info("drain requested", &[("target", &name), ("origin", &"ctl")]);
+                        self.drain(&name).await.map(|_| Reply::Done)
+                    }
+                }
+            }
+            Request::Start(name) => {
+                let Some(f) = self.frontends.get(&name) else {
+                    return Err(format!("frontend {name:?}: frontend not registered"));
+                };
+                match f.state {
+                    FrontendState::Running | FrontendState::Starting => Ok(Reply::Done),
+                    FrontendState::Stopping => {
+                        Err(format!("frontend {name:?} is stopping; try again"))
+                    }
+                    FrontendState::Closed => Err("closed".into()),
+                    FrontendState::Stopped => {
+                        self.start_frontend(&name);
+                        Ok(Reply::Done)
+                    }
+                }
+            }
+            Request::Stop(name) => {
+                let Some(f) = self.frontends.get_mut(&name) else {
+                    return Err(format!("frontend {name:?}: frontend not registered"));
+                };
+                match f.state {
+                    FrontendState::Stopped | FrontendState::Stopping => Ok(Reply::Done),
+                    FrontendState::Starting => {
+                        Err(format!("frontend {name:?} is starting; try again"))
+                    }
+                    FrontendState::Closed => Err("closed".into()),
+                    FrontendState::Running => {
+                        f.state = FrontendState::Stopping;
+                        f.last_error.clear();
+                        f.epoch += 1;
+                        let (h, epoch, tx) = (f.handler.clone(), f.epoch, self.tx.clone());
+                        let n = name.clone();
+                        f.op = Some(tokio::spawn(async move {
+                            let result = h.stop().await;
+                            let _ = tx
+                                .send(Event::Done {
+                                    name: n,
+                                    epoch,
+                                    op: Op::Stop,
+                                    result,
+                                })
+                                .await;
+                        }));
+                        Ok(Reply::Done)
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_frontend(&mut self, name: &str) {
+        let Some(f) = self.frontends.get_mut(name) else {
+            return;
+        };
+        f.state = FrontendState::Starting;
+        f.last_error.clear();
+        f.epoch += 1;
+        let (h, epoch, tx) = (f.handler.clone(), f.epoch, self.tx.clone());
+        let n = name.to_string();
+        f.op = Some(tokio::spawn(async move {
+            let result = h.start().await;
+            let _ = tx
+                .send(Event::Done {
+                    name: n,
+                    epoch,
+                    op: Op::Start,
+                    result,
+                })
+                .await;
+        }));
+    }
+
+    fn on_frontend_done(&mut self, name: &str, epoch: u64, op: Op, result: Result<(), String>) {
+        let Some(f) = self.frontends.get_mut(name) else {
+            return;
+        };
+        if f.epoch != epoch || f.state == FrontendState::Closed {
+            return;
+        }
+        f.op = None;
+        // A failed start goes back to stopped and a failed stop back to running, so both can be retried
+        // (the original got stuck in stopping/starting).
+        match (op, result) {
+            (Op::Start, Ok(())) => f.state = FrontendState::Running,
+            (Op::Start, Err(e)) => {
+                f.state = FrontendState::Stopped;
+                self.log
+                    .error("frontend start failed", &[("frontend", &name), ("err", &e)]);
+                f.last_error = e;
+            }
+            (_, Ok(())) => f.state = FrontendState::Stopped,
+            (_, Err(e)) => {
+                f.state = FrontendState::Running;
+                self.log
+                    .error("frontend stop failed", &[("frontend", &name), ("err", &e)]);
+                f.last_error = e;
+            }
+        }
+    }
+
+    fn set_state(&mut self, name: &str, state: TargetState) {
+        if let Some(t) = self.targets.get_mut(name) {
+            if t.state != state {
+                self.log.info(
+                    "target state",
+                    &[
+                        ("target", &name),
+                        ("from", &t.state.as_str()),
+                        ("to", &state.as_str()),
+                    ],
+                );
+            }
+            t.state = state;
+            t.state_tx.send_replace(state);
+        }
+    }
+
+    fn warm(&mut self, name: &str, origin: WarmOrigin) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        match t.state {
+            TargetState::Active => {
+                // A warm signal also resets the idle clock.
+                t.idle_since = Instant::now();
+                self.log.debug(
+                    "warm signal received",
+                    &[("target", &name), ("origin", &origin)],
+                );
+            }
+            TargetState::Warming => {
+                self.log.debug(
+                    "warm signal received",
+                    &[("target", &name), ("origin", &origin)],
+                );
+            }
+            TargetState::Draining => {
+                // The original dropped it; a client waking a draining target gets it warmed right after.
+                t.warm_pending = true;
+                self.log.info(
+                    "warm signal received while draining; will warm after",
+                    &[("target", &name), ("origin", &origin)],
+                );
+            }
+            TargetState::Closed => {}
+            TargetState::Inactive => {
+                self.log.info(
+                    "warm signal received",
+                    &[("target", &name), ("origin", &origin)],
+                );
+                t.last_error.clear();
+                t.rollback_error = None;
+                t.warm_pending = false;
+                t.epoch += 1;
+                let (h, epoch, tx) = (t.handler.clone(), t.epoch, self.tx.clone());
+                let n = name.to_string();
+                t.op = Some(tokio::spawn(async move {
+                    let result = h.warm().await;
+                    let _ = tx
+                        .send(Event::Done {
+                            name: n,
+                            epoch,
+                            op: Op::Warm,
+                            result,
+                        })
+                        .await;
+                }));
+                self.set_state(name, TargetState::Warming);
+            }
+        }
+    }
+
+    fn spawn_drain(&mut self, name: &str) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        t.epoch += 1;
+        let (h, epoch, tx) = (t.handler.clone(), t.epoch, self.tx.clone());
+        let n = name.to_string();
+        t.op = Some(tokio::spawn(async move {
+            let result = h.drain().await;
+            let _ = tx
+                .send(Event::Done {
+                    name: n,
+                    epoch,
+                    op: Op::Drain,
+                    result,
+                })
+                .await;
+        }));
+        self.set_state(name, TargetState::Draining);
+    }
+
+    async fn on_warm_done(&mut self, name: &str, epoch: u64, result: Result<(), String>) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        if t.epoch != epoch || t.state != TargetState::Warming {
+            return;
+        }
+        t.op = None;
+        if let Err(e) = result {
+            self.log
+                .error("target warm failed", &[("target", &name), ("err", &e)]);
+            t.last_error = e;
+            self.set_state(name, TargetState::Inactive);
+            return;
+        }
+        match self.dp.set_enabled(name, true).await {
+            Ok(()) => {
+                // Host-bound UDP "flows" to the listen address would keep bypassing DNAT until they time out.
+                if let Err(e) = self.dp.flush_flows(name, true).await {
+                    self.log
+                        .warn("conntrack flush failed", &[("target", &name), ("err", &e)]);
+                }
+                if let Some(t) = self.targets.get_mut(name) {
+                    t.idle_since = Instant::now();
+                    t.retry_disable_at = None;
+                }
+                self.set_state(name, TargetState::Active);
+            }
+            Err(e) => {
+                // Roll back: the backend is up but unreachable, so stop it again and report why.
+                let msg = format!("failed to enable DNAT: {e}");
+                self.log
+                    .error("target warm failed", &[("target", &name), ("err", &msg)]);
+                if let Some(t) = self.targets.get_mut(name) {
+                    t.last_error = msg.clone();
+                    t.rollback_error = Some(msg);
+                }
+                self.spawn_drain(name);
+            }
+        }
+    }
+
+    /// DNAT off → flush → handler drain. On a DNAT failure the target stays active with the error (retried).
+    async fn drain(&mut self, name: &str) -> Result<(), String> {
+        if let Err(e) = self.dp.set_enabled(name, false).await {
+            let msg = format!("failed to disable DNAT: {e}");
+            self.log
+                .error("target drain failed", &[("target", &name), ("err", &msg)]);
+            if let Some(t) = self.targets.get_mut(name) {
+                t.last_error = msg.clone();
+                t.retry_disable_at = Some(Instant::now() + DISABLE_RETRY);
+            }
+            return Err(msg);
+        }
+        if let Err(e) = self.dp.flush_flows(name, false).await {
+            self.log
+                .warn("conntrack flush failed", &[("target", &name), ("err", &e)]);
+        }
+        if let Some(t) = self.targets.get_mut(name) {
+            t.last_error.clear();
+            t.retry_disable_at = None;
+        }
+        self.spawn_drain(name);
+        Ok(())
+    }
+
+    async fn on_drain_done(&mut self, name: &str, epoch: u64, result: Result<(), String>) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        if t.epoch != epoch || t.state != TargetState::Draining {
+            return;
+        }
+        t.op = None;
+        let rollback = t.rollback_error.take();
+        match result {
+            Ok(()) => {
+                if let Some(e) = rollback {
+                    t.last_error = e;
+                }
+                let pending = std::mem::take(&mut t.warm_pending);
+                self.set_state(name, TargetState::Inactive);
+                if pending {
+                    self.warm(name, WarmOrigin::Ctl);
+                }
+            }
+            Err(e) => {
+                self.log
+                    .error("target drain failed", &[("target", &name), ("err", &e)]);
+                // The backend may still serve: put DNAT back so clients are not black-holed, and retry later.
+                let mut msg = e;
+                if let Some(r) = rollback {
+                    msg = format!("{r}; drain: {msg}");
+                    t.last_error = msg;
+                    self.set_state(name, TargetState::Inactive);
+                    return;
+                }
+                match self.dp.set_enabled(name, true).await {
+                    Ok(()) => {
+                        if let Some(t) = self.targets.get_mut(name) {
+                            t.last_error = msg;
+                            t.idle_since = Instant::now();
+                        }
+                        self.set_state(name, TargetState::Active);
+                    }
+                    Err(de) => {
+                        if let Some(t) = self.targets.get_mut(name) {
+                            t.last_error = format!("{msg}; failed to enable DNAT: {de}");
+                        }
+                        self.set_state(name, TargetState::Inactive);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_exited(&mut self, name: &str, reason: String) {
+        let Some(t) = self.targets.get(name) else {
+            return;
+        };
+        self.log.warn(
+            "target backend exited",
+            &[("target", &name), ("reason", &reason)],
+        );
+        if t.state != TargetState::Active {
+            return;
+        }
+        let msg = format!("backend exited: {reason}");
+        if let Err(e) = self.dp.set_enabled(name, false).await {
+            if let Some(t) = self.targets.get_mut(name) {
+                t.last_error = format!("{msg}; failed to disable DNAT: {e}");
+                t.retry_disable_at = Some(Instant::now() + DISABLE_RETRY);
+            }
+            return;
+        }
+        let _ = self.dp.flush_flows(name, false).await;
+        if let Some(t) = self.targets.get_mut(name) {
+            t.last_error = msg;
+        }
+        // Let the handler forget the dead process so the next warm starts a fresh one.
+        self.spawn_drain(name);
+        if let Some(t) = self.targets.get_mut(name) {
+            t.rollback_error = Some(t.last_error.clone());
+        }
+    }
+
+    fn owner(&self, flow: &Flow) -> Option<String> {
+        self.targets
+            .iter()
+            .find(|(_, t)| t.mappings.iter().any(|m| m.owns(flow)))
+            .map(|(n, _)| n.clone())
+    }
+
+    fn on_flow(&mut self, ev: FlowEvent) {
+        match ev {
+            FlowEvent::New(f) => {
+                if let Some(n) = self.owner(&f) {
+                    if let Some(t) = self.targets.get_mut(&n) {
+                        t.flows.insert(f);
+                    }
+                }
+            }
+            FlowEvent::Destroy(f) => {
+                if let Some(n) = self.owner(&f) {
+                    if let Some(t) = self.targets.get_mut(&n) {
+                        if t.flows.remove(&f) && t.flows.is_empty() {
+                            // The idle clock starts when the last flow ends.
+                            t.idle_since = Instant::now();
+                            self.log.debug("last flow ended", &[("target", &n)]);
+                        }
+                    }
+                }
+            }
+            FlowEvent::Resync(flows) => self.apply_resync(flows),
+        }
+    }
+
+    fn apply_resync(&mut self, flows: Vec<Flow>) {
+        let mut fresh: BTreeMap<String, HashSet<Flow>> = BTreeMap::new();
+        for f in flows {
+            if let Some(n) = self.owner(&f) {
+                fresh.entry(n).or_default().insert(f);
+            }
+        }
+        let now = Instant::now();
+        for (n, t) in self.targets.iter_mut() {
+            let set = fresh.remove(n).unwrap_or_default();
+            if !t.flows.is_empty() && set.is_empty() {
+                t.idle_since = now;
+            }
+            t.flows = set;
+        }
+    }
+
+    /// The status body (arrays sorted by name).
+    fn status(&self) -> StatusResponse {
+        StatusResponse {
+            closed: self.closed,
+            targets: self
+                .targets
+                .iter()
+                .map(|(n, t)| {
+                    let mut endpoints: Vec<EndpointInfo> = t
+                        .cfg
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointInfo {
+                            name: e.name.clone(),
+                            protocol: WireProtocol(e.protocol),
+                            address: e.address.to_string(),
+                        })
+                        .collect();
+                    endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+                    TargetStatus {
+                        name: n.clone(),
+                        kind: t.kind.clone(),
+                        state: t.state.as_str().into(),
+                        last_error: t.last_error.clone(),
+                        endpoints,
+                    }
+                })
+                .collect(),
+            frontends: self
+                .frontends
+                .iter()
+                .map(|(n, f)| FrontendStatus {
+                    name: n.clone(),
+                    kind: f.kind.clone(),
+                    state: f.state.as_str().into(),
+                    last_error: f.last_error.clone(),
+                    protocol: WireProtocol(f.cfg.protocol),
+                    listen: f.cfg.listen.to_string(),
+                    target_name: f.cfg.target_name.clone(),
+                    endpoint_name: f.cfg.endpoint_name.clone(),
+                    proxyaddress: f.backend.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Frontends first (no new warm signals), then targets (DNAT off, flush, close), then the dataplane.
+    async fn shutdown(&mut self) {
+        self.closed = true;
+        let names: Vec<String> = self.frontends.keys().cloned().collect();
+        for n in &names {
+            let Some(f) = self.frontends.get_mut(n) else {
+                continue;
+            };
+            if let Some(op) = f.op.take() {
+                op.abort();
+            }
+            f.state = FrontendState::Closed;
+            let h = f.handler.clone();
+            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.log
+                        .warn("frontend close failed", &[("frontend", n), ("err", &e)]);
+                    if let Some(f) = self.frontends.get_mut(n) {
+                        f.last_error = e;
+                    }
+                }
+                Err(_) => self
+                    .log
+                    .warn("frontend close timed out", &[("frontend", n)]),
+            }
+        }
+        let names: Vec<String> = self.targets.keys().cloned().collect();
+        for n in &names {
+            if let Err(e) = self.dp.set_enabled(n, false).await {
+                self.log
+                    .warn("disable DNAT failed", &[("target", n), ("err", &e)]);
+            }
+            let _ = self.dp.flush_flows(n, false).await;
+            let Some(t) = self.targets.get_mut(n) else {
+                continue;
+            };
+            if let Some(op) = t.op.take() {
+                op.abort();
+            }
+            let h = t.handler.clone();
+            self.set_state(n, TargetState::Closed);
+            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.log
+                        .warn("target close failed", &[("target", n), ("err", &e)]);
+                    if let Some(t) = self.targets.get_mut(n) {
+                        t.last_error = e;
+                    }
+                }
+                Err(_) => self.log.warn("target close timed out", &[("target", n)]),
+            }
+        }
+        if let Err(e) = self.dp.close().await {
+            self.log.error("dataplane close failed", &[("err", &e)]);
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

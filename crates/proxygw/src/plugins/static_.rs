@@ -1,0 +1,845 @@
+//! The `static` plugin: frontends `always`, `http`, `tcp`; targets `cmd`, `none` (spec §7.2–7.6, plus `tcp`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{BoxFuture, FrontendCtx, FrontendHandler, PluginDef, TargetCtx, TargetHandler};
+use crate::config::Protocol;
+use crate::engine::TargetState;
+use crate::log::Logger;
+
+/// The static plugin's schema (plugin block and per-kind options).
+pub const SCHEMA: &str = include_str!("../../../../configs/plugins/static.schema.yaml");
+/// Period of static:always warm signals.
+pub const ALWAYS_PERIOD: Duration = Duration::from_secs(1);
+/// How long a stopping static:http/tcp frontend lets open connections finish.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest time static:http waits for a request head (the original had no timeouts).
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for static:cmd `ready_timeout`.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for static:cmd `stop_timeout` (the original's 5 s between SIGINT and SIGKILL).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for static:tcp `hold_timeout`.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for static:tcp's own connection to the backend once the target is active.
+pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// While static:tcp splices a held connection it re-signals warm this often so the idle clock never fires under it.
+pub const SPLICE_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// The plugin definition.
+pub fn plugin() -> PluginDef {
+    PluginDef {
+        source: "static",
+        schema: SCHEMA,
+        frontends: vec![
+            (
+                "always",
+                Arc::new(|c: &FrontendCtx, o: &Map<String, Value>| always(c, o)),
+            ),
+            (
+                "http",
+                Arc::new(|c: &FrontendCtx, o: &Map<String, Value>| http(c, o)),
+            ),
+            (
+                "tcp",
+                Arc::new(|c: &FrontendCtx, o: &Map<String, Value>| tcp(c, o)),
+            ),
+        ],
+        targets: vec![
+            (
+                "cmd",
+                Arc::new(|c: &TargetCtx, o: &Map<String, Value>| cmd(c, o)),
+            ),
+            (
+                "none",
+                Arc::new(|_: &TargetCtx, _: &Map<String, Value>| {
+                    Ok(Arc::new(NoneTarget) as Arc<dyn TargetHandler>)
+                }),
+            ),
+        ],
+        on_load: None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn duration_opt(
+    o: &Map<String, Value>,
+    key: &str,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => {
+            let ns = crate::syntax::parse_go_duration(s)
+                .map_err(|e| format!("{what} option {key}: {e}"))?;
+            if ns < 0 {
+                return Err(format!("{what} option {key} must not be negative"));
+            }
+            Ok(Duration::from_nanos(ns as u64))
+        }
+        Some(_) => Err(format!("{what} option {key} must be a duration string")),
+    }
+}
+
+// ---------------------------------------------------------------- CIDR allow-list
+
+/// A parsed `wake_allow` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (host route).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid CIDR {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid CIDR {s:?}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// True if `ip` is inside (IPv4-mapped IPv6 sources are compared as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `wake_allow`: `None` allows everyone.
+fn allow_list(o: &Map<String, Value>, what: &str) -> Result<Option<Vec<Cidr>>, String> {
+    match o.get("wake_allow") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => {
+                    Cidr::parse(s).map_err(|e| format!("{what} option wake_allow: {e}"))
+                }
+                _ => Err(format!(
+                    "{what} option wake_allow must contain only strings"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(format!("{what} option wake_allow must be a list of CIDRs")),
+    }
+}
+
+fn allowed(list: &Option<Vec<Cidr>>, ip: IpAddr) -> bool {
+    list.as_ref()
+        .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // [::] must not also claim the IPv4 port: IPv4 has its own frontends.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Accept loop plus the connections it spawned; stop() ends accepting and gives connections [`STOP_GRACE`].
+#[derive(Default)]
+struct Server {
+    accept: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Server {
+    async fn stop(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+            let _ = a.await;
+        }
+        let mut set = std::mem::take(&mut *lock(&self.conns));
+        let _ = tokio::time::timeout(STOP_GRACE, async {
+            while set.join_next().await.is_some() {}
+        })
+        .await;
+        set.abort_all();
+    }
+}
+
+// ---------------------------------------------------------------- static:always
+
+struct Always {
+    waker: crate::engine::Waker,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn always(c: &FrontendCtx, _o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandler>, String> {
+    Ok(Arc::new(Always {
+        waker: c.waker.clone(),
+        task: Mutex::new(None),
+    }))
+}
+
+impl FrontendHandler for Always {
+    fn start(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut t = lock(&self.task);
+            if t.is_none() {
+                let waker = self.waker.clone();
+                *t = Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at(
+                        tokio::time::Instant::now() + ALWAYS_PERIOD,
+                        ALWAYS_PERIOD,
+                    );
+                    loop {
+                        tick.tick().await;
+                        waker.wake(None);
+                    }
+                }));
+            }
+            Ok(())
+        })
+    }
+    fn stop(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if let Some(t) = lock(&self.task).take() {
+                t.abort();
+            }
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------- static:http
+
+struct Http {
+    listen: SocketAddr,
+    core: Arc<HttpCore>,
+    server: tokio::sync::Mutex<Server>,
+}
+
+/// What connection tasks need from a static:http frontend.
+struct HttpCore {
+    name: String,
+    target: String,
+    content: bytes::Bytes,
+    content_type: &'static str,
+    endpoint: String,
+    allow: Option<Vec<Cidr>>,
+    waker: crate::engine::Waker,
+    log: Logger,
+}
+
+/// Go 1.22 ServeMux matching for a plain path pattern: `/` matches all, `/x/` a subtree, `/x` exactly.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    if pattern.ends_with('/') {
+        path.starts_with(pattern)
+    } else {
+        path == pattern
+    }
+}
+
+/// A small stand-in for Go's content sniffing: HTML, UTF-8 text, or bytes.
+fn sniff(content: &[u8]) -> &'static str {
+    let head = String::from_utf8_lossy(&content[..content.len().min(512)])
+        .trim_start()
+        .to_ascii_lowercase();
+    const HTML: &[&str] = &[
+        "<!doctype html",
+        "<html",
+        "<head",
+        "<body",
+        "<p",
+        "<h1",
+        "<div",
+        "<title",
+    ];
+    if HTML.iter().any(|t| head.starts_with(t)) {
+        "text/html; charset=utf-8"
+    } else if std::str::from_utf8(content).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn http(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandler>, String> {
+    if c.protocol != Protocol::Tcp {
+        return Err("static http frontend requires tcp protocol".into());
+    }
+    let Some(Value::String(content)) = o.get("content") else {
+        return Err("static http frontend option content is required".into());
+    };
+    let endpoint = match o.get("endpoint") {
+        Some(Value::String(e)) => e.clone(),
+        _ => "/".into(),
+    };
+    if !endpoint.starts_with('/') {
+        return Err("static http frontend option endpoint must start with /".into());
+    }
+    // Go's ServeMux panicked at Start on wildcard/method syntax such as "/{"; only plain paths are accepted.
+    if endpoint.contains(['{', '}', ' ', '?', '#']) {
+        return Err(format!(
+            "static http frontend option endpoint {endpoint:?} must be a plain path (no wildcards, methods or queries)"
+        ));
+    }
+    Ok(Arc::new(Http {
+        listen: c.listen,
+        core: Arc::new(HttpCore {
+            name: c.name.clone(),
+            target: c.target.clone(),
+            content_type: sniff(content.as_bytes()),
+            content: bytes::Bytes::from(content.clone()),
+            endpoint,
+            allow: allow_list(o, "static http frontend")?,
+            waker: c.waker.clone(),
+            log: c.log.clone(),
+        }),
+        server: tokio::sync::Mutex::new(Server::default()),
+    }))
+}
+
+impl HttpCore {
+    fn respond(
+        &self,
+        path: &str,
+        peer: SocketAddr,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        use http_body_util::Full;
+        if !pattern_matches(&self.endpoint, path) {
+            return http::Response::builder()
+                .status(404)
+                .header("content-type", "text/plain; charset=utf-8")
+                .header("x-content-type-options", "nosniff")
+                .body(Full::new(bytes::Bytes::from_static(
+                    b"404 page not found\n",
+                )))
+                .unwrap_or_default();
+        }
+        if allowed(&self.allow, peer.ip()) {
+            self.log.info(
+                "wake",
+                &[
+                    ("frontend", &self.name),
+                    ("target", &self.target),
+                    ("source", &peer),
+                ],
+            );
+            self.waker.wake(Some(peer));
+        } else {
+            self.log.info(
+                "wake refused: source not in wake_allow",
+                &[
+                    ("frontend", &self.name),
+                    ("target", &self.target),
+                    ("source", &peer),
+                ],
+            );
+        }
+        http::Response::builder()
+            .status(200)
+            .header("content-type", self.content_type)
+            .body(Full::new(self.content.clone()))
+            .unwrap_or_default()
+    }
+}
+
+impl FrontendHandler for Http {
+    fn start(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut server = self.server.lock().await;
+            if server.accept.is_some() {
+                return Ok(());
+            }
+            let listener =
+                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let conns = server.conns.clone();
+            let core = self.core.clone();
+            server.accept = Some(tokio::spawn(async move {
+                loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning or dying.
+                            core.log.warn("accept failed", &[("err", &e)]);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let core = core.clone();
+                    lock(&conns).spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let resp = core.respond(req.uri().path(), peer);
+                                async move { Ok::<_, std::convert::Infallible>(resp) }
+                            },
+                        );
+                        // One request per connection: a kept-alive socket would outlive the warm-up and
+                        // then see its packets DNATed mid-stream.
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                            .keep_alive(false)
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                        let _ = tokio::time::timeout(HTTP_HEADER_TIMEOUT * 3, conn).await;
+                    });
+                    // Reap finished connection tasks so the set does not grow.
+                    while lock(&conns).try_join_next().is_some() {}
+                }
+            }));
+            Ok(())
+        })
+    }
+    fn stop(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.server.lock().await.stop().await;
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------- static:tcp
+
+struct Tcp {
+    listen: SocketAddr,
+    name: String,
+    target: String,
+    backend: SocketAddr,
+    allow: Option<Vec<Cidr>>,
+    hold: Duration,
+    waker: crate::engine::Waker,
+    state: watch::Receiver<TargetState>,
+    log: Logger,
+    server: tokio::sync::Mutex<Server>,
+}
+
+fn tcp(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandler>, String> {
+    if c.protocol != Protocol::Tcp {
+        return Err("static tcp frontend requires tcp protocol".into());
+    }
+    Ok(Arc::new(Tcp {
+        listen: c.listen,
+        name: c.name.clone(),
+        target: c.target.clone(),
+        backend: c.backend,
+        allow: allow_list(o, "static tcp frontend")?,
+        hold: duration_opt(
+            o,
+            "hold_timeout",
+            "static tcp frontend",
+            DEFAULT_HOLD_TIMEOUT,
+        )?,
+        waker: c.waker.clone(),
+        state: c.target_state.clone(),
+        log: c.log.clone(),
+        server: tokio::sync::Mutex::new(Server::default()),
+    }))
+}
+
+/// Holds one client while the target warms, then splices it to the backend.
+async fn hold_and_splice(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    backend: SocketAddr,
+    hold: Duration,
+    mut state: watch::Receiver<TargetState>,
+    waker: crate::engine::Waker,
+) -> Result<(), String> {
+    let ready = tokio::time::timeout(hold, state.wait_for(|s| *s == TargetState::Active))
+        .await
+        .map(|r| r.map(|_| ()));
+    match ready {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err("engine closed".into()),
+        Err(_) => return Err(format!("target not active within {hold:?}")),
+    }
+    let mut upstream = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(backend))
+        .await
+        .map_err(|_| format!("connect {backend}: timed out"))?
+        .map_err(|e| format!("connect {backend}: {e}"))?;
+    let keepalive = tokio::spawn(async move {
+        let mut t = tokio::time::interval(SPLICE_KEEPALIVE);
+        loop {
+            t.tick().await;
+            waker.wake(Some(peer));
+        }
+    });
+    let r = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    keepalive.abort();
+    r.map(|_| ()).map_err(|e| format!("splice: {e}"))
+}
+
+impl FrontendHandler for Tcp {
+    fn start(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut server = self.server.lock().await;
+            if server.accept.is_some() {
+                return Ok(());
+            }
+            let listener =
+                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let conns = server.conns.clone();
+            let (name, target, backend, allow, hold, waker, state, log) = (
+                self.name.clone(),
+                self.target.clone(),
+                self.backend,
+                self.allow.clone(),
+                self.hold,
+                self.waker.clone(),
+                self.state.clone(),
+                self.log.clone(),
+            );
+            server.accept = Some(tokio::spawn(async move {
+                loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            log.warn("accept failed", &[("err", &e)]);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    if !allowed(&allow, peer.ip()) {
+                        // Refused, not held: a port scanner must not wake the target.
+                        log.info(
+                            "wake refused: source not in wake_allow",
+                            &[("frontend", &name), ("target", &target), ("source", &peer)],
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                    log.info(
+                        "wake",
+                        &[("frontend", &name), ("target", &target), ("source", &peer)],
+                    );
+                    waker.wake(Some(peer));
+                    let (state, waker, log, name) =
+                        (state.clone(), waker.clone(), log.clone(), name.clone());
+                    lock(&conns).spawn(async move {
+                        if let Err(e) =
+                            hold_and_splice(stream, peer, backend, hold, state, waker).await
+                        {
+                            log.warn(
+                                "held connection failed",
+                                &[("frontend", &name), ("source", &peer), ("err", &e)],
+                            );
+                        }
+                    });
+                    while lock(&conns).try_join_next().is_some() {}
+                }
+            }));
+            Ok(())
+        })
+    }
+    fn stop(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.server.lock().await.stop().await;
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------- static:none
+
+struct NoneTarget;
+
+impl TargetHandler for NoneTarget {
+    fn warm(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+// ---------------------------------------------------------------- static:cmd
+
+/// A running command: its monitor task owns the child; drain asks it to stop.
+struct Running {
+    pid: u32,
+    stop: Option<oneshot::Sender<oneshot::Sender<String>>>,
+    exited: watch::Receiver<Option<String>>,
+}
+
+struct Cmd {
+    target: String,
+    command: String,
+    tcp_endpoints: Vec<SocketAddr>,
+    ready_timeout: Duration,
+    stop_timeout: Duration,
+    log: Logger,
+    exited: crate::engine::ExitNotifier,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
+    let command = match o.get("command") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err("static cmd target option command is required".into()),
+    };
+    Ok(Arc::new(Cmd {
+        target: c.name.clone(),
+        command,
+        tcp_endpoints: c
+            .endpoints
+            .iter()
+            .filter(|e| e.protocol == Protocol::Tcp)
+            .map(|e| e.address)
+            .collect(),
+        ready_timeout: duration_opt(
+            o,
+            "ready_timeout",
+            "static cmd target",
+            DEFAULT_READY_TIMEOUT,
+        )?,
+        stop_timeout: duration_opt(o, "stop_timeout", "static cmd target", DEFAULT_STOP_TIMEOUT)?,
+        log: c.log.clone(),
+        exited: c.exited.clone(),
+        running: tokio::sync::Mutex::new(None),
+    }))
+}
+
+fn forward_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    log: Logger,
+    target: String,
+    stream: &'static str,
+) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.info(
+                "command output",
+                &[("target", &target), ("stream", &stream), ("line", &line)],
+            );
+        }
+    });
+}
+
+impl Cmd {
+    fn spawn(&self) -> Result<Running, String> {
+        let opts = process::SpawnOptions {
+            stdin: process::Stdio::Null,
+            stdout: process::Stdio::Piped,
+            stderr: process::Stdio::Piped,
+            ..Default::default()
+        };
+        let mut child = process::Child::spawn(
+            std::ffi::OsStr::new("/bin/sh"),
+            &["-c".into(), self.command.clone().into()],
+            &opts,
+        )
+        .map_err(|e| e.to_string())?;
+        let pid = child.pid();
+        if let Some(o) = child.take_stdout() {
+            forward_output(o, self.log.clone(), self.target.clone(), "stdout");
+        }
+        if let Some(e) = child.take_stderr() {
+            forward_output(e, self.log.clone(), self.target.clone(), "stderr");
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (grace, notifier, log, target) = (
+            self.stop_timeout,
+            self.exited.clone(),
+            self.log.clone(),
+            self.target.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => {
+                    let reason = match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => format!("wait: {e}"),
+                    };
+                    // Children the shell left in the group go with it.
+                    let _ = child.stop_with(process::Signal::SIGINT, grace).await;
+                    exit_tx.send_replace(Some(reason.clone()));
+                    notifier.exited(format!("command exited with {reason}"));
+                }
+                req = stop_rx => {
+                    let result = match child.stop_with(process::Signal::SIGINT, grace).await {
+                        Ok(s) => s.to_string(),
+                        Err(e) => { log.warn("command stop failed", &[("target", &target), ("err", &e)]); e.to_string() }
+                    };
+                    exit_tx.send_replace(Some(result.clone()));
+                    if let Ok(reply) = req { let _ = reply.send(result); }
+                }
+            }
+        });
+        self.log.info(
+            "command started",
+            &[
+                ("target", &self.target),
+                ("pid", &pid),
+                ("command", &self.command),
+            ],
+        );
+        Ok(Running {
+            pid,
+            stop: Some(stop_tx),
+            exited: exit_rx,
+        })
+    }
+
+    async fn wait_ready(&self, mut exited: watch::Receiver<Option<String>>) -> Result<(), String> {
+        if self.ready_timeout.is_zero() {
+            return Ok(());
+        }
+        let limit = self.ready_timeout;
+        let probes = async {
+            for addr in &self.tcp_endpoints {
+                process::wait_tcp_ready(*addr, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            r = tokio::time::timeout(limit, probes) => r.map_err(|_| format!("not ready within {limit:?}"))?,
+            r = exited.wait_for(|e| e.is_some()) => {
+                let why = r.ok().and_then(|e| e.clone()).unwrap_or_default();
+                let why: String = why;
+                Err(format!("command exited before it was ready: {why}"))
+            }
+        }
+    }
+
+    async fn stop_running(&self, guard: &mut Option<Running>) {
+        let Some(mut r) = guard.take() else { return };
+        if let Some(stop) = r.stop.take() {
+            let (tx, rx) = oneshot::channel();
+            if stop.send(tx).is_ok() {
+                let _ = rx.await;
+                self.log.info(
+                    "command stopped",
+                    &[("target", &self.target), ("pid", &r.pid)],
+                );
+                return;
+            }
+        }
+        // The monitor already saw the exit; wait for it to finish cleaning the group.
+        let _ = r.exited.wait_for(|e| e.is_some()).await;
+    }
+}
+
+impl TargetHandler for Cmd {
+    fn warm(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut guard = self.running.lock().await;
+            if let Some(r) = guard.as_ref() {
+                if r.exited.borrow().is_none() {
+                    return Ok(());
+                }
+                // It died on its own: forget it and start afresh (the original said "already started").
+                self.stop_running(&mut guard).await;
+            }
+            let running = self.spawn()?;
+            let exited = running.exited.clone();
+            *guard = Some(running);
+            drop(guard);
+            if let Err(e) = self.wait_ready(exited).await {
+                let mut guard = self.running.lock().await;
+                self.stop_running(&mut guard).await;
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+    fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut guard = self.running.lock().await;
+            self.stop_running(&mut guard).await;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let c = Cidr::parse("fd00::/64").unwrap();
+        assert!(c.contains("fd00::5".parse().unwrap()));
+        assert!(!c.contains("fd00:0:0:1::5".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+
+    #[test]
+    fn servemux_patterns() {
+        assert!(pattern_matches("/", "/anything/at/all"));
+        assert!(pattern_matches("/x", "/x"));
+        assert!(!pattern_matches("/x", "/x/y"));
+        assert!(pattern_matches("/x/", "/x/y"));
+        assert!(!pattern_matches("/x/", "/x"));
+    }
+}
