@@ -48,9 +48,9 @@ pub struct EmfScratch {
     order: Vec<usize>,
     /// End offset in `order` of each batch.
     ends: Vec<usize>,
-    /// (datum, dimension) pairs of one batch.
+    /// (datum, dimension) of each distinct dimension key of one batch.
     dims: Vec<(usize, usize)>,
-    /// Datum indices of one batch, one per metric name.
+    /// First datum of each distinct metric name of one batch.
     metrics: Vec<usize>,
     /// One representative datum per dimension-key set.
     groups: Vec<usize>,
@@ -58,46 +58,62 @@ pub struct EmfScratch {
     members: Vec<usize>,
 }
 
-/// Whether `d` can join the batch `batch` (indices into `data`), as cwproxy's `canAdd`.
-fn can_add(
-    data: &[Datum<'_>],
-    batch: &[usize],
-    distinct: usize,
-    d: &Datum<'_>,
-    reserved: &[&str],
-) -> bool {
-    let metric = |name: &str| batch.iter().map(|&i| &data[i]).find(|m| m.name == name);
-    let dim_value = |key: &str| {
-        batch
+impl EmfScratch {
+    fn dim_value<'a>(&self, data: &[Datum<'a>], key: &str) -> Option<&'a [u8]> {
+        self.dims
             .iter()
-            .flat_map(|&i| data[i].dims.iter())
+            .map(|&(i, j)| data[i].dims[j])
             .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
-    };
-    if d.name.is_empty() || distinct >= MAX_METRICS || reserved.contains(&d.name) {
-        return false;
+            .map(|(_, v)| v)
     }
-    if dim_value(d.name).is_some() {
-        return false;
+
+    fn metric<'d, 'a>(&self, data: &'d [Datum<'a>], name: &str) -> Option<&'d Datum<'a>> {
+        self.metrics
+            .iter()
+            .map(|&i| &data[i])
+            .find(|m| m.name == name)
     }
-    if let Some(existing) = metric(d.name) {
-        if existing.value != d.value || existing.unit != d.unit {
+
+    /// Whether `d` can join the current batch, as cwproxy's `canAdd`.
+    fn can_add(&self, data: &[Datum<'_>], d: &Datum<'_>, reserved: &[&str]) -> bool {
+        if d.name.is_empty() || self.metrics.len() >= MAX_METRICS || reserved.contains(&d.name) {
             return false;
         }
+        if self.dim_value(data, d.name).is_some() {
+            return false;
+        }
+        if let Some(existing) = self.metric(data, d.name) {
+            if existing.value != d.value || existing.unit != d.unit {
+                return false;
+            }
+        }
+        if d.dims.len() > MAX_DIMENSIONS {
+            return false;
+        }
+        d.dims.iter().all(|(k, v)| {
+            !k.is_empty()
+                && !reserved.contains(k)
+                && self.metric(data, k).is_none()
+                && self.dim_value(data, k).is_none_or(|e| e == *v)
+        })
     }
-    if d.dims.len() > MAX_DIMENSIONS {
-        return false;
+
+    /// Adds datum `i` to the current batch, keeping the distinct dimension keys and metric names.
+    fn add(&mut self, data: &[Datum<'_>], i: usize) {
+        self.order.push(i);
+        if self.metric(data, data[i].name).is_none() {
+            self.metrics.push(i);
+        }
+        for (j, (k, _)) in data[i].dims.iter().enumerate() {
+            if self.dim_value(data, k).is_none() {
+                self.dims.push((i, j));
+            }
+        }
     }
-    d.dims.iter().all(|(k, v)| {
-        !k.is_empty()
-            && !reserved.contains(k)
-            && metric(k).is_none()
-            && dim_value(k).is_none_or(|e| e == *v)
-    })
 }
 
-/// Splits data points into EMF-compatible batches in order, as cwproxy's `partitionDatums`:
-/// fills `scratch.order` / `scratch.ends`.
+/// Splits data points into EMF-compatible batches in order, as cwproxy's `partitionDatums`,
+/// filling `scratch.order` / `scratch.ends`.
 fn partition(
     data: &[Datum<'_>],
     reserved: &[&str],
@@ -105,29 +121,23 @@ fn partition(
 ) -> Result<(), EmfError> {
     scratch.order.clear();
     scratch.ends.clear();
-    let mut start = 0;
-    let mut distinct = 0;
+    scratch.dims.clear();
+    scratch.metrics.clear();
     for (i, d) in data.iter().enumerate() {
-        if !can_add(data, &scratch.order[start..], distinct, d, reserved) {
-            if scratch.order.len() == start {
+        if !scratch.can_add(data, d, reserved) {
+            if scratch.metrics.is_empty() {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
             scratch.ends.push(scratch.order.len());
-            start = scratch.order.len();
-            distinct = 0;
-            if !can_add(data, &[], 0, d, reserved) {
+            scratch.dims.clear();
+            scratch.metrics.clear();
+            if !scratch.can_add(data, d, reserved) {
                 return Err(EmfError::Unencodable(d.name.to_owned()));
             }
         }
-        if !scratch.order[start..]
-            .iter()
-            .any(|&j| data[j].name == d.name)
-        {
-            distinct += 1;
-        }
-        scratch.order.push(i);
+        scratch.add(data, i);
     }
-    if scratch.order.len() > start {
+    if !scratch.metrics.is_empty() {
         scratch.ends.push(scratch.order.len());
     }
     Ok(())
@@ -154,23 +164,28 @@ fn write_members(
 ) {
     // Root dimension members: union over the batch, sorted by key.
     s.dims.clear();
+    s.metrics.clear();
     for &i in batch {
-        s.dims.extend((0..data[i].dims.len()).map(|j| (i, j)));
+        for (j, (k, _)) in data[i].dims.iter().enumerate() {
+            if !s.dims.iter().any(|&(a, b)| data[a].dims[b].0 == *k) {
+                s.dims.push((i, j));
+            }
+        }
+        if !s.metrics.iter().any(|&m| data[m].name == data[i].name) {
+            s.metrics.push(i);
+        }
     }
-    let key = |&(i, j): &(usize, usize)| data[i].dims[j].0;
-    s.dims.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-    s.dims.dedup_by(|a, b| key(a) == key(b));
+    s.dims
+        .sort_unstable_by(|&(a, b), &(c, d)| data[a].dims[b].0.cmp(data[c].dims[d].0));
     for &(i, j) in &s.dims {
         let (k, v) = data[i].dims[j];
         out.push(b',');
         json::write_key(out, k.as_bytes());
         json::write_str(out, v);
     }
-    // Root metric members: one per name, sorted by name.
-    s.metrics.clear();
-    s.metrics.extend_from_slice(batch);
-    s.metrics.sort_by(|&a, &b| data[a].name.cmp(data[b].name));
-    s.metrics.dedup_by(|a, b| data[*a].name == data[*b].name);
+    // Root metric members: the first datum of each name, sorted by name.
+    s.metrics
+        .sort_unstable_by(|&a, &b| data[a].name.cmp(data[b].name));
     for &i in &s.metrics {
         out.push(b',');
         json::write_key(out, data[i].name.as_bytes());

@@ -146,7 +146,7 @@ impl Entry<'_> {
     /// Appends the entry as one JSON object (no newline). `scratch` is reused for signatures.
     pub fn write_json(&self, out: &mut Vec<u8>, scratch: &mut Scratch) {
         let hashes = self.hashes(scratch);
-        let delay_ms = millis_f64(self.delay);
+
         out.push(b'{');
         if self.category == Category::Traffic {
             out.extend_from_slice(b"\"_q\":\"");
@@ -169,7 +169,7 @@ impl Entry<'_> {
             out.push(b' ');
             json::write_u64(out, u64::from(self.response.status));
             out.push(b' ');
-            json::write_fixed3(out, delay_ms);
+            json::write_duration_ms3(out, self.delay);
             out.extend_from_slice(b"ms");
             out.extend_from_slice(b"\",");
         }
@@ -187,7 +187,7 @@ impl Entry<'_> {
         out.extend_from_slice(b",\"global_hash\":\"");
         out.extend_from_slice(&hashes.global);
         out.extend_from_slice(b"\",\"delay\":");
-        json::write_fixed3(out, delay_ms);
+        json::write_duration_ms3(out, self.delay);
 
         let rq = &self.request;
         out.extend_from_slice(b",\"request\":{\"time\":");

@@ -86,13 +86,16 @@ const CACHE_SLOTS: usize = 256;
 /// Longer signatures are hashed every time rather than cached, bounding the cache's memory.
 const CACHE_MAX_SIGNATURE: usize = 1024;
 
+/// A remembered signature and its hash.
+type CacheSlot = Option<(Box<[u8]>, [u8; 6])>;
+
 /// A small direct-mapped memo of signature → hash.
 ///
 /// Traffic repeats a handful of shapes per endpoint, so most SHA-256 computations repeat too;
 /// the cache holds at most 256 signatures of at most 1 KiB each.
 #[derive(Debug, Default)]
 pub struct HashCache {
-    slots: Vec<Option<(Box<[u8]>, [u8; 6])>>,
+    slots: Vec<CacheSlot>,
     enabled: bool,
 }
 

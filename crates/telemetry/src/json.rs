@@ -170,7 +170,16 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
         return;
     }
     let abs = v.abs();
-    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+    // Integral values below 2^53 print as plain integers in Go; skip the float formatter.
+    if v.fract() == 0.0 && abs < 9_007_199_254_740_992.0 {
+        if v == 0.0 && v.is_sign_negative() {
+            out.extend_from_slice(b"-0");
+        } else {
+            write_i64(out, v as i64);
+        }
+        return;
+    }
+    if (1e-6..1e21).contains(&abs) {
         // Rust's Display prints the shortest round-trip digits without an exponent, like Go's 'f', -1.
         let _ = write!(Appender(out), "{v}");
         return;
@@ -193,7 +202,27 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
     }
 }
 
-/// Appends a millisecond duration with exactly three decimals, as Go's `fmt.Sprintf("%.3f")`.
+/// Appends a duration in milliseconds with exactly three decimals, exactly as Go formats
+/// `fmt.Sprintf("%.3f", float64(d)/1e6)`.
+pub fn write_duration_ms3(out: &mut Vec<u8>, d: std::time::Duration) {
+    let ns = d.as_nanos();
+    // Away from a tie (…500 ns) the rounding of the float value equals integer rounding: the
+    // exact quotient is at least 1 ns from the boundary, far more than the float's error at
+    // these magnitudes (< 1e15 ns). Ties depend on the float's binary value: format that.
+    if ns % 1000 != 500 && ns < 1_000_000_000_000_000 {
+        let us = (ns + 500) / 1000;
+        write_u64(out, (us / 1000) as u64);
+        out.push(b'.');
+        let frac = us % 1000;
+        out.push(b'0' + (frac / 100) as u8);
+        out.push(b'0' + (frac / 10 % 10) as u8);
+        out.push(b'0' + (frac % 10) as u8);
+        return;
+    }
+    write_fixed3(out, ns as f64 / 1e6);
+}
+
+/// Appends a number with exactly three decimals, as Go's `fmt.Sprintf("%.3f")`.
 pub fn write_fixed3(out: &mut Vec<u8>, v: f64) {
     let _ = write!(Appender(out), "{v:.3}");
 }
@@ -307,6 +336,37 @@ mod tests {
         assert_eq!(d(0.0625), "0.062");
         assert_eq!(d(1.0625), "1.062");
         assert_eq!(d(0.1875), "0.188");
+    }
+
+    #[test]
+    fn duration_fast_path_agrees_with_float_formatting() {
+        let mut ns = 0u64;
+        while ns < 50_000_000_000 {
+            let d = std::time::Duration::from_nanos(ns);
+            let mut fast = Vec::new();
+            write_duration_ms3(&mut fast, d);
+            let mut slow = Vec::new();
+            write_fixed3(&mut slow, ns as f64 / 1e6);
+            assert_eq!(fast, slow, "{ns} ns");
+            ns = ns * 3 + 7;
+        }
+        for ns in [
+            0u64,
+            499,
+            500,
+            501,
+            1_000_500,
+            1_500_000,
+            3_412_345,
+            123_456_000,
+            999_999_999,
+        ] {
+            let mut fast = Vec::new();
+            write_duration_ms3(&mut fast, std::time::Duration::from_nanos(ns));
+            let mut slow = Vec::new();
+            write_fixed3(&mut slow, ns as f64 / 1e6);
+            assert_eq!(fast, slow, "{ns} ns");
+        }
     }
 
     #[test]

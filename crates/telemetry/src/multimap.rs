@@ -6,17 +6,17 @@ use std::borrow::Cow;
 use http::HeaderMap;
 
 use crate::json;
-use crate::parse::form;
+use crate::parse::form::{self, Pair};
 
 /// Sorted (key, value) pairs; keys may repeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Multimap<'a> {
-    pairs: Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+    pairs: Vec<Pair<'a>>,
 }
 
 impl<'a> Multimap<'a> {
     /// Builds the map from pairs in any order.
-    pub fn from_pairs(mut pairs: Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>) -> Self {
+    pub fn from_pairs(mut pairs: Vec<Pair<'a>>) -> Self {
         pairs.sort_unstable();
         Self { pairs }
     }
@@ -90,8 +90,8 @@ impl<'a> Multimap<'a> {
     }
 
     /// Groups of (key, values) in key order.
-    fn groups(&self) -> impl Iterator<Item = (&[u8], &[(Cow<'a, [u8]>, Cow<'a, [u8]>)])> {
-        let mut rest: &[(Cow<'a, [u8]>, Cow<'a, [u8]>)] = &self.pairs;
+    fn groups(&self) -> impl Iterator<Item = (&[u8], &[Pair<'a>])> {
+        let mut rest: &[Pair<'a>] = &self.pairs;
         std::iter::from_fn(move || {
             let (key, _) = rest.first()?;
             let n = rest.iter().take_while(|(k, _)| k == key).count();

@@ -23,10 +23,10 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::Bool),
-        any::<i64>().prop_map(|n| serde_json::Value::from(n)),
+        any::<i64>().prop_map(serde_json::Value::from),
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| serde_json::Value::from(f)),
+            .prop_map(serde_json::Value::from),
         any::<String>().prop_map(serde_json::Value::String),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {

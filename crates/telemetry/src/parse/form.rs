@@ -2,6 +2,9 @@
 
 use std::borrow::Cow;
 
+/// A decoded (key, value) pair; borrowed unless decoding changed it.
+pub type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// Why a form body is not decodable (it is then logged as raw text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
@@ -48,7 +51,7 @@ pub fn query_unescape(s: &[u8]) -> Result<Cow<'_, [u8]>, FormError> {
 ///
 /// Returns the pairs that decoded and the first error, like Go: request queries use the pairs
 /// and ignore the error (`URL.Query()`), form bodies fall back to raw text on any error.
-pub fn parse_query(query: &[u8]) -> (Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)>, Option<FormError>) {
+pub fn parse_query(query: &[u8]) -> (Vec<Pair<'_>>, Option<FormError>) {
     if query.is_empty() {
         return (Vec::new(), None);
     }

@@ -8,6 +8,7 @@ pub mod xml;
 use std::borrow::Cow;
 
 use crate::value::{Parsed, Value};
+use form::Pair;
 
 /// Suffix appended to raw text of a body that did not fit the capture limit.
 pub const TRUNCATED_SUFFIX: &str = "...(truncated)";
@@ -58,7 +59,7 @@ pub fn parse_body<'a>(content_type: Option<&[u8]>, bytes: &'a [u8], truncated: b
 
 /// Normalises (key, value) pairs the way cwproxy's `NormalizeValues` does: one value → string,
 /// several → sorted array; keys sorted.
-pub fn multimap_value<'a>(mut pairs: Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>) -> Value<'a> {
+pub fn multimap_value<'a>(mut pairs: Vec<Pair<'a>>) -> Value<'a> {
     pairs.sort();
     let mut members: Vec<(Cow<'a, [u8]>, Value<'a>)> = Vec::new();
     let mut iter = pairs.into_iter().peekable();
