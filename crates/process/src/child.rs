@@ -286,6 +286,7 @@ impl fmt::Debug for Child {
 
 impl Child {
     /// Start `command` (resolved via `PATH`) with `args`, in a new process group whose id is the child's pid.
+    /// Must be called inside a tokio runtime (its signal driver reaps the child).
     pub fn spawn(
         command: &OsStr,
         args: &[OsString],

@@ -47,11 +47,12 @@ async fn sigkill_maps_to_137() {
 #[tokio::test]
 async fn signal_reaches_the_whole_group() {
     // sh traps TERM and waits; its background python reports TERM by exiting 42 and printing.
-    let script = r#"python3 -c 'import signal,sys,time
+    // The trap is set before python starts, so "ready" implies both handlers are in place.
+    let script = r#"trap 'wait $!; exit $?' TERM
+python3 -c 'import signal,sys,time
 signal.signal(signal.SIGTERM, lambda *a: (print("grandchild got TERM", flush=True), sys.exit(42)))
 print("ready", flush=True)
 time.sleep(30)' &
-trap 'wait $!; exit $?' TERM
 wait $!"#;
     let mut child = spawn_piped("sh", &["-c", script]);
     let out = child.take_stdout().unwrap();
@@ -115,7 +116,7 @@ async fn stop_with_cooperative_child_is_quick() {
 async fn stop_with_sigint_for_static_cmd_drain() {
     let mut child = spawn_piped(
         "python3",
-        &["-c", "import time\nprint('ready', flush=True)\ntry:\n time.sleep(30)\nexcept KeyboardInterrupt:\n raise SystemExit(5)"],
+        &["-c", "import time\ntry:\n print('ready', flush=True)\n time.sleep(30)\nexcept KeyboardInterrupt:\n raise SystemExit(5)"],
     );
     assert_eq!(first_line(&mut child).await, "ready");
     let status = child
