@@ -143,8 +143,11 @@ async fn stop_after_exit_still_kills_leftover_group_members() {
 async fn dropping_the_handle_kills_the_group() {
     let child = spawn_piped("sh", &["-c", "sleep 30 & sleep 30; exit 0"]);
     let pgid = child.pid();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(live_group_members(pgid).len() >= 2);
+    let until = Instant::now() + Duration::from_secs(5);
+    while live_group_members(pgid).len() < 3 {
+        assert!(Instant::now() < until, "sh and both sleeps never showed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(child);
     assert_eq!(group_gone(pgid).await, Vec::<u32>::new());
 }
