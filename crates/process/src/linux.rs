@@ -330,6 +330,34 @@ mod tests {
     }
 
     #[test]
+    fn proc_fallback_table_sees_our_listeners() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let table = proc_listen_table().unwrap();
+        assert!(table.values().any(|a| *a == v4.local_addr().unwrap()));
+        // Same answer as sock_diag for this socket, inode included.
+        let diag = crate::sockdiag::listen_sockets().unwrap();
+        let inode = |t: &HashMap<u64, SocketAddr>| {
+            t.iter()
+                .find(|(_, a)| **a == v4.local_addr().unwrap())
+                .map(|(i, _)| *i)
+        };
+        assert_eq!(inode(&table), inode(&diag));
+    }
+
+    #[test]
+    fn tree_of_this_process_holds_its_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id();
+        let found = tree_listeners(Scope {
+            root: me,
+            group: None,
+            adopter: None,
+        })
+        .unwrap();
+        assert!(found.contains(&(l.local_addr().unwrap(), me)), "{found:?}");
+    }
+
+    #[test]
     fn socket_links() {
         assert_eq!(parse_socket_link(b"socket:[12345]"), Some(12345));
         assert_eq!(parse_socket_link(b"pipe:[12345]"), None);

@@ -104,3 +104,12 @@ pub async fn group_gone(pgid: u32) -> Vec<u32> {
 pub fn ppid_of(pid: u32) -> Option<u32> {
     proc_table().into_iter().find(|p| p.0 == pid).map(|p| p.1)
 }
+
+/// True if this machine has an IPv6 loopback (many CI containers run with IPv6 disabled).
+pub fn ipv6_loopback() -> bool {
+    let ok = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !ok {
+        eprintln!("skipping: no IPv6 loopback on this machine");
+    }
+    ok
+}
