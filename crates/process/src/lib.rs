@@ -63,4 +63,6 @@ pub use ports::{
 };
 pub use ready::{wait_tcp_ready, ReadyError};
 #[cfg(unix)]
-pub use signals::{Escalation, ForwardEvent, SignalForwarder, EVENT_BUFFER, FORWARDED_SIGNALS};
+pub use signals::{
+    go_signal_name, Escalation, ForwardEvent, SignalForwarder, EVENT_BUFFER, FORWARDED_SIGNALS,
+};

@@ -179,3 +179,43 @@ async fn run(
         }
     }
 }
+
+/// The text Go prints for a signal (`os.Signal.String()`), for cwproxy's compatible stderr messages such as
+/// `forwarding signal interrupt to inspector child`. Falls back to the C name (`SIGPIPE`).
+pub fn go_signal_name(sig: Signal) -> &'static str {
+    match sig {
+        Signal::SIGINT => "interrupt",
+        Signal::SIGTERM => "terminated",
+        Signal::SIGHUP => "hangup",
+        Signal::SIGQUIT => "quit",
+        Signal::SIGUSR1 => "user defined signal 1",
+        Signal::SIGUSR2 => "user defined signal 2",
+        Signal::SIGKILL => "killed",
+        other => other.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_names_for_forwarded_signals() {
+        let names: Vec<&str> = FORWARDED_SIGNALS
+            .iter()
+            .map(|s| go_signal_name(*s))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "interrupt",
+                "terminated",
+                "hangup",
+                "quit",
+                "user defined signal 1",
+                "user defined signal 2"
+            ]
+        );
+        assert_eq!(go_signal_name(Signal::SIGPIPE), "SIGPIPE");
+    }
+}
