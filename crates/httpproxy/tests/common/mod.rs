@@ -55,7 +55,9 @@ impl Harness {
         let e = exchanges.clone();
         let proxy =
             Proxy::new(cfg, Arc::new(move |x: Exchange| e.lock().unwrap().push(x))).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
