@@ -335,6 +335,7 @@ async fn ten_megabytes_each_way_with_flat_memory() {
     }
     assert_eq!(n, SIZE);
     let grown = rss().saturating_sub(before);
+    eprintln!("RSS growth moving 2 x 10 MB: {grown} bytes");
     assert!(
         grown < 6 * 1024 * 1024,
         "RSS grew by {grown} bytes moving 2 x 10 MB"
