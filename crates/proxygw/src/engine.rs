@@ -261,6 +261,11 @@ impl FlowSink {
     pub async fn send(&self, ev: FlowEvent) -> bool {
         self.tx.send(Event::Flow(ev)).await.is_ok()
     }
+
+    /// Like [`FlowSink::send`], from a plain thread (the conntrack reader).
+    pub fn blocking_send(&self, ev: FlowEvent) -> bool {
+        self.tx.blocking_send(Event::Flow(ev)).is_ok()
+    }
 }
 
 struct Target {
