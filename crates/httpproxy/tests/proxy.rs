@@ -787,3 +787,67 @@ async fn slow_upstream_headers_time_out_with_502() {
         .any(|l| l == "reverse proxy upstream error: timeout awaiting response headers"));
     h.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connect_answered_with_200_is_tunnelled() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        *s2.lock().unwrap() = String::from_utf8(head).unwrap();
+        s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let mut cfg = config(up);
+    cfg.retry = httpproxy::RetryPolicy::default();
+    let h = Harness::start(cfg).await;
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(WAIT, c.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c.write_all(b"tunnel bytes").await.unwrap();
+    let mut back = [0u8; 12];
+    tokio::time::timeout(WAIT, c.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"tunnel bytes");
+    let seen = seen.lock().unwrap().clone();
+    eprintln!("upstream saw: {seen:?}");
+    assert!(seen.starts_with("CONNECT "), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("host: example.com:443\r\n"),
+        "{seen}"
+    );
+    let ex = h.exchanges(1).await;
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].status, 200);
+    drop(c);
+    h.stop().await.unwrap();
+}
