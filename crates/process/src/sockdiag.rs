@@ -33,8 +33,8 @@ const NLMSG_HDR: usize = 16;
 const REQ_LEN: usize = 56;
 /// `sizeof(struct inet_diag_msg)`.
 const MSG_LEN: usize = 72;
-/// Receive buffer: the kernel fills up to about a page per datagram; 32 KiB is ample.
-const RECV_BUF: usize = 32 * 1024;
+/// Receive buffer: dump datagrams are at most 32 KiB (kernel `netlink_dump` cap); twice that is safe.
+const RECV_BUF: usize = 64 * 1024;
 /// The kernel answers a dump at once; this bounds a wedged reply.
 const RECV_TIMEOUT_SECS: i64 = 2;
 
