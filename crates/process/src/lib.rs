@@ -5,7 +5,7 @@
 //! - [`SignalForwarder`]: relay SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the child's group, escalating to
 //!   SIGKILL on a second stop signal or after a grace period, and tell the caller a stop was requested.
 //! - [`listening_ports`] / [`wait_for_listen_port`]: find the TCP ports the child's whole process tree listens on
-//!   (Linux, via `/proc`), and choose the address to proxy to.
+//!   (Linux: `/proc` plus sock_diag netlink), and choose the address to proxy to.
 //! - [`wait_tcp_ready`]: readiness by TCP connect.
 //!
 //! Supervision needs Unix. Port discovery is implemented and tested on Linux (`/proc` + sock_diag); macOS and
@@ -27,7 +27,8 @@
 //! let upstream = wait_for_listen_port(&mut child, &detect).await?;
 //! wait_tcp_ready(upstream, Duration::from_secs(5)).await?;
 //! assert!(upstream.ip().is_loopback());
-//! // ... proxy to `upstream` until child.wait_group() returns, then exit with its code:
+//! // ... proxy to `upstream` until `child.wait()` (or `wait_group()` for a launcher) returns, then exit
+//! // with `status.exit_code_for_parent()`. Here we stop it ourselves:
 //! let status = child.stop(Duration::from_secs(10)).await?;
 //! assert_eq!(status.exit_code_for_parent(), 143); // http.server dies of SIGTERM: 128 + 15
 //! # Ok(())
