@@ -296,7 +296,9 @@ impl Child {
         if display.is_empty() {
             return Err(SpawnError::EmptyCommand);
         }
-        let mut cmd = Command::new(command);
+        // The original trims argv[1]; only a UTF-8 name can be trimmed without guessing at its encoding.
+        let program = command.to_str().map_or(command, |s| OsStr::new(s.trim()));
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(opts.envs.iter().map(|(k, v)| (k, v)))
             .stdin(match opts.stdin {

@@ -167,6 +167,11 @@ async fn spawn_errors_name_the_command() {
     );
     let err = Child::spawn(OsStr::new("  "), &[], &SpawnOptions::default()).unwrap_err();
     assert!(matches!(err, SpawnError::EmptyCommand));
+    assert_eq!(err.to_string(), "target command is required");
+    // Surrounding blanks are trimmed like the original does.
+    let mut child = Child::spawn(OsStr::new(" true "), &[], &SpawnOptions::default()).unwrap();
+    assert_eq!(child.command(), "true");
+    assert_eq!(child.wait().await.unwrap(), ExitStatus::Code(0));
 }
 
 #[tokio::test]
