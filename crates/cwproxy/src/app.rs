@@ -1,0 +1,392 @@
+//! Wiring: config → telemetry pipeline → listener → proxy + health runner → shutdown, in normal
+//! mode and in inspector mode (the app launched as a child, its port detected).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use httpproxy::{Logger, ProxyConfig, Upstream};
+use process::{
+    Child, DetectError, DetectOptions, ExitStatus, ForwardEvent, SignalForwarder, SpawnOptions,
+};
+use telemetry::diag::Diag;
+use telemetry::entry::{decode_path, Context};
+use telemetry::pipeline::{stdout_writer, Emitter, Pipeline, PipelineConfig, Record};
+use telemetry::Exchange;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{self, Config, NameSources, ProcessEnv};
+use crate::health::HealthRunner;
+
+/// Budget for telemetry to reach stdout at exit (the Go original's sink-close budget).
+pub const FLUSH_BUDGET: Duration = Duration::from_secs(10);
+
+/// The stderr logger every part of cwproxy shares.
+pub const DIAG: Diag = Diag::new("cwproxy");
+
+/// A fatal error: printed as `cwproxy: <message>` and turned into an exit code.
+#[derive(Debug)]
+pub struct Fatal {
+    /// Printed after `cwproxy: `; empty prints nothing.
+    pub message: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+impl Fatal {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of its whole length; gethostname NUL-terminates on success
+    // (and we cap at the buffer length regardless).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+fn load_config(detected: Option<SocketAddr>) -> Result<Config, Fatal> {
+    // Runtime metadata (EKS deployment / ECS family) joins the name chain with the CloudWatch issue.
+    let names = NameSources {
+        metadata: None,
+        hostname: hostname(),
+    };
+    config::load(&ProcessEnv, &names, detected).map_err(|e| Fatal::new(e.0))
+}
+
+/// Binds `:port` on every interface, dual stack like Go's `":port"`, falling back to IPv4 only.
+fn bind(port: u16) -> Result<TcpListener, Fatal> {
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let attempt = |addr: SocketAddr, dual: bool| -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if dual {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match attempt(v6, true) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(bind_error(port, &e)),
+        Err(_) => attempt(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), false)
+            .map_err(|e| bind_error(port, &e)),
+    }
+}
+
+fn bind_error(port: u16, e: &std::io::Error) -> Fatal {
+    let reason = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    };
+    Fatal::new(format!("listen tcp :{port}: bind: {reason}"))
+}
+
+/// Hands exchanges to telemetry, except those whose path is a health path (spec §3 step 7).
+struct TrafficSink {
+    emitter: Emitter,
+    health_paths: HashSet<Vec<u8>>,
+}
+
+impl httpproxy::ExchangeSink for TrafficSink {
+    fn exchange(&self, exchange: Exchange) {
+        if self
+            .health_paths
+            .contains(decode_path(exchange.uri.path().as_bytes()).as_ref())
+        {
+            return;
+        }
+        self.emitter.emit(Record::Traffic(Box::new(exchange)));
+    }
+}
+
+/// Everything that runs while serving, shared by both modes.
+struct Running {
+    pipeline: Pipeline,
+    health_stop: watch::Sender<bool>,
+    health: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(
+    config: &Config,
+    upstream: Upstream,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(Running, Result<(), httpproxy::ServeError>), Fatal> {
+    let context = Context {
+        app_name: config.app_name.clone(),
+        aws_meta: None,
+    };
+    let pipeline = Pipeline::start(
+        PipelineConfig::default(),
+        context,
+        stdout_writer(),
+        Vec::new(),
+        DIAG,
+    )
+    .map_err(|e| Fatal::new(format!("start telemetry writer: {e}")))?;
+    let emitter = pipeline.emitter();
+    let health_paths = config
+        .health_urls
+        .iter()
+        .map(|u| decode_path(u.path.as_bytes()).into_owned())
+        .collect();
+    let sink = Arc::new(TrafficSink {
+        emitter: emitter.clone(),
+        health_paths,
+    });
+
+    let (health_stop, health_rx) = watch::channel(false);
+    let runner = HealthRunner::new(
+        config.health_urls.clone(),
+        config.health_interval,
+        config.capture_limit,
+        emitter,
+        DIAG,
+    );
+    let health = tokio::spawn(runner.run(health_rx));
+
+    let mut proxy = ProxyConfig::new(upstream);
+    proxy.capture_limit = config.capture_limit;
+    proxy.retry = config.retry.clone();
+    proxy.logger = Logger::from_fn(|msg| DIAG.log(msg));
+    let result = httpproxy::serve(listener, proxy, sink, shutdown).await;
+    Ok((
+        Running {
+            pipeline,
+            health_stop,
+            health,
+        },
+        result,
+    ))
+}
+
+impl Running {
+    /// Stops health probes and flushes telemetry within the budget.
+    async fn finish(self) -> bool {
+        let _ = self.health_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.health).await;
+        let pipeline = self.pipeline;
+        tokio::task::spawn_blocking(move || pipeline.shutdown(FLUSH_BUDGET))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+fn signal_name(kind: i32) -> &'static str {
+    match kind {
+        libc::SIGINT => "interrupt",
+        libc::SIGTERM => "terminated",
+        _ => "signal",
+    }
+}
+
+/// Normal mode: proxy to `APP_HOST:APP_PORT` until SIGINT/SIGTERM.
+pub async fn run_normal() -> Result<i32, Fatal> {
+    let config = load_config(None)?;
+    let listener = bind(config.proxy_port)?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+        };
+        DIAG.log(format_args!(
+            "received signal {}; shutting down",
+            signal_name(which)
+        ));
+    };
+    let upstream = Upstream::Host {
+        host: config.app_host.clone(),
+        port: config.app_port,
+    };
+    let (running, result) = serve(&config, upstream, listener, shutdown).await?;
+    let flushed = running.finish().await;
+    match result {
+        Err(e) => Err(Fatal::new(e.to_string())),
+        Ok(()) if !flushed => Err(Fatal::new(
+            "failed to flush and close sinks: context deadline exceeded",
+        )),
+        Ok(()) => Ok(0),
+    }
+}
+
+/// Inspector mode: start `command args…`, find its port, proxy until it exits, exit with its code.
+pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32, Fatal> {
+    let shown = command.to_string_lossy().into_owned();
+    // Validate the parts of the config that do not depend on the port before starting anything.
+    let pre = load_config(None)?;
+    let opts = SpawnOptions {
+        adopt_orphans: true,
+        ..SpawnOptions::default()
+    };
+    let mut child = Child::spawn(&command, &args, &opts)
+        .map_err(|e| Fatal::new(format!("start inspector target: {e}")))?;
+    DIAG.log(format_args!(
+        "inspector mode started child process {shown:?} (pid={})",
+        child.pid()
+    ));
+    let mut forwarder = SignalForwarder::start(child.group(), pre.stop_grace)
+        .map_err(|e| Fatal::new(format!("install signal handlers: {e}")))?;
+
+    let upstream = if pre.app_port_present {
+        Upstream::Host {
+            host: pre.app_host.clone(),
+            port: pre.app_port,
+        }
+    } else {
+        let detect = DetectOptions {
+            exclude_port: Some(pre.proxy_port),
+            timeout: pre.detect_timeout,
+            ..DetectOptions::default()
+        };
+        let detected = tokio::select! {
+            r = process::wait_for_listen_port(&mut child, &detect) => r,
+            sig = forwarder.stop_requested() => {
+                // The signal was already forwarded; wait for the child within the grace period.
+                let status = child.stop(pre.stop_grace).await.ok();
+                let name = sig.map(|s| s.as_str()).unwrap_or("signal");
+                DIAG.log(format_args!("received {name} before a listen port was detected for {shown:?}"));
+                return Ok(status.map_or(1, ExitStatus::exit_code_for_parent));
+            }
+        };
+        match detected {
+            Ok(addr) => {
+                DIAG.log(format_args!(
+                    "inspector mode detected listen port {} for {shown:?}",
+                    addr.port()
+                ));
+                Upstream::Addr(addr)
+            }
+            Err(DetectError::ChildExited { status, .. }) => {
+                let code = match status.exit_code_for_parent() {
+                    0 => 1,
+                    c => c,
+                };
+                return Err(Fatal {
+                    message: format!("inspector child {shown:?} exited with {status} before a listen port was detected"),
+                    code,
+                });
+            }
+            Err(e) => {
+                DIAG.log(format_args!(
+                    "stopping inspector child process {shown:?} after startup failure"
+                ));
+                let _ = child.stop(pre.stop_grace).await;
+                let message = match e {
+                    DetectError::Timeout { timeout, .. } => format!(
+                        "inspector mode found no listening TCP port for {shown:?} within {} (INSPECTOR_DETECT_TIMEOUT)",
+                        gosyntax::format_go_duration(timeout)
+                    ),
+                    other => other.to_string(),
+                };
+                return Err(Fatal::new(message));
+            }
+        }
+    };
+    let detected = match &upstream {
+        Upstream::Addr(a) => Some(*a),
+        Upstream::Host { .. } => None,
+    };
+    let config = match load_config(detected) {
+        Ok(c) => c,
+        Err(e) => {
+            DIAG.log(format_args!(
+                "stopping inspector child process {shown:?} after startup failure"
+            ));
+            let _ = child.stop(pre.stop_grace).await;
+            return Err(e);
+        }
+    };
+    let listener = match bind(config.proxy_port) {
+        Ok(l) => l,
+        Err(e) => {
+            DIAG.log(format_args!(
+                "stopping inspector child process {shown:?} after startup failure"
+            ));
+            let _ = child.stop(pre.stop_grace).await;
+            return Err(e);
+        }
+    };
+
+    // The server stops when the child's whole group is gone; signals only reach the child (it
+    // decides when to exit), and the forwarder escalates to SIGKILL after the grace period.
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<std::io::Result<ExitStatus>>();
+    let supervise = async move {
+        let status = loop {
+            tokio::select! {
+                status = child.wait_group() => break status,
+                event = forwarder.next_event() => match event {
+                    Some(ForwardEvent::Forwarded { signal, result }) => match result {
+                        Ok(()) => DIAG.log(format_args!("forwarding signal {} to inspector child", signal.as_str())),
+                        Err(e) => DIAG.log(format_args!("failed to forward signal to inspector child: {e}")),
+                    },
+                    Some(ForwardEvent::Escalated { reason, result }) => {
+                        let why = match reason {
+                            process::Escalation::SecondSignal(s) => format!("second {}", s.as_str()),
+                            process::Escalation::GraceElapsed => "stop grace period elapsed".to_owned(),
+                        };
+                        match result {
+                            Ok(()) => DIAG.log(format_args!("killing inspector child process group ({why})")),
+                            Err(e) => DIAG.log(format_args!("failed to kill inspector child process group: {e}")),
+                        }
+                    }
+                    None => break child.wait_group().await,
+                },
+            }
+        };
+        let _ = exited_tx.send(status);
+    };
+    let supervisor = tokio::spawn(supervise);
+    let slot: Arc<std::sync::Mutex<Option<std::io::Result<ExitStatus>>>> = Arc::default();
+    let writer = Arc::clone(&slot);
+    let shutdown = async move {
+        let status = exited_rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("supervisor ended")));
+        if let Ok(mut s) = writer.lock() {
+            *s = Some(status);
+        }
+    };
+    let (running, result) = serve(&config, upstream, listener, shutdown).await?;
+    if let Err(e) = &result {
+        DIAG.log(format_args!("server shutdown returned error: {e}"));
+    }
+    if !running.finish().await {
+        DIAG.log("failed to flush and close sinks: context deadline exceeded");
+    }
+    let _ = supervisor.await;
+    let status = slot.lock().ok().and_then(|mut s| s.take());
+    match status {
+        Some(Ok(status)) => Ok(status.exit_code_for_parent()),
+        Some(Err(e)) => Err(Fatal::new(format!(
+            "wait for inspector child {shown:?}: {e}"
+        ))),
+        None => Err(Fatal::new(format!(
+            "inspector child {shown:?}: exit status unknown"
+        ))),
+    }
+}

@@ -1,0 +1,7 @@
+//! The cwproxy sidecar: a reverse proxy in front of one app that writes one JSON access-log line
+//! with CloudWatch EMF metrics per exchange, probes health URLs, and in inspector mode launches the
+//! app itself and finds its port. Configured by environment variables only (see `config`).
+
+pub mod app;
+pub mod config;
+pub mod health;
