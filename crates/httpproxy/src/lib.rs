@@ -35,4 +35,4 @@ pub use config::{
 pub use exchange::{ExchangeSink, STATUS_CLIENT_CLOSED};
 pub use proxy::{Peer, Proxy, BAD_GATEWAY_BODY, BAD_REQUEST_BODY, INTERNAL_ERROR_BODY};
 pub use retry::{parse_methods, parse_status_codes, RetryConfigError, RetryPolicy};
-pub use server::{serve, InFlight, ServeError};
+pub use server::{serve, ServeError};

@@ -125,7 +125,7 @@ impl ConnState {
 }
 
 /// Marks a request as in flight on its connection until dropped (with the response body).
-pub struct InFlight(Arc<ConnState>);
+pub(crate) struct InFlight(Arc<ConnState>);
 
 impl InFlight {
     fn enter(state: &Arc<ConnState>) -> Self {
