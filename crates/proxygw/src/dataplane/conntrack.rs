@@ -11,7 +11,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple,
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -25,6 +25,9 @@ use crate::log::Logger;
 
 /// NFNLGRP_CONNTRACK_NEW.
 const GROUP_NEW: u32 = 1;
+/// NFNLGRP_CONNTRACK_UPDATE: TCP state changes, so a closed connection counts as ended at FIN/RST time
+/// instead of when its TIME_WAIT entry expires minutes later.
+const GROUP_UPDATE: u32 = 2;
 /// NFNLGRP_CONNTRACK_DESTROY.
 const GROUP_DESTROY: u32 = 3;
 /// Receive buffer for the event socket; large so bursts of short flows do not overflow (ENOBUFS → resync).
@@ -76,6 +79,23 @@ fn send(
     packet.serialize(&mut buf[..]);
     s.send(&buf, 0).map_err(kernel)?;
     Ok(())
+}
+
+/// kernel `tcp_conntrack` states in which the connection is over (both FINs seen, or reset).
+const TCP_TIME_WAIT: u8 = 7;
+const TCP_CLOSE: u8 = 8;
+
+/// True if the entry is a TCP connection that has already closed (TIME_WAIT or CLOSE).
+fn ended(attrs: &[ConntrackAttribute]) -> bool {
+    attrs.iter().any(|a| match a {
+        ConntrackAttribute::CtaProtoInfo(infos) => infos.iter().any(|i| match i {
+            ProtoInfo::TCP(t) => t.iter().any(
+                |x| matches!(x, ProtoInfoTCP::State(s) if *s == TCP_TIME_WAIT || *s == TCP_CLOSE),
+            ),
+            _ => false,
+        }),
+        _ => false,
+    })
 }
 
 /// Extracts the flow from a conntrack message's attributes; `None` for protocols other than TCP/UDP.
@@ -170,7 +190,7 @@ pub fn dump() -> Result<Vec<Flow>, DataplaneError> {
                     NetlinkPayload::InnerMessage(NetfilterMessage {
                         inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
                         ..
-                    }) => out.extend(flow_of(&attrs)),
+                    }) if !ended(&attrs) => out.extend(flow_of(&attrs)),
                     _ => {}
                 }
                 if len == 0 {
@@ -226,7 +246,7 @@ pub struct Subscription {
 impl Subscription {
     /// Opens the event socket now (so failures surface at startup) and starts forwarding into `sink`.
     pub fn start(sink: FlowSink, log: Logger) -> Result<Self, DataplaneError> {
-        let s = open(&[GROUP_NEW, GROUP_DESTROY])?;
+        let s = open(&[GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY])?;
         // Best effort: a small buffer only means more resyncs.
         let _ = s.set_rx_buf_sz(EVENT_RCVBUF);
         let stop = Arc::new(AtomicBool::new(false));
@@ -300,6 +320,8 @@ fn event_loop(s: Socket, sink: FlowSink, log: Logger, stop: Arc<AtomicBool>) {
                     inner: NetfilterMessageInner::Conntrack(m),
                     ..
                 }) => match m {
+                    // NEW and UPDATE share a message type; a TCP entry that reached TIME_WAIT/CLOSE has ended.
+                    ConntrackMessage::New(a) if ended(&a) => flow_of(&a).map(FlowEvent::Destroy),
                     ConntrackMessage::New(a) => flow_of(&a).map(FlowEvent::New),
                     ConntrackMessage::Delete(a) => flow_of(&a).map(FlowEvent::Destroy),
                     _ => None,

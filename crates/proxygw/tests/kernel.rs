@@ -1,0 +1,424 @@
+//! The gateway on the real kernel: namespaces client ⇄ gateway ⇄ backend, the real `proxygw` binary, nftables
+//! DNAT and conntrack events. Root only (skipped with a message otherwise); each test builds and removes its own
+//! namespaces, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod netns;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use netns::*;
+
+const IDLE: u64 = 3;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+fn env(body: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let cfg = dir.path().join("proxygw.yaml");
+    let log = dir.path().join("proxygw.log");
+    let text = format!(
+        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
+        sock.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    Env {
+        _dir: dir,
+        cfg,
+        sock,
+        log,
+    }
+}
+
+/// Two static:none targets (v4, v6), static:http frontends on wildcard listens.
+fn web_config(extra_frontend_opts: &str) -> String {
+    format!(
+        "targets:
+  - name: web4
+    kind: static:none
+    idle_timeout: {IDLE}s
+    endpoints:
+      - {{name: http, protocol: tcp, address: \"{BACKEND4}:8080\"}}
+  - name: web6
+    kind: static:none
+    idle_timeout: {IDLE}s
+    endpoints:
+      - {{name: http, protocol: tcp, address: \"[{BACKEND6}]:8080\"}}
+frontends:
+  - name: web4
+    kind: static:http
+    protocol: tcp
+    listen: 0.0.0.0:8080
+    flow_timeout: 30s
+    target: web4:http
+    options:
+      content: \"<html>warming up</html>\"
+{extra_frontend_opts}
+  - name: web4-alt
+    kind: static:http
+    protocol: tcp
+    listen: 0.0.0.0:7070
+    flow_timeout: 30s
+    target: web4:http
+    options:
+      content: \"<html>warming up</html>\"
+  - name: web6
+    kind: static:http
+    protocol: tcp
+    listen: \"[::]:8080\"
+    flow_timeout: 30s
+    target: web6:http
+    options:
+      content: \"<html>warming up</html>\"
+"
+    )
+}
+
+fn started(t: &Topo, e: &Env) -> Daemon {
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_state(&d, &e.sock, "web4", "inactive", Duration::from_secs(10));
+    d
+}
+
+#[test]
+fn cold_page_wakes_then_dnat_reaches_the_backend_with_the_client_address_v4_and_v6() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let _b6 = Backend::start(&t.backend, &format!("[{BACKEND6}]:8080"));
+    let e = env(&web_config(""));
+    let d = started(&t, &e);
+    assert_eq!(proxygw_tables(&t.gw), 1);
+
+    // Cold: the daemon's own page, and a warm signal logged with the client's address.
+    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    assert!(page.contains("content-type: text/html"), "{page}");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!(
+            "msg=wake frontend=web4 target=web4 source={CLIENT4}:"
+        )),
+        "{log}"
+    );
+    // Warm: DNAT to the backend, which sees the real client.
+    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    // The second frontend of the same target is on too.
+    let r = get(&t.client, &format!("{GW4}:7070"), "/").unwrap();
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+
+    // IPv6, independently.
+    assert_eq!(state(&e.sock, "web6"), "inactive");
+    let page = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    wait_state(&d, &e.sock, "web6", "active", Duration::from_secs(5));
+    let r = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
+    assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
+
+    // Idle: drained, DNAT gone, the page is back.
+    wait_state(
+        &d,
+        &e.sock,
+        "web4",
+        "inactive",
+        Duration::from_secs(IDLE + 5),
+    );
+    let maps = ns_output(
+        &t.gw,
+        &["nft", "list", "map", "inet", "proxygw", "dnatWildcard4"],
+    );
+    assert!(!maps.contains("10.99.2.2"), "{maps}");
+    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+}
+
+#[test]
+fn idle_drain_follows_the_last_flow_and_an_open_connection_keeps_the_target_warm() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config(""));
+    let d = started(&t, &e);
+    warm(&e.sock, "web4");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+
+    let mut held = connect(&t.client, &format!("{GW4}:8080")).unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut held, "peer=");
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    // Twice the idle timeout with an open, silent connection: still warm.
+    std::thread::sleep(Duration::from_secs(2 * IDLE));
+    assert_eq!(state(&e.sock, "web4"), "active", "{}", d.log_text());
+
+    drop(held);
+    let closed = Instant::now();
+    let drained = wait_state(
+        &d,
+        &e.sock,
+        "web4",
+        "inactive",
+        Duration::from_secs(IDLE + 5),
+    );
+    let took = drained - closed;
+    eprintln!(
+        "drain {:?} after the last flow closed (idle_timeout {IDLE}s)",
+        took
+    );
+    assert!(
+        took >= Duration::from_millis(IDLE * 1000 - 300),
+        "drained too early: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(IDLE * 1000 + 1000),
+        "drained too late: {took:?}"
+    );
+}
+
+#[test]
+fn host_local_clients_are_routed_by_the_output_chain() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config(""));
+    let d = started(&t, &e);
+    warm(&e.sock, "web4");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+    // From the gateway itself (the original had no output chain, so this got the page forever).
+    let r = get(&t.gw, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(r.contains("peer="), "{r}");
+    assert!(!r.contains("warming up"), "{r}");
+}
+
+#[test]
+fn transit_traffic_is_not_captured_by_wildcard_frontends() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config(""));
+    let d = started(&t, &e);
+    warm(&e.sock, "web4");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+    let before = b4.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // The client talks *through* the gateway to the backend's port 7070; a wildcard DNAT without
+    // `fib daddr type local` would hijack it to :8080.
+    let err = connect(&t.client, &format!("{BACKEND4}:7070")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(
+        b4.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    // While the same port addressed to the gateway is DNATed.
+    let r = get(&t.client, &format!("{GW4}:7070"), "/").unwrap();
+    assert!(r.contains("peer="), "{r}");
+}
+
+#[test]
+fn sigkill_then_restart_replaces_the_table_and_rebuilds_state_from_conntrack() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config(""));
+    let mut d = started(&t, &e);
+    warm(&e.sock, "web4");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+    let mut held = connect(&t.client, &format!("{GW4}:8080")).unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    read_until(&mut held, "peer=");
+
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait(Duration::from_secs(5)).is_some());
+    assert_eq!(
+        proxygw_tables(&t.gw),
+        1,
+        "the killed daemon's table is still there"
+    );
+    assert!(e.sock.exists(), "and its socket file");
+
+    let d2 = Daemon::start(&t.gw, &e.cfg, &e.log);
+    // Rebuilt from the live DNATed flow: warm again without any client asking.
+    wait_state(&d2, &e.sock, "web4", "active", Duration::from_secs(10));
+    assert_eq!(proxygw_tables(&t.gw), 1, "no duplicate table");
+    assert_eq!(state(&e.sock, "web6"), "inactive");
+    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    // The held connection survived the restart and still keeps the target warm.
+    std::thread::sleep(Duration::from_secs(IDLE + 1));
+    assert_eq!(state(&e.sock, "web4"), "active", "{}", d2.log_text());
+    drop(held);
+    wait_state(
+        &d2,
+        &e.sock,
+        "web4",
+        "inactive",
+        Duration::from_secs(IDLE + 5),
+    );
+}
+
+#[test]
+fn graceful_shutdown_removes_table_and_socket() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let e = env(&web_config(""));
+    let mut d = started(&t, &e);
+    warm(&e.sock, "web4");
+    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(15)), Some(0), "{}", d.log_text());
+    assert_eq!(proxygw_tables(&t.gw), 0);
+    assert!(!e.sock.exists());
+}
+
+#[test]
+fn wake_allow_refuses_sources_outside_the_list() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let e = env(&web_config(
+        "      wake_allow: [\"192.0.2.0/24\", \"fd00:dead::/32\"]",
+    ));
+    let d = started(&t, &e);
+    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(page.contains("warming up"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state(&e.sock, "web4"), "inactive");
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!("msg=\"wake refused: source not in wake_allow\" frontend=web4 target=web4 source={CLIENT4}:")),
+        "{log}"
+    );
+}
+
+/// A backend command that needs `DELAY_MS` before it listens, behind a static:tcp frontend.
+const DELAY_MS: u64 = 700;
+
+fn cmd_config(dir: &Path) -> String {
+    let script = dir.join("backend.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import socket, time\n\
+             time.sleep({delay})\n\
+             s = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{GW4_BACK}', 9000))\n\
+             s.listen(64)\n\
+             print('backend listening', flush=True)\n\
+             while True:\n\
+             \x20   c, a = s.accept()\n\
+             \x20   c.sendall(('peer=%s:%d\\n' % a).encode())\n\
+             \x20   c.close()\n",
+            delay = DELAY_MS as f64 / 1000.0
+        ),
+    )
+    .unwrap();
+    format!(
+        "targets:
+  - name: game
+    kind: static:cmd
+    idle_timeout: {IDLE}s
+    endpoints:
+      - {{name: tcp, protocol: tcp, address: \"{GW4_BACK}:9000\"}}
+    options:
+      command: \"exec python3 {}\"
+      ready_timeout: 10s
+      stop_timeout: 2s
+frontends:
+  - name: game
+    kind: static:tcp
+    protocol: tcp
+    listen: \"{GW4}:7000\"
+    flow_timeout: 30s
+    target: game:tcp
+",
+        script.display()
+    )
+}
+
+#[test]
+fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_and_stops_it() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(&cmd_config(dir.path()));
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_state(&d, &e.sock, "game", "inactive", Duration::from_secs(10));
+
+    // Cold: the first client is held, the command starts, and the client is served once it listens.
+    let t0 = Instant::now();
+    let mut first = connect(&t.client, &format!("{GW4}:7000")).unwrap();
+    let r = read_until(&mut first, "peer=");
+    let cold = t0.elapsed();
+    eprintln!("cold start: first byte after {cold:?} (backend listens after {DELAY_MS} ms)");
+    assert!(r.starts_with("peer="), "{r}");
+    assert!(
+        cold >= Duration::from_millis(DELAY_MS),
+        "served before the backend listened?"
+    );
+    assert!(cold < Duration::from_millis(DELAY_MS + 1500), "{cold:?}");
+    drop(first);
+    wait_state(&d, &e.sock, "game", "active", Duration::from_secs(5));
+
+    // Warm: later connections take the kernel DNAT path, so the backend sees the real client.
+    let mut second = connect(&t.client, &format!("{GW4}:7000")).unwrap();
+    let r = read_until(&mut second, "peer=");
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    drop(second);
+    let log = d.log_text();
+    assert!(
+        log.contains("msg=\"command output\" target=game stream=stdout line=\"backend listening\""),
+        "{log}"
+    );
+    let pid: i32 = log
+        .lines()
+        .find(|l| l.contains("msg=\"command started\""))
+        .and_then(|l| l.split(" pid=").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("pid in log");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    // Idle: drained and the command's process group is gone.
+    wait_state(
+        &d,
+        &e.sock,
+        "game",
+        "inactive",
+        Duration::from_secs(IDLE + 6),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "command still running after drain"
+    );
+}
