@@ -18,6 +18,10 @@ struct Cli {
     /// Diagnostics filter (tracing syntax, e.g. `info`, `proxyview=debug`); logs go to stderr.
     #[arg(long, global = true, env = "PROXYVIEW_LOG", default_value = "info")]
     log_level: String,
+    /// Worker threads (default: one per CPU); 1 runs everything on one thread, which costs the
+    /// least CPU per request when the machine is shared.
+    #[arg(long, global = true, env = "PROXYVIEW_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
 }
