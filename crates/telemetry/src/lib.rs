@@ -1,12 +1,17 @@
 //! Telemetry shared by the waygate binaries: turns an HTTP exchange or a health probe into one
 //! JSON access-log line with CloudWatch EMF metrics, byte-compatible with the Go cwproxy, and
-//! delivers lines to sinks without ever blocking the caller.
+//! delivers lines to stdout (and further sinks) without ever blocking the caller.
+//!
+//! - [`record`]: what a proxy hands over ([`Exchange`], [`HealthProbe`]), cheap to build.
+//! - [`entry`]: the TRAFFIC/HEALTH entry in the original's member order, and its metric sets.
+//! - [`json`]: a writer reproducing Go `encoding/json` byte for byte.
+//! - [`parse`], [`value`], [`multimap`]: body parsing (JSON, form, XML) and value normalisation.
+//! - [`hash`]: structural signatures and 6-character hashes.
+//! - [`emf`]: Embedded Metric Format assembly (dimension sets, 100-metric split).
+//! - [`pipeline`]: the bounded queue and writer thread; [`diag`]: Go-format stderr diagnostics.
+//! - [`meta`]: the `aws_meta` object.
 
 pub mod capture;
-pub mod record;
-
-pub use capture::Capture;
-pub use record::{Exchange, HealthProbe};
 pub mod diag;
 pub mod emf;
 pub mod entry;
@@ -16,4 +21,8 @@ pub mod meta;
 pub mod multimap;
 pub mod parse;
 pub mod pipeline;
+pub mod record;
 pub mod value;
+
+pub use capture::Capture;
+pub use record::{Exchange, HealthProbe};
