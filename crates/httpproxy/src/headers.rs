@@ -49,9 +49,10 @@ pub(crate) fn upgrade_type(headers: &HeaderMap) -> Option<HeaderValue> {
     headers.get(header::UPGRADE).cloned()
 }
 
-/// Removes the headers named in `Connection` and the fixed hop-by-hop list; `Trailer` too when
-/// `drop_trailer` (requests: Go re-announces response trailers, so responses keep it).
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, drop_trailer: bool) {
+/// Removes the headers named in `Connection` and the fixed hop-by-hop list. `Trailer` is kept in
+/// both directions: Go drops it but re-announces the trailers it forwards, and hyper only sends
+/// announced trailers.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(first) = headers.get(header::CONNECTION) {
         // Fast path: a lone `keep-alive`/`close` names no header worth a second map scan.
         let simple = headers.get_all(header::CONNECTION).iter().count() == 1
@@ -79,9 +80,6 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, drop_trailer: bool) {
     for name in HOP_HEADERS {
         headers.remove(name);
     }
-    if drop_trailer {
-        headers.remove(header::TRAILER);
-    }
 }
 
 /// Whether an upgrade token is printable ASCII (Go rejects others with 400).
@@ -105,7 +103,7 @@ pub(crate) fn rewrite_request(
     peer_ip: &HeaderValue,
 ) {
     let te_trailers = has_token(headers, &header::TE, "trailers");
-    remove_hop_by_hop(headers, true);
+    remove_hop_by_hop(headers);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -172,7 +170,6 @@ mod tests {
             ("x-custom", "drop me"),
             ("keep-alive", "timeout=5"),
             ("te", "gzip, trailers"),
-            ("trailer", "x-sum"),
             ("proxy-authorization", "secret"),
             ("accept", "*/*"),
         ]);
@@ -245,7 +242,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-type", "a/b"),
         ]);
-        remove_hop_by_hop(&mut h, false);
+        remove_hop_by_hop(&mut h);
         assert_eq!(h["trailer"], "x-sum");
         assert!(!h.contains_key("transfer-encoding"));
     }

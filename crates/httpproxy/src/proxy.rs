@@ -595,7 +595,7 @@ where
             }
             return Response::from_parts(parts, ProxyBody::local(None));
         }
-        headers::remove_hop_by_hop(resp.headers_mut(), false);
+        headers::remove_hop_by_hop(resp.headers_mut());
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
         let Some(draft) = slot.take() else {
