@@ -191,6 +191,17 @@ impl Waker {
     }
 }
 
+/// A waker whose engine is gone (constructor tests).
+#[cfg(test)]
+pub(crate) fn test_waker() -> Waker {
+    let (tx, _) = mpsc::channel(1);
+    Waker {
+        tx,
+        target: "t".into(),
+        frontend: "f".into(),
+    }
+}
+
 /// Tells the engine a target's backend stopped by itself (e.g. the static:cmd child exited).
 #[derive(Clone, Debug)]
 pub struct ExitNotifier {

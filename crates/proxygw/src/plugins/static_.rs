@@ -843,3 +843,73 @@ mod tests {
         assert!(!pattern_matches("/x/", "/x"));
     }
 }
+
+#[cfg(test)]
+mod ctor_tests {
+    use super::*;
+    use crate::engine::TargetState;
+
+    fn ctx(protocol: Protocol) -> FrontendCtx {
+        let (h, _inbox) = crate::engine::channel();
+        let _ = h;
+        let (_tx, rx) = watch::channel(TargetState::Inactive);
+        FrontendCtx {
+            name: "f".into(),
+            target: "t".into(),
+            protocol,
+            listen: "127.0.0.1:1".parse().unwrap(),
+            backend: "127.0.0.1:2".parse().unwrap(),
+            log: Logger::discard(),
+            waker: crate::engine::test_waker(),
+            target_state: rx,
+        }
+    }
+
+    fn opts(v: serde_json::Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn static_http_constructor_errors() {
+        let e = |p, o| http(&ctx(p), &opts(o)).err().unwrap();
+        assert_eq!(
+            e(Protocol::Udp, serde_json::json!({"content": "x"})),
+            "static http frontend requires tcp protocol"
+        );
+        assert_eq!(
+            e(Protocol::Tcp, serde_json::json!({})),
+            "static http frontend option content is required"
+        );
+        assert_eq!(
+            e(Protocol::Tcp, serde_json::json!({"content": 5})),
+            "static http frontend option content is required"
+        );
+        assert_eq!(
+            e(
+                Protocol::Tcp,
+                serde_json::json!({"content": "x", "endpoint": "x"})
+            ),
+            "static http frontend option endpoint must start with /"
+        );
+        // Spec §12.18: Go panicked at Start on "/{"; here it is a clear constructor error.
+        assert!(e(
+            Protocol::Tcp,
+            serde_json::json!({"content": "x", "endpoint": "/{"})
+        )
+        .contains("plain path"));
+        assert!(e(
+            Protocol::Tcp,
+            serde_json::json!({"content": "x", "wake_allow": ["10.0.0.0/99"]})
+        )
+        .contains("invalid CIDR"));
+        assert!(http(
+            &ctx(Protocol::Tcp),
+            &opts(serde_json::json!({"content": "x", "endpoint": "/wake/"}))
+        )
+        .is_ok());
+        assert_eq!(
+            tcp(&ctx(Protocol::Udp), &Map::new()).err().unwrap(),
+            "static tcp frontend requires tcp protocol"
+        );
+    }
+}

@@ -389,3 +389,102 @@ pub fn proxygw_tables(ns: &str) -> usize {
         .filter(|l| l.trim() == "table inet proxygw")
         .count()
 }
+
+/// A UDP server in a namespace that counts datagrams and answers `peer=<addr>`.
+pub struct UdpBackend {
+    stop: Arc<AtomicBool>,
+    pub received: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpBackend {
+    pub fn start(ns: &str, addr: &str) -> Self {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let s = in_ns(ns, move || std::net::UdpSocket::bind(addr).unwrap());
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicUsize::new(0));
+        let (st, r) = (stop.clone(), received.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::SeqCst) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.send_to(format!("peer={peer}").as_bytes(), peer);
+                }
+            }
+        });
+        UdpBackend {
+            stop,
+            received,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client that keeps sending from one UDP source port (one conntrack 5-tuple) every 50 ms.
+pub struct UdpPinger {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpPinger {
+    pub fn start(ns: &str, to: &str) -> Self {
+        let to: SocketAddr = to.parse().unwrap();
+        let s = in_ns(ns, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let _ = s.send_to(b"ping", to);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        UdpPinger {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpPinger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Drain and frontend stop through ctl.
+pub fn ctl(sock: &Path, what: &str, name: &str) {
+    block_on(async {
+        let mut c = proxygw::client::Client::dial(sock, Codec::Json, Duration::from_secs(5))
+            .await
+            .unwrap();
+        match what {
+            "drain" => c.drain(name).await.unwrap(),
+            "stop" => c.stop(name).await.unwrap(),
+            "start" => c.start(name).await.unwrap(),
+            _ => c.warm(name).await.unwrap(),
+        }
+    })
+}
+
+/// Waits until `f` is true (bounded).
+pub fn eventually(limit: Duration, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

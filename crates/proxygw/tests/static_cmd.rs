@@ -1,0 +1,237 @@
+//! static:cmd with real child processes (no root needed): readiness, exit detection, process-group stop, output.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use proxygw::daemon::Daemon;
+use proxygw::dataplane::memory::MemoryDataplane;
+use proxygw::engine::{EngineHandle, Request};
+use proxygw::log::Logger;
+
+#[derive(Clone, Default)]
+struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(options: &str, port: u16) -> (Daemon, Buf, MemoryDataplane) {
+    let yaml = format!(
+        "version: v1
+log: {{output: stderr}}
+plugins: {{}}
+targets:
+  - name: app
+    kind: static:cmd
+    idle_timeout: 1h
+    endpoints:
+      - {{name: tcp, protocol: tcp, address: 127.0.0.1:{port}}}
+    options:
+{options}
+frontends: []
+"
+    );
+    let cfg = proxygw::config::load_str(&yaml).unwrap();
+    // Only the static plugin: ctl would need a socket.
+    let reg = proxygw::plugins::Registry::build(
+        &[("static".into(), "static".into())],
+        proxygw::plugins::compiled(),
+    )
+    .unwrap();
+    reg.check_config(&cfg).unwrap();
+    let buf = Buf::default();
+    let dp = MemoryDataplane::default();
+    let d = Daemon::start(
+        &cfg,
+        &reg,
+        dp.clone(),
+        Logger::new(Box::new(buf.clone()), 0),
+    )
+    .await
+    .unwrap();
+    (d, buf, dp)
+}
+
+async fn wait_for(
+    h: &EngineHandle,
+    want: &str,
+    limit: Duration,
+) -> proxygw::protocol::TargetStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let t = h.status().await.unwrap().targets.remove(0);
+        if t.state == want {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "never {want}: {t:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pids_in_group(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" of the command name: state ppid pgrp …
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
+            && rest.first() != Some(&"Z")
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
+    let port = free_port();
+    // A background child in the same group, then a listener that comes up late.
+    let cmd = format!(
+        "      command: \"sleep 300 & echo started; sleep 0.4; exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind((\\\"127.0.0.1\\\",{port})); s.listen(8); time.sleep(300)'\"\n      stop_timeout: 2s"
+    );
+    let (d, log, dp) = start(&cmd, port).await;
+    let h = d.handle().clone();
+    let t0 = Instant::now();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "DNAT must wait for the listener"
+    );
+    assert!(dp.is_enabled("app"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let text = log.text();
+    assert!(
+        text.contains("msg=\"command output\" target=app stream=stdout line=started"),
+        "{text}"
+    );
+    let pid: i32 = text
+        .split(" pid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        pids_in_group(pid).len() >= 2,
+        "sh/python and the background sleep"
+    );
+
+    h.request(Request::Drain("app".into())).await.unwrap();
+    wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    assert!(
+        pids_in_group(pid).is_empty(),
+        "every process of the group is gone: {:?}",
+        pids_in_group(pid)
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_by_itself_is_noticed_and_can_be_warmed_again() {
+    let port = free_port();
+    let cmd = format!(
+        "      command: \"python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind((\\\"127.0.0.1\\\",{port})); s.listen(8); time.sleep(0.5)'; exit 3\""
+    );
+    let (d, _log, dp) = start(&cmd, port).await;
+    let h = d.handle().clone();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    let t = wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    assert_eq!(
+        t.last_error,
+        "backend exited: command exited with exit code 3"
+    );
+    assert!(!dp.is_enabled("app"), "DNAT off once the backend is gone");
+    // The original said "already started" forever; here a new warm starts a new process.
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_never_listens_fails_warm_with_a_reason() {
+    let port = free_port();
+    let (d, _log, dp) = start("      command: \"exit 7\"", port).await;
+    let h = d.handle().clone();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    let t = wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    // Either the exit or the probe wins the race; both name the reason.
+    assert!(
+        t.last_error.contains("exit code 7") || t.last_error.contains("exited"),
+        "{t:?}"
+    );
+    assert!(!dp.is_enabled("app"));
+
+    let (d2, _log, _) = start(
+        "      command: \"sleep 30\"\n      ready_timeout: 300ms",
+        port,
+    )
+    .await;
+    let h2 = d2.handle().clone();
+    h2.request(Request::Warm("app".into())).await.unwrap();
+    let t = wait_for(&h2, "inactive", Duration::from_secs(10)).await;
+    assert!(
+        t.last_error.contains("not ready") || t.last_error.contains("did not accept"),
+        "{t:?}"
+    );
+    d.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_running_command() {
+    let port = free_port();
+    let cmd = format!(
+        "      command: \"exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind((\\\"127.0.0.1\\\",{port})); s.listen(8); time.sleep(300)'\""
+    );
+    let (d, log, _) = start(&cmd, port).await;
+    let h = d.handle().clone();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    let text = log.text();
+    let pid: i32 = text
+        .split(" pid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    d.stop().await;
+    assert!(pids_in_group(pid).is_empty());
+}
