@@ -390,3 +390,24 @@ mod tests {
         assert!(e.starts_with("targets[0].options: "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_example_loads_and_checks() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxygw");
+        let reg = Registry::builtin().unwrap();
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let cfg = crate::config::load_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                reg.check_config(&cfg).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "examples found: {n}");
+    }
+}
