@@ -18,12 +18,19 @@ use telemetry::Exchange;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::config::{self, Config, NameSources, ProcessEnv};
+use crate::cloudwatch::{self, Activation, Activator, Kind, Sinks, Target};
+use crate::config::{self, Config, Env, NameSources, ProcessEnv};
 use crate::health::HealthRunner;
+use crate::metadata::{self, Detected, HostProbe, RegionSource};
 
-/// Budget for telemetry to reach stdout at exit (the Go original's sink-close budget).
+/// Budget for telemetry to reach stdout and CloudWatch at exit (the Go original's sink-close
+/// budget); events CloudWatch has not accepted by then are reported as not delivered.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(10);
+
+/// Extra wait beyond the detection budget before giving up on metadata for the app name.
+const METADATA_GRACE: Duration = Duration::from_millis(100);
 
 /// The stderr logger every part of cwproxy shares.
 pub const DIAG: Diag = Diag::new("cwproxy");
@@ -58,13 +65,115 @@ fn hostname() -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-fn load_config(detected: Option<SocketAddr>) -> Result<Config, Fatal> {
-    // Runtime metadata (EKS deployment / ECS family) joins the name chain with the CloudWatch issue.
+fn load_config(detected: Option<SocketAddr>, meta: Option<&Detected>) -> Result<Config, Fatal> {
+    let from_meta = meta.and_then(Detected::default_app_name);
     let names = NameSources {
-        metadata: None,
+        metadata: from_meta.as_deref(),
         hostname: hostname(),
     };
     config::load(&ProcessEnv, &names, detected).map_err(|e| Fatal::new(e.0))
+}
+
+/// Runtime metadata, either known already or still being detected.
+enum Metadata {
+    Ready(Detected),
+    Pending(JoinHandle<Detected>),
+}
+
+/// Starts metadata detection; it never holds up the listener (see [`settle`]).
+fn start_metadata() -> JoinHandle<Detected> {
+    tokio::spawn(async {
+        metadata::detect(&ProcessEnv, &HostProbe::default(), metadata::DETECT_BUDGET).await
+    })
+}
+
+/// Called once the listener is bound. With `APP_NAME` set, metadata only enriches later entries
+/// and nothing waits for it. With `APP_NAME` unset the name may come from metadata (EKS
+/// deployment → ECS family → hostname), so we wait for detection — at most its 200 ms budget,
+/// while the kernel already queues connections — and recompute the configuration with it; the
+/// name then never changes during the process lifetime.
+async fn settle(
+    config: Config,
+    meta: JoinHandle<Detected>,
+    detected: Option<SocketAddr>,
+) -> Result<(Config, Metadata), Fatal> {
+    let app_name_set = ProcessEnv
+        .get("APP_NAME")
+        .is_some_and(|v| !v.trim().is_empty());
+    if app_name_set {
+        return Ok((config, Metadata::Pending(meta)));
+    }
+    let found = tokio::time::timeout(metadata::DETECT_BUDGET + METADATA_GRACE, meta)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let config = if found.default_app_name().is_some() {
+        load_config(detected, Some(&found))?
+    } else {
+        config
+    };
+    Ok((config, Metadata::Ready(found)))
+}
+
+/// Resolves the region and SDK configuration off the serving path and activates the sinks.
+async fn start_cloudwatch(
+    meta: Metadata,
+    emitter: Emitter,
+    mut activator: Activator,
+    app_name: String,
+    groups: (String, String),
+) {
+    let detected = match meta {
+        Metadata::Ready(d) => d,
+        Metadata::Pending(task) => {
+            let d = task.await.unwrap_or_default();
+            if let Some(json) = d.meta.to_json() {
+                // `set_aws_meta` may wait for room in the pipeline queue: not on a runtime thread.
+                let _ = tokio::task::spawn_blocking(move || emitter.set_aws_meta(Some(json))).await;
+            }
+            d
+        }
+    };
+    for warning in &detected.warnings {
+        DIAG.log(warning);
+    }
+    let Some((region, source)) = metadata::resolve_region(&ProcessEnv, &detected) else {
+        DIAG.log("AWS region is not configured; CloudWatch Logs and Metrics are disabled");
+        return;
+    };
+    if source == RegionSource::Metadata {
+        DIAG.log(format_args!(
+            "AWS region is not configured in the environment; using {region:?} from runtime metadata"
+        ));
+    }
+    let imds = metadata::imds_allowed(&ProcessEnv, &HostProbe::default());
+    let client = cloudwatch::load_client(&region, imds).await;
+    let pid = std::process::id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (traffic_group, health_group) = groups;
+    activator.activate(
+        Kind::Traffic,
+        Activation {
+            client: client.clone(),
+            target: Target {
+                group: traffic_group,
+                stream: crate::cwlogs::stream_name(&app_name, "traffic", pid, now),
+            },
+        },
+    );
+    activator.activate(
+        Kind::Health,
+        Activation {
+            client,
+            target: Target {
+                group: health_group,
+                stream: crate::cwlogs::stream_name(&app_name, "health", pid, now),
+            },
+        },
+    );
 }
 
 /// Binds `:port` on every interface, dual stack like Go's `":port"`, falling back to IPv4 only.
@@ -123,6 +232,8 @@ impl httpproxy::ExchangeSink for TrafficSink {
 /// Everything that runs while serving, shared by both modes.
 struct Running {
     pipeline: Pipeline,
+    sinks: Sinks,
+    cloudwatch_setup: JoinHandle<()>,
     health_stop: watch::Sender<bool>,
     health: tokio::task::JoinHandle<()>,
 }
@@ -131,21 +242,37 @@ async fn serve(
     config: &Config,
     upstream: Upstream,
     listener: TcpListener,
+    meta: Metadata,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(Running, Result<(), httpproxy::ServeError>), Fatal> {
+    let aws_meta = match &meta {
+        Metadata::Ready(d) => d.meta.to_json(),
+        Metadata::Pending(_) => None,
+    };
     let context = Context {
         app_name: config.app_name.clone(),
-        aws_meta: None,
+        aws_meta,
     };
+    let (sinks, activator, router) = Sinks::new(DIAG);
     let pipeline = Pipeline::start(
         PipelineConfig::default(),
         context,
         stdout_writer(),
-        Vec::new(),
+        vec![router],
         DIAG,
     )
     .map_err(|e| Fatal::new(format!("start telemetry writer: {e}")))?;
     let emitter = pipeline.emitter();
+    let cloudwatch_setup = tokio::spawn(start_cloudwatch(
+        meta,
+        emitter.clone(),
+        activator,
+        config.app_name.clone(),
+        (
+            config.log_group_name.clone(),
+            config.health_log_group_name.clone(),
+        ),
+    ));
     let health_paths = config
         .health_urls
         .iter()
@@ -174,6 +301,8 @@ async fn serve(
     Ok((
         Running {
             pipeline,
+            sinks,
+            cloudwatch_setup,
             health_stop,
             health,
         },
@@ -182,14 +311,21 @@ async fn serve(
 }
 
 impl Running {
-    /// Stops health probes and flushes telemetry within the budget.
+    /// Stops health probes and flushes telemetry (stdout, then CloudWatch) within one budget.
     async fn finish(self) -> bool {
+        let started = tokio::time::Instant::now();
         let _ = self.health_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.health).await;
+        // Sinks not activated yet by now stay off (their events are on stdout).
+        self.cloudwatch_setup.abort();
         let pipeline = self.pipeline;
-        tokio::task::spawn_blocking(move || pipeline.shutdown(FLUSH_BUDGET))
+        let budget = FLUSH_BUDGET.saturating_sub(started.elapsed());
+        let flushed = tokio::task::spawn_blocking(move || pipeline.shutdown(budget))
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        let rest = FLUSH_BUDGET.saturating_sub(started.elapsed());
+        let delivered = self.sinks.close(rest).await;
+        flushed && delivered
     }
 }
 
@@ -203,8 +339,10 @@ fn signal_name(kind: i32) -> &'static str {
 
 /// Normal mode: proxy to `APP_HOST:APP_PORT` until SIGINT/SIGTERM.
 pub async fn run_normal() -> Result<i32, Fatal> {
-    let config = load_config(None)?;
+    let meta = start_metadata();
+    let config = load_config(None, None)?;
     let listener = bind(config.proxy_port)?;
+    let (config, meta) = settle(config, meta, None).await?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
     let mut term = signal(SignalKind::terminate())
@@ -223,7 +361,7 @@ pub async fn run_normal() -> Result<i32, Fatal> {
         host: config.app_host.clone(),
         port: config.app_port,
     };
-    let (running, result) = serve(&config, upstream, listener, shutdown).await?;
+    let (running, result) = serve(&config, upstream, listener, meta, shutdown).await?;
     let flushed = running.finish().await;
     match result {
         Err(e) => Err(Fatal::new(e.to_string())),
@@ -238,7 +376,8 @@ pub async fn run_normal() -> Result<i32, Fatal> {
 pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32, Fatal> {
     let shown = command.to_string_lossy().into_owned();
     // Validate the parts of the config that do not depend on the port before starting anything.
-    let pre = load_config(None)?;
+    let meta = start_metadata();
+    let pre = load_config(None, None)?;
     let opts = SpawnOptions {
         adopt_orphans: true,
         ..SpawnOptions::default()
@@ -311,7 +450,7 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
         Upstream::Addr(a) => Some(*a),
         Upstream::Host { .. } => None,
     };
-    let config = match load_config(detected) {
+    let config = match load_config(detected, None) {
         Ok(c) => c,
         Err(e) => {
             DIAG.log(format_args!(
@@ -331,6 +470,8 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
             return Err(e);
         }
     };
+
+    let (config, meta) = settle(config, meta, detected).await?;
 
     // The server stops when the child's whole group is gone; signals only reach the child (it
     // decides when to exit), and the forwarder escalates to SIGKILL after the grace period.
@@ -371,7 +512,7 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
             *s = Some(status);
         }
     };
-    let (running, result) = serve(&config, upstream, listener, shutdown).await?;
+    let (running, result) = serve(&config, upstream, listener, meta, shutdown).await?;
     if let Err(e) = &result {
         DIAG.log(format_args!("server shutdown returned error: {e}"));
     }

@@ -3,5 +3,8 @@
 //! app itself and finds its port. Configured by environment variables only (see `config`).
 
 pub mod app;
+pub mod cloudwatch;
+pub mod cwlogs;
+pub mod metadata;
 pub mod config;
 pub mod health;

@@ -217,6 +217,8 @@ pub fn cwproxy_cmd(env: &[(&str, &str)], args: &[&str]) -> Command {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // Keep the host's own Kubernetes service account (if any) out of the lines under test.
+        .env("CWPROXY_SERVICEACCOUNT_DIR", "/nonexistent/cwproxy-test")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
