@@ -54,6 +54,11 @@ enum Msg {
     Stop,
 }
 
+/// How long the worker waits for more records after the first one of a batch.
+const GATHER_DELAY: Duration = Duration::from_millis(1);
+/// Rendered bytes after which a batch is written without waiting for more.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
 /// Tuning of the pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -259,6 +264,9 @@ struct Worker {
     counters: Arc<Counters>,
     interval: Duration,
     buf: Vec<u8>,
+    batch_lines: u64,
+    acks: Vec<SyncSender<()>>,
+    flush_requested: bool,
     scratch: crate::hash::Scratch,
     next_report: Instant,
     reported_drops: u64,
@@ -282,7 +290,10 @@ impl Worker {
             diag,
             counters,
             interval,
-            buf: Vec::with_capacity(16 << 10),
+            buf: Vec::with_capacity(64 << 10),
+            batch_lines: 0,
+            acks: Vec::new(),
+            flush_requested: false,
             scratch: crate::hash::Scratch::new(),
             next_report: Instant::now(),
             reported_drops: 0,
@@ -292,31 +303,65 @@ impl Worker {
     }
 
     fn run(mut self, rx: &mpsc::Receiver<Msg>) {
-        loop {
-            match rx.recv_timeout(self.interval) {
-                Ok(Msg::Record(record, bytes)) => {
-                    self.handle(&record);
-                    drop(record);
-                    self.counters
-                        .queued_bytes
-                        .fetch_sub(bytes, Ordering::AcqRel);
+        let mut running = true;
+        while running {
+            let first = match rx.recv_timeout(self.interval) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.report(false);
+                    continue;
                 }
-                Ok(Msg::SetAwsMeta(meta)) => self.context.aws_meta = meta,
-                Ok(Msg::Flush(ack)) => {
-                    let _ = self.out.flush();
-                    let _ = ack.try_send(());
-                }
-                Ok(Msg::Stop) => break,
-                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // Under load more records arrive within a moment. Gathering them for up to
+            // GATHER_DELAY turns one thread wake-up and one `write` per record into one per batch;
+            // senders never wake this thread while it sleeps here instead of in `recv`.
+            self.buf.clear();
+            self.batch_lines = 0;
+            running = self.take(first);
+            if running && !self.flush_requested {
+                std::thread::sleep(GATHER_DELAY);
+                while running && self.buf.len() < MAX_BATCH_BYTES && !self.flush_requested {
+                    match rx.try_recv() {
+                        Ok(msg) => running = self.take(msg),
+                        Err(_) => break,
+                    }
+                }
             }
+            self.write_batch();
+            for ack in self.acks.drain(..) {
+                let _ = ack.try_send(());
+            }
+            self.flush_requested = false;
             self.report(false);
         }
+        self.write_batch();
         self.report(true);
     }
 
-    fn handle(&mut self, record: &Record) {
-        self.buf.clear();
+    /// Handles one message; false when the worker must stop.
+    fn take(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Record(record, bytes) => {
+                self.render(&record);
+                drop(record);
+                self.counters
+                    .queued_bytes
+                    .fetch_sub(bytes, Ordering::AcqRel);
+            }
+            Msg::SetAwsMeta(meta) => self.context.aws_meta = meta,
+            Msg::Flush(ack) => {
+                self.acks.push(ack);
+                self.flush_requested = true;
+            }
+            Msg::Stop => return false,
+        }
+        true
+    }
+
+    /// Renders one record at the end of the batch buffer and hands its events to the sinks.
+    fn render(&mut self, record: &Record) {
+        let start = self.buf.len();
         let (category, result) = match record {
             Record::Traffic(ex) => (
                 Category::Traffic,
@@ -333,15 +378,7 @@ impl Worker {
                 "failed to attach EMF metrics to log entry: {e}"
             ));
         }
-        match write_all(&mut self.out, &self.buf) {
-            Ok(()) => {
-                self.counters.written.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
-                self.last_error = Some(e.to_string());
-            }
-        }
+        self.batch_lines += 1;
         if self.sinks.is_empty() {
             return;
         }
@@ -349,11 +386,38 @@ impl Worker {
             Record::Traffic(ex) => crate::record::unix_millis(ex.end),
             Record::Health(p) => crate::record::unix_millis(p.end),
         };
-        for line in self.buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        for line in self.buf[start..]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
             for sink in &self.sinks {
                 sink.deliver(category, timestamp, line);
             }
         }
+    }
+
+    /// Writes the gathered lines with one `write` call (more only if the kernel takes part of it).
+    /// Lines are whole in the buffer, so no other writer of the descriptor can split one.
+    fn write_batch(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        match write_all(&mut self.out, &self.buf) {
+            Ok(()) => {
+                let _ = self.out.flush();
+                self.counters
+                    .written
+                    .fetch_add(self.batch_lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters
+                    .write_failures
+                    .fetch_add(self.batch_lines, Ordering::Relaxed);
+                self.last_error = Some(e.to_string());
+            }
+        }
+        self.buf.clear();
+        self.batch_lines = 0;
     }
 
     fn report(&mut self, last: bool) {
