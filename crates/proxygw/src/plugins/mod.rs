@@ -13,6 +13,8 @@ use crate::config::{Config, ConfigError, Endpoint, Protocol};
 use crate::engine::{EngineHandle, ExitNotifier, TargetState, Waker};
 use crate::log::Logger;
 
+#[cfg(feature = "plugin-aws")]
+pub mod aws_ec2;
 #[cfg(feature = "plugin-ctl")]
 pub mod ctl;
 #[cfg(feature = "plugin-static")]
@@ -122,6 +124,8 @@ pub fn compiled() -> Vec<PluginDef> {
     v.push(ctl::plugin());
     #[cfg(feature = "plugin-static")]
     v.push(static_::plugin());
+    #[cfg(feature = "plugin-aws")]
+    v.push(aws_ec2::plugin());
     v
 }
 
@@ -331,7 +335,8 @@ mod tests {
             parse_manifest(MANIFEST).unwrap(),
             vec![
                 ("ctl".into(), "ctl".into()),
-                ("static".into(), "static".into())
+                ("static".into(), "static".into()),
+                ("aws".into(), "aws".into())
             ]
         );
         assert_eq!(
