@@ -162,6 +162,14 @@ async fn run_direct(up: SocketAddr, n: u64) -> Figures {
     }
 }
 
+/// Rounds each case is split into.
+const ROUNDS: u64 = 10;
+
+fn best(mut rounds: Vec<Figures>) -> Figures {
+    rounds.sort_by(|a, b| a.ns_per_op.total_cmp(&b.ns_per_op));
+    rounds.swap_remove(0)
+}
+
 fn config(up: SocketAddr) -> ProxyConfig {
     let mut cfg = ProxyConfig::new(Upstream::Addr(up));
     cfg.capture_limit = 4096;
@@ -180,13 +188,22 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        run_direct(up, 2_000).await;
-        let d = run_direct(up, n).await;
         let sink = Arc::new(|e: telemetry::Exchange| drop(e));
         let proxy: Proxy<Empty<Bytes>> = Proxy::new(config(up), sink.clone()).unwrap();
         let peer = Peer::new("192.0.2.1:1234".parse().unwrap());
+        run_direct(up, 2_000).await;
         run_handler(&proxy, &peer, 2_000).await;
-        let h = run_handler(&proxy, &peer, n).await;
+        // Alternate short rounds and keep the best one of each: the machine is shared, and the
+        // best round is the one least disturbed by other load.
+        let per_round = (n / ROUNDS).max(1);
+        let mut direct = Vec::new();
+        let mut handler = Vec::new();
+        for _ in 0..ROUNDS {
+            direct.push(run_direct(up, per_round).await);
+            handler.push(run_handler(&proxy, &peer, per_round).await);
+        }
+        let d = best(direct);
+        let h = best(handler);
 
         let server: Proxy = Proxy::new(config(up), sink).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,11 +217,17 @@ fn main() {
                 .await
         });
         run_socket(addr, 2_000).await;
-        let s = run_socket(addr, n).await;
+        let mut socket = Vec::new();
+        for _ in 0..ROUNDS {
+            socket.push(run_socket(addr, per_round).await);
+        }
+        let s = best(socket);
         let _ = stop.send(());
         let _ = serving.await;
 
-        println!("httpproxy in-process round trip ({n} iterations, current-thread runtime, loopback upstream)");
+        println!(
+            "httpproxy in-process round trip ({n} iterations per case in {ROUNDS} alternating rounds, best round shown; current-thread runtime, loopback upstream)"
+        );
         println!("| case | µs/op | allocs/op | bytes/op | Go µs/op | Go allocs/op | µs ratio (Go/ours) | goal |");
         println!("|---|---|---|---|---|---|---|---|");
         println!(
