@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use proxyview::access_log::{AccessSink, TelemetrySink};
 use proxyview::config::{resolve_path, ClientConfig, ServerConfig};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "proxyview",
