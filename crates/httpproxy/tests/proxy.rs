@@ -933,3 +933,28 @@ async fn shutdown_closes_open_websocket_tunnels() {
         "{rest:?}"
     );
 }
+
+/// Go's `TestReverseProxyDelayBudget`: 200 sequential GETs, every one 200, average ≤ 25 ms.
+#[tokio::test]
+async fn reverse_proxy_delay_budget() {
+    let (up, _) = upstream(|_r| async {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let h = Harness::start(config(up)).await;
+    let mut c = client(h.addr).await;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let resp = c.send_request(req("GET", "/perf", full(""))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    let average = started.elapsed() / 200;
+    eprintln!("average delay through the proxy: {average:?}");
+    assert!(average <= Duration::from_millis(25), "average {average:?}");
+    assert_eq!(h.exchanges(200).await.len(), 200);
+    h.stop().await.unwrap();
+}
