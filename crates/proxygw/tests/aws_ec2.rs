@@ -75,7 +75,10 @@ impl Moto {
         let moto = Moto { port, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         moto
@@ -137,7 +140,12 @@ async fn stopped_instances(c: &aws_sdk_ec2::Client, n: i32) -> Vec<String> {
 }
 
 async fn state(c: &aws_sdk_ec2::Client, id: &str) -> InstanceStateName {
-    let out = c.describe_instances().instance_ids(id).send().await.unwrap();
+    let out = c
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
     out.reservations()[0].instances()[0]
         .state()
         .unwrap()
@@ -189,14 +197,21 @@ impl Proxy {
                             let text = String::from_utf8_lossy(&body).into_owned();
                             let action = form_value(&text, "Action").unwrap_or_default();
                             rec.lock().unwrap().push((action.clone(), text));
-                            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.as_str())
+                                .unwrap_or("/");
                             let mut b = http::Request::builder()
                                 .method(parts.method.clone())
                                 .uri(format!("{upstream}{pq}"));
                             for (k, v) in &parts.headers {
                                 b = b.header(k, v);
                             }
-                            let resp = http.request(b.body(Full::new(body)).unwrap()).await.unwrap();
+                            let resp = http
+                                .request(b.body(Full::new(body)).unwrap())
+                                .await
+                                .unwrap();
                             let (rp, rb) = resp.into_parts();
                             let rb = rb.collect().await.unwrap().to_bytes();
                             let out = rewrite(&action, String::from_utf8_lossy(&rb).into_owned());
@@ -260,7 +275,9 @@ fn replace_tag(xml: &str, tag: &str, new: &str) -> String {
 
 fn opts(yaml: &str) -> Ec2Options {
     let v: Value = serde_saphyr::from_str(yaml).unwrap();
-    let Value::Object(m) = v else { panic!("{yaml}") };
+    let Value::Object(m) = v else {
+        panic!("{yaml}")
+    };
     Ec2Options::parse(&m).unwrap()
 }
 
@@ -404,7 +421,11 @@ async fn drain_times_out_naming_the_instance_held_stopping() {
     let moto = Moto::start();
     let c = client(&moto.url());
     let ids = stopped_instances(&c, 1).await;
-    c.start_instances().instance_ids(&ids[0]).send().await.unwrap();
+    c.start_instances()
+        .instance_ids(&ids[0])
+        .send()
+        .await
+        .unwrap();
     let hold: Rewrite = Arc::new(|action, body| {
         if action == "DescribeInstances" {
             body.replace("<name>stopped</name>", "<name>stopping</name>")
@@ -599,7 +620,10 @@ fn daemon_warms_and_drains_with_config_from_the_environment() {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", home.path().join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("credentials"),
+        )
         .env_remove("AWS_REGION")
         .env_remove("AWS_DEFAULT_REGION")
         .env_remove("AWS_PROFILE")
@@ -667,7 +691,13 @@ frontends: []
     // No region anywhere: a clear error on warm, not a hang or a metadata lookup.
     let mut m = Map::new();
     m.insert("instance_id".into(), Value::String(id.clone()));
-    let t = Ec2Target::new("box", &[], Logger::discard(), Ec2Options::parse(&m).unwrap(), None);
+    let t = Ec2Target::new(
+        "box",
+        &[],
+        Logger::discard(),
+        Ec2Options::parse(&m).unwrap(),
+        None,
+    );
     let e = t.warm().await.unwrap_err();
     assert!(e.starts_with("load aws config: no region"), "{e}");
     d.stop().await;

@@ -48,8 +48,13 @@ pub fn plugin() -> PluginDef {
             "ec2",
             Arc::new(|c: &TargetCtx, o: &Map<String, Value>| {
                 let opts = Ec2Options::parse(o)?;
-                Ok(Arc::new(Ec2Target::new(&c.name, &c.endpoints, c.log.clone(), opts, None))
-                    as Arc<dyn TargetHandler>)
+                Ok(Arc::new(Ec2Target::new(
+                    &c.name,
+                    &c.endpoints,
+                    c.log.clone(),
+                    opts,
+                    None,
+                )) as Arc<dyn TargetHandler>)
             }),
         )],
         on_load: None,
@@ -180,9 +185,9 @@ fn duration_opt(o: &Map<String, Value>, key: &str, default: Duration) -> Result<
     };
     let out_of_range = || format!("{WHAT} {key} is out of range");
     let nanos: i128 = match v {
-        Value::String(s) => {
-            i128::from(crate::syntax::parse_go_duration(s).map_err(|e| format!("{WHAT} {key}: {e}"))?)
-        }
+        Value::String(s) => i128::from(
+            crate::syntax::parse_go_duration(s).map_err(|e| format!("{WHAT} {key}: {e}"))?,
+        ),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 i128::from(i) * 1_000_000_000
@@ -196,7 +201,12 @@ fn duration_opt(o: &Map<String, Value>, key: &str, default: Duration) -> Result<
                 return Err(out_of_range());
             }
         }
-        other => return Err(format!("{WHAT} {key} has unsupported type {}", go_type_name(other))),
+        other => {
+            return Err(format!(
+                "{WHAT} {key} has unsupported type {}",
+                go_type_name(other)
+            ))
+        }
     };
     if nanos <= 0 {
         // The original accepted these and then failed every warm/drain at once.
@@ -374,7 +384,13 @@ impl Ec2Target {
             .set_instance_ids(Some(ids.clone()))
             .send()
             .await
-            .map_err(|e| format!("ec2 describe instances {}: {}", self.ids(), DisplayErrorContext(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "ec2 describe instances {}: {}",
+                    self.ids(),
+                    DisplayErrorContext(&e)
+                )
+            })?;
         let mut snap = Snapshot::default();
         for r in out.reservations() {
             for i in r.instances() {
@@ -390,7 +406,10 @@ impl Ec2Target {
         }
         for id in ids {
             if !snap.states.contains_key(id) {
-                return Err(format!("ec2 describe instances did not return {}", crate::syntax::go_quote(id)));
+                return Err(format!(
+                    "ec2 describe instances did not return {}",
+                    crate::syntax::go_quote(id)
+                ));
             }
         }
         for id in ids {
@@ -424,15 +443,20 @@ impl Ec2Target {
                     );
                     announced = true;
                 }
-                by(deadline, c.start_instances().set_instance_ids(Some(startable.clone())).send())
-                    .await?
-                    .map_err(|e| {
-                        format!(
-                            "ec2 start instances {}: {}",
-                            Ids(&startable),
-                            DisplayErrorContext(&e)
-                        )
-                    })?;
+                by(
+                    deadline,
+                    c.start_instances()
+                        .set_instance_ids(Some(startable.clone()))
+                        .send(),
+                )
+                .await?
+                .map_err(|e| {
+                    format!(
+                        "ec2 start instances {}: {}",
+                        Ids(&startable),
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             } else {
                 self.log.debug(
                     "waiting for ec2 instances",
@@ -519,14 +543,12 @@ impl Ec2Target {
         match self.warm_inner(deadline, &mut last).await {
             Ok(()) => {}
             Err(Step::Failed(e)) => return Err(e),
-            Err(Step::Late) => {
-                return Err(format!(
-                    "wait for ec2 instances {} to reach running: timed out after {} (last seen: {})",
-                    self.ids(),
-                    format_go_duration(timeout),
-                    last.describe(ids)
-                ))
-            }
+            Err(Step::Late) => return Err(format!(
+                "wait for ec2 instances {} to reach running: timed out after {} (last seen: {})",
+                self.ids(),
+                format_go_duration(timeout),
+                last.describe(ids)
+            )),
         }
         for (e, id) in self.own_tcp_endpoints(&last) {
             self.wait_tcp(&e, &id, deadline, timeout).await?;
@@ -538,10 +560,17 @@ impl Ec2Target {
         Ok(())
     }
 
-    async fn wait_tcp(&self, e: &Endpoint, id: &str, deadline: Instant, timeout: Duration) -> Result<(), String> {
+    async fn wait_tcp(
+        &self,
+        e: &Endpoint,
+        id: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), String> {
         loop {
             let attempt = (Instant::now() + TCP_PROBE_TIMEOUT).min(deadline);
-            if let Ok(Ok(_)) = tokio::time::timeout_at(attempt, TcpStream::connect(e.address)).await {
+            if let Ok(Ok(_)) = tokio::time::timeout_at(attempt, TcpStream::connect(e.address)).await
+            {
                 return Ok(());
             }
             if Instant::now() + TCP_PROBE_INTERVAL >= deadline {
@@ -645,11 +674,16 @@ mod tests {
         assert_eq!(o.start_timeout, Duration::from_secs(90));
         assert_eq!(o.stop_timeout, Duration::from_millis(1500));
         assert_eq!(o.on_shutdown, OnShutdown::Stop);
-        let o = parse("instance_id: i-1\nhibernate: true\nstart_timeout: 1m30s\nregion: \"\"").unwrap();
+        let o =
+            parse("instance_id: i-1\nhibernate: true\nstart_timeout: 1m30s\nregion: \"\"").unwrap();
         assert!(o.hibernate);
         assert_eq!(o.start_timeout, Duration::from_secs(90));
         assert_eq!(o.region, None);
-        assert!(!parse("instance_id: i-1\nhibernate: False").unwrap().hibernate);
+        assert!(
+            !parse("instance_id: i-1\nhibernate: False")
+                .unwrap()
+                .hibernate
+        );
     }
 
     #[test]
@@ -657,18 +691,54 @@ mod tests {
         let p = "aws ec2 target option";
         let cases: &[(&str, String)] = &[
             ("", format!("{p} instance_id or instance_ids is required")),
-            ("region: x", format!("{p} instance_id or instance_ids is required")),
-            ("instance_id: \"\"", format!("{p} instance_id must not be empty")),
-            ("instance_id: 5", format!("{p} instance_id must be a string")),
-            ("instance_id: null", format!("{p} instance_id must be a string")),
-            ("instance_ids: []", format!("{p} instance_ids must not be empty")),
-            ("instance_ids: [i-1, \"\"]", format!("{p} instance_ids must not contain empty values")),
-            ("instance_ids: i-1", format!("{p} instance_ids must be a string array")),
-            ("instance_ids: [i-1, 2]", format!("{p} instance_ids must contain only strings")),
-            ("instance_id: i-1\nregion: 1", format!("{p} region must be a string")),
-            ("instance_id: i-1\nprofile: [a]", format!("{p} profile must be a string")),
-            ("instance_id: i-1\nhibernate: yes", format!("{p} hibernate must be true or false")),
-            ("instance_id: i-1\nhibernate: 1", format!("{p} hibernate must be a boolean")),
+            (
+                "region: x",
+                format!("{p} instance_id or instance_ids is required"),
+            ),
+            (
+                "instance_id: \"\"",
+                format!("{p} instance_id must not be empty"),
+            ),
+            (
+                "instance_id: 5",
+                format!("{p} instance_id must be a string"),
+            ),
+            (
+                "instance_id: null",
+                format!("{p} instance_id must be a string"),
+            ),
+            (
+                "instance_ids: []",
+                format!("{p} instance_ids must not be empty"),
+            ),
+            (
+                "instance_ids: [i-1, \"\"]",
+                format!("{p} instance_ids must not contain empty values"),
+            ),
+            (
+                "instance_ids: i-1",
+                format!("{p} instance_ids must be a string array"),
+            ),
+            (
+                "instance_ids: [i-1, 2]",
+                format!("{p} instance_ids must contain only strings"),
+            ),
+            (
+                "instance_id: i-1\nregion: 1",
+                format!("{p} region must be a string"),
+            ),
+            (
+                "instance_id: i-1\nprofile: [a]",
+                format!("{p} profile must be a string"),
+            ),
+            (
+                "instance_id: i-1\nhibernate: maybe",
+                format!("{p} hibernate must be true or false"),
+            ),
+            (
+                "instance_id: i-1\nhibernate: 1",
+                format!("{p} hibernate must be a boolean"),
+            ),
             (
                 "instance_id: i-1\nstart_timeout: 10x",
                 format!("{p} start_timeout: time: unknown unit \"x\" in duration \"10x\""),
@@ -677,18 +747,42 @@ mod tests {
                 "instance_id: i-1\nstop_timeout: soon",
                 format!("{p} stop_timeout: time: invalid duration \"soon\""),
             ),
-            ("instance_id: i-1\nstart_timeout: true", format!("{p} start_timeout has unsupported type bool")),
+            (
+                "instance_id: i-1\nstart_timeout: true",
+                format!("{p} start_timeout has unsupported type bool"),
+            ),
             (
                 "instance_id: i-1\nstop_timeout: [1]",
                 format!("{p} stop_timeout has unsupported type []interface {{}}"),
             ),
-            ("instance_id: i-1\nstart_timeout: 0", format!("{p} start_timeout must be greater than zero")),
-            ("instance_id: i-1\nstart_timeout: 0s", format!("{p} start_timeout must be greater than zero")),
-            ("instance_id: i-1\nstop_timeout: -5m", format!("{p} stop_timeout must be greater than zero")),
-            ("instance_id: i-1\nstop_timeout: -0.5", format!("{p} stop_timeout must be greater than zero")),
-            ("instance_id: i-1\nstop_timeout: 1e300", format!("{p} stop_timeout is out of range")),
-            ("instance_id: i-1\non_shutdown: halt", format!("{p} on_shutdown must be stop or leave")),
-            ("instance_id: i-1\non_shutdown: true", format!("{p} on_shutdown must be a string")),
+            (
+                "instance_id: i-1\nstart_timeout: 0",
+                format!("{p} start_timeout must be greater than zero"),
+            ),
+            (
+                "instance_id: i-1\nstart_timeout: 0s",
+                format!("{p} start_timeout must be greater than zero"),
+            ),
+            (
+                "instance_id: i-1\nstop_timeout: -5m",
+                format!("{p} stop_timeout must be greater than zero"),
+            ),
+            (
+                "instance_id: i-1\nstop_timeout: -0.5",
+                format!("{p} stop_timeout must be greater than zero"),
+            ),
+            (
+                "instance_id: i-1\nstop_timeout: 1e300",
+                format!("{p} stop_timeout is out of range"),
+            ),
+            (
+                "instance_id: i-1\non_shutdown: halt",
+                format!("{p} on_shutdown must be stop or leave"),
+            ),
+            (
+                "instance_id: i-1\non_shutdown: true",
+                format!("{p} on_shutdown must be a string"),
+            ),
         ];
         for (yaml, want) in cases {
             assert_eq!(&err(yaml), want, "options: {yaml}");
