@@ -606,6 +606,12 @@ fn daemon_warms_and_drains_with_config_from_the_environment() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ids = rt.block_on(async { stopped_instances(&client(&moto.url()), 1).await });
     let home = tempfile::tempdir().unwrap();
+    // A named profile carries the region; the default profile has none.
+    std::fs::write(
+        home.path().join("config"),
+        "[profile moto]\nregion = us-east-1\n",
+    )
+    .unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -700,6 +706,18 @@ frontends: []
     );
     let e = t.warm().await.unwrap_err();
     assert!(e.starts_with("load aws config: no region"), "{e}");
+
+    // The profile option selects the shared-config profile, which supplies the region.
+    m.insert("profile".into(), Value::String("moto".into()));
+    let t = Ec2Target::new(
+        "box",
+        &[],
+        Logger::discard(),
+        Ec2Options::parse(&m).unwrap(),
+        None,
+    );
+    t.warm().await.unwrap();
+    assert_eq!(state(&c, &id).await, InstanceStateName::Running);
     d.stop().await;
 }
 
