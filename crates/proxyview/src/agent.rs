@@ -59,7 +59,7 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
         match agent.clone().session().await {
             Err(SessionError::Fatal(msg)) => anyhow::bail!("{msg}"),
             Err(SessionError::Retry(msg)) => warn!(error = %msg, "tunnel down"),
-            Ok(()) => info!("tunnel closed by the server"),
+            Ok(()) => info!("tunnel closed"),
         }
         if started.elapsed() >= protocol::RECONNECT_STABLE {
             failures = 0;

@@ -1,5 +1,6 @@
 //! A WebSocket seen as a byte stream: binary message payloads concatenated, so HTTP/2 can run on it.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -17,7 +18,11 @@ use crate::protocol::MAX_WS_MESSAGE;
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,
     pending: Bytes,
+    closing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a shutdown may spend flushing to a peer that does not read (a dead peer).
+pub const SHUTDOWN_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S> WsIo<S> {
     /// Wraps an established WebSocket whose control exchange (Hello/HelloAck) is done.
@@ -25,6 +30,7 @@ impl<S> WsIo<S> {
         Self {
             ws,
             pending: Bytes::new(),
+            closing: None,
         }
     }
 }
@@ -119,8 +125,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_err)
     }
 
+    /// Sends a Close frame and shuts the TCP write side without waiting for the peer's Close:
+    /// the WebSocket layer's own close reads until the peer answers, which hangs forever on the
+    /// dead peer a heartbeat timeout has just detected. Flushing is bounded for the same reason.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(ws_err)
+        if self.closing.is_none() {
+            self.closing = Some(Box::pin(tokio::time::sleep(SHUTDOWN_FLUSH_LIMIT)));
+            if let Poll::Ready(Ok(())) = Pin::new(&mut self.ws).poll_ready(cx) {
+                let _ = Pin::new(&mut self.ws).start_send(Message::close(None, ""));
+            }
+        }
+        if Pin::new(&mut self.ws).poll_flush(cx).is_pending() {
+            let expired = self
+                .closing
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if !expired {
+                return Poll::Pending;
+            }
+        }
+        Pin::new(self.ws.get_mut()).poll_shutdown(cx)
     }
 }
 
