@@ -76,25 +76,31 @@ fn load_config(detected: Option<SocketAddr>, meta: Option<&Detected>) -> Result<
 
 /// Runtime metadata, either known already or still being detected.
 enum Metadata {
-    Ready(Detected),
+    Ready(Box<Detected>),
     Pending(JoinHandle<Detected>),
 }
 
 /// Starts metadata detection; it never holds up the listener (see [`settle`]).
-fn start_metadata() -> JoinHandle<Detected> {
-    tokio::spawn(async {
-        metadata::detect(&ProcessEnv, &HostProbe::default(), metadata::DETECT_BUDGET).await
-    })
+fn start_metadata() -> (JoinHandle<Detected>, Duration) {
+    let (budget, problem) = metadata::detect_budget(&ProcessEnv);
+    if let Some(p) = problem {
+        DIAG.log(p);
+    }
+    let task =
+        tokio::spawn(
+            async move { metadata::detect(&ProcessEnv, &HostProbe::default(), budget).await },
+        );
+    (task, budget)
 }
 
 /// Called once the listener is bound. With `APP_NAME` set, metadata only enriches later entries
 /// and nothing waits for it. With `APP_NAME` unset the name may come from metadata (EKS
 /// deployment → ECS family → hostname), so we wait for detection — at most its 200 ms budget,
-/// while the kernel already queues connections — and recompute the configuration with it; the
+/// (`METADATA_DETECT_TIMEOUT`) while the kernel already queues connections — and recompute the configuration with it; the
 /// name then never changes during the process lifetime.
 async fn settle(
     config: Config,
-    meta: JoinHandle<Detected>,
+    (meta, budget): (JoinHandle<Detected>, Duration),
     detected: Option<SocketAddr>,
 ) -> Result<(Config, Metadata), Fatal> {
     let app_name_set = ProcessEnv
@@ -103,7 +109,7 @@ async fn settle(
     if app_name_set {
         return Ok((config, Metadata::Pending(meta)));
     }
-    let found = tokio::time::timeout(metadata::DETECT_BUDGET + METADATA_GRACE, meta)
+    let found = tokio::time::timeout(budget + METADATA_GRACE, meta)
         .await
         .ok()
         .and_then(Result::ok)
@@ -113,7 +119,7 @@ async fn settle(
     } else {
         config
     };
-    Ok((config, Metadata::Ready(found)))
+    Ok((config, Metadata::Ready(Box::new(found))))
 }
 
 /// Resolves the region and SDK configuration off the serving path and activates the sinks.
@@ -125,7 +131,7 @@ async fn start_cloudwatch(
     groups: (String, String),
 ) {
     let detected = match meta {
-        Metadata::Ready(d) => d,
+        Metadata::Ready(d) => *d,
         Metadata::Pending(task) => {
             let d = task.await.unwrap_or_default();
             if let Some(json) = d.meta.to_json() {

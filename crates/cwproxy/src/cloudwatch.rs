@@ -110,7 +110,10 @@ impl Queue {
         let message = match cwlogs::trim_event(message, MAX_EVENT_BYTES) {
             Ok(m) => m,
             Err(e) => {
-                self.drop_one(&format!("dropping CloudWatch {} event: {e}", self.kind.as_str()));
+                self.drop_one(&format!(
+                    "dropping CloudWatch {} event: {e}",
+                    self.kind.as_str()
+                ));
                 return;
             }
         };
@@ -230,7 +233,14 @@ impl Sinks {
             let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
             let (act_tx, act_rx) = oneshot::channel();
             let stats = Arc::new(Stats::default());
-            let handle = tokio::spawn(run(kind, rx, act_rx, Arc::clone(&stats), stop_rx.clone(), diag.clone()));
+            let handle = tokio::spawn(run(
+                kind,
+                rx,
+                act_rx,
+                Arc::clone(&stats),
+                stop_rx.clone(),
+                diag.clone(),
+            ));
             tasks.push(SinkTask {
                 kind,
                 stats: Arc::clone(&stats),
@@ -267,7 +277,10 @@ impl Sinks {
         let mut complete = true;
         for task in self.tasks {
             let mut handle = task.handle;
-            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
                 handle.abort();
                 let _ = handle.await;
                 let s = &task.stats;
@@ -308,7 +321,10 @@ pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
     )
     .or_else("EcsContainer", EcsCredentialsProvider::builder().build());
     if imds_allowed {
-        chain = chain.or_else("Ec2InstanceMetadata", ImdsCredentialsProvider::builder().build());
+        chain = chain.or_else(
+            "Ec2InstanceMetadata",
+            ImdsCredentialsProvider::builder().build(),
+        );
     }
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
@@ -368,7 +384,9 @@ fn describe<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
 fn backoff(attempt: u32, cap: Duration) -> Duration {
     let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
     let ceiling = exp.min(cap);
-    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+    let ms = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
 }
 
@@ -548,7 +566,8 @@ impl Sink {
                 Err(e) => {
                     // Unreachable with both fields set; still accounted for.
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    self.diag.log(format_args!("build CloudWatch log event: {e}"));
+                    self.diag
+                        .log(format_args!("build CloudWatch log event: {e}"));
                 }
             }
         }
@@ -621,6 +640,7 @@ fn rejected_count(info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo, n
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -4,7 +4,7 @@
 
 pub mod app;
 pub mod cloudwatch;
-pub mod cwlogs;
-pub mod metadata;
 pub mod config;
+pub mod cwlogs;
 pub mod health;
+pub mod metadata;

@@ -15,6 +15,8 @@ use crate::config::Env;
 
 /// Total time metadata detection may take (all sources run concurrently within it).
 pub const DETECT_BUDGET: Duration = Duration::from_millis(200);
+/// Overrides [`DETECT_BUDGET`] (a Go duration, e.g. `500ms`), for slow metadata endpoints.
+pub const DETECT_TIMEOUT_ENV: &str = "METADATA_DETECT_TIMEOUT";
 /// Largest ECS metadata body read.
 const MAX_ECS_BODY: usize = 64 << 10;
 /// Where Kubernetes mounts the service-account files.
@@ -178,14 +180,42 @@ impl HostProbe {
     }
 }
 
+/// The detection budget: `METADATA_DETECT_TIMEOUT` or [`DETECT_BUDGET`]; an invalid value
+/// falls back to the default and is returned as the error text to report.
+pub fn detect_budget(env: &dyn Env) -> (Duration, Option<String>) {
+    let raw = env.get(DETECT_TIMEOUT_ENV).unwrap_or_default();
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return (DETECT_BUDGET, None);
+    }
+    match gosyntax::parse_go_duration_nonneg(raw) {
+        Ok(d) if d <= Duration::from_secs(60) => (d, None),
+        Ok(_) => (
+            DETECT_BUDGET,
+            Some(format!(
+                "{DETECT_TIMEOUT_ENV} must be at most 1m, got {raw:?}; using 200ms"
+            )),
+        ),
+        Err(e) => (
+            DETECT_BUDGET,
+            Some(format!(
+                "{DETECT_TIMEOUT_ENV} must be a valid duration: {e}; using 200ms"
+            )),
+        ),
+    }
+}
+
 /// Runs every detector concurrently, each cut off at the shared `budget`.
 pub async fn detect(env: &(dyn Env + Sync), host: &HostProbe, budget: Duration) -> Detected {
     let deadline = tokio::time::Instant::now() + budget;
-    let ecs_endpoint = ["ECS_CONTAINER_METADATA_URI_V4", "ECS_CONTAINER_METADATA_URI"]
-        .iter()
-        .filter_map(|k| env.get(k))
-        .map(|v| v.trim().trim_end_matches('/').to_owned())
-        .find(|v| !v.is_empty());
+    let ecs_endpoint = [
+        "ECS_CONTAINER_METADATA_URI_V4",
+        "ECS_CONTAINER_METADATA_URI",
+    ]
+    .iter()
+    .filter_map(|k| env.get(k))
+    .map(|v| v.trim().trim_end_matches('/').to_owned())
+    .find(|v| !v.is_empty());
     let imds = imds_allowed(env, host);
     let eks = detect_eks(env);
     let ecs = async {
@@ -327,11 +357,7 @@ pub fn token_claims(token: &str) -> Option<TokenClaims> {
     let bytes = base64url_decode(payload)?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     let k = v.get("kubernetes.io")?;
-    let sub = |obj: &str, key: &str| {
-        k.get(obj)
-            .map(|o| field(o, key))
-            .unwrap_or_default()
-    };
+    let sub = |obj: &str, key: &str| k.get(obj).map(|o| field(o, key)).unwrap_or_default();
     Some(TokenClaims {
         namespace: field(k, "namespace"),
         pod_name: sub("pod", "name"),
@@ -371,7 +397,10 @@ pub fn deployment_name(pod: &str) -> Option<String> {
     if parts.len() < 3 {
         return None;
     }
-    let lower_alnum = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let lower_alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     let suffix = parts[parts.len() - 1];
     let hash = parts[parts.len() - 2];
     let ok = suffix.len() == 5
@@ -391,7 +420,14 @@ pub fn detect_eks(env: &dyn Env) -> Option<EksMeta> {
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_SERVICEACCOUNT_DIR), PathBuf::from);
     let exec_env = first_env(env, &["AWS_EXECUTION_ENV"]);
-    let cluster = first_env(env, &["EKS_CLUSTER_NAME", "KUBERNETES_CLUSTER_NAME", "CLUSTER_NAME"]);
+    let cluster = first_env(
+        env,
+        &[
+            "EKS_CLUSTER_NAME",
+            "KUBERNETES_CLUSTER_NAME",
+            "CLUSTER_NAME",
+        ],
+    );
     let node = first_env(env, &["NODE_NAME", "K8S_NODE_NAME"]);
     let mut namespace = first_env(env, &["POD_NAMESPACE", "K8S_NAMESPACE"]);
     let mut pod = first_env(env, &["POD_NAME"]);
@@ -440,6 +476,7 @@ pub fn detect_eks(env: &dyn Env) -> Option<EksMeta> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -451,7 +488,10 @@ mod tests {
         );
         assert_eq!(deployment_name("orders-api-0"), None);
         assert_eq!(deployment_name("orders-api-notahash-pxk9m"), None);
-        assert_eq!(deployment_name("web-5d9f7c6b8-abcde").as_deref(), Some("web"));
+        assert_eq!(
+            deployment_name("web-5d9f7c6b8-abcde").as_deref(),
+            Some("web")
+        );
         assert_eq!(deployment_name("web-5d9f7c6b8-abcd"), None);
         assert_eq!(deployment_name("-5d9f7c6b8-abcde"), None);
     }
@@ -463,7 +503,10 @@ mod tests {
             task_arn: "arn:aws:ecs:eu-west-1:123:task/x".into(),
             ..EcsMeta::default()
         });
-        let both = [("AWS_REGION", "us-east-1"), ("AWS_DEFAULT_REGION", "us-west-2")];
+        let both = [
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_DEFAULT_REGION", "us-west-2"),
+        ];
         assert_eq!(
             resolve_region(&both, &d),
             Some(("us-east-1".into(), RegionSource::AwsRegion))
@@ -541,7 +584,10 @@ mod tests {
             hypervisor_uuid: tmp.path().join("none"),
         };
         assert!(imds_allowed(&none, &ec2));
-        assert!(!imds_allowed(&[("AWS_EC2_METADATA_DISABLED", "true")], &ec2));
+        assert!(!imds_allowed(
+            &[("AWS_EC2_METADATA_DISABLED", "true")],
+            &ec2
+        ));
         std::fs::write(tmp.path().join("uuid"), "ec2e1916-9099-7caf\n").unwrap();
         let xen = HostProbe {
             dmi_dir: tmp.path().join("none"),
@@ -554,7 +600,8 @@ mod tests {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in data.chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+                << (8 * (3 - chunk.len()));
             for i in 0..=chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
