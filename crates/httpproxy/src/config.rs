@@ -103,7 +103,7 @@ impl Logger {
     pub fn stderr(prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Logger(Arc::new(move |msg: &str| {
-            eprintln!("{} {prefix}{msg}", crate::logtime::now_local());
+            eprintln!("{} {prefix}{msg}", telemetry::diag::local_timestamp());
         }))
     }
 

@@ -20,7 +20,6 @@ mod body;
 mod config;
 mod exchange;
 mod headers;
-mod logtime;
 mod proxy;
 pub mod retry;
 mod server;
