@@ -377,6 +377,9 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     let r = read_until(&mut first, "peer=");
     let cold = t0.elapsed();
     eprintln!("cold start: first byte after {cold:?} (backend listens after {DELAY_MS} ms)");
+    if std::env::var_os("PROXYGW_TEST_SHOW_LOG").is_some() {
+        eprintln!("{}", d.log_text());
+    }
     assert!(r.starts_with("peer="), "{r}");
     assert!(
         cold >= Duration::from_millis(DELAY_MS),

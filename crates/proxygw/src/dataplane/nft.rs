@@ -287,6 +287,9 @@ impl Dataplane for NftDataplane {
 
     async fn flush_flows(&mut self, group: &str, udp_only: bool) -> Result<(), DataplaneError> {
         let mappings = self.group(group)?.0.clone();
+        if udp_only && mappings.iter().all(|m| m.protocol != Protocol::Udp) {
+            return Ok(());
+        }
         tokio::task::spawn_blocking(move || {
             conntrack::delete_where(|f: &Flow| {
                 (!udp_only || f.protocol == Protocol::Udp)

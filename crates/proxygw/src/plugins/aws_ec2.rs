@@ -540,15 +540,18 @@ impl Ec2Target {
         let timeout = self.opts.start_timeout;
         let deadline = Instant::now() + timeout;
         let mut last = Snapshot::default();
-        match self.warm_inner(deadline, &mut last).await {
-            Ok(()) => {}
-            Err(Step::Failed(e)) => return Err(e),
-            Err(Step::Late) => return Err(format!(
+        let late = |last: &Snapshot| {
+            format!(
                 "wait for ec2 instances {} to reach running: timed out after {} (last seen: {})",
                 self.ids(),
                 format_go_duration(timeout),
                 last.describe(ids)
-            )),
+            )
+        };
+        match self.warm_inner(deadline, &mut last).await {
+            Ok(()) => {}
+            Err(Step::Failed(e)) => return Err(e),
+            Err(Step::Late) => return Err(late(&last)),
         }
         for (e, id) in self.own_tcp_endpoints(&last) {
             self.wait_tcp(&e, &id, deadline, timeout).await?;

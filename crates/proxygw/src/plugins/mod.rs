@@ -408,8 +408,10 @@ mod example_tests {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
-                let cfg = crate::config::load_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                reg.check_config(&cfg).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let cfg =
+                    crate::config::load_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                reg.check_config(&cfg)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 n += 1;
             }
         }

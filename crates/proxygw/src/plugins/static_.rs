@@ -744,9 +744,7 @@ impl Cmd {
         let limit = self.ready_timeout;
         let probes = async {
             for addr in &self.tcp_endpoints {
-                process::wait_tcp_ready(*addr, limit)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                wait_accepting(*addr).await;
             }
             Ok::<(), String>(())
         };
@@ -775,6 +773,21 @@ impl Cmd {
         }
         // The monitor already saw the exit; wait for it to finish cleaning the group.
         let _ = r.exited.wait_for(|e| e.is_some()).await;
+    }
+}
+
+/// Probe interval of the readiness wait: short, because every interval is added to a cold client's wait.
+pub const READY_POLL: Duration = Duration::from_millis(10);
+
+/// Returns once `addr` accepts a TCP connection (the caller bounds the wait).
+async fn wait_accepting(addr: SocketAddr) {
+    loop {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        {
+            return;
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
