@@ -101,11 +101,21 @@ fn sigterm_reaches_the_child_and_its_code_is_ours() {
     assert!(get(proxy.port).ends_with('x'));
     proxy.signal(libc::SIGTERM);
     assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(42));
-    assert!(proxy
+    // The stderr reader thread may still be draining the pipe after the exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !proxy
         .stderr
         .lock()
         .unwrap()
-        .contains("forwarding signal SIGTERM to inspector child"));
+        .contains("forwarding signal SIGTERM to inspector child")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stderr: {}",
+            proxy.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
