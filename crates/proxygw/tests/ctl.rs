@@ -381,3 +381,40 @@ async fn ctl_errors_follow_the_spec() {
         "{err}"
     );
 }
+
+#[test]
+fn daemon_reports_config_errors_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        config(dir.path(), "json").replace("version: v1", "version: v2"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxygw"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("level=ERROR msg=\"proxygw failed\""), "{err}");
+    assert!(
+        err.contains(&format!(
+            "load config \\\"{}\\\": unsupported version \\\"v2\\\"",
+            path.display()
+        )),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_proxygw"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_proxygw"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
