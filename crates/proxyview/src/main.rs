@@ -92,6 +92,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bound.internal, bound.external
                 );
                 shutdown_signal().await;
+                eprintln!("proxyview server draining");
+                if !server.shutdown(proxyview::protocol::SHUTDOWN_GRACE).await {
+                    eprintln!(
+                        "proxyview server: requests still running after the grace period were cut"
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             });
             if let Some(p) = pipeline {

@@ -137,6 +137,8 @@ pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// A session that lived this long resets the agent's back-off.
 pub const RECONNECT_STABLE: Duration = Duration::from_secs(30);
+/// How long the server lets requests in flight finish after SIGTERM/SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a rejected peer's unread bytes are drained after the 403, so the close is a FIN
 /// the caller can read the answer before, not an RST that destroys it.
 pub const REJECT_DRAIN: Duration = Duration::from_millis(500);

@@ -37,6 +37,8 @@ pub struct Server {
     router: Router,
     sink: Option<Arc<dyn AccessSink>>,
     next_session: AtomicU64,
+    stopping: tokio::sync::watch::Sender<bool>,
+    connections: tokio_util::task::TaskTracker,
 }
 
 /// Addresses the server actually bound (ports may have been 0 in the config).
@@ -58,12 +60,24 @@ impl Server {
             router,
             sink,
             next_session: AtomicU64::new(1),
+            stopping: tokio::sync::watch::Sender::new(false),
+            connections: tokio_util::task::TaskTracker::new(),
         })
     }
 
     /// The route table (for diagnostics).
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Stops accepting, lets requests in flight finish for at most `grace`, and returns whether
+    /// every connection ended in time. Agent sessions are not drained: agents reconnect.
+    pub async fn shutdown(&self, grace: std::time::Duration) -> bool {
+        self.stopping.send_replace(true);
+        self.connections.close();
+        tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_ok()
     }
 
     /// Binds both listeners and spawns their accept loops.
@@ -101,8 +115,14 @@ impl Server {
             Port::Internal => self.cfg.internal_allow.clone(),
             Port::External => self.cfg.external_allow.clone(),
         };
+        let mut stopping = self.stopping.subscribe();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // Dropping the listener makes new connections fail at once during the drain.
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -121,7 +141,8 @@ impl Server {
             }
             let _ = tcp.set_nodelay(true);
             let s = self.clone();
-            tokio::spawn(async move { s.serve_connection(tcp, peer, port).await });
+            self.connections
+                .spawn(async move { s.serve_connection(tcp, peer, port).await });
         }
     }
 
@@ -140,11 +161,18 @@ impl Server {
         b.timer(TokioTimer::new())
             .header_read_timeout(self.cfg.header_read_timeout)
             .max_buf_size(256 * 1024);
-        if let Err(e) = b
-            .serve_connection(TokioIo::new(tcp), svc)
-            .with_upgrades()
-            .await
-        {
+        let conn = b.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+        tokio::pin!(conn);
+        let mut stopping = self.stopping.subscribe();
+        let r = tokio::select! {
+            r = conn.as_mut() => r,
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                // Finish the request in flight (if any), then close instead of keeping alive.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = r {
             debug!(%peer, error = %e, "connection ended with error");
         }
     }

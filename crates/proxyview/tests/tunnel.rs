@@ -581,3 +581,34 @@ async fn access_log_line_names_the_route() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_refuses_new_ones() {
+    let (mut server, _agent, _) = setup("", "").await;
+    let ext = server.external;
+    let pending = tokio::spawn(async move { get_text(ext, "route1", "/sleep/1000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &server.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(server.proc.wait_log("draining", T).await);
+    assert!(
+        TcpStream::connect(ext).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let (s, body) = tokio::time::timeout(T, pending).await.unwrap().unwrap();
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "slept"));
+    let status = server
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("server exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "drain took {:?}",
+        t0.elapsed()
+    );
+}
