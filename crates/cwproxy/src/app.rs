@@ -160,26 +160,29 @@ async fn start_cloudwatch(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (traffic_group, health_group) = groups;
-    activator.activate(
-        Kind::Traffic,
-        Activation {
-            client: client.clone(),
-            target: Target {
-                group: traffic_group,
-                stream: crate::cwlogs::stream_name(&app_name, "traffic", pid, now),
+    for (kind, var, group) in [
+        (Kind::Traffic, "LOG_GROUP_NAME", traffic_group),
+        (Kind::Health, "HEALTH_LOG_GROUP_NAME", health_group),
+    ] {
+        if let Err(e) = crate::cwlogs::validate_group_name(&group) {
+            // Left unactivated, the sink is off; stdout is unaffected.
+            DIAG.log(format_args!(
+                "failed to initialize CloudWatch {} sink: {var} {e}",
+                kind.as_str()
+            ));
+            continue;
+        }
+        activator.activate(
+            kind,
+            Activation {
+                client: client.clone(),
+                target: Target {
+                    group,
+                    stream: crate::cwlogs::stream_name(&app_name, kind.as_str(), pid, now),
+                },
             },
-        },
-    );
-    activator.activate(
-        Kind::Health,
-        Activation {
-            client,
-            target: Target {
-                group: health_group,
-                stream: crate::cwlogs::stream_name(&app_name, "health", pid, now),
-            },
-        },
-    );
+        );
+    }
 }
 
 /// Binds `:port` on every interface, dual stack like Go's `":port"`, falling back to IPv4 only.

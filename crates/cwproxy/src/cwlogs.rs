@@ -15,6 +15,28 @@ pub const MAX_BATCH_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
 /// Marker appended to a body shortened to fit [`MAX_EVENT_BYTES`] (the capture marker).
 pub const TRUNCATED_MARKER: &str = "...(truncated)";
 
+/// Longest log group or stream name.
+pub const MAX_NAME_LEN: usize = 512;
+
+/// Checks a log group name against CloudWatch's rules (1–512 of `[A-Za-z0-9._/#-]`), so a bad
+/// `LOG_GROUP_NAME` (or an `APP_NAME` with spaces in the default) is reported clearly up front.
+pub fn validate_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{name:?} is not a valid CloudWatch log group name: it must be 1 to {MAX_NAME_LEN} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#')))
+    {
+        return Err(format!(
+            "{name:?} is not a valid CloudWatch log group name: {bad:?} is not allowed (only letters, digits and . - _ / #)"
+        ));
+    }
+    Ok(())
+}
+
 /// One log event waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEvent {
@@ -49,7 +71,10 @@ pub fn stream_name(app_name: &str, kind: &str, pid: u32, unix_seconds: u64) -> S
     if out.is_empty() {
         out.push_str("cwproxy");
     }
-    format!("{out}-{pid}-{unix_seconds}")
+    let suffix = format!("-{pid}-{unix_seconds}");
+    // ASCII only by now, so any byte index is a character boundary.
+    out.truncate(MAX_NAME_LEN - suffix.len());
+    out + &suffix
 }
 
 /// Sorts `events` by timestamp (stable: equal timestamps keep arrival order) and splits them into
@@ -386,6 +411,23 @@ mod tests {
         );
         assert_eq!(stream_name("a//b  c", "health", 1, 2), "a-b-c-health-1-2");
         assert_eq!(stream_name("ü.x_y", "health", 1, 2), "-.x_y-health-1-2");
+    }
+
+    #[test]
+    fn stream_names_are_capped_at_512() {
+        let name = stream_name(&"a".repeat(600), "traffic", 7, 9);
+        assert_eq!(name.len(), MAX_NAME_LEN);
+        assert!(name.ends_with("aaa-7-9"));
+    }
+
+    #[test]
+    fn group_names_are_validated() {
+        assert!(validate_group_name("/app/log/orders-api_1.x#2").is_ok());
+        let e = validate_group_name("/app/log/orders api").unwrap_err();
+        assert!(e.contains("' ' is not allowed"), "{e}");
+        assert!(validate_group_name("").is_err());
+        assert!(validate_group_name(&"a".repeat(513)).is_err());
+        assert!(validate_group_name(&"a".repeat(512)).is_ok());
     }
 
     #[test]

@@ -559,3 +559,31 @@ fn unanswered_metadata_endpoint_never_holds_up_serving() {
     }
     drop(silent);
 }
+
+#[test]
+fn invalid_log_group_name_turns_only_that_sink_off_with_a_clear_line() {
+    let moto = Moto::start();
+    let up = Upstream::start();
+    let proxy = start(
+        &up,
+        &moto.url(),
+        &[
+            ("LOG_GROUP_NAME", "/app/log/orders api"),
+            ("HEALTH_INTERVAL", "1s"),
+        ],
+    );
+    get(proxy.port, "/served");
+    wait_lines(&proxy, 1);
+    let line = "failed to initialize CloudWatch traffic sink: LOG_GROUP_NAME \"/app/log/orders api\" is not a valid CloudWatch log group name: ' ' is not allowed";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stderr(&proxy).contains(line) {
+        assert!(Instant::now() < deadline, "stderr: {}", stderr(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The health sink is unaffected.
+    let cw = client(&moto.url(), "us-east-1");
+    let events = rt().block_on(wait_group(&cw, HEALTH, Duration::from_secs(20), |e| {
+        !e.is_empty()
+    }));
+    assert!(!events.is_empty(), "stderr: {}", stderr(&proxy));
+}
