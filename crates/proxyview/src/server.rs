@@ -379,7 +379,9 @@ impl Server {
         peer: SocketAddr,
         mut req: Request<Incoming>,
     ) -> Response<PvBody> {
-        let mut log = self.sink.as_ref().map(|_| LogCtx {
+        let mut log = self.sink.as_ref().map(|sink| LogCtx {
+            sink: sink.clone(),
+            done: false,
             start: SystemTime::now(),
             t0: Instant::now(),
             method: req.method().clone(),
@@ -631,6 +633,8 @@ enum Port {
 
 /// What the server remembers about a request until its log record is written.
 struct LogCtx {
+    sink: Arc<dyn AccessSink>,
+    done: bool,
     start: SystemTime,
     t0: Instant,
     method: Method,
@@ -650,12 +654,23 @@ impl LogCtx {
     }
 
     fn record(
-        self,
+        mut self,
         status: u16,
         response_headers: HeaderMap,
         response_body: Option<Capture>,
         local: u64,
     ) -> AccessRecord {
+        self.take_record(status, response_headers, response_body, local)
+    }
+
+    fn take_record(
+        &mut self,
+        status: u16,
+        response_headers: HeaderMap,
+        response_body: Option<Capture>,
+        local: u64,
+    ) -> AccessRecord {
+        self.done = true;
         let request_body =
             std::mem::take(&mut *self.request.lock().unwrap_or_else(|p| p.into_inner()));
         AccessRecord {
@@ -663,19 +678,32 @@ impl LogCtx {
                 start: self.start,
                 end: SystemTime::now(),
                 elapsed: self.t0.elapsed(),
-                method: self.method,
-                uri: self.uri,
+                method: self.method.clone(),
+                uri: std::mem::take(&mut self.uri),
                 tls: false,
-                request_headers: self.headers,
+                request_headers: std::mem::take(&mut self.headers),
                 request_body,
                 status,
                 response_headers,
                 response_body,
                 local_response_bytes: local,
-                endpoint: Some(self.endpoint.unwrap_or_else(|| "unmatched".into())),
+                endpoint: Some(self.endpoint.take().unwrap_or_else(|| "unmatched".into())),
             },
-            client_id: self.client_id,
+            client_id: self.client_id.take(),
             session: self.session,
+        }
+    }
+}
+
+/// Status logged when the caller went away before a response head was sent (nginx's convention,
+/// as cwproxy logs it).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for LogCtx {
+    fn drop(&mut self) {
+        if !self.done {
+            let rec = self.take_record(CLIENT_CLOSED, HeaderMap::new(), None, 0);
+            self.sink.emit(rec);
         }
     }
 }

@@ -554,6 +554,16 @@ async fn access_log_line_names_the_route() {
     let (server, _agent, _) = setup("", "accessLog: true\n").await;
     let (s, _) = get_text(server.external, "route1", "/name?x=1").await;
     assert_eq!(s, StatusCode::OK);
+    // A caller that gives up before the answer is logged as 499.
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!("GET /sleep/3000?x=2 HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tcp);
     let end = Instant::now() + T;
     loop {
         let out = server.proc.stdout_text();
@@ -575,9 +585,17 @@ async fn access_log_line_names_the_route() {
                     .all(|k| !k.eq_ignore_ascii_case("auth-token")),
                 "token logged: {v}"
             );
-            break;
+            let aborted: Vec<serde_json::Value> = lines_all(&out)
+                .into_iter()
+                .filter(|v| v["request"]["queries"]["x"] == "2")
+                .collect();
+            if let Some(a) = aborted.first() {
+                assert_eq!(a["response"]["status"], 499, "{a}");
+                assert_eq!(a["Endpoint"], "route1");
+                break;
+            }
         }
-        assert!(Instant::now() < end, "no access log line in {out:?}");
+        assert!(Instant::now() < end, "no access log lines in {out:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -611,4 +629,10 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_ones() {
         "drain took {:?}",
         t0.elapsed()
     );
+}
+
+fn lines_all(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
