@@ -79,6 +79,10 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Batches retried at least once.
     pub retries: AtomicU64,
+    /// Batches CloudWatch accepted.
+    pub batches: AtomicU64,
+    /// Bytes of those batches as `PutLogEvents` counts them (message + 26 per event).
+    pub batch_bytes: AtomicU64,
     queued_bytes: AtomicUsize,
     disabled: AtomicBool,
 }
@@ -461,9 +465,14 @@ async fn run(
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     sink.take(&ev);
+                    // Full batches: send before this event would overflow one.
+                    if pending_bytes + ev.cost() > MAX_BATCH_BYTES {
+                        pending_bytes = 0;
+                        sink.flush(std::mem::take(&mut pending)).await;
+                    }
                     pending_bytes += ev.cost();
                     pending.push(ev);
-                    if pending.len() >= MAX_BATCH_EVENTS || pending_bytes >= MAX_BATCH_BYTES {
+                    if pending.len() >= MAX_BATCH_EVENTS {
                         pending_bytes = 0;
                         sink.flush(std::mem::take(&mut pending)).await;
                     }
@@ -555,6 +564,7 @@ impl Sink {
 
     async fn send(&self, batch: Vec<LogEvent>) {
         let n = batch.len() as u64;
+        let cost: u64 = batch.iter().map(|e| e.cost() as u64).sum();
         let mut input = Vec::with_capacity(batch.len());
         for ev in batch {
             match InputLogEvent::builder()
@@ -591,6 +601,8 @@ impl Sink {
                     self.stats
                         .delivered
                         .fetch_add(n_input - rejected, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.batch_bytes.fetch_add(cost, Ordering::Relaxed);
                     if rejected > 0 {
                         let total =
                             self.stats.failed.fetch_add(rejected, Ordering::Relaxed) + rejected;
