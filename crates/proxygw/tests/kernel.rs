@@ -331,7 +331,10 @@ fn cmd_config(dir: &Path) -> String {
              print('backend listening', flush=True)\n\
              while True:\n\
              \x20   c, a = s.accept()\n\
-             \x20   c.sendall(('peer=%s:%d\\n' % a).encode())\n\
+             \x20   try:\n\
+             \x20       c.sendall(('peer=%s:%d\\n' % a).encode())\n\
+             \x20   except OSError:\n\
+             \x20       pass  # readiness probes hang up at once\n\
              \x20   c.close()\n",
             delay = DELAY_MS as f64 / 1000.0
         ),
@@ -374,7 +377,16 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     // Cold: the first client is held, the command starts, and the client is served once it listens.
     let t0 = Instant::now();
     let mut first = connect(&t.client, &format!("{GW4}:7000")).unwrap();
-    let r = read_until(&mut first, "peer=");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut first, "peer=")
+    }))
+    .unwrap_or_else(|_| {
+        panic!(
+            "first client not served after {:?}; log:\n{}",
+            t0.elapsed(),
+            d.log_text()
+        )
+    });
     let cold = t0.elapsed();
     eprintln!("cold start: first byte after {cold:?} (backend listens after {DELAY_MS} ms)");
     if std::env::var_os("PROXYGW_TEST_SHOW_LOG").is_some() {
@@ -391,7 +403,10 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
 
     // Warm: later connections take the kernel DNAT path, so the backend sees the real client.
     let mut second = connect(&t.client, &format!("{GW4}:7000")).unwrap();
-    let r = read_until(&mut second, "peer=");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut second, "peer=")
+    }))
+    .unwrap_or_else(|_| panic!("second client not served; log:\n{}", d.log_text()));
     assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
     drop(second);
     let log = d.log_text();

@@ -260,7 +260,12 @@ pub fn read_until(s: &mut TcpStream, needle: &str) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     while !String::from_utf8_lossy(&out).contains(needle) {
-        let n = s.read(&mut buf).expect("read");
+        let n = s.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "read before {needle:?}: {e} (got {:?})",
+                String::from_utf8_lossy(&out)
+            )
+        });
         assert!(
             n > 0,
             "closed before {needle:?}: {}",
