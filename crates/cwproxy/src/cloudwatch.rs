@@ -85,6 +85,7 @@ pub struct Stats {
     pub batch_bytes: AtomicU64,
     queued_bytes: AtomicUsize,
     disabled: AtomicBool,
+    activated: AtomicBool,
 }
 
 /// Where one sink writes.
@@ -272,8 +273,8 @@ impl Sinks {
             .map(|t| Arc::clone(&t.stats))
     }
 
-    /// Sends what is queued and stops, within `budget`. Returns false when events were left
-    /// behind (their number is reported on stderr).
+    /// Sends what is queued and stops, within `budget`. Returns false when the budget ran out
+    /// with events still unsent; undelivered events are counted on stderr either way.
     pub async fn close(self, budget: Duration) -> bool {
         // Sinks not activated by now stay off.
         let _ = self.stop.send(true);
@@ -281,24 +282,32 @@ impl Sinks {
         let mut complete = true;
         for task in self.tasks {
             let mut handle = task.handle;
-            if tokio::time::timeout_at(deadline, &mut handle)
+            let timed_out = tokio::time::timeout_at(deadline, &mut handle)
                 .await
-                .is_err()
-            {
+                .is_err();
+            if timed_out {
                 handle.abort();
                 let _ = handle.await;
-                let s = &task.stats;
-                let lost = s.accepted.load(Ordering::Relaxed).saturating_sub(
-                    s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed),
-                );
-                if lost > 0 {
-                    self.diag.log(format_args!(
-                        "CloudWatch {} sink: {lost} log events not delivered within the {} shutdown budget (they are on stdout)",
-                        task.kind.as_str(),
+            }
+            let s = &task.stats;
+            // Failed batches were reported when they failed; this is what never got a verdict.
+            let lost = s.accepted.load(Ordering::Relaxed).saturating_sub(
+                s.delivered.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed),
+            );
+            if lost > 0 && s.activated.load(Ordering::Relaxed) {
+                let why = if timed_out {
+                    format!(
+                        "within the {} shutdown budget",
                         gosyntax::format_go_duration(budget)
-                    ));
-                    complete = false;
-                }
+                    )
+                } else {
+                    "because the sink never became ready".to_owned()
+                };
+                self.diag.log(format_args!(
+                    "CloudWatch {} sink: {lost} log events not delivered {why} (they are on stdout)",
+                    task.kind.as_str(),
+                ));
+                complete &= !timed_out;
             }
         }
         complete
@@ -380,8 +389,37 @@ fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
     }
 }
 
-fn describe<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
-    DisplayErrorContext(err).to_string()
+/// One line: the service's code and message, or the chain of causes (the SDK's own rendering
+/// spans lines and embeds Debug dumps, which would break the one-line-per-message stderr log).
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> String {
+    let text = match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let e = se.err();
+            match (e.code(), e.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg} (HTTP {status})"),
+                (Some(code), None) => format!("{code} (HTTP {status})"),
+                _ => format!("{} (HTTP {status})", DisplayErrorContext(e)),
+            }
+        }
+        other => {
+            let mut parts: Vec<String> = Vec::new();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(other);
+            while let Some(e) = cur {
+                let s = e.to_string();
+                if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+                    parts.push(s);
+                }
+                cur = e.source();
+            }
+            parts.join(": ")
+        }
+    };
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Full-jitter exponential backoff for `attempt` (1-based).
@@ -431,10 +469,13 @@ async fn run(
         _ = stop.wait_for(|s| *s) => None,
     };
     let Some(Activation { client, target }) = activation else {
+        // Off from the start (no region, bad group name): what was queued is only on stdout,
+        // as the stderr line about that cause already said.
         stats.disabled.store(true, Ordering::Relaxed);
         rx.close();
         return;
     };
+    stats.activated.store(true, Ordering::Relaxed);
     let sink = Sink {
         kind,
         client,
@@ -534,10 +575,7 @@ impl Sink {
                         reported = true;
                     }
                     if *stop.borrow() {
-                        self.diag.log(format_args!(
-                            "failed to initialize CloudWatch {} sink before shutdown: {e}",
-                            self.kind.as_str()
-                        ));
+                        // Already said once; `close` reports how many events this cost.
                         return false;
                     }
                     tokio::select! {
