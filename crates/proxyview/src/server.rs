@@ -325,13 +325,42 @@ impl Server {
                 return;
             }
         };
+        tokio::pin!(conn);
+        // Streams are opened only once the agent's SETTINGS arrived (one round trip): before
+        // that an extended CONNECT (WebSocket pass-through) would be refused by HTTP/2 itself.
+        let settled = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, async {
+            while !conn.is_extended_connect_protocol_enabled() {
+                tokio::select! {
+                    r = conn.as_mut() => return Some(r),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+                }
+            }
+            None
+        })
+        .await;
+        match settled {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                info!(session = id, result = ?r.err(), "agent left during the HTTP/2 handshake");
+                self.router.remove_session(id);
+                return;
+            }
+            Err(_) => {
+                warn!(
+                    session = id,
+                    "agent never enabled extended CONNECT; closing the session"
+                );
+                self.router.remove_session(id);
+                return;
+            }
+        }
         let _ = session.sender.set(tx);
         info!(
             session = id, client = %hello.client_id, %peer,
             accepted = ?reg.accepted, rejected = ?rejected, "agent connected"
         );
         tokio::select! {
-            r = conn => match r {
+            r = conn.as_mut() => match r {
                 Ok(()) => info!(session = id, client = %hello.client_id, "agent disconnected"),
                 Err(e) => info!(session = id, client = %hello.client_id, error = %e, "agent session failed"),
             },
@@ -495,6 +524,12 @@ impl Server {
                 pending = Some(req);
                 continue;
             };
+            if tx.is_closed() {
+                // The session's task may not have noticed yet; nobody should pick it again.
+                self.router.remove_session(s.id);
+                pending = Some(req);
+                continue;
+            }
             let mut tx = tx.clone();
             match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
                 Err(_) => {
