@@ -37,7 +37,11 @@ WORK="$(mktemp -d /tmp/proxygw-bench.XXXXXX)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.3
+  # proxygw drains its targets on SIGTERM; give it time before SIGKILL.
+  for _ in $(seq 100); do
+    alive=0; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break; sleep 0.05
+  done
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
   ip netns pids "$B" 2>/dev/null | xargs -r kill 2>/dev/null || true
   ip netns pids "$G" 2>/dev/null | xargs -r kill 2>/dev/null || true
