@@ -204,3 +204,29 @@ mod tests {
         assert!(lines[1].ends_with(" level=ERROR+2 msg=x err=\"a b\""));
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn file_output_appends_with_mode_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("proxygw.log");
+        std::fs::write(&p, "earlier line\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let log = Logger::open(&crate::config::LogOutput::File(p.clone()), INFO).unwrap();
+        log.info("hello", &[]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.starts_with("earlier line\n") && text.contains("msg=hello"),
+            "{text}"
+        );
+        let fresh = dir.path().join("new.log");
+        Logger::open(&crate::config::LogOutput::File(fresh.clone()), INFO).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        // 0644 before the umask, like Go's os.OpenFile(…, 0644).
+        assert_eq!(mode & !0o644, 0, "{mode:o}");
+    }
+}
