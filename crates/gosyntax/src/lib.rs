@@ -244,6 +244,17 @@ mod tests {
         assert_eq!(parse_go_duration("1.5s"), Ok(1_500_000_000));
         assert_eq!(parse_go_duration("500ms"), Ok(500_000_000));
         assert_eq!(parse_go_duration("-2s"), Ok(-2 * SEC));
+        assert_eq!(parse_go_duration("+2s"), Ok(2 * SEC));
+        assert_eq!(parse_go_duration(".5m"), Ok(30 * SEC));
+        assert_eq!(parse_go_duration("1.h"), Ok(3600 * SEC));
+        assert_eq!(
+            parse_go_duration("."),
+            Err("time: invalid duration \".\"".into())
+        );
+        assert_eq!(
+            parse_go_duration("s"),
+            Err("time: invalid duration \"s\"".into())
+        );
         assert_eq!(parse_go_duration("0"), Ok(0));
         assert_eq!(parse_go_duration("1µs"), Ok(1000));
         assert_eq!(

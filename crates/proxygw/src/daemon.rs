@@ -35,7 +35,7 @@ impl Daemon {
         before_run: impl FnOnce(&EngineHandle),
     ) -> Result<Self, String> {
         for m in &reg.missing {
-            log.error("plugin not compiled in; skipped", &[("source", m)]);
+            log.info("plugin not compiled in; skipped", &[("source", m)]);
         }
         let (handle, inbox) = engine::channel();
         let mut loaded: Vec<(String, Box<dyn Loaded>)> = Vec::new();
