@@ -69,6 +69,7 @@ impl Draft {
             response_body,
             local_response_bytes,
             endpoint: None,
+            client_id: None,
         }
     }
 }

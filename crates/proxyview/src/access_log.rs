@@ -18,7 +18,7 @@ use crate::http_util::{BoxError, PvBody};
 /// Bytes of each body kept for the log line (the rest is counted, not kept).
 pub const CAPTURE_LIMIT: usize = 4 * 1024;
 
-/// One proxied exchange plus the tunnel facts `Exchange` has no field for.
+/// One proxied exchange plus the tunnel facts callers may want besides the log line.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     /// The exchange, `endpoint` set to the route name.
@@ -44,8 +44,7 @@ impl<F: Fn(AccessRecord) + Send + Sync> AccessSink for F {
 /// The access-log switch's sink: telemetry's pipeline (cwproxy's traffic line with EMF, written
 /// to stdout by its own worker thread; `emit` never blocks).
 ///
-/// The line has no field for the agent's `clientId` yet (telemetry's `Exchange` has none), so it
-/// is carried in [`AccessRecord`] but not written.
+/// The agent's `clientId` is written as `client_id` after `app_name`.
 #[derive(Debug)]
 pub struct TelemetrySink {
     emitter: telemetry::pipeline::Emitter,

@@ -723,6 +723,7 @@ impl LogCtx {
                 response_body,
                 local_response_bytes: local,
                 endpoint: Some(self.endpoint.take().unwrap_or_else(|| "unmatched".into())),
+                client_id: self.client_id.clone(),
             },
             client_id: self.client_id.take(),
             session: self.session,

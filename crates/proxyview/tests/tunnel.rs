@@ -587,6 +587,7 @@ async fn access_log_line_names_the_route() {
         if let Some(v) = lines.first() {
             assert_eq!(v["_t"], "TRAFFIC");
             assert_eq!(v["Endpoint"], "route1");
+            assert_eq!(v["client_id"], "agent-1");
             assert_eq!(v["response"]["status"], 200);
             assert_eq!(v["ResponseBodySize"], 2);
             assert_eq!(v["request"]["queries"]["x"], "1");

@@ -75,6 +75,7 @@ fn example() -> Exchange {
         response_body: Some(Capture::from_bytes(65536, br#"{"result":"ok"}"#)),
         local_response_bytes: 0,
         endpoint: None,
+        client_id: None,
     }
 }
 

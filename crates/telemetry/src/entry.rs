@@ -117,6 +117,8 @@ pub struct Entry<'a> {
     pub category: Category,
     /// `app_name` (and the start of `_q`); omitted for health entries.
     pub app_name: &'a str,
+    /// `client_id` (proxyview's agent), omitted when `None`.
+    pub client_id: Option<&'a str>,
     /// Pre-rendered `aws_meta` object, if any metadata was detected.
     pub aws_meta: Option<&'a [u8]>,
     /// Exact duration behind `delay` and the summary.
@@ -179,6 +181,10 @@ impl Entry<'_> {
         if self.category == Category::Traffic && !self.app_name.is_empty() {
             out.extend_from_slice(b",\"app_name\":");
             json::write_str(out, self.app_name.as_bytes());
+        }
+        if let Some(client_id) = self.client_id {
+            out.extend_from_slice(b",\"client_id\":");
+            json::write_str(out, client_id.as_bytes());
         }
         if let Some(meta) = self.aws_meta {
             out.extend_from_slice(b",\"aws_meta\":");
@@ -494,6 +500,7 @@ pub fn render_traffic(
     let entry = Entry {
         category: Category::Traffic,
         app_name: &ctx.app_name,
+        client_id: ex.client_id.as_deref(),
         aws_meta: ctx.aws_meta.as_deref(),
         delay: ex.elapsed,
         request: RequestPart {
@@ -609,6 +616,7 @@ pub fn render_health(
     let entry = Entry {
         category: Category::Health,
         app_name: &ctx.app_name,
+        client_id: None,
         aws_meta: ctx.aws_meta.as_deref(),
         delay: probe.latency,
         request: RequestPart {

@@ -39,6 +39,9 @@ pub struct Exchange {
     pub local_response_bytes: u64,
     /// Overrides the `Endpoint` metric dimension (default: the decoded request path).
     pub endpoint: Option<String>,
+    /// The tunnel agent that served the exchange (proxyview); written as `client_id` after
+    /// `app_name`. Never set by cwproxy, whose lines keep the original schema.
+    pub client_id: Option<String>,
 }
 
 /// One health probe result.

@@ -28,6 +28,7 @@ fn exchange(content_type: &str, body: &[u8]) -> Exchange {
         response_body: Some(Capture::from_bytes(LIMIT, body)),
         local_response_bytes: 0,
         endpoint: None,
+        client_id: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn example_exchange() -> Exchange {
         response_body: Some(Capture::from_bytes(65536, br#"{"result":"ok"}"#)),
         local_response_bytes: 0,
         endpoint: None,
+        client_id: None,
     }
 }
 
@@ -169,6 +170,7 @@ fn minimal_entry<'a>(
     Entry {
         category: Category::Traffic,
         app_name: app,
+        client_id: None,
         aws_meta: meta,
         delay,
         request: RequestPart {
@@ -380,6 +382,19 @@ fn more_than_100_metrics_split_into_metric_only_events() {
     // The CloudWatch form of the extra event also breaks after `_q`.
     assert!(entry::cloudwatch_form(lines[1].as_bytes())
         .starts_with(b"{\"_q\":\"svc METRIC M100,M101,M102,M103,M104\",\n\"_t\""));
+}
+
+#[test]
+fn client_id_follows_app_name_only_when_set() {
+    let mut ex = example_exchange();
+    let plain = render_traffic(&ecs_context("orders-api"), &ex);
+    assert!(!plain.contains("client_id"));
+    ex.client_id = Some("agent-1".into());
+    let line = render_traffic(&ecs_context("orders-api"), &ex);
+    assert!(
+        line.contains(r#""app_name":"orders-api","client_id":"agent-1","aws_meta":"#),
+        "{line}"
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn exchange(i: usize) -> Record {
         response_body: Some(Capture::from_bytes(1024, b"ok")),
         local_response_bytes: 0,
         endpoint: None,
+        client_id: None,
     }))
 }
 

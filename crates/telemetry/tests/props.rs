@@ -95,6 +95,7 @@ proptest! {
             response_body: Some(Capture::from_bytes(limit, &body)),
             local_response_bytes: 0,
             endpoint: None,
+            client_id: None,
         };
         let mut out = Vec::new();
         entry::render_traffic(&Context { app_name: "p".into(), aws_meta: None }, &ex, &mut out, &mut telemetry::hash::Scratch::new()).expect("renders");
