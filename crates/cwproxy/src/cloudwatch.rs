@@ -109,9 +109,12 @@ impl Queue {
         if self.stats.disabled.load(Ordering::Relaxed) {
             return;
         }
-        let form = cloudwatch_form(event);
-        // Rendered lines are JSON produced by telemetry, hence UTF-8; lossy keeps us total.
-        let message = String::from_utf8_lossy(&form).into_owned();
+        // Rendered lines are JSON produced by telemetry, hence UTF-8 (one copy, no re-encoding);
+        // lossy only on the impossible path keeps this total.
+        let message = match String::from_utf8(cloudwatch_form(event).into_owned()) {
+            Ok(m) => m,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
         let message = match cwlogs::trim_event(message, MAX_EVENT_BYTES) {
             Ok(m) => m,
             Err(e) => {

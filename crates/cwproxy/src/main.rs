@@ -16,9 +16,12 @@ Configuration is read from the environment only:
   BACKEND_RETRY_STATUS_CODES (500-599)  BACKEND_RETRY_ON_TRANSPORT_ERRORS (false)
   BACKEND_RETRY_BODY_BUFFER_BYTES (65536)
   INSPECTOR_DETECT_TIMEOUT (60s)  INSPECTOR_STOP_GRACE (10s)
-  AWS_REGION, AWS_DEFAULT_REGION
+  METADATA_DETECT_TIMEOUT (200ms)  CWPROXY_SERVICEACCOUNT_DIR (/var/run/secrets/kubernetes.io/serviceaccount)
+  AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
+  (IMDS only on EC2 hosts or with AWS_EC2_METADATA_SERVICE_ENDPOINT; AWS_EC2_METADATA_DISABLED=true)
 
-Every exchange becomes one JSON line with CloudWatch EMF metrics on stdout.
+Every exchange becomes one JSON line with CloudWatch EMF metrics on stdout. With a region, the same
+events also go to CloudWatch Logs (LOG_GROUP_NAME, HEALTH_LOG_GROUP_NAME) from bounded queues.
 ";
 
 fn main() -> ExitCode {
