@@ -131,7 +131,8 @@ pub fn trim_event(message: String, max: usize) -> Result<String, TooLarge> {
     }
     let mut msg = message;
     // Re-scan after each edit: spans move.
-    for _ in 0..4 {
+    // Four bodies at most (request/response × body/body_raw), each cut once; spare rounds.
+    for _ in 0..8 {
         if msg.len() <= max {
             return Ok(msg);
         }
