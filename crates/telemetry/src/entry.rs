@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::emf::{self, Datum, EmfError, MetricEventKind};
-use crate::hash::{self, EntryHashes, Scratch};
+use crate::hash::{EntryHashes, Scratch};
 use crate::json;
 use crate::multimap::Multimap;
 use crate::parse::{self, raw_text};
@@ -235,30 +235,14 @@ impl Entry<'_> {
     }
 
     fn hashes(&self, scratch: &mut Scratch) -> EntryHashes {
-        let Scratch {
-            signature: scratch,
-            cache,
-            ..
-        } = scratch;
-        scratch.clear();
-        scratch.extend_from_slice(b"queries:");
-        let q = scratch.len();
-        self.request.queries.signature(scratch);
-        let q_end = scratch.len();
-        scratch.extend_from_slice(b"|request_body:");
-        let rq = scratch.len();
-        hash::signature(self.request.body.value.value(), scratch);
-        let rq_end = scratch.len();
-        scratch.extend_from_slice(b"|response_body:");
-        let rs = scratch.len();
-        hash::signature(self.response.body.value.value(), scratch);
-        let non_null = |b: &BodyPart<'_>| !matches!(b.value.value(), Value::Null);
-        EntryHashes {
-            queries: (!self.request.queries.is_empty()).then(|| cache.hash(&scratch[q..q_end])),
-            request_body: non_null(&self.request.body).then(|| cache.hash(&scratch[rq..rq_end])),
-            response_body: non_null(&self.response.body).then(|| cache.hash(&scratch[rs..])),
-            global: cache.hash(scratch),
-        }
+        EntryHashes::compute(
+            |out| self.request.queries.signature(out),
+            !self.request.queries.is_empty(),
+            self.request.body.value.value(),
+            self.response.body.value.value(),
+            &mut scratch.signature,
+            &mut scratch.cache,
+        )
     }
 
     /// Appends the entry with its metrics embedded as EMF, then any overflow metric-only events,

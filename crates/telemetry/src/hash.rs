@@ -176,17 +176,20 @@ pub struct EntryHashes {
 }
 
 impl EntryHashes {
-    /// Computes all hashes of an entry; `scratch` is reused between calls to avoid allocation.
+    /// Computes all hashes of an entry with one signature buffer (reused between calls) and the
+    /// memo. `queries` appends the query map's signature; `has_queries` says whether it has keys.
     pub fn compute(
-        queries: &Value<'_>,
+        queries: impl FnOnce(&mut Vec<u8>),
+        has_queries: bool,
         request_body: &Value<'_>,
         response_body: &Value<'_>,
         scratch: &mut Vec<u8>,
+        cache: &mut HashCache,
     ) -> Self {
         scratch.clear();
         scratch.extend_from_slice(b"queries:");
         let q = scratch.len();
-        signature(queries, scratch);
+        queries(scratch);
         let q_end = scratch.len();
         scratch.extend_from_slice(b"|request_body:");
         let rq = scratch.len();
@@ -195,14 +198,13 @@ impl EntryHashes {
         scratch.extend_from_slice(b"|response_body:");
         let rs = scratch.len();
         signature(response_body, scratch);
-        let has_queries = matches!(queries, Value::Object(m) if !m.is_empty());
         Self {
-            queries: has_queries.then(|| short_hash(&scratch[q..q_end])),
+            queries: has_queries.then(|| cache.hash(&scratch[q..q_end])),
             request_body: (!matches!(request_body, Value::Null))
-                .then(|| short_hash(&scratch[rq..rq_end])),
+                .then(|| cache.hash(&scratch[rq..rq_end])),
             response_body: (!matches!(response_body, Value::Null))
-                .then(|| short_hash(&scratch[rs..])),
-            global: short_hash(scratch),
+                .then(|| cache.hash(&scratch[rs..])),
+            global: cache.hash(scratch),
         }
     }
 }
@@ -316,13 +318,28 @@ mod tests {
         let req = parse_first(br#"{"field":"value"}"#).expect("json");
         let resp = parse_first(br#"{"result":"ok"}"#).expect("json");
         let mut scratch = Vec::new();
-        let hashes = EntryHashes::compute(&q, req.value(), resp.value(), &mut scratch);
+        let mut cache = HashCache::disabled();
+        let hashes = EntryHashes::compute(
+            |out| signature(&q, out),
+            true,
+            req.value(),
+            resp.value(),
+            &mut scratch,
+            &mut cache,
+        );
         assert_eq!(&hashes.global, b"fe0adb");
         assert_eq!(hashes.queries.as_ref(), Some(b"c36728"));
         assert_eq!(hashes.request_body.as_ref(), Some(b"20e4cb"));
         assert_eq!(hashes.response_body.as_ref(), Some(b"c5b6ee"));
         let empty = Value::Object(Vec::new());
-        let none = EntryHashes::compute(&empty, &Value::Null, &Value::Null, &mut scratch);
+        let none = EntryHashes::compute(
+            |out| signature(&empty, out),
+            false,
+            &Value::Null,
+            &Value::Null,
+            &mut scratch,
+            &mut cache,
+        );
         assert_eq!(&none.global, b"185224");
         assert!(
             none.queries.is_none() && none.request_body.is_none() && none.response_body.is_none()
