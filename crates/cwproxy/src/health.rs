@@ -40,45 +40,27 @@ pub struct HealthRunner {
 
 /// Builds the probe client: plain HTTP and HTTPS with the system's CA certificates.
 fn client(diag: &Diag) -> HttpsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        diag.log(
+            "health probes: no CA certificates found on this system; https health probes will fail",
+        );
+    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+    // aws-lc supports the safe default protocol versions, so the fallback to the process-wide
+    // default provider exists only to avoid a panic path.
+    let tls = match rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .and_then(|b| {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                Err(
-                    "no CA certificates found on this system; https health probes will fail"
-                        .to_owned(),
-                )
-            } else {
-                Ok(b.with_root_certificates(roots).with_no_client_auth())
-            }
-        }) {
-        Ok(tls) => builder.with_tls_config(tls),
-        Err(e) => {
-            diag.log(format_args!("health probes: {e}"));
-            let empty = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-            match empty {
-                Ok(tls) => builder.with_tls_config(tls),
-                Err(_) => builder.with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                ),
-            }
-        }
+    {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(PROBE_TIMEOUT));
