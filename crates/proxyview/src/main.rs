@@ -67,9 +67,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = match cli.threads {
+        Some(0) => anyhow::bail!("--threads / PROXYVIEW_THREADS must be at least 1"),
+        // One thread: no cross-thread wake-ups (futex, IPIs) between the tasks of a request.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     match cli.cmd {
         Cmd::Server(c) => {
             let cfg = ServerConfig::load(&resolve_path(c.config.as_deref())?)?;
@@ -113,9 +124,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             rt.block_on(async move {
+                // Spawned, not polled by block_on: on the multi-thread runtime the block_on
+                // thread is not a worker, so every wake-up between the tunnel connection and
+                // the per-stream tasks would cross threads.
+                let mut agent = tokio::spawn(proxyview::agent::run(cfg));
                 tokio::select! {
-                    r = proxyview::agent::run(cfg) => r.map(|()| ExitCode::SUCCESS),
-                    () = shutdown_signal() => Ok(ExitCode::SUCCESS),
+                    r = &mut agent => match r {
+                        Ok(r) => r.map(|()| ExitCode::SUCCESS),
+                        Err(e) => Err(anyhow::anyhow!("agent task failed: {e}")),
+                    },
+                    () = shutdown_signal() => {
+                        agent.abort();
+                        Ok(ExitCode::SUCCESS)
+                    }
                 }
             })
         }
