@@ -7,7 +7,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -42,11 +43,45 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Agent state shared by every stream of every session.
 pub struct Agent {
     cfg: ClientConfig,
-    routes: HashMap<String, Route>,
+    routes: HashMap<String, Backend>,
     client: Client<HttpConnector, PvBody>,
     instance: String,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A route plus what every request to it needs, computed once instead of per request.
+struct Backend {
+    route: Route,
+    /// `value:port`, the authority of the backend request URI.
+    authority: Authority,
+    /// `Host` sent to the backend unless the route preserves the caller's.
+    host: HeaderValue,
+}
+
+impl Backend {
+    fn new(route: &Route) -> anyhow::Result<Self> {
+        let authority: Authority = route.authority().parse().map_err(|e| {
+            anyhow::anyhow!(
+                "route {:?}: {:?} is not a valid backend authority: {e}",
+                route.name,
+                route.authority()
+            )
+        })?;
+        let host = if route.port == 80 {
+            route.value.clone()
+        } else {
+            route.authority()
+        };
+        let host = HeaderValue::from_str(&host).map_err(|_| {
+            anyhow::anyhow!("route {:?}: {host:?} cannot be a Host header", route.name)
+        })?;
+        Ok(Self {
+            route: route.clone(),
+            authority,
+            host,
+        })
+    }
 }
 
 /// Runs the agent until a fatal error (401/403, identity refused); transient failures reconnect
@@ -97,8 +132,8 @@ impl Agent {
         let routes = cfg
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.clone()))
-            .collect();
+            .map(|r| Ok((r.name.clone(), Backend::new(r)?)))
+            .collect::<anyhow::Result<_>>()?;
         let instance = format!("{:016x}", rand::rng().random::<u64>());
         #[cfg(feature = "tls")]
         let tls = if cfg.server.tls {
@@ -172,10 +207,7 @@ impl Agent {
             .map_err(|e| SessionError::Fatal(format!("proxyview.url {uri:?}: {e}")))?
             .add_header(header::AUTHORIZATION, bearer)
             .map_err(bad)?
-            .add_header(
-                HeaderName::from_static(protocol::CLIENT_ID_HEADER),
-                client_id,
-            )
+            .add_header(protocol::CLIENT_ID_HEADER, client_id)
             .map_err(bad)?
             .limits(
                 tokio_websockets::Limits::default()
@@ -243,7 +275,7 @@ impl Agent {
             .get(protocol::ROUTE_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let Some(route) = self.routes.get(route_name) else {
+        let Some(backend) = self.routes.get(route_name) else {
             return agent_fail(
                 StatusCode::BAD_GATEWAY,
                 agent_error::NO_ROUTE,
@@ -267,27 +299,30 @@ impl Agent {
                 .unwrap_or(Method::GET),
             None => parts.method.clone(),
         };
-        prepare_headers(&mut parts.headers, route);
+        prepare_headers(&mut parts.headers, backend);
+        let route = &backend.route;
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         match (upgrade, on_tunnel) {
             (Some(proto), Some(on_tunnel)) => {
-                self.forward_upgrade(route, method, &path, parts.headers, &proto, on_tunnel)
+                self.forward_upgrade(route, method, path, parts.headers, &proto, on_tunnel)
                     .await
             }
             _ => {
-                let uri: Uri = match format!("http://{}{path}", route.authority()).parse() {
-                    Ok(u) => u,
-                    Err(_) => {
-                        return agent_fail(
-                            StatusCode::BAD_GATEWAY,
-                            agent_error::BACKEND_UNREACHABLE,
-                            "bad backend URI",
-                        )
-                    }
+                let uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(backend.authority.clone())
+                    .path_and_query(path)
+                    .build();
+                let Ok(uri) = uri else {
+                    return agent_fail(
+                        StatusCode::BAD_GATEWAY,
+                        agent_error::BACKEND_UNREACHABLE,
+                        "bad backend URI",
+                    );
                 };
                 let mut out = Request::new(boxed(body));
                 *out.method_mut() = method;
@@ -329,7 +364,7 @@ impl Agent {
         &self,
         route: &Route,
         method: Method,
-        path: &str,
+        path: PathAndQuery,
         mut headers: HeaderMap,
         proto: &str,
         on_tunnel: hyper::upgrade::OnUpgrade,
@@ -364,7 +399,7 @@ impl Agent {
         http_util::set_upgrade(&mut headers, proto);
         let mut req = Request::new(empty());
         *req.method_mut() = method;
-        *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
         *req.headers_mut() = headers;
         let mut resp =
             match tokio::time::timeout(self.cfg.response_timeout, sender.send_request(req)).await {
@@ -405,36 +440,42 @@ impl Agent {
 
 /// Turns the tunnelled request's headers into the backend's: metadata consumed, Host rewritten
 /// (unless the route preserves it), `X-Forwarded-*` added.
-fn prepare_headers(h: &mut HeaderMap, route: &Route) {
-    let get = |h: &HeaderMap, n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let peer = get(h, protocol::PEER_HEADER);
-    let original_host = get(h, protocol::HOST_HEADER);
+fn prepare_headers(h: &mut HeaderMap, backend: &Backend) {
+    let peer = h.remove(protocol::PEER_HEADER);
+    let original_host = h.remove(protocol::HOST_HEADER);
+    h.remove(protocol::ROUTE_HEADER);
     http_util::strip_internal(h);
     http_util::strip_hop_by_hop(h);
-    let host = match (&original_host, route.preserve_host) {
+    let host = match (&original_host, backend.route.preserve_host) {
         (Some(o), true) => o.clone(),
-        _ if route.port == 80 => route.value.clone(),
-        _ => route.authority(),
+        _ => backend.host.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&host) {
-        h.insert(header::HOST, v);
-    }
+    h.insert(header::HOST, host);
     if let Some(peer) = peer {
-        let xff = match get(h, "x-forwarded-for") {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
+        let xff = match h.get(http_util::X_FORWARDED_FOR) {
+            Some(prev) if !prev.as_bytes().trim_ascii().is_empty() => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_bytes(&v).ok()
+            }
+            _ => Some(peer),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+        if let Some(v) = xff {
+            h.insert(http_util::X_FORWARDED_FOR, v);
         }
     }
-    if !h.contains_key("x-forwarded-host") {
-        if let Some(v) = original_host.and_then(|o| HeaderValue::from_str(&o).ok()) {
-            h.insert("x-forwarded-host", v);
+    if !h.contains_key(http_util::X_FORWARDED_HOST) {
+        if let Some(v) = original_host {
+            h.insert(http_util::X_FORWARDED_HOST, v);
         }
     }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !h.contains_key(http_util::X_FORWARDED_PROTO) {
+        h.insert(
+            http_util::X_FORWARDED_PROTO,
+            HeaderValue::from_static("http"),
+        );
     }
 }
 
@@ -506,7 +547,7 @@ mod tests {
         h.insert(protocol::HOST_HEADER, HeaderValue::from_static("R:8080"));
         h.insert(protocol::ROUTE_HEADER, HeaderValue::from_static("r"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        prepare_headers(&mut h, &route);
+        prepare_headers(&mut h, &Backend::new(&route).unwrap());
         assert_eq!(h["host"], "svc:8083");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "R:8080");
@@ -518,7 +559,7 @@ mod tests {
             preserve_host: true,
             ..route
         };
-        prepare_headers(&mut h, &keep);
+        prepare_headers(&mut h, &Backend::new(&keep).unwrap());
         assert_eq!(h["host"], "r");
     }
 }

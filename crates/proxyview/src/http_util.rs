@@ -41,9 +41,24 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`, and
 /// `Upgrade` (which the caller re-adds for upgrade exchanges).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names is far cheaper than ten hashed removals, and in the common case
+    // (no hop-by-hop header at all) it is the only work done.
+    let present = headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -86,6 +101,9 @@ pub fn set_upgrade(headers: &mut HeaderMap, proto: &str) {
 
 /// Removes every `proxyview-*` header so a caller cannot forge tunnel metadata.
 pub fn strip_internal(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with("proxyview-")) {
+        return;
+    }
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("proxyview-"))

@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
+
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol carried in [`Hello`]; bumped on any incompatible change.
@@ -27,9 +29,9 @@ pub const CONNECT_PATH: &str = "/connect";
 pub const HEALTH_PATH: &str = "/health";
 
 /// Legacy agent header carrying the token (Proxyview's only form).
-pub const AUTH_TOKEN_HEADER: &str = "auth-token";
+pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("auth-token");
 /// Agent header carrying its `clientId`.
-pub const CLIENT_ID_HEADER: &str = "client-id";
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("client-id");
 
 /// First message of a session, agent → server (JSON text message).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,15 +76,15 @@ pub struct Rejected {
 }
 
 /// Header the server adds on every tunnelled request: the matched route name.
-pub const ROUTE_HEADER: &str = "proxyview-route";
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("proxyview-route");
 /// Header the server adds: the caller's address as the server believes it (after trusted proxies).
-pub const PEER_HEADER: &str = "proxyview-peer";
+pub const PEER_HEADER: HeaderName = HeaderName::from_static("proxyview-peer");
 /// Header the server adds: the caller's original `Host` (or absolute-form authority).
-pub const HOST_HEADER: &str = "proxyview-host";
+pub const HOST_HEADER: HeaderName = HeaderName::from_static("proxyview-host");
 /// Header the server adds on an extended CONNECT: the caller's original method (usually GET).
-pub const METHOD_HEADER: &str = "proxyview-method";
+pub const METHOD_HEADER: HeaderName = HeaderName::from_static("proxyview-method");
 /// Header the agent adds on responses it generated itself (not the backend's), with the cause.
-pub const ERROR_HEADER: &str = "proxyview-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("proxyview-error");
 
 /// Values of [`ERROR_HEADER`].
 pub mod agent_error {

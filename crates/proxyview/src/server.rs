@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -190,7 +191,7 @@ impl Server {
             protocol::CONNECT_PATH => {}
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
         }
-        let presented = presented_token(req.headers(), protocol::AUTH_TOKEN_HEADER);
+        let presented = presented_token(req.headers(), &protocol::AUTH_TOKEN_HEADER);
         let header_client = req
             .headers()
             .get(protocol::CLIENT_ID_HEADER)
@@ -426,7 +427,7 @@ impl Server {
             Err(e) => return self.fail(log, StatusCode::BAD_REQUEST, &e.to_string()),
         };
         if let Some(token) = &self.cfg.external_token {
-            if !presented_token(req.headers(), protocol::AUTH_TOKEN_HEADER)
+            if !presented_token(req.headers(), &protocol::AUTH_TOKEN_HEADER)
                 .is_some_and(|t| token.matches(t.as_bytes()))
             {
                 let mut r = self.fail(
@@ -475,10 +476,10 @@ impl Server {
         headers.remove(header::HOST);
         if !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip()) {
             for h in [
-                "x-forwarded-for",
-                "x-forwarded-host",
-                "x-forwarded-proto",
-                "forwarded",
+                http_util::X_FORWARDED_FOR,
+                http_util::X_FORWARDED_HOST,
+                http_util::X_FORWARDED_PROTO,
+                header::FORWARDED,
             ] {
                 headers.remove(h);
             }
@@ -486,8 +487,17 @@ impl Server {
         insert(&mut headers, protocol::ROUTE_HEADER, &host);
         insert(&mut headers, protocol::PEER_HEADER, &peer.ip().to_string());
         insert(&mut headers, protocol::HOST_HEADER, &original_host);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("http://{host}{path}").parse() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(host.as_str())
+            .path_and_query(path)
+            .build();
+        let uri = match uri {
             Ok(u) => u,
             Err(_) => {
                 return self.fail(
@@ -752,14 +762,14 @@ fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 
-fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
 }
 
 /// The token from `Authorization: Bearer …`, else from the legacy header.
-fn presented_token<'a>(h: &'a HeaderMap, legacy: &str) -> Option<&'a str> {
+fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str> {
     let bearer = h
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -877,12 +887,18 @@ mod tests {
     fn token_sources_and_stripping() {
         let mut h = HeaderMap::new();
         h.insert("auth-token", HeaderValue::from_static("legacy"));
-        assert_eq!(presented_token(&h, "auth-token"), Some("legacy"));
+        assert_eq!(
+            presented_token(&h, &protocol::AUTH_TOKEN_HEADER),
+            Some("legacy")
+        );
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer  tok "),
         );
-        assert_eq!(presented_token(&h, "auth-token"), Some("tok"));
+        assert_eq!(
+            presented_token(&h, &protocol::AUTH_TOKEN_HEADER),
+            Some("tok")
+        );
         h.insert("x-other", HeaderValue::from_static("1"));
         remove_token_headers(&mut h);
         assert_eq!(h.len(), 1);
