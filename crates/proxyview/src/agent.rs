@@ -3,15 +3,13 @@
 //! HTTP/1.1 client. Upgrades (WebSocket) become raw byte pipes to the backend.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http_body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,8 +21,8 @@ use tracing::{debug, info, warn};
 use crate::config::{ClientConfig, Route};
 use crate::http_util::{self, boxed, empty, full, PvBody};
 use crate::mux::{self, Heartbeat};
-use crate::protocol::{self, agent_error, Hello, HelloAck};
-use crate::wsio::{self, WsIo};
+use crate::protocol::{self, agent_error, Hello, HelloAck, RequestHead, ResponseHead};
+use crate::wsio;
 
 /// Why a session ended before or instead of serving.
 #[derive(Debug, thiserror::Error)]
@@ -258,104 +256,154 @@ impl Agent {
             interval: Duration::from_millis(ack.heartbeat_interval_ms.max(100)),
             timeout: Duration::from_millis(ack.heartbeat_timeout_ms.max(100)),
         };
-        let agent = self.clone();
-        let svc = service_fn(move |req| {
-            let a = agent.clone();
-            async move { Ok::<_, Infallible>(a.forward(req).await) }
-        });
-        mux::server_builder(hb)
-            .serve_connection(TokioIo::new(WsIo::new(ws)), svc)
-            .await
-            .map_err(|e| SessionError::Retry(format!("tunnel failed: {e}")))
+        let (tunnel, accepted) = mux::Session::start(ws, mux::Role::Acceptor, hb);
+        if let Some(mut accepted) = accepted {
+            while let Some(a) = accepted.recv().await {
+                tokio::spawn(self.clone().serve_stream(a));
+            }
+        }
+        let reason = tunnel.closed().await;
+        Err(SessionError::Retry(format!("tunnel failed: {reason}")))
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Response<PvBody> {
-        let route_name = req
-            .headers()
+    /// One tunnelled request: forward it, send the answer back, then its body or the pipe.
+    async fn serve_stream(self: Arc<Self>, a: mux::Accepted) {
+        let mux::Accepted {
+            head,
+            end: _,
+            upgrade,
+            mut send,
+            recv,
+        } = a;
+        let head = match RequestHead::decode(head) {
+            Ok(h) => h,
+            Err(e) => {
+                let r = agent_fail(
+                    StatusCode::BAD_GATEWAY,
+                    agent_error::NO_ROUTE,
+                    &format!("bad request head from the server: {e}"),
+                );
+                let _ = respond(r, &mut send).await;
+                return;
+            }
+        };
+        let cancelled = send.cancelled_owned();
+        let forwarded = tokio::select! {
+            r = self.forward(head, upgrade, recv) => r,
+            // The caller went away (reset) or the session ended: stop waiting on the backend.
+            () = cancelled => return,
+        };
+        match forwarded {
+            Forwarded::Response(r) => {
+                let _ = respond(r, &mut send).await;
+            }
+            Forwarded::Upgraded {
+                response,
+                backend,
+                recv,
+            } => {
+                let (parts, _) = response.into_parts();
+                let head = ResponseHead {
+                    status: parts.status,
+                    headers: parts.headers,
+                };
+                if send.send_head(head.encode(), false).is_ok() {
+                    match backend.await {
+                        Ok(up) => mux::pipe(TokioIo::new(up), send, recv).await,
+                        Err(e) => debug!(error = %e, "backend upgrade failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn forward(&self, head: RequestHead, upgrade: bool, recv: mux::RecvHalf) -> Forwarded {
+        let RequestHead {
+            method,
+            path,
+            mut headers,
+        } = head;
+        let route_name = headers
             .get(protocol::ROUTE_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let Some(backend) = self.routes.get(route_name) else {
-            return agent_fail(
+            return Forwarded::Response(agent_fail(
                 StatusCode::BAD_GATEWAY,
                 agent_error::NO_ROUTE,
                 &format!("agent has no route {route_name:?}"),
-            );
+            ));
         };
-        let upgrade = (req.method() == Method::CONNECT)
+        let proto = upgrade
             .then(|| {
-                req.extensions()
-                    .get::<hyper::ext::Protocol>()
-                    .map(|p| p.as_str().to_string())
+                headers
+                    .get(protocol::UPGRADE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
             })
             .flatten();
-        let on_tunnel = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let method = match &upgrade {
-            Some(_) => parts
-                .headers
-                .get(protocol::METHOD_HEADER)
-                .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-                .unwrap_or(Method::GET),
-            None => parts.method.clone(),
-        };
-        prepare_headers(&mut parts.headers, backend);
+        prepare_headers(&mut headers, backend);
         let route = &backend.route;
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match (upgrade, on_tunnel) {
-            (Some(proto), Some(on_tunnel)) => {
-                self.forward_upgrade(route, method, path, parts.headers, &proto, on_tunnel)
+        match proto {
+            Some(proto) => {
+                self.forward_upgrade(route, method, path, headers, &proto, recv)
                     .await
             }
-            _ => {
+            None => {
                 let uri = Uri::builder()
                     .scheme(Scheme::HTTP)
                     .authority(backend.authority.clone())
                     .path_and_query(path)
                     .build();
                 let Ok(uri) = uri else {
-                    return agent_fail(
+                    return Forwarded::Response(agent_fail(
                         StatusCode::BAD_GATEWAY,
                         agent_error::BACKEND_UNREACHABLE,
                         "bad backend URI",
-                    );
+                    ));
                 };
-                let mut out = Request::new(boxed(body));
+                let body = if recv.is_end_stream() {
+                    empty()
+                } else {
+                    boxed(recv)
+                };
+                let mut out = Request::new(body);
                 *out.method_mut() = method;
                 *out.uri_mut() = uri;
                 *out.version_mut() = Version::HTTP_11;
-                *out.headers_mut() = parts.headers;
-                match tokio::time::timeout(self.cfg.response_timeout, self.client.request(out))
-                    .await
-                {
-                    Err(_) => agent_fail(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        agent_error::BACKEND_TIMEOUT,
-                        &format!(
-                            "backend {} sent no response within {:?}",
-                            route.authority(),
-                            self.cfg.response_timeout
+                *out.headers_mut() = headers;
+                Forwarded::Response(
+                    match tokio::time::timeout(self.cfg.response_timeout, self.client.request(out))
+                        .await
+                    {
+                        Err(_) => agent_fail(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            agent_error::BACKEND_TIMEOUT,
+                            &format!(
+                                "backend {} sent no response within {:?}",
+                                route.authority(),
+                                self.cfg.response_timeout
+                            ),
                         ),
-                    ),
-                    Ok(Err(e)) => {
-                        debug!(route = %route.name, error = ?e, "backend request failed");
-                        agent_fail(
-                            StatusCode::BAD_GATEWAY,
-                            agent_error::BACKEND_UNREACHABLE,
-                            &format!("backend {} failed: {}", route.authority(), error_chain(&e)),
-                        )
-                    }
-                    Ok(Ok(resp)) => {
-                        let (mut parts, body) = resp.into_parts();
-                        http_util::strip_hop_by_hop(&mut parts.headers);
-                        parts.version = Version::HTTP_2;
-                        Response::from_parts(parts, boxed(body))
-                    }
-                }
+                        Ok(Err(e)) => {
+                            debug!(route = %route.name, error = ?e, "backend request failed");
+                            agent_fail(
+                                StatusCode::BAD_GATEWAY,
+                                agent_error::BACKEND_UNREACHABLE,
+                                &format!(
+                                    "backend {} failed: {}",
+                                    route.authority(),
+                                    error_chain(&e)
+                                ),
+                            )
+                        }
+                        Ok(Ok(resp)) => {
+                            let (mut parts, body) = resp.into_parts();
+                            http_util::strip_hop_by_hop(&mut parts.headers);
+                            Response::from_parts(parts, boxed(body))
+                        }
+                    },
+                )
             }
         }
     }
@@ -367,15 +415,15 @@ impl Agent {
         path: PathAndQuery,
         mut headers: HeaderMap,
         proto: &str,
-        on_tunnel: hyper::upgrade::OnUpgrade,
-    ) -> Response<PvBody> {
+        recv: mux::RecvHalf,
+    ) -> Forwarded {
         let authority = route.authority();
         let unreachable = |msg: String| {
-            agent_fail(
+            Forwarded::Response(agent_fail(
                 StatusCode::BAD_GATEWAY,
                 agent_error::BACKEND_UNREACHABLE,
                 &msg,
-            )
+            ))
         };
         let tcp = match tokio::time::timeout(
             self.cfg.connect_timeout,
@@ -404,11 +452,11 @@ impl Agent {
         let mut resp =
             match tokio::time::timeout(self.cfg.response_timeout, sender.send_request(req)).await {
                 Err(_) => {
-                    return agent_fail(
+                    return Forwarded::Response(agent_fail(
                         StatusCode::GATEWAY_TIMEOUT,
                         agent_error::BACKEND_TIMEOUT,
                         "backend did not answer the upgrade",
-                    )
+                    ))
                 }
                 Ok(Err(e)) => return unreachable(format!("backend {authority}: {e}")),
                 Ok(Ok(r)) => r,
@@ -416,26 +464,44 @@ impl Agent {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = resp.into_parts();
             http_util::strip_hop_by_hop(&mut parts.headers);
-            parts.version = Version::HTTP_2;
-            return Response::from_parts(parts, boxed(body));
+            return Forwarded::Response(Response::from_parts(parts, boxed(body)));
         }
-        let backend_up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(on_tunnel, backend_up) {
-                Ok((a, b)) => {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
-                }
-                Err(e) => debug!(error = %e, "upgrade pipe failed"),
-            }
-        });
+        let backend = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         http_util::strip_hop_by_hop(&mut parts.headers);
-        parts.status = StatusCode::OK;
-        parts.version = Version::HTTP_2;
-        Response::from_parts(parts, empty())
+        Forwarded::Upgraded {
+            response: Response::from_parts(parts, empty()),
+            backend,
+            recv,
+        }
     }
+}
+
+/// What forwarding one request produced.
+enum Forwarded {
+    /// An ordinary response (or an error the agent generated).
+    Response(Response<PvBody>),
+    /// The backend switched protocols: the `101` to send, then a byte pipe.
+    Upgraded {
+        response: Response<PvBody>,
+        backend: hyper::upgrade::OnUpgrade,
+        recv: mux::RecvHalf,
+    },
+}
+
+/// Sends a response (head, then body) on the stream.
+async fn respond(r: Response<PvBody>, send: &mut mux::SendHalf) -> Result<(), mux::StreamError> {
+    let (parts, body) = r.into_parts();
+    let end = body.is_end_stream();
+    let head = ResponseHead {
+        status: parts.status,
+        headers: parts.headers,
+    };
+    send.send_head(head.encode(), end)?;
+    if end {
+        return Ok(());
+    }
+    mux::send_body(body, send).await
 }
 
 /// Turns the tunnelled request's headers into the backend's: metadata consumed, Host rewritten

@@ -1,86 +1,1067 @@
-//! Multiplexing: HTTP/2 over the WebSocket byte stream, with the roles reversed (the server is the
-//! HTTP/2 *client*, the agent the HTTP/2 *server*).
+//! Multiplexing: many request streams over the one WebSocket, each with its own flow-control
+//! window, in the frame protocol of [`crate::protocol`].
 //!
-//! # Why HTTP/2 and not yamux or an own frame protocol
+//! # Why an own frame protocol and not HTTP/2 or yamux
 //!
-//! The tunnel carries HTTP, so HTTP/2 carries it natively: request and response heads are HPACK
-//! header blocks (no own encoding of methods, statuses, header lists), each request is a stream
-//! with its own flow-control window, PING gives the heartbeat, RST_STREAM gives cancellation when
-//! a caller goes away, and RFC 8441 extended CONNECT turns a stream into a raw byte pipe for
-//! WebSocket pass-through. hyper's `client::conn::http2` / `server::conn::http2` give all of that
-//! on any `AsyncRead + AsyncWrite`, here [`crate::wsio::WsIo`]. A yamux stream would still need an
-//! HTTP/1 codec per stream on both ends, and a home-made frame protocol would need its own
-//! windows, which is where tunnels like ferrotunnel lose to rathole.
+//! The first version ran HTTP/2 (hyper + h2) over the WebSocket byte stream. It worked, but
+//! the tunnel's job per request is small — carry one head each way and maybe some body bytes —
+//! and HTTP/2 made it expensive: HPACK encoding and decoding of every head, h2's locked stream
+//! store, and hyper spawning a task per stream on both ends. Measured with callgrind over 2000
+//! keep-alive GETs through server + agent (release build, one thread each):
 //!
-//! Flow control: each stream gets [`STREAM_WINDOW`] of credit and the session
-//! [`CONNECTION_WINDOW`]. hyper returns credit only when the body consumer takes a chunk, so a
-//! caller that reads slowly stops *its* stream once its window is full while the other streams
-//! keep the rest of the connection window. Memory per session is therefore bounded by the
-//! connection window plus one frame per stream, whatever the callers do
-//! (tests `slow_caller_does_not_stall_a_fast_one`, `big_bodies_stream_both_ways_with_flat_rss`).
+//! | tunnel | server instr/request | agent instr/request |
+//! |---|---|---|
+//! | HTTP/2 (hyper + h2) | 54,100 | 57,200 |
+//! | these frames | see `bench/proxyview/README.md` | |
 //!
-//! # Measurement (why these window sizes)
+//! A yamux stream would still need an HTTP/1 codec per stream on both ends. The frames here are
+//! the minimum the tunnel needs: a head (method, path, headers / status, headers) in a compact
+//! length-prefixed form, data, per-stream and per-session credit, reset, ping.
 //!
-//! 20 MB download through the tunnel, release build, 2 vCPU, agent ↔ server through a relay
-//! adding 10 ms each way (20 ms RTT), two runs each:
+//! # How one session runs
 //!
-//! | windows (stream / connection), max frame | MB/s |
-//! |---|---|
-//! | 64 KiB / 64 KiB, 16 KiB frames (HTTP/2 defaults) | 2.98, 2.87 |
-//! | 1 MiB / 8 MiB, 64 KiB frames (ours) | 36.2, 37.8 |
+//! One task per session owns the WebSocket. It reads every message available, decodes the
+//! frames and hands each to its stream through an unbounded channel (bounded in practice by flow
+//! control), then writes everything the streams queued since its last turn as **one** WebSocket
+//! message, so under load many heads and answers share one write and one read. Streams never
+//! touch the socket: they append encoded frames to a shared buffer and wake the session task.
 //!
-//! A stream moves at most one window per round trip, so the defaults cap every request at
-//! ~3 MB/s on a 20 ms path; 1 MiB lifts that twelve-fold while a caller that stops reading still
-//! parks at most 1 MiB (and one session at most 8 MiB) in the tunnel. On plain loopback (no RTT)
-//! both settings give the same ~300 MB/s, so the larger window costs nothing there. The 100 MB
-//! loopback comparison with rathole is in `bench/proxyview/README.md`; `bench/proxyview/rtt.sh`
-//! reproduces the RTT figure for the current build (the first row was measured by setting the
-//! three constants in `protocol.rs` to the HTTP/2 defaults).
+//! Flow control: each stream may have [`STREAM_WINDOW`] bytes in flight and the session
+//! [`CONNECTION_WINDOW`]. Credit is returned only when the consumer (the caller's socket, the
+//! backend's socket) takes the bytes, so a caller that stops reading stops *its* stream while the
+//! others keep the rest of the session window; memory per session is bounded by the session
+//! window whatever the callers do (tests `slow_caller_does_not_stall_a_fast_one`,
+//! `big_bodies_stream_both_ways_with_flat_rss`).
+//!
+//! Window sizes: a stream moves at most one window per round trip, so HTTP/2's default 64 KiB
+//! capped a download at ~3 MB/s on a 20 ms path; 1 MiB per stream gave 36–38 MB/s there
+//! (`bench/proxyview/rtt.sh`) while a caller that stops reading parks at most 1 MiB.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink, Stream};
+use http_body::{Body, Frame as BodyFrame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_websockets::{Message, WebSocketStream};
 
 use crate::protocol::{
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST, STREAM_WINDOW,
+    reset, Frame, FrameError, CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
+    MAX_WS_MESSAGE, STREAM_WINDOW, WINDOW_UPDATE_THRESHOLD,
 };
 
 /// Heartbeat settings shared by both ends of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
-    /// PING interval.
+    /// A `Ping` is sent when nothing arrived for this long.
     pub interval: Duration,
-    /// Time to wait for the PING answer before the connection fails.
+    /// The peer is dead when nothing arrived for `interval + timeout`.
     pub timeout: Duration,
 }
 
-/// HTTP/2 client settings used by the server on each agent session.
-pub fn client_builder(hb: Heartbeat) -> hyper::client::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_send_buf_size(STREAM_WINDOW as usize)
-        .keep_alive_interval(hb.interval)
-        .keep_alive_timeout(hb.timeout)
-        .keep_alive_while_idle(true);
-    b
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens streams (the proxyview server, one per caller request).
+    Opener,
+    /// Accepts streams (the agent).
+    Acceptor,
 }
 
-/// HTTP/2 server settings used by the agent on its session.
-pub fn server_builder(hb: Heartbeat) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_send_buf_size(STREAM_WINDOW as usize)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(hb.interval)
-        .keep_alive_timeout(hb.timeout)
-        .enable_connect_protocol();
-    b
+/// Why a stream operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StreamError {
+    /// The session ended (peer gone, heartbeat timeout, protocol error, local close).
+    #[error("tunnel session closed: {0}")]
+    SessionClosed(Arc<str>),
+    /// The peer abandoned the stream.
+    #[error("stream reset by the peer (code {0})")]
+    Reset(u8),
+    /// The peer sent something this end cannot use on this stream.
+    #[error("bad frame on the stream: {0}")]
+    Protocol(&'static str),
+}
+
+enum Inbound {
+    Head { block: Bytes, end: bool },
+    Data { data: Bytes, end: bool },
+    Reset(u8),
+}
+
+struct Entry {
+    tx: mpsc::UnboundedSender<Inbound>,
+    credit: Arc<Semaphore>,
+    cancel: CancellationToken,
+    recv_done: bool,
+    send_done: bool,
+    /// The local receiver went away while this end still sends: the peer's data is dropped,
+    /// and the stream is reset once our side has ended (so the peer stops sending).
+    recv_discarded: bool,
+}
+
+/// A stream opened by the peer (agent side).
+pub struct Accepted {
+    /// The request head block ([`crate::protocol::RequestHead`]).
+    pub head: Bytes,
+    /// No request body follows.
+    pub end: bool,
+    /// The request asks for an upgrade (byte pipe after `101`).
+    pub upgrade: bool,
+    /// Sends the response.
+    pub send: SendHalf,
+    /// Receives the request body.
+    pub recv: RecvHalf,
+}
+
+struct Streams {
+    map: HashMap<u32, Entry>,
+    /// Set (under this lock) when the session ends, so no stream is added afterwards.
+    closed: bool,
+}
+
+struct Shared {
+    role: Role,
+    out: Mutex<BytesMut>,
+    waker: AtomicWaker,
+    streams: Mutex<Streams>,
+    conn_credit: Semaphore,
+    /// Session-level receive budget: data the peer may still send before we return credit.
+    recv_budget: AtomicI64,
+    /// Consumed bytes whose session credit has not been returned yet.
+    conn_pending: AtomicU32,
+    next_id: AtomicU32,
+    closed: CancellationToken,
+    reason: OnceLock<Arc<str>>,
+    accept: Mutex<Option<mpsc::UnboundedSender<Accepted>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn queue(&self, frame: &Frame) {
+        frame.encode(&mut lock(&self.out));
+        self.waker.wake();
+    }
+
+    fn closed_error(&self) -> StreamError {
+        StreamError::SessionClosed(
+            self.reason
+                .get()
+                .cloned()
+                .unwrap_or_else(|| Arc::from("closed")),
+        )
+    }
+
+    /// Marks one direction of `id` finished; the entry goes when both are.
+    fn finish(&self, id: u32, send: bool) {
+        let mut s = lock(&self.streams);
+        let Some(e) = s.map.get_mut(&id) else { return };
+        if send {
+            e.send_done = true;
+        } else {
+            e.recv_done = true;
+        }
+        if e.send_done && e.recv_done {
+            let discarded = e.recv_discarded;
+            s.map.remove(&id);
+            drop(s);
+            if discarded && !self.closed.is_cancelled() {
+                self.queue(&Frame::Reset {
+                    stream: id,
+                    code: reset::CANCEL,
+                });
+            }
+        }
+    }
+
+    /// The local receiver of `id` went away before the peer's end: reset the stream, unless this
+    /// end is still sending (an answer to a request whose body nobody read), in which case the
+    /// peer's further data is dropped and the reset waits for our end.
+    fn discard_recv(&self, id: u32) {
+        let mut s = lock(&self.streams);
+        let Some(e) = s.map.get_mut(&id) else { return };
+        if e.send_done {
+            drop(s);
+            self.reset(id, reset::CANCEL);
+        } else {
+            e.recv_done = true;
+            e.recv_discarded = true;
+        }
+    }
+
+    /// Abandons `id` locally and tells the peer.
+    fn reset(&self, id: u32, code: u8) {
+        let removed = lock(&self.streams).map.remove(&id);
+        if let Some(e) = removed {
+            e.credit.close();
+            e.cancel.cancel();
+            if !self.closed.is_cancelled() {
+                self.queue(&Frame::Reset { stream: id, code });
+            }
+        }
+    }
+
+    /// The consumer took `n` bytes: return session credit in batches.
+    fn conn_consumed(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let total = self.conn_pending.fetch_add(n, Ordering::AcqRel) + n;
+        if total >= WINDOW_UPDATE_THRESHOLD {
+            self.flush_conn_credit();
+        }
+    }
+
+    fn flush_conn_credit(&self) {
+        let t = self.conn_pending.swap(0, Ordering::AcqRel);
+        if t > 0 {
+            self.recv_budget.fetch_add(i64::from(t), Ordering::AcqRel);
+            self.queue(&Frame::Window {
+                stream: 0,
+                increment: t,
+            });
+        }
+    }
+
+    fn fail_all(&self, reason: &str) {
+        let _ = self.reason.set(Arc::from(reason));
+        let entries: Vec<Entry> = {
+            let mut s = lock(&self.streams);
+            s.closed = true;
+            s.map.drain().map(|(_, e)| e).collect()
+        };
+        self.closed.cancel();
+        self.conn_credit.close();
+        for e in entries {
+            e.credit.close();
+            e.cancel.cancel();
+            // Receivers see the closed channel and report the session's reason.
+            drop(e.tx);
+        }
+        *lock(&self.accept) = None;
+    }
+
+    fn dispatch(self: &Arc<Self>, frame: Frame) -> Result<(), String> {
+        match frame {
+            Frame::Head {
+                stream,
+                end,
+                upgrade,
+                block,
+            } => match self.role {
+                Role::Acceptor => {
+                    accept(self, stream, end, upgrade, block);
+                    Ok(())
+                }
+                Role::Opener => {
+                    let mut s = lock(&self.streams);
+                    if let Some(e) = s.map.get_mut(&stream) {
+                        let _ = e.tx.send(Inbound::Head { block, end });
+                        if end {
+                            e.recv_done = true;
+                            if e.send_done {
+                                s.map.remove(&stream);
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+            },
+            Frame::Data { stream, end, data } => {
+                let len = data.len() as u32;
+                if self.recv_budget.fetch_sub(i64::from(len), Ordering::AcqRel) < i64::from(len) {
+                    return Err("peer sent beyond the session window".into());
+                }
+                let mut s = lock(&self.streams);
+                match s.map.get_mut(&stream) {
+                    Some(e) if !e.recv_done => {
+                        let _ = e.tx.send(Inbound::Data { data, end });
+                        if end {
+                            e.recv_done = true;
+                            if e.send_done {
+                                s.map.remove(&stream);
+                            }
+                        }
+                    }
+                    _ => {
+                        // A stream we already dropped: nobody consumes this, so its session
+                        // credit comes back at once.
+                        drop(s);
+                        self.conn_consumed(len);
+                    }
+                }
+                Ok(())
+            }
+            Frame::Window { stream, increment } => {
+                let inc = increment as usize;
+                if stream == 0 {
+                    if self.conn_credit.available_permits() + inc > Semaphore::MAX_PERMITS {
+                        return Err("session window overflow".into());
+                    }
+                    self.conn_credit.add_permits(inc);
+                } else if let Some(e) = lock(&self.streams).map.get(&stream) {
+                    if e.credit.available_permits() + inc > Semaphore::MAX_PERMITS {
+                        return Err("stream window overflow".into());
+                    }
+                    e.credit.add_permits(inc);
+                }
+                Ok(())
+            }
+            Frame::Reset { stream, code } => {
+                let removed = lock(&self.streams).map.remove(&stream);
+                if let Some(e) = removed {
+                    let _ = e.tx.send(Inbound::Reset(code));
+                    e.credit.close();
+                    e.cancel.cancel();
+                }
+                Ok(())
+            }
+            Frame::Ping(v) => {
+                self.queue(&Frame::Pong(v));
+                Ok(())
+            }
+            Frame::Pong(_) => Ok(()),
+        }
+    }
+}
+
+fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool, block: Bytes) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let credit = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
+    let cancel = shared.closed.child_token();
+    {
+        let mut s = lock(&shared.streams);
+        if s.closed {
+            return;
+        }
+        if stream.is_multiple_of(2) || s.map.contains_key(&stream) {
+            drop(s);
+            shared.queue(&Frame::Reset {
+                stream,
+                code: reset::REFUSED,
+            });
+            return;
+        }
+        if s.map.len() >= MAX_CONCURRENT_STREAMS {
+            drop(s);
+            shared.queue(&Frame::Reset {
+                stream,
+                code: reset::REFUSED,
+            });
+            return;
+        }
+        s.map.insert(
+            stream,
+            Entry {
+                tx,
+                credit: credit.clone(),
+                cancel: cancel.clone(),
+                recv_done: end,
+                send_done: false,
+                recv_discarded: false,
+            },
+        );
+    }
+    let a = Accepted {
+        head: block,
+        end,
+        upgrade,
+        send: SendHalf {
+            id: stream,
+            shared: shared.clone(),
+            credit,
+            cancel,
+            done: false,
+        },
+        recv: RecvHalf::new(stream, shared.clone(), rx, end),
+    };
+    let sent = lock(&shared.accept).as_ref().map(|tx| tx.send(a));
+    // Not delivered (session closing): dropping the halves resets the stream.
+    drop(sent);
+}
+
+/// Handle on one tunnel session; cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.shared.role)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Starts the session task on `ws` (whose Hello/HelloAck exchange is done). The acceptor
+    /// also gets the channel of streams the peer opens; it ends when the session does.
+    pub fn start<S>(
+        ws: WebSocketStream<S>,
+        role: Role,
+        hb: Heartbeat,
+    ) -> (Session, Option<mpsc::UnboundedReceiver<Accepted>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (accept_tx, accept_rx) = match role {
+            Role::Acceptor => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            Role::Opener => (None, None),
+        };
+        let shared = Arc::new(Shared {
+            role,
+            out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            waker: AtomicWaker::new(),
+            streams: Mutex::new(Streams {
+                map: HashMap::new(),
+                closed: false,
+            }),
+            conn_credit: Semaphore::new(CONNECTION_WINDOW as usize),
+            recv_budget: AtomicI64::new(i64::from(CONNECTION_WINDOW)),
+            conn_pending: AtomicU32::new(0),
+            next_id: AtomicU32::new(1),
+            closed: CancellationToken::new(),
+            reason: OnceLock::new(),
+            accept: Mutex::new(accept_tx),
+        });
+        let mut tick =
+            tokio::time::interval(hb.interval.min(hb.timeout).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let io = Io {
+            ws,
+            shared: shared.clone(),
+            inbuf: BytesMut::new(),
+            hb,
+            tick,
+            last_rx: Instant::now(),
+            last_ping: Instant::now(),
+            pings: 0,
+            stop: Box::pin(shared.closed.clone().cancelled_owned()),
+        };
+        tokio::spawn(io.run());
+        (Session { shared }, accept_rx)
+    }
+
+    /// Opens a stream with a request head; `end` when no body follows.
+    pub fn open(
+        &self,
+        head: Bytes,
+        end: bool,
+        upgrade: bool,
+    ) -> Result<(SendHalf, RecvHalf), StreamError> {
+        let sh = &self.shared;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
+        let cancel = sh.closed.child_token();
+        let id = {
+            let mut s = lock(&sh.streams);
+            if s.closed {
+                return Err(sh.closed_error());
+            }
+            let mut id = sh.next_id.fetch_add(2, Ordering::Relaxed);
+            while id == 0 || s.map.contains_key(&id) {
+                id = sh.next_id.fetch_add(2, Ordering::Relaxed);
+            }
+            s.map.insert(
+                id,
+                Entry {
+                    tx,
+                    credit: credit.clone(),
+                    cancel: cancel.clone(),
+                    recv_done: false,
+                    send_done: end,
+                    recv_discarded: false,
+                },
+            );
+            id
+        };
+        sh.queue(&Frame::Head {
+            stream: id,
+            end,
+            upgrade,
+            block: head,
+        });
+        Ok((
+            SendHalf {
+                id,
+                shared: sh.clone(),
+                credit,
+                cancel,
+                done: end,
+            },
+            RecvHalf::new(id, sh.clone(), rx, false),
+        ))
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Waits for the end of the session and returns why it ended.
+    pub async fn closed(&self) -> Arc<str> {
+        self.shared.closed.cancelled().await;
+        match self.shared.closed_error() {
+            StreamError::SessionClosed(r) => r,
+            other => Arc::from(other.to_string()),
+        }
+    }
+
+    /// Ends the session (streams in flight fail).
+    pub fn close(&self, reason: &str) {
+        self.shared.fail_all(reason);
+    }
+
+    /// Streams currently open (diagnostics, tests).
+    pub fn open_streams(&self) -> usize {
+        lock(&self.shared.streams).map.len()
+    }
+}
+
+/// Sending side of a stream.
+pub struct SendHalf {
+    id: u32,
+    shared: Arc<Shared>,
+    credit: Arc<Semaphore>,
+    cancel: CancellationToken,
+    done: bool,
+}
+
+impl SendHalf {
+    fn error(&self) -> StreamError {
+        if self.shared.closed.is_cancelled() {
+            self.shared.closed_error()
+        } else {
+            StreamError::Reset(reset::CANCEL)
+        }
+    }
+
+    /// Sends the response head (acceptor); `end` when no body follows.
+    pub fn send_head(&mut self, head: Bytes, end: bool) -> Result<(), StreamError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.error());
+        }
+        self.shared.queue(&Frame::Head {
+            stream: self.id,
+            end,
+            upgrade: false,
+            block: head,
+        });
+        if end {
+            self.done = true;
+            self.shared.finish(self.id, true);
+        }
+        Ok(())
+    }
+
+    /// Sends `data` in frames of at most [`MAX_FRAME_SIZE`], waiting for credit; `end` closes
+    /// this direction after it.
+    pub async fn send_data(&mut self, mut data: Bytes, end: bool) -> Result<(), StreamError> {
+        if self.done {
+            return Ok(());
+        }
+        loop {
+            let n = data.len().min(MAX_FRAME_SIZE as usize);
+            if n > 0 {
+                let n32 = n as u32;
+                match self.credit.acquire_many(n32).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Err(self.error()),
+                }
+                match self.shared.conn_credit.acquire_many(n32).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Err(self.error()),
+                }
+            } else if !end {
+                return Ok(());
+            }
+            let chunk = data.split_to(n);
+            let last = data.is_empty();
+            if self.cancel.is_cancelled() {
+                return Err(self.error());
+            }
+            self.shared.queue(&Frame::Data {
+                stream: self.id,
+                end: end && last,
+                data: chunk,
+            });
+            if last {
+                break;
+            }
+        }
+        if end {
+            self.done = true;
+            self.shared.finish(self.id, true);
+        }
+        Ok(())
+    }
+
+    /// Resolves when the peer reset the stream or the session ended.
+    pub fn cancelled_owned(&self) -> WaitForCancellationFutureOwned {
+        self.cancel.clone().cancelled_owned()
+    }
+}
+
+impl Drop for SendHalf {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.reset(self.id, reset::BROKEN);
+        }
+    }
+}
+
+/// Receiving side of a stream; as an [`http_body::Body`] it yields the peer's data.
+pub struct RecvHalf {
+    id: u32,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    /// Peer's direction finished (or failed): nothing more to read.
+    ended: bool,
+    /// Ended by a reset or session failure rather than by `end`.
+    failed: bool,
+    head_seen: bool,
+    pending_credit: u32,
+}
+
+impl RecvHalf {
+    fn new(
+        id: u32,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Inbound>,
+        ended: bool,
+    ) -> Self {
+        Self {
+            id,
+            shared,
+            rx,
+            ended,
+            failed: false,
+            head_seen: ended,
+            pending_credit: 0,
+        }
+    }
+
+    /// Waits for the peer's head (opener side): the block and whether a body follows.
+    pub async fn head(&mut self) -> Result<(Bytes, bool), StreamError> {
+        let r = match self.rx.recv().await {
+            Some(Inbound::Head { block, end }) => {
+                self.head_seen = true;
+                if end {
+                    self.ended = true;
+                }
+                return Ok((block, end));
+            }
+            Some(Inbound::Reset(code)) => Err(StreamError::Reset(code)),
+            Some(Inbound::Data { .. }) => Err(StreamError::Protocol("data before the head")),
+            None => Err(self.shared.closed_error()),
+        };
+        self.ended = true;
+        self.failed = true;
+        r
+    }
+
+    fn consumed(&mut self, n: u32) {
+        self.shared.conn_consumed(n);
+        if self.ended {
+            return;
+        }
+        self.pending_credit += n;
+        if self.pending_credit >= WINDOW_UPDATE_THRESHOLD {
+            let increment = std::mem::take(&mut self.pending_credit);
+            self.shared.queue(&Frame::Window {
+                stream: self.id,
+                increment,
+            });
+        }
+    }
+
+    /// The next chunk of data; `None` at the end of the peer's direction.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StreamError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let item = std::task::ready!(self.rx.poll_recv(cx));
+            match item {
+                Some(Inbound::Data { data, end }) => {
+                    if end {
+                        self.ended = true;
+                        self.shared.finish(self.id, false);
+                    }
+                    self.consumed(data.len() as u32);
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Some(Inbound::Head { .. }) => {
+                    self.ended = true;
+                    self.failed = true;
+                    self.shared.reset(self.id, reset::BROKEN);
+                    return Poll::Ready(Some(Err(StreamError::Protocol("second head"))));
+                }
+                Some(Inbound::Reset(code)) => {
+                    self.ended = true;
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(StreamError::Reset(code))));
+                }
+                None => {
+                    self.ended = true;
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(self.shared.closed_error())));
+                }
+            }
+        }
+    }
+
+    /// Async form of [`RecvHalf::poll_chunk`].
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, StreamError>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+}
+
+impl Drop for RecvHalf {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shared.discard_recv(self.id);
+        }
+        // Data that arrived but was never consumed still holds session credit.
+        let mut unread = 0u32;
+        while let Ok(item) = self.rx.try_recv() {
+            if let Inbound::Data { data, .. } = item {
+                unread += data.len() as u32;
+            }
+        }
+        self.shared.conn_consumed(unread);
+    }
+}
+
+impl Body for RecvHalf {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, StreamError>>> {
+        self.get_mut()
+            .poll_chunk(cx)
+            .map(|o| o.map(|r| r.map(BodyFrame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && !self.failed
+    }
+}
+
+/// Sends `body` on `send` to its end (trailers are not carried); a body error resets the
+/// stream.
+pub async fn send_body<B>(mut body: B, send: &mut SendHalf) -> Result<(), StreamError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt as _;
+    loop {
+        match body.frame().await {
+            None => return send.send_data(Bytes::new(), true).await,
+            Some(Err(_)) => {
+                send.done = true;
+                send.shared.reset(send.id, reset::BROKEN);
+                return Err(StreamError::Protocol("body failed"));
+            }
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    let end = body.is_end_stream();
+                    send.send_data(data, end).await?;
+                    if end {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pipes bytes between `io` and an upgraded stream until both directions ended.
+pub async fn pipe<T>(io: T, mut send: SendHalf, mut recv: RecvHalf)
+where
+    T: AsyncRead + AsyncWrite,
+{
+    let (mut r, mut w) = tokio::io::split(io);
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = r.read(&mut buf).await.map_err(|_| ())?;
+            if n == 0 {
+                return send.send_data(Bytes::new(), true).await.map_err(|_| ());
+            }
+            send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                .await
+                .map_err(|_| ())?;
+        }
+    };
+    let down = async {
+        while let Some(chunk) = recv.chunk().await {
+            let chunk = chunk.map_err(|_| ())?;
+            w.write_all(&chunk).await.map_err(|_| ())?;
+        }
+        w.shutdown().await.map_err(|_| ())
+    };
+    // Either side failing drops both halves, which resets the stream for the peer.
+    let _ = tokio::try_join!(up, down);
+}
+
+/// The session task: owns the WebSocket, decodes and dispatches inbound frames, writes queued
+/// frames, runs the heartbeat.
+struct Io<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    /// Start of a frame split across WebSocket messages.
+    inbuf: BytesMut,
+    hb: Heartbeat,
+    tick: tokio::time::Interval,
+    last_rx: Instant,
+    last_ping: Instant,
+    pings: u64,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+/// Messages read per turn before writing (keeps answers flowing under a flood of requests).
+const READ_BUDGET: usize = 64;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn run(mut self) {
+        let result = std::future::poll_fn(|cx| self.poll_turn(cx)).await;
+        let reason = match &result {
+            Ok(()) => "closed locally".to_string(),
+            Err(e) => e.clone(),
+        };
+        self.shared.fail_all(&reason);
+        if result.is_ok() {
+            // Tell a live peer we are going; never wait long for a dead one.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                use futures_util::SinkExt as _;
+                let _ = self.ws.send(Message::close(None, "")).await;
+            })
+            .await;
+        }
+    }
+
+    fn feed(&mut self, payload: Bytes) -> Result<(), String> {
+        let mut buf = if self.inbuf.is_empty() {
+            payload
+        } else {
+            self.inbuf.extend_from_slice(&payload);
+            self.inbuf.split().freeze()
+        };
+        loop {
+            match Frame::decode(&mut buf) {
+                Ok(Some(f)) => self.shared.dispatch(f)?,
+                Ok(None) => break,
+                Err(e) => return Err(protocol_error(&e)),
+            }
+        }
+        if !buf.is_empty() {
+            self.inbuf.extend_from_slice(&buf);
+        }
+        Ok(())
+    }
+
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.waker.register(cx.waker());
+        // Read everything available.
+        let mut budget = READ_BUDGET;
+        loop {
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            budget -= 1;
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => return Poll::Ready(Err("the peer closed the tunnel".into())),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(format!("tunnel read failed: {e}")))
+                }
+                Poll::Ready(Some(Ok(msg))) => {
+                    self.last_rx = Instant::now();
+                    if msg.is_binary() {
+                        self.feed(Bytes::from(msg.into_payload()))?;
+                    } else if let Some((code, reason)) = msg.as_close() {
+                        return Poll::Ready(Err(format!(
+                            "the peer closed the tunnel ({}){}{reason}",
+                            u16::from(code),
+                            if reason.is_empty() { "" } else { ": " }
+                        )));
+                    } else if msg.is_text() {
+                        return Poll::Ready(Err(
+                            "text message inside the tunnel (expected binary frames)".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        // Heartbeat.
+        while self.tick.poll_tick(cx).is_ready() {
+            let silent = self.last_rx.elapsed();
+            if silent >= self.hb.interval + self.hb.timeout {
+                return Poll::Ready(Err(format!(
+                    "heartbeat: nothing from the peer for {} ms",
+                    silent.as_millis()
+                )));
+            }
+            if silent >= self.hb.interval && self.last_ping.elapsed() >= self.hb.interval {
+                self.last_ping = Instant::now();
+                self.pings += 1;
+                self.shared.queue(&Frame::Ping(self.pings));
+            }
+        }
+        // Write everything queued, one message per turn while the socket takes it.
+        loop {
+            if lock(&self.shared.out).is_empty() {
+                break;
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(format!("tunnel write failed: {e}")))
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let chunk = {
+                let mut out = lock(&self.shared.out);
+                let n = out.len().min(MAX_WS_MESSAGE);
+                out.split_to(n).freeze()
+            };
+            if let Err(e) = Pin::new(&mut self.ws).start_send(Message::binary(chunk)) {
+                return Poll::Ready(Err(format!("tunnel write failed: {e}")));
+            }
+        }
+        if let Poll::Ready(Err(e)) = Pin::new(&mut self.ws).poll_flush(cx) {
+            return Poll::Ready(Err(format!("tunnel write failed: {e}")));
+        }
+        Poll::Pending
+    }
+}
+
+fn protocol_error(e: &FrameError) -> String {
+    format!("protocol error from the peer: {e}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::protocol::{RequestHead, ResponseHead};
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let frames = vec![
+            Frame::Head {
+                stream: 1,
+                end: false,
+                upgrade: true,
+                block: Bytes::from_static(b"head"),
+            },
+            Frame::Data {
+                stream: 1,
+                end: true,
+                data: Bytes::from(vec![7u8; 70_000].split_off(5_536)),
+            },
+            Frame::Window {
+                stream: 0,
+                increment: 99,
+            },
+            Frame::Reset {
+                stream: 3,
+                code: reset::CANCEL,
+            },
+            Frame::Ping(42),
+            Frame::Pong(42),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        for cut in [0, 1, 9, 10, 11, 20, 1000, wire.len() - 1] {
+            let mut acc = BytesMut::new();
+            let mut got = Vec::new();
+            for part in [wire.slice(..cut), wire.slice(cut..)] {
+                acc.extend_from_slice(&part);
+                let mut b = acc.split().freeze();
+                while let Some(f) = Frame::decode(&mut b).unwrap() {
+                    got.push(f);
+                }
+                acc.extend_from_slice(&b);
+            }
+            assert_eq!(got, frames, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_errors() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        b.extend_from_slice(&(MAX_FRAME_SIZE + 1).to_be_bytes());
+        assert!(matches!(
+            Frame::decode(&mut b.freeze()),
+            Err(FrameError::TooLong { .. })
+        ));
+        let mut b = Bytes::from_static(&[99, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(99)));
+        let mut b = Bytes::from_static(&[3, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0]);
+        assert!(matches!(
+            Frame::decode(&mut b),
+            Err(FrameError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn heads_round_trip_and_reject_garbage() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.insert("host", HeaderValue::from_static("svc"));
+        let req = RequestHead {
+            method: Method::from_bytes(b"PROPFIND").unwrap(),
+            path: "/a/b?c=d".parse().unwrap(),
+            headers: headers.clone(),
+        };
+        assert_eq!(RequestHead::decode(req.encode()).unwrap(), req);
+        let resp = ResponseHead {
+            status: StatusCode::IM_A_TEAPOT,
+            headers,
+        };
+        assert_eq!(ResponseHead::decode(resp.encode()).unwrap(), resp);
+        let enc = req.encode();
+        for n in 0..enc.len() {
+            assert!(RequestHead::decode(enc.slice(..n)).is_err(), "prefix {n}");
+        }
+        let mut bad = BytesMut::from(&resp.encode()[..]);
+        bad[0] = 0;
+        bad[1] = 5;
+        assert!(ResponseHead::decode(bad.freeze()).is_err());
+    }
 }

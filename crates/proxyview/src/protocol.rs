@@ -5,23 +5,32 @@
 //!    both **before** the upgrade: 401 on a bad token, 403 for a peer outside the allowlist.
 //! 2. After `101 Switching Protocols` the agent sends one text message, [`Hello`]; the server answers
 //!    with one text message, [`HelloAck`], accepting or rejecting each route with a reason.
-//! 3. From then on the WebSocket carries only binary messages whose concatenated payloads are an
-//!    HTTP/2 connection with the roles reversed: the *server* is the HTTP/2 client (it opens one
-//!    stream per caller request), the *agent* is the HTTP/2 server. See [`crate::mux`] for why.
-//! 4. Each stream is an ordinary HTTP/2 request for `http://<route><path>` carrying the caller's
-//!    headers (hop-by-hop ones and the external token removed) plus the `proxyview-*` headers below,
-//!    which the agent consumes. Upgrades (WebSocket) travel as RFC 8441 extended CONNECT streams.
-//! 5. Liveness is HTTP/2 PING in both directions; a peer that does not answer within the timeout is
-//!    dead, its in-flight streams fail with 502 and its routes are dropped if it still owns them.
+//! 3. From then on the WebSocket carries only binary messages whose concatenated payloads are a
+//!    sequence of [`Frame`]s (a message may hold many frames; a frame may span messages). The
+//!    *server* opens one stream per caller request with a [`Frame::Head`]; the agent answers on the
+//!    same stream with its own `Head`, then both sides send `Data` until one with `end` set. See
+//!    [`crate::mux`] for why this and not HTTP/2.
+//! 4. A request head carries the caller's method, path and headers (hop-by-hop ones and the
+//!    external token removed) plus the `proxyview-*` headers below, which the agent consumes. An
+//!    upgrade (WebSocket) request has `upgrade` set; after a `101` answer the stream is a raw byte
+//!    pipe in both directions.
+//! 5. Flow control: a sender may have at most [`STREAM_WINDOW`] unacknowledged bytes on a stream
+//!    and [`CONNECTION_WINDOW`] on the session; the receiver returns credit with `Window` as its
+//!    consumer takes the data, so a caller that stops reading stops only its own stream.
+//! 6. Liveness is `Ping`/`Pong` in both directions; a peer silent for the heartbeat interval plus
+//!    timeout is dead, its in-flight streams fail with 502 and its routes are dropped if it still
+//!    owns them.
 
 use std::time::Duration;
 
-use http::HeaderName;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol carried in [`Hello`]; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the agent endpoint on the internal port.
 pub const CONNECT_PATH: &str = "/connect";
@@ -81,8 +90,8 @@ pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("proxyview-route");
 pub const PEER_HEADER: HeaderName = HeaderName::from_static("proxyview-peer");
 /// Header the server adds: the caller's original `Host` (or absolute-form authority).
 pub const HOST_HEADER: HeaderName = HeaderName::from_static("proxyview-host");
-/// Header the server adds on an extended CONNECT: the caller's original method (usually GET).
-pub const METHOD_HEADER: HeaderName = HeaderName::from_static("proxyview-method");
+/// Header the server adds on an upgrade request: the protocol the caller asked for (`Upgrade`).
+pub const UPGRADE_HEADER: HeaderName = HeaderName::from_static("proxyview-upgrade");
 /// Header the agent adds on responses it generated itself (not the backend's), with the cause.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("proxyview-error");
 
@@ -104,26 +113,364 @@ pub const MAX_CLIENT_ID_LEN: usize = 256;
 pub const MAX_ROUTES: usize = 1024;
 /// Largest [`Hello`] / [`HelloAck`] text message.
 pub const MAX_CONTROL_MESSAGE: usize = 256 * 1024;
-/// Largest WebSocket message accepted on the tunnel; HTTP/2 never writes more than a frame plus
-/// its buffered headers in one go, so this is a sanity bound, not a throughput knob.
+/// Largest WebSocket message sent or accepted on the tunnel; the writer packs every frame queued
+/// since its last write into one message up to this size.
 pub const MAX_WS_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// Initial HTTP/2 per-stream receive window: bounds what one slow caller can park in memory.
+/// Per-stream send window: bounds what one slow caller can park in memory.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Initial HTTP/2 per-connection receive window: bounds one session's buffered data in total.
+/// Per-session send window: bounds one session's buffered data in total.
 pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// HTTP/2 max frame size on the tunnel (fewer, larger WebSocket messages for bulk data).
+/// Largest `Data` payload in one frame.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
-/// Most concurrent streams an agent accepts on one session.
-pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
-/// HTTP/2 header list limit on the tunnel.
+/// Most concurrent streams an agent accepts on one session; more are reset as refused.
+pub const MAX_CONCURRENT_STREAMS: usize = 4096;
+/// Largest encoded `Head` payload (request line + headers).
 pub const MAX_HEADER_LIST: u32 = 256 * 1024;
+/// Receiver credit is returned once this many bytes were consumed (or the stream ends), so a bulk
+/// transfer costs one `Window` frame per 32 KiB instead of one per chunk.
+pub const WINDOW_UPDATE_THRESHOLD: u32 = 32 * 1024;
+
+/// Length of a frame header: kind (u8), flags (u8), stream id (u32 BE), payload length (u32 BE).
+pub const FRAME_HEADER_LEN: usize = 10;
+
+/// One frame of the tunnel. Stream 0 is the session itself (`Window` credit, `Ping`, `Pong`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens a stream (server → agent, request) or answers it (agent → server, response).
+    /// `block` is a [`RequestHead`] or [`ResponseHead`] encoding.
+    Head {
+        /// Stream id (odd, chosen by the server).
+        stream: u32,
+        /// No `Data` follows in this direction.
+        end: bool,
+        /// Request only: the stream becomes a byte pipe after a `101` answer.
+        upgrade: bool,
+        /// The encoded head.
+        block: Bytes,
+    },
+    /// Body bytes (or pipe bytes after an upgrade).
+    Data {
+        /// Stream id.
+        stream: u32,
+        /// Last frame of this direction.
+        end: bool,
+        /// Payload, at most [`MAX_FRAME_SIZE`] bytes.
+        data: Bytes,
+    },
+    /// The receiver consumed `increment` bytes: the sender may send that much more.
+    Window {
+        /// Stream id, 0 for the session window.
+        stream: u32,
+        /// Bytes of credit returned.
+        increment: u32,
+    },
+    /// Abandons a stream in both directions.
+    Reset {
+        /// Stream id.
+        stream: u32,
+        /// One of [`reset`].
+        code: u8,
+    },
+    /// Liveness probe; answered with `Pong` carrying the same value.
+    Ping(u64),
+    /// Answer to `Ping`.
+    Pong(u64),
+}
+
+/// Reasons carried by [`Frame::Reset`].
+pub mod reset {
+    /// The receiver no longer wants the stream (caller went away, response dropped).
+    pub const CANCEL: u8 = 1;
+    /// The agent refused to open the stream (too many streams).
+    pub const REFUSED: u8 = 2;
+    /// The stream broke: a body could not be read to its end.
+    pub const BROKEN: u8 = 3;
+}
+
+const KIND_HEAD: u8 = 1;
+const KIND_DATA: u8 = 2;
+const KIND_WINDOW: u8 = 3;
+const KIND_RESET: u8 = 4;
+const KIND_PING: u8 = 5;
+const KIND_PONG: u8 = 6;
+const FLAG_END: u8 = 1;
+const FLAG_UPGRADE: u8 = 2;
+
+/// A frame that cannot be decoded; the session is closed with this reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Unknown frame kind byte.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A payload longer than the limit of its kind.
+    #[error("frame of kind {kind} has {len} bytes (limit {limit})")]
+    TooLong {
+        /// Kind byte.
+        kind: u8,
+        /// Announced length.
+        len: usize,
+        /// Limit for that kind.
+        limit: usize,
+    },
+    /// A fixed-size payload of the wrong size.
+    #[error("frame of kind {kind} has {len} bytes, expected {expected}")]
+    BadLength {
+        /// Kind byte.
+        kind: u8,
+        /// Actual length.
+        len: usize,
+        /// Expected length.
+        expected: usize,
+    },
+    /// A head block that does not decode.
+    #[error("bad head: {0}")]
+    BadHead(&'static str),
+}
+
+impl Frame {
+    /// Appends the frame header for a payload of `len` bytes (the payload follows separately).
+    fn put_header(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, len: usize) {
+        out.reserve(FRAME_HEADER_LEN + len);
+        out.put_u8(kind);
+        out.put_u8(flags);
+        out.put_u32(stream);
+        // Payload lengths are bounded by MAX_HEADER_LIST / MAX_FRAME_SIZE, far below u32::MAX.
+        out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    }
+
+    /// Appends this frame's wire form to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Frame::Head {
+                stream,
+                end,
+                upgrade,
+                block,
+            } => {
+                let flags = (u8::from(*end) * FLAG_END) | (u8::from(*upgrade) * FLAG_UPGRADE);
+                Self::put_header(out, KIND_HEAD, flags, *stream, block.len());
+                out.extend_from_slice(block);
+            }
+            Frame::Data { stream, end, data } => {
+                Self::put_header(
+                    out,
+                    KIND_DATA,
+                    u8::from(*end) * FLAG_END,
+                    *stream,
+                    data.len(),
+                );
+                out.extend_from_slice(data);
+            }
+            Frame::Window { stream, increment } => {
+                Self::put_header(out, KIND_WINDOW, 0, *stream, 4);
+                out.put_u32(*increment);
+            }
+            Frame::Reset { stream, code } => {
+                Self::put_header(out, KIND_RESET, 0, *stream, 1);
+                out.put_u8(*code);
+            }
+            Frame::Ping(v) => {
+                Self::put_header(out, KIND_PING, 0, 0, 8);
+                out.put_u64(*v);
+            }
+            Frame::Pong(v) => {
+                Self::put_header(out, KIND_PONG, 0, 0, 8);
+                out.put_u64(*v);
+            }
+        }
+    }
+
+    /// Takes one whole frame off the front of `buf`; `Ok(None)` when `buf` holds only part of
+    /// one (nothing is consumed then).
+    pub fn decode(buf: &mut Bytes) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = buf[0];
+        let flags = buf[1];
+        let stream = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
+        let len = u32::from_be_bytes([buf[6], buf[7], buf[8], buf[9]]) as usize;
+        let limit = match kind {
+            KIND_HEAD => MAX_HEADER_LIST as usize,
+            KIND_DATA => MAX_FRAME_SIZE as usize,
+            KIND_WINDOW | KIND_RESET | KIND_PING | KIND_PONG => 8,
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        if len > limit {
+            return Err(FrameError::TooLong { kind, len, limit });
+        }
+        if buf.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        buf.advance(FRAME_HEADER_LEN);
+        let mut payload = buf.split_to(len);
+        let fixed = |expected: usize| {
+            if len == expected {
+                Ok(())
+            } else {
+                Err(FrameError::BadLength {
+                    kind,
+                    len,
+                    expected,
+                })
+            }
+        };
+        let end = flags & FLAG_END != 0;
+        Ok(Some(match kind {
+            KIND_HEAD => Frame::Head {
+                stream,
+                end,
+                upgrade: flags & FLAG_UPGRADE != 0,
+                block: payload,
+            },
+            KIND_DATA => Frame::Data {
+                stream,
+                end,
+                data: payload,
+            },
+            KIND_WINDOW => {
+                fixed(4)?;
+                Frame::Window {
+                    stream,
+                    increment: payload.get_u32(),
+                }
+            }
+            KIND_RESET => {
+                fixed(1)?;
+                Frame::Reset {
+                    stream,
+                    code: payload.get_u8(),
+                }
+            }
+            KIND_PING => {
+                fixed(8)?;
+                Frame::Ping(payload.get_u64())
+            }
+            _ => {
+                fixed(8)?;
+                Frame::Pong(payload.get_u64())
+            }
+        }))
+    }
+}
+
+/// A request head as carried in [`Frame::Head`]: `method`, `path`, then the headers.
+/// Encoding: u8 length + method, u16 length + path-and-query, u16 header count, and per header
+/// u16 length + name, u32 length + value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Request method.
+    pub method: Method,
+    /// Path and query as the caller sent it.
+    pub path: PathAndQuery,
+    /// Headers (no hop-by-hop ones).
+    pub headers: HeaderMap,
+}
+
+/// A response head as carried in [`Frame::Head`]: u16 status, then the headers as in
+/// [`RequestHead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers (no hop-by-hop ones).
+    pub headers: HeaderMap,
+}
+
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u16(u16::try_from(headers.len()).unwrap_or(u16::MAX));
+    for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
+        out.put_u16(name.as_str().len() as u16);
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.extend_from_slice(value.as_bytes());
+    }
+}
+
+fn take(buf: &mut Bytes, n: usize) -> Result<Bytes, FrameError> {
+    if buf.len() < n {
+        return Err(FrameError::BadHead("truncated"));
+    }
+    Ok(buf.split_to(n))
+}
+
+fn take_u16(buf: &mut Bytes) -> Result<u16, FrameError> {
+    Ok(take(buf, 2)?.get_u16())
+}
+
+fn get_headers(buf: &mut Bytes) -> Result<HeaderMap, FrameError> {
+    let count = take_u16(buf)?;
+    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let n = usize::from(take_u16(buf)?);
+        let name = HeaderName::from_bytes(&take(buf, n)?)
+            .map_err(|_| FrameError::BadHead("invalid header name"))?;
+        let n = take(buf, 4)?.get_u32() as usize;
+        let value = HeaderValue::from_maybe_shared(take(buf, n)?)
+            .map_err(|_| FrameError::BadHead("invalid header value"))?;
+        headers.append(name, value);
+    }
+    if !buf.is_empty() {
+        return Err(FrameError::BadHead("trailing bytes"));
+    }
+    Ok(headers)
+}
+
+impl RequestHead {
+    /// The head's wire form.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256);
+        let m = self.method.as_str().as_bytes();
+        out.put_u8(m.len().min(255) as u8);
+        out.extend_from_slice(&m[..m.len().min(255)]);
+        let p = self.path.as_str().as_bytes();
+        out.put_u16(p.len().min(usize::from(u16::MAX)) as u16);
+        out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
+        put_headers(&mut out, &self.headers);
+        out.freeze()
+    }
+
+    /// Parses a head block.
+    pub fn decode(mut buf: Bytes) -> Result<Self, FrameError> {
+        let n = usize::from(take(&mut buf, 1)?[0]);
+        let method = Method::from_bytes(&take(&mut buf, n)?)
+            .map_err(|_| FrameError::BadHead("invalid method"))?;
+        let n = usize::from(take_u16(&mut buf)?);
+        let path = PathAndQuery::from_maybe_shared(take(&mut buf, n)?)
+            .map_err(|_| FrameError::BadHead("invalid path"))?;
+        let headers = get_headers(&mut buf)?;
+        Ok(Self {
+            method,
+            path,
+            headers,
+        })
+    }
+}
+
+impl ResponseHead {
+    /// The head's wire form.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(128);
+        out.put_u16(self.status.as_u16());
+        put_headers(&mut out, &self.headers);
+        out.freeze()
+    }
+
+    /// Parses a head block.
+    pub fn decode(mut buf: Bytes) -> Result<Self, FrameError> {
+        let status = StatusCode::from_u16(take_u16(&mut buf)?)
+            .map_err(|_| FrameError::BadHead("invalid status"))?;
+        let headers = get_headers(&mut buf)?;
+        Ok(Self { status, headers })
+    }
+}
 
 /// Time for TCP connect + WebSocket handshake + Hello/HelloAck.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default interval between HTTP/2 PINGs on an idle session (both directions).
+/// Default interval between `Ping`s on an idle session (both directions).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
-/// Default time to wait for a PING answer before declaring the peer dead.
+/// Default time to wait for a `Pong` (or any frame) before declaring the peer dead.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default wait for a response head, on the server (through the tunnel) and on the agent (backend).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);

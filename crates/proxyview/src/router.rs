@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
 
 use crate::config::AgentPolicy;
-use crate::http_util::PvBody;
 use crate::protocol::Rejected;
 
-/// The HTTP/2 handle the server uses to open streams to an agent.
-pub type Sender = hyper::client::conn::http2::SendRequest<PvBody>;
+/// The tunnel session handle the server opens streams on.
+pub type Sender = crate::mux::Session;
 
 /// One live agent session as the router sees it.
 #[derive(Debug)]
@@ -34,7 +33,7 @@ pub struct Session {
     pub client_id: String,
     /// The agent process instance.
     pub instance: String,
-    /// Set once the HTTP/2 handshake is done; sessions without it are skipped.
+    /// Set once the tunnel is up; sessions without it are skipped.
     pub sender: OnceLock<Sender>,
     /// Notified when the router drops this session in favour of a newer one.
     pub evicted: Notify,

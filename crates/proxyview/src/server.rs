@@ -9,8 +9,9 @@ use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,8 +27,11 @@ use crate::host::request_host;
 use crate::http_util::{self, boxed, empty, full, PvBody};
 use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, Hello, HelloAck, Rejected};
+use crate::protocol::{RequestHead, ResponseHead};
 use crate::router::{Router, Session};
-use crate::wsio::{self, WsIo};
+use crate::wsio;
+use std::future::Future;
+use std::pin::Pin;
 
 /// Proxyview's exact error page, used for every failure in legacy mode.
 pub const LEGACY_404_BODY: &str = "Resource was not found.";
@@ -315,58 +319,19 @@ impl Server {
             interval: self.cfg.heartbeat_interval,
             timeout: self.cfg.heartbeat_timeout,
         };
-        let (tx, conn) = match mux::client_builder(hb)
-            .handshake::<_, PvBody>(TokioIo::new(WsIo::new(ws)))
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(session = id, error = %e, "HTTP/2 handshake with agent failed");
-                self.router.remove_session(id);
-                return;
-            }
-        };
-        tokio::pin!(conn);
-        // Streams are opened only once the agent's SETTINGS arrived (one round trip): before
-        // that an extended CONNECT (WebSocket pass-through) would be refused by HTTP/2 itself.
-        let settled = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, async {
-            while !conn.is_extended_connect_protocol_enabled() {
-                tokio::select! {
-                    r = conn.as_mut() => return Some(r),
-                    () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
-                }
-            }
-            None
-        })
-        .await;
-        match settled {
-            Ok(None) => {}
-            Ok(Some(r)) => {
-                info!(session = id, result = ?r.err(), "agent left during the HTTP/2 handshake");
-                self.router.remove_session(id);
-                return;
-            }
-            Err(_) => {
-                warn!(
-                    session = id,
-                    "agent never enabled extended CONNECT; closing the session"
-                );
-                self.router.remove_session(id);
-                return;
-            }
-        }
-        let _ = session.sender.set(tx);
+        let (tunnel, _) = mux::Session::start(ws, mux::Role::Opener, hb);
+        let _ = session.sender.set(tunnel.clone());
         info!(
             session = id, client = %hello.client_id, %peer,
             accepted = ?reg.accepted, rejected = ?rejected, "agent connected"
         );
         tokio::select! {
-            r = conn.as_mut() => match r {
-                Ok(()) => info!(session = id, client = %hello.client_id, "agent disconnected"),
-                Err(e) => info!(session = id, client = %hello.client_id, error = %e, "agent session failed"),
-            },
+            reason = tunnel.closed() => {
+                info!(session = id, client = %hello.client_id, %reason, "agent disconnected");
+            }
             () = session.evicted.notified() => {
                 info!(session = id, client = %hello.client_id, "agent session replaced by a reconnect");
+                tunnel.close("replaced by a newer session of the same agent");
             }
         }
         self.router.remove_session(id);
@@ -487,92 +452,47 @@ impl Server {
         insert(&mut headers, protocol::ROUTE_HEADER, &host);
         insert(&mut headers, protocol::PEER_HEADER, &peer.ip().to_string());
         insert(&mut headers, protocol::HOST_HEADER, &original_host);
+        if let Some(p) = &proto {
+            insert(&mut headers, protocol::UPGRADE_HEADER, p);
+        }
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(host.as_str())
-            .path_and_query(path)
-            .build();
-        let uri = match uri {
-            Ok(u) => u,
-            Err(_) => {
-                return self.fail(
-                    log,
-                    StatusCode::BAD_REQUEST,
-                    "request target cannot be forwarded",
-                )
-            }
-        };
-        let mut out = Request::new(empty());
-        *out.uri_mut() = uri;
-        *out.version_mut() = Version::HTTP_2;
-        if let Some(p) = &proto {
-            *out.method_mut() = Method::CONNECT;
-            out.extensions_mut()
-                .insert(hyper::ext::Protocol::from(p.as_str()));
-            insert(&mut headers, protocol::METHOD_HEADER, parts.method.as_str());
-        } else {
-            *out.method_mut() = parts.method;
-            let body = boxed(body);
-            *out.body_mut() = match &log {
-                Some(l) => boxed(Tap::new(body, l.request.clone(), None)),
-                None => body,
-            };
+        let head = RequestHead {
+            method: parts.method,
+            path,
+            headers,
         }
-        *out.headers_mut() = headers;
+        .encode();
+        // An upgrade request's body is the pipe that follows the 101, never a request body.
+        let body = boxed(body);
+        let upgrade = proto.is_some();
+        let end = !upgrade && body.is_end_stream();
+        let body = match &log {
+            Some(l) if !end => boxed(Tap::new(body, l.request.clone(), None)),
+            _ => body,
+        };
 
-        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
-        let mut pending = Some(out);
-        let mut answer = None;
+        let mut opened = None;
         for s in candidates {
-            let Some(req) = pending.take() else { break };
-            let Some(tx) = s.sender.get() else {
-                pending = Some(req);
+            let Some(tunnel) = s.sender.get() else {
                 continue;
             };
-            if tx.is_closed() {
-                // The session's task may not have noticed yet; nobody should pick it again.
-                self.router.remove_session(s.id);
-                pending = Some(req);
-                continue;
-            }
-            let mut tx = tx.clone();
-            match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
-                Err(_) => {
-                    return self.fail(
-                        log.map(|l| l.served_by(&s)),
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!(
-                            "no response from the agent within {:?}",
-                            self.cfg.response_timeout
-                        ),
-                    )
-                }
-                Ok(Ok(resp)) => {
-                    answer = Some((resp, s));
+            match tunnel.open(head.clone(), end, upgrade) {
+                Ok(halves) => {
+                    opened = Some((halves, s));
                     break;
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Never reached the agent: try the next session of this route.
-                    Some(req) => {
-                        debug!(session = s.id, error = %e.error(), "session not usable, failing over");
-                        pending = Some(req);
-                    }
-                    None => {
-                        return self.fail(
-                            log.map(|l| l.served_by(&s)),
-                            StatusCode::BAD_GATEWAY,
-                            &format!("tunnel to agent {:?} failed: {}", s.client_id, e.error()),
-                        )
-                    }
-                },
+                Err(e) => {
+                    // Nothing reached the agent: drop the dead session, try the next one.
+                    debug!(session = s.id, error = %e, "session not usable, failing over");
+                    self.router.remove_session(s.id);
+                }
             }
         }
-        let Some((mut resp, session)) = answer else {
+        let Some(((send, mut recv), session)) = opened else {
             return self.fail(
                 log,
                 StatusCode::BAD_GATEWAY,
@@ -580,42 +500,103 @@ impl Server {
             );
         };
         let log = log.map(|l| l.served_by(&session));
-        let agent_error = resp.headers_mut().remove(protocol::ERROR_HEADER);
-        if agent_error.is_some() && self.cfg.legacy_errors {
-            return self.fail(log, resp.status(), "agent error");
-        }
-        if let (Some(p), Some(caller_up)) = (&proto, caller_upgrade) {
-            if resp.status() == StatusCode::OK {
-                let tunnel_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(caller_up, tunnel_up) {
-                        Ok((a, b)) => {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(a),
-                                &mut TokioIo::new(b),
-                            )
-                            .await;
+        // The request body goes up while the response head is awaited; a body still being sent
+        // when the head arrives (an early answer) finishes in its own task.
+        type Upload = Pin<Box<dyn Future<Output = ()> + Send>>;
+        let (mut upload, pipe_send): (Option<Upload>, _) = if upgrade {
+            (None, Some(send))
+        } else if end {
+            (None, None)
+        } else {
+            let mut send = send;
+            let up: Upload = Box::pin(async move {
+                let _ = mux::send_body(body, &mut send).await;
+            });
+            (Some(up), None)
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
+        let answer = tokio::time::timeout_at(deadline, async {
+            match upload.as_mut() {
+                None => recv.head().await,
+                Some(up) => {
+                    tokio::select! {
+                        h = recv.head() => h,
+                        () = up.as_mut() => {
+                            upload = None;
+                            recv.head().await
                         }
+                    }
+                }
+            }
+        })
+        .await;
+        if let Some(up) = upload {
+            tokio::spawn(up);
+        }
+        let (block, resp_end) = match answer {
+            Err(_) => {
+                return self.fail(
+                    log,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "no response from the agent within {:?}",
+                        self.cfg.response_timeout
+                    ),
+                )
+            }
+            Ok(Err(e)) => {
+                return self.fail(
+                    log,
+                    StatusCode::BAD_GATEWAY,
+                    &format!("tunnel to agent {:?} failed: {e}", session.client_id),
+                )
+            }
+            Ok(Ok(x)) => x,
+        };
+        let ResponseHead {
+            status,
+            headers: mut rheaders,
+        } = match ResponseHead::decode(block) {
+            Ok(h) => h,
+            Err(e) => {
+                return self.fail(
+                    log,
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "agent {:?} sent a bad response head: {e}",
+                        session.client_id
+                    ),
+                )
+            }
+        };
+        let agent_error = rheaders.remove(protocol::ERROR_HEADER);
+        if agent_error.is_some() && self.cfg.legacy_errors {
+            return self.fail(log, status, "agent error");
+        }
+        http_util::strip_hop_by_hop(&mut rheaders);
+        http_util::strip_internal(&mut rheaders);
+        if let (Some(p), Some(caller_up), Some(send)) = (&proto, caller_upgrade, pipe_send) {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                tokio::spawn(async move {
+                    match caller_up.await {
+                        Ok(up) => mux::pipe(TokioIo::new(up), send, recv).await,
                         Err(e) => debug!(error = %e, "upgrade pass-through failed"),
                     }
                 });
-                let (mut parts, _) = resp.into_parts();
-                http_util::strip_hop_by_hop(&mut parts.headers);
-                http_util::set_upgrade(&mut parts.headers, p);
-                parts.status = StatusCode::SWITCHING_PROTOCOLS;
-                parts.version = Version::HTTP_11;
-                let r = Response::from_parts(parts, empty());
+                http_util::set_upgrade(&mut rheaders, p);
+                let mut r = Response::new(empty());
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                *r.headers_mut() = rheaders;
                 if let Some(l) = log {
                     self.emit(l, &r, None, 0);
                 }
                 return r;
             }
         }
-        let (mut parts, body) = resp.into_parts();
-        http_util::strip_hop_by_hop(&mut parts.headers);
-        http_util::strip_internal(&mut parts.headers);
-        parts.version = Version::HTTP_11;
-        let body = boxed(body);
+        let body = if resp_end { empty() } else { boxed(recv) };
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.headers = rheaders;
         let body = match log {
             None => body,
             Some(l) => {
