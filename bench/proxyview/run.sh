@@ -135,6 +135,21 @@ B_RPS=$RPS B_P50=$P50 B_P99=$P99 B_CPU=$CPU_US
 run_wrk rathole "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"
 C_RPS=$RPS C_P50=$P50 C_P99=$P99 C_CPU=$CPU_US
 
+# RSS under ~1k req/s (issue goal: <= 10 MB each): 10 connections, each waiting 10 ms between
+# requests; VmRSS sampled at the end of the run, before the bulk transfer inflates the peak.
+printf 'function delay() return 10 end\n' > "$WORK/delay.lua"
+rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+run_1k() { # URL HOSTHEADER → sets RATE, RSS_S, RSS_A for the given pids
+  local url=$1 host=$2 ps=$3 pa=$4
+  local hdr=(); [ -n "$host" ] && hdr=(-H "Host: $host" -H "auth-token: bench")
+  local out; out=$(wrk -t1 -c10 -d5s -s "$WORK/delay.lua" "${hdr[@]}" "$url")
+  RSS_S=$(rss_kib "$ps"); RSS_A=$(rss_kib "$pa")
+  RATE=$(awk '/Requests\/sec/{printf "%.0f", $2}' <<<"$out")
+}
+log "RSS at ~1k req/s"
+run_1k "http://127.0.0.1:$P_PV_EX/" "svc" "$PV_S" "$PV_A"; B_RATE=$RATE B_RSS_S=$RSS_S B_RSS_A=$RSS_A
+run_1k "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"; C_RATE=$RATE C_RSS_S=$RSS_S C_RSS_A=$RSS_A
+
 log "bulk download, $BULK_BYTES bytes"
 D_BULK=$(bulk "http://127.0.0.1:$P_BE/bytes/$BULK_BYTES" "")
 B_BULK=$(bulk "http://127.0.0.1:$P_PV_EX/bytes/$BULK_BYTES" "svc")
@@ -147,5 +162,8 @@ printf '%-28s %12s %12s %12s %10s\n' "p50 ms" "$D_P50" "$B_P50" "$C_P50" "$(rati
 printf '%-28s %12s %12s %12s %10s\n' "p99 ms" "$D_P99" "$B_P99" "$C_P99" "$(ratio "$B_P99" "$C_P99")"
 printf '%-28s %12s %12s %12s %10s\n' "tunnel CPU us/req (both)" "-" "$B_CPU" "$C_CPU" "$(ratio "$B_CPU" "$C_CPU")"
 printf '%-28s %12s %12s %12s %10s\n' "100 MB download MB/s" "$D_BULK" "$B_BULK" "$C_BULK" "$(ratio "$B_BULK" "$C_BULK")"
+printf '%-28s %12s %12s %12s\n' "req/s of the RSS run" "-" "$B_RATE" "$C_RATE"
+printf '%-28s %12s %12s %12s\n' "RSS KiB server @1k req/s" "-" "$B_RSS_S" "$C_RSS_S"
+printf '%-28s %12s %12s %12s\n' "RSS KiB agent/client @1k" "-" "$B_RSS_A" "$C_RSS_A"
 printf '%-28s %12s %12s %12s\n' "peak RSS KiB server" "-" "$(hwm_kib "$PV_S")" "$(hwm_kib "$RH_S")"
 printf '%-28s %12s %12s %12s\n' "peak RSS KiB agent/client" "-" "$(hwm_kib "$PV_A")" "$(hwm_kib "$RH_C")"

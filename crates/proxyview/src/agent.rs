@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -21,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::config::{ClientConfig, Route};
 use crate::http_util::{self, boxed, empty, full, PvBody};
 use crate::mux::{self, Heartbeat};
+use crate::pool::Pool;
 use crate::protocol::{self, agent_error, Hello, HelloAck, RequestHead, ResponseHead};
 use crate::wsio;
 
@@ -42,7 +41,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct Agent {
     cfg: ClientConfig,
     routes: HashMap<String, Backend>,
-    client: Client<HttpConnector, PvBody>,
     instance: String,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
@@ -51,14 +49,14 @@ pub struct Agent {
 /// A route plus what every request to it needs, computed once instead of per request.
 struct Backend {
     route: Route,
-    /// `value:port`, the authority of the backend request URI.
-    authority: Authority,
     /// `Host` sent to the backend unless the route preserves the caller's.
     host: HeaderValue,
+    /// Keep-alive connections to `value:port`.
+    pool: Arc<Pool>,
 }
 
 impl Backend {
-    fn new(route: &Route) -> anyhow::Result<Self> {
+    fn new(route: &Route, connect_timeout: Duration) -> anyhow::Result<Self> {
         let authority: Authority = route.authority().parse().map_err(|e| {
             anyhow::anyhow!(
                 "route {:?}: {:?} is not a valid backend authority: {e}",
@@ -66,6 +64,7 @@ impl Backend {
                 route.authority()
             )
         })?;
+        let pool = Pool::new(authority.as_str().to_string(), connect_timeout);
         let host = if route.port == 80 {
             route.value.clone()
         } else {
@@ -76,8 +75,8 @@ impl Backend {
         })?;
         Ok(Self {
             route: route.clone(),
-            authority,
             host,
+            pool,
         })
     }
 }
@@ -86,6 +85,17 @@ impl Backend {
 /// with exponential back-off and jitter.
 pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
     let agent = Arc::new(Agent::new(cfg)?);
+    let weak = Arc::downgrade(&agent);
+    let _sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(protocol::BACKEND_POOL_IDLE / 4);
+        loop {
+            tick.tick().await;
+            let Some(agent) = weak.upgrade() else { break };
+            for b in agent.routes.values() {
+                b.pool.sweep();
+            }
+        }
+    }));
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
@@ -118,19 +128,10 @@ pub fn backoff(n: u32) -> Duration {
 impl Agent {
     /// Builds the agent (pooled backend client, TLS settings).
     pub fn new(cfg: ClientConfig) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(protocol::BACKEND_POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http);
         let routes = cfg
             .routes
             .iter()
-            .map(|r| Ok((r.name.clone(), Backend::new(r)?)))
+            .map(|r| Ok((r.name.clone(), Backend::new(r, cfg.connect_timeout)?)))
             .collect::<anyhow::Result<_>>()?;
         let instance = format!("{:016x}", rand::rng().random::<u64>());
         #[cfg(feature = "tls")]
@@ -142,7 +143,6 @@ impl Agent {
         Ok(Self {
             cfg,
             routes,
-            client,
             instance,
             #[cfg(feature = "tls")]
             tls,
@@ -350,18 +350,6 @@ impl Agent {
                     .await
             }
             None => {
-                let uri = Uri::builder()
-                    .scheme(Scheme::HTTP)
-                    .authority(backend.authority.clone())
-                    .path_and_query(path)
-                    .build();
-                let Ok(uri) = uri else {
-                    return Forwarded::Response(agent_fail(
-                        StatusCode::BAD_GATEWAY,
-                        agent_error::BACKEND_UNREACHABLE,
-                        "bad backend URI",
-                    ));
-                };
                 let body = if recv.is_end_stream() {
                     empty()
                 } else {
@@ -369,11 +357,11 @@ impl Agent {
                 };
                 let mut out = Request::new(body);
                 *out.method_mut() = method;
-                *out.uri_mut() = uri;
+                *out.uri_mut() = Uri::from(path);
                 *out.version_mut() = Version::HTTP_11;
                 *out.headers_mut() = headers;
                 Forwarded::Response(
-                    match tokio::time::timeout(self.cfg.response_timeout, self.client.request(out))
+                    match tokio::time::timeout(self.cfg.response_timeout, backend.pool.send(out))
                         .await
                     {
                         Err(_) => agent_fail(
@@ -390,11 +378,7 @@ impl Agent {
                             agent_fail(
                                 StatusCode::BAD_GATEWAY,
                                 agent_error::BACKEND_UNREACHABLE,
-                                &format!(
-                                    "backend {} failed: {}",
-                                    route.authority(),
-                                    error_chain(&e)
-                                ),
+                                &error_chain(&e),
                             )
                         }
                         Ok(Ok(resp)) => {
@@ -613,7 +597,10 @@ mod tests {
         h.insert(protocol::HOST_HEADER, HeaderValue::from_static("R:8080"));
         h.insert(protocol::ROUTE_HEADER, HeaderValue::from_static("r"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        prepare_headers(&mut h, &Backend::new(&route).unwrap());
+        prepare_headers(
+            &mut h,
+            &Backend::new(&route, Duration::from_secs(1)).unwrap(),
+        );
         assert_eq!(h["host"], "svc:8083");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "R:8080");
@@ -625,7 +612,10 @@ mod tests {
             preserve_host: true,
             ..route
         };
-        prepare_headers(&mut h, &Backend::new(&keep).unwrap());
+        prepare_headers(
+            &mut h,
+            &Backend::new(&keep, Duration::from_secs(1)).unwrap(),
+        );
         assert_eq!(h["host"], "r");
     }
 }
