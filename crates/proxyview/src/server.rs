@@ -575,8 +575,12 @@ impl Server {
         }
         http_util::strip_hop_by_hop(&mut rheaders);
         http_util::strip_internal(&mut rheaders);
-        if let (Some(p), Some(caller_up), Some(send)) = (&proto, caller_upgrade, pipe_send) {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let (Some(p), Some(caller_up), Some(mut send)) = (&proto, caller_upgrade, pipe_send) {
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                // The backend refused the upgrade: close our (empty) direction cleanly, so the
+                // answer's body still streams instead of being cut by a reset.
+                let _ = send.send_data(bytes::Bytes::new(), true).await;
+            } else {
                 tokio::spawn(async move {
                     match caller_up.await {
                         Ok(up) => mux::pipe(TokioIo::new(up), send, recv).await,

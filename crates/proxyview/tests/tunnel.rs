@@ -214,6 +214,39 @@ async fn sse_events_arrive_as_they_are_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_the_backend_declines_returns_its_answer_whole() {
+    // A backend that answers an upgrade request normally (no 101): its whole answer, here a
+    // 1 MB body spanning many frames, must reach the caller.
+    let (server, _agent, _) = setup("", "").await;
+    let n = 1_000_000usize;
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!("GET /bytes/{n} HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + T;
+    let body_len = |got: &[u8]| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| got.len() - i - 4)
+    };
+    while body_len(&got).is_none_or(|l| l < n) && Instant::now() < deadline {
+        match tokio::time::timeout(T, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+            Ok(Err(e)) => panic!("read: {e}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&got[..got.len().min(200)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body_len(&got), Some(n), "body must arrive whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_tunnel() {
     let (server, _agent, _) = setup("", "").await;
     let tcp = TcpStream::connect(server.external).await.unwrap();
