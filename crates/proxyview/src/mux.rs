@@ -446,8 +446,10 @@ impl Session {
             reason: OnceLock::new(),
             accept: Mutex::new(accept_tx),
         });
-        let mut tick =
-            tokio::time::interval(hb.interval.min(hb.timeout).max(Duration::from_millis(10)));
+        // Checked a few times per interval, so a ping leaves soon after `interval` of silence
+        // (checking once per interval would send it only after up to twice that).
+        let period = (hb.interval.min(hb.timeout) / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let io = Io {
             ws,
@@ -584,24 +586,25 @@ impl SendHalf {
         }
         loop {
             let n = data.len().min(MAX_FRAME_SIZE as usize);
-            if n > 0 {
-                let n32 = n as u32;
-                match self.credit.acquire_many(n32).await {
-                    Ok(p) => p.forget(),
-                    Err(_) => return Err(self.error()),
-                }
-                match self.shared.conn_credit.acquire_many(n32).await {
-                    Ok(p) => p.forget(),
-                    Err(_) => return Err(self.error()),
-                }
-            } else if !end {
+            if n == 0 && !end {
                 return Ok(());
             }
-            let chunk = data.split_to(n);
-            let last = data.is_empty();
+            let n32 = n as u32;
+            let Ok(stream_credit) = self.credit.acquire_many(n32).await else {
+                return Err(self.error());
+            };
+            let Ok(conn_credit) = self.shared.conn_credit.acquire_many(n32).await else {
+                return Err(self.error());
+            };
             if self.cancel.is_cancelled() {
+                // Dropping the permits hands the session credit back to the other streams.
                 return Err(self.error());
             }
+            // Spent: the peer returns it with Window frames as its consumer reads.
+            stream_credit.forget();
+            conn_credit.forget();
+            let chunk = data.split_to(n);
+            let last = data.is_empty();
             self.shared.queue(&Frame::Data {
                 stream: self.id,
                 end: end && last,
@@ -979,6 +982,133 @@ mod tests {
     use super::*;
     use crate::protocol::{RequestHead, ResponseHead};
     use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    const HB: Heartbeat = Heartbeat {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
+    };
+
+    /// An opener and an acceptor session joined by an in-memory WebSocket.
+    fn pair() -> (Session, mpsc::UnboundedReceiver<Accepted>) {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let max = Some(MAX_WS_MESSAGE);
+        let server_ws = tokio_websockets::ServerBuilder::new()
+            .limits(tokio_websockets::Limits::default().max_payload_len(max))
+            .serve(a);
+        let client_ws = tokio_websockets::ClientBuilder::new()
+            .limits(tokio_websockets::Limits::default().max_payload_len(max))
+            .take_over(b);
+        let (opener, _) = Session::start(server_ws, Role::Opener, HB);
+        let (_acceptor, accepted) = Session::start(client_ws, Role::Acceptor, HB);
+        (opener, accepted.unwrap())
+    }
+
+    #[tokio::test]
+    async fn session_credit_comes_back_from_streams_dropped_unread() {
+        let (opener, mut accepted) = pair();
+        let block = Bytes::from(vec![1u8; 4 * 1024 * 1024]);
+        // Three streams of 4 MiB (12 MiB > the 8 MiB session window) whose receivers are
+        // dropped without reading: their credit must come back, or the fourth would hang.
+        for i in 0..4 {
+            let (mut send, _recv) = opener.open(Bytes::from_static(b"h"), false, false).unwrap();
+            let a = tokio::time::timeout(Duration::from_secs(5), accepted.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let sender = tokio::spawn({
+                let block = block.clone();
+                async move { send.send_data(block, true).await }
+            });
+            if i < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(a);
+                let r = tokio::time::timeout(Duration::from_secs(5), sender)
+                    .await
+                    .expect("a dropped receiver must not leave the sender hanging");
+                assert!(r.unwrap().is_err(), "the reset reaches the sender");
+            } else {
+                let mut recv = a.recv;
+                let mut got = 0;
+                while let Some(c) = tokio::time::timeout(Duration::from_secs(5), recv.chunk())
+                    .await
+                    .expect("session window leaked")
+                {
+                    got += c.unwrap().len();
+                }
+                assert_eq!(got, block.len());
+                sender.await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(opener.open_streams(), 0, "finished streams leave the table");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stops_reading_does_not_stall_another() {
+        let (opener, mut accepted) = pair();
+        let (mut slow_send, _slow_recv) =
+            opener.open(Bytes::from_static(b"s"), false, false).unwrap();
+        let _slow = accepted.recv().await.unwrap();
+        // Fill the slow stream's whole window; nobody reads it.
+        let parked = tokio::spawn(async move {
+            slow_send
+                .send_data(Bytes::from(vec![0u8; 3 * STREAM_WINDOW as usize]), true)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut send, _recv) = opener.open(Bytes::from_static(b"f"), false, false).unwrap();
+        let fast = accepted.recv().await.unwrap();
+        let fast_sender = tokio::spawn(async move {
+            send.send_data(Bytes::from(vec![2u8; 2 * STREAM_WINDOW as usize]), true)
+                .await
+        });
+        let mut recv = fast.recv;
+        let mut got = 0;
+        while let Some(c) = tokio::time::timeout(Duration::from_secs(5), recv.chunk())
+            .await
+            .expect("fast stream stalled behind the slow one")
+        {
+            got += c.unwrap().len();
+        }
+        assert_eq!(got, 2 * STREAM_WINDOW as usize);
+        fast_sender.await.unwrap().unwrap();
+        assert!(!parked.is_finished(), "the slow stream waits for credit");
+    }
+
+    #[tokio::test]
+    async fn idle_session_stays_up_on_pings_and_a_silent_peer_is_dead() {
+        // interval == timeout: the ping must leave well before interval + timeout of silence.
+        let hb = Heartbeat {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        };
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opener, _) = Session::start(
+            tokio_websockets::ServerBuilder::new().serve(a),
+            Role::Opener,
+            hb,
+        );
+        let (acceptor, _acc) = Session::start(
+            tokio_websockets::ClientBuilder::new().take_over(b),
+            Role::Acceptor,
+            hb,
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            !opener.is_closed() && !acceptor.is_closed(),
+            "pings keep an idle session up"
+        );
+        // A peer that stops answering (its session task gone, the socket kept open).
+        let (c, _keep_open) = tokio::io::duplex(64 * 1024);
+        let (lonely, _) = Session::start(
+            tokio_websockets::ServerBuilder::new().serve(c),
+            Role::Opener,
+            hb,
+        );
+        let reason = tokio::time::timeout(Duration::from_secs(2), lonely.closed())
+            .await
+            .expect("a silent peer is declared dead");
+        assert!(reason.contains("heartbeat"), "{reason}");
+    }
 
     #[test]
     fn frames_round_trip_and_split_anywhere() {
