@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # 20 MB download through the tunnel with 20 ms RTT between agent and server (a relay that delays
-# each direction by 10 ms), to show what the HTTP/2 window sizes in src/protocol.rs buy.
+# each direction by 10 ms), to show what the flow-control window sizes in src/protocol.rs buy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE="$PWD/bench/proxyview"

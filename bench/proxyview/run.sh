@@ -2,7 +2,8 @@
 # proxyview vs rathole on loopback, one run, same machine, same backend.
 #   (a) direct to the backend, (b) through proxyview (one agent, Host routing),
 #   (c) through rathole 0.5.0 as a plain TCP tunnel.
-# Prints wrk small-GET req/s and p50/p99, CPU µs per request of the tunnel processes,
+# Prints wrk small-GET req/s and p50/p99 (median of ROUNDS alternating rounds, default 3), CPU µs
+# per request of the tunnel processes,
 # 100 MB download MB/s, and peak RSS, with the ratios b/c.
 # Installs its own tools (wrk from apt, rathole built from its crates.io source) under target/.
 set -euo pipefail
@@ -12,6 +13,7 @@ TOOLS="$ROOT/target/bench-tools"
 WORK="$(mktemp -d)"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-50}"
+ROUNDS="${ROUNDS:-3}"
 BULK_BYTES=$((100 * 1024 * 1024))
 PIDS=()
 cleanup() {
@@ -127,13 +129,23 @@ bulk() { # URL HOST → MB/s
   curl -s -o /dev/null "${hdr[@]}" -w '%{speed_download}' "$1" | awk '{printf "%.0f", $1/1e6}'
 }
 
-log "small GET, wrk -t2 -c$CONNS -d${DURATION}s"
+# The two tunnels alternate ROUNDS times and each metric is the median of its rounds: on a shared
+# VM one run of each can differ by 2x from the next (neighbours' load), alternating keeps both
+# under the same conditions.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+log "small GET, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds"
 run_wrk direct "http://127.0.0.1:$P_BE/" ""
 D_RPS=$RPS D_P50=$P50 D_P99=$P99
-run_wrk proxyview "http://127.0.0.1:$P_PV_EX/" "svc" "$PV_S" "$PV_A"
-B_RPS=$RPS B_P50=$P50 B_P99=$P99 B_CPU=$CPU_US
-run_wrk rathole "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"
-C_RPS=$RPS C_P50=$P50 C_P99=$P99 C_CPU=$CPU_US
+B=(); C=()
+for _ in $(seq "$ROUNDS"); do
+  run_wrk proxyview "http://127.0.0.1:$P_PV_EX/" "svc" "$PV_S" "$PV_A"
+  B+=("$RPS $P50 $P99 $CPU_US")
+  run_wrk rathole "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"
+  C+=("$RPS $P50 $P99 $CPU_US")
+done
+col() { local i=$1; shift; for r in "$@"; do echo "$r" | awk -v i="$i" '{print $i}'; done | tr '\n' ' ' | median; }
+B_RPS=$(col 1 "${B[@]}") B_P50=$(col 2 "${B[@]}") B_P99=$(col 3 "${B[@]}") B_CPU=$(col 4 "${B[@]}")
+C_RPS=$(col 1 "${C[@]}") C_P50=$(col 2 "${C[@]}") C_P99=$(col 3 "${C[@]}") C_CPU=$(col 4 "${C[@]}")
 
 # RSS under ~1k req/s (issue goal: <= 10 MB each): 10 connections, each waiting 10 ms between
 # requests; VmRSS sampled at the end of the run, before the bulk transfer inflates the peak.
@@ -152,8 +164,12 @@ run_1k "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"; C_RATE=$RATE C_RSS_S=$R
 
 log "bulk download, $BULK_BYTES bytes"
 D_BULK=$(bulk "http://127.0.0.1:$P_BE/bytes/$BULK_BYTES" "")
-B_BULK=$(bulk "http://127.0.0.1:$P_PV_EX/bytes/$BULK_BYTES" "svc")
-C_BULK=$(bulk "http://127.0.0.1:$P_RH_SVC/bytes/$BULK_BYTES" "")
+BB=(); CB=()
+for _ in $(seq "$ROUNDS"); do
+  BB+=("$(bulk "http://127.0.0.1:$P_PV_EX/bytes/$BULK_BYTES" "svc")")
+  CB+=("$(bulk "http://127.0.0.1:$P_RH_SVC/bytes/$BULK_BYTES" "")")
+done
+B_BULK=$(echo "${BB[*]}" | median) C_BULK=$(echo "${CB[*]}" | median)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
 printf '\n%-28s %12s %12s %12s %10s\n' "metric" "direct" "proxyview" "rathole" "pv/rathole"

@@ -1003,6 +1003,18 @@ mod tests {
         (opener, accepted.unwrap())
     }
 
+    /// Reads a stream to its end (each chunk within 5 s) and returns the byte count.
+    async fn read_all(mut recv: RecvHalf, stalled: &str) -> usize {
+        let mut got = 0;
+        while let Some(c) = tokio::time::timeout(Duration::from_secs(5), recv.chunk())
+            .await
+            .expect(stalled)
+        {
+            got += c.unwrap().len();
+        }
+        got
+    }
+
     #[tokio::test]
     async fn session_credit_comes_back_from_streams_dropped_unread() {
         let (opener, mut accepted) = pair();
@@ -1027,15 +1039,7 @@ mod tests {
                     .expect("a dropped receiver must not leave the sender hanging");
                 assert!(r.unwrap().is_err(), "the reset reaches the sender");
             } else {
-                let mut recv = a.recv;
-                let mut got = 0;
-                while let Some(c) = tokio::time::timeout(Duration::from_secs(5), recv.chunk())
-                    .await
-                    .expect("session window leaked")
-                {
-                    got += c.unwrap().len();
-                }
-                assert_eq!(got, block.len());
+                assert_eq!(read_all(a.recv, "session window leaked").await, block.len());
                 sender.await.unwrap().unwrap();
             }
         }
@@ -1061,14 +1065,7 @@ mod tests {
             send.send_data(Bytes::from(vec![2u8; 2 * STREAM_WINDOW as usize]), true)
                 .await
         });
-        let mut recv = fast.recv;
-        let mut got = 0;
-        while let Some(c) = tokio::time::timeout(Duration::from_secs(5), recv.chunk())
-            .await
-            .expect("fast stream stalled behind the slow one")
-        {
-            got += c.unwrap().len();
-        }
+        let got = read_all(fast.recv, "fast stream stalled behind the slow one").await;
         assert_eq!(got, 2 * STREAM_WINDOW as usize);
         fast_sender.await.unwrap().unwrap();
         assert!(!parked.is_finished(), "the slow stream waits for credit");

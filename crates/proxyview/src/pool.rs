@@ -49,6 +49,14 @@ struct Conn {
     last_used: Instant,
 }
 
+impl Conn {
+    /// Open, and either busy or idle for less than [`BACKEND_POOL_IDLE`].
+    fn worth_keeping(&self, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && (!self.sender.is_ready() || now.duration_since(self.last_used) < BACKEND_POOL_IDLE)
+    }
+}
+
 /// Keep-alive connections to one backend.
 pub struct Pool {
     addr: String,
@@ -112,10 +120,7 @@ impl Pool {
     > {
         let now = Instant::now();
         let mut conns = self.conns();
-        conns.retain(|c| {
-            !c.sender.is_closed()
-                && (!c.sender.is_ready() || now.duration_since(c.last_used) < BACKEND_POOL_IDLE)
-        });
+        conns.retain(|c| c.worth_keeping(now));
         let c = conns.iter_mut().rev().find(|c| c.sender.is_ready())?;
         c.last_used = now;
         let r = std::mem::replace(req, Request::new(crate::http_util::empty()));
@@ -153,10 +158,7 @@ impl Pool {
     /// an agent without traffic does not hold backend sockets forever).
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.conns().retain(|c| {
-            !c.sender.is_closed()
-                && (!c.sender.is_ready() || now.duration_since(c.last_used) < BACKEND_POOL_IDLE)
-        });
+        self.conns().retain(|c| c.worth_keeping(now));
     }
 
     /// Connections currently held (busy or idle).
