@@ -853,6 +853,10 @@ struct Io<S> {
 
 /// Messages read per turn before writing (keeps answers flowing under a flood of requests).
 const READ_BUDGET: usize = 64;
+/// Queued outbound bytes beyond which the peer counts as not reading. Data is bounded by the
+/// session window (8 MiB); only heads, resets and credit could pile up past it, and only when
+/// the peer stopped reading while still answering pings.
+const MAX_OUTBOX: usize = 64 * 1024 * 1024;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn run(mut self) {
@@ -945,6 +949,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
         }
         // Write everything queued, one message per turn while the socket takes it.
+        if lock(&self.shared.out).len() > MAX_OUTBOX {
+            return Poll::Ready(Err(format!(
+                "the peer stopped reading: more than {} MiB queued",
+                MAX_OUTBOX >> 20
+            )));
+        }
         loop {
             if lock(&self.shared.out).is_empty() {
                 break;
