@@ -569,6 +569,16 @@ impl Server {
                 )
             }
         };
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return self.fail(
+                log,
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "agent {:?} switched protocols on a request that asked for no upgrade",
+                    session.client_id
+                ),
+            );
+        }
         let agent_error = rheaders.remove(protocol::ERROR_HEADER);
         if agent_error.is_some() && self.cfg.legacy_errors {
             return self.fail(log, status, "agent error");

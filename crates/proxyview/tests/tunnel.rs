@@ -247,6 +247,52 @@ async fn upgrade_the_backend_declines_returns_its_answer_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_switching_protocols_unasked_is_a_502() {
+    // A broken backend answering 101 to a plain GET on /switch (200 elsewhere, for wait_route).
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let be = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+                        buf.drain(..i + 4);
+                        let answer: &[u8] = if head.contains("/switch") {
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nb1"
+                        };
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "",
+    ));
+    wait_route(server.external, "route1", T).await;
+    let (s, body) = get_text(server.external, "route1", "/switch").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("switched protocols"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_tunnel() {
     let (server, _agent, _) = setup("", "").await;
     let tcp = TcpStream::connect(server.external).await.unwrap();
