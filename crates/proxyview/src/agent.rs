@@ -57,22 +57,23 @@ struct Backend {
 
 impl Backend {
     fn new(route: &Route, connect_timeout: Duration) -> anyhow::Result<Self> {
-        let authority: Authority = route.authority().parse().map_err(|e| {
+        let addr = route.authority();
+        // Validated here so a bad `value` fails at start, not on the first request.
+        addr.parse::<Authority>().map_err(|e| {
             anyhow::anyhow!(
-                "route {:?}: {:?} is not a valid backend authority: {e}",
-                route.name,
-                route.authority()
+                "route {:?}: {addr:?} is not a valid backend authority: {e}",
+                route.name
             )
         })?;
-        let pool = Pool::new(authority.as_str().to_string(), connect_timeout);
         let host = if route.port == 80 {
-            route.value.clone()
+            route.value.as_str()
         } else {
-            route.authority()
+            addr.as_str()
         };
-        let host = HeaderValue::from_str(&host).map_err(|_| {
+        let host = HeaderValue::from_str(host).map_err(|_| {
             anyhow::anyhow!("route {:?}: {host:?} cannot be a Host header", route.name)
         })?;
+        let pool = Pool::new(addr, connect_timeout);
         Ok(Self {
             route: route.clone(),
             host,
@@ -346,7 +347,7 @@ impl Agent {
         let route = &backend.route;
         match proto {
             Some(proto) => {
-                self.forward_upgrade(route, method, path, headers, &proto, recv)
+                self.forward_upgrade(backend, method, path, headers, &proto, recv)
                     .await
             }
             None => {
@@ -394,14 +395,13 @@ impl Agent {
 
     async fn forward_upgrade(
         &self,
-        route: &Route,
+        backend: &Backend,
         method: Method,
         path: PathAndQuery,
         mut headers: HeaderMap,
         proto: &str,
         recv: mux::RecvHalf,
     ) -> Forwarded {
-        let authority = route.authority();
         let unreachable = |msg: String| {
             Forwarded::Response(agent_fail(
                 StatusCode::BAD_GATEWAY,
@@ -409,25 +409,10 @@ impl Agent {
                 &msg,
             ))
         };
-        let tcp = match tokio::time::timeout(
-            self.cfg.connect_timeout,
-            TcpStream::connect(authority.as_str()),
-        )
-        .await
-        {
-            Err(_) => return unreachable(format!("connect to {authority} timed out")),
-            Ok(Err(e)) => return unreachable(format!("cannot connect to {authority}: {e}")),
-            Ok(Ok(t)) => t,
+        let mut sender = match backend.pool.connect_for_upgrade().await {
+            Ok(s) => s,
+            Err(e) => return unreachable(e.to_string()),
         };
-        let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake::<_, PvBody>(TokioIo::new(tcp)).await {
-                Ok(x) => x,
-                Err(e) => return unreachable(format!("backend {authority}: {e}")),
-            };
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
         http_util::set_upgrade(&mut headers, proto);
         let mut req = Request::new(empty());
         *req.method_mut() = method;
@@ -442,7 +427,7 @@ impl Agent {
                         "backend did not answer the upgrade",
                     ))
                 }
-                Ok(Err(e)) => return unreachable(format!("backend {authority}: {e}")),
+                Ok(Err(e)) => return unreachable(format!("backend {}: {e}", backend.pool.addr())),
                 Ok(Ok(r)) => r,
             };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

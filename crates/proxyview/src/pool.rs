@@ -127,7 +127,17 @@ impl Pool {
         Some(c.sender.try_send_request(r))
     }
 
-    async fn connect(&self) -> Result<SendRequest<PvBody>, BackendError> {
+    /// A new HTTP/1.1 connection to the backend (connect timeout, no Nagle), with its
+    /// connection task still to be run by the caller.
+    async fn handshake(
+        &self,
+    ) -> Result<
+        (
+            SendRequest<PvBody>,
+            hyper::client::conn::http1::Connection<TokioIo<TcpStream>, PvBody>,
+        ),
+        BackendError,
+    > {
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
             .await
         {
@@ -141,15 +151,29 @@ impl Pool {
             Ok(Ok(t)) => t,
         };
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| BackendError::Http {
                 addr: self.addr.clone(),
                 source,
-            })?;
+            })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<PvBody>, BackendError> {
+        let (sender, conn) = self.handshake().await?;
         tokio::spawn(async move {
             // Ends when the backend closes or the pool drops the sender while idle.
             let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// A connection of its own (never pooled) for one upgrade request: after a `101` it
+    /// becomes the byte pipe, reached through `hyper::upgrade::on` on the response.
+    pub async fn connect_for_upgrade(&self) -> Result<SendRequest<PvBody>, BackendError> {
+        let (sender, conn) = self.handshake().await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
         });
         Ok(sender)
     }
@@ -159,6 +183,11 @@ impl Pool {
     pub fn sweep(&self) {
         let now = Instant::now();
         self.conns().retain(|c| c.worth_keeping(now));
+    }
+
+    /// The backend's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Connections currently held (busy or idle).

@@ -17,7 +17,15 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(15);
 
 async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
-    let be = backend("b1").await;
+    setup_for(backend("b1").await, server_extra_external, top).await
+}
+
+/// Server + one agent serving `route1` from the backend at `be`.
+async fn setup_for(
+    be: std::net::SocketAddr,
+    server_extra_external: &str,
+    top: &str,
+) -> (Server, Proc, std::net::SocketAddr) {
     let server = start_server(&server_yaml(
         "127.0.0.1",
         0,
@@ -278,15 +286,7 @@ async fn backend_switching_protocols_unasked_is_a_502() {
             });
         }
     });
-    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let (server, _agent, _) = setup_for(be, "", "").await;
     let (s, body) = get_text(server.external, "route1", "/switch").await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("switched protocols"), "{body}");
