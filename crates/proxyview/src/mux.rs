@@ -214,6 +214,18 @@ struct Streams {
     closed: bool,
 }
 
+impl Streams {
+    /// The peer's direction of `id` ended; the entry goes if ours has too.
+    fn peer_ended(&mut self, id: u32) {
+        if let Some(e) = self.map.get_mut(&id) {
+            e.recv_done = true;
+            if e.send_done {
+                self.map.remove(&id);
+            }
+        }
+    }
+}
+
 struct Shared {
     role: Role,
     out: Mutex<BytesMut>,
@@ -249,16 +261,13 @@ impl Shared {
         )
     }
 
-    /// Marks one direction of `id` finished; the entry goes when both are.
-    fn finish(&self, id: u32, send: bool) {
+    /// Marks our direction of `id` finished; the entry goes when the peer's is too. (The peer's
+    /// end is marked by the session task as the frame arrives: [`Streams::peer_ended`].)
+    fn finish_send(&self, id: u32) {
         let mut s = lock(&self.streams);
         let Some(e) = s.map.get_mut(&id) else { return };
-        if send {
-            e.send_done = true;
-        } else {
-            e.recv_done = true;
-        }
-        if e.send_done && e.recv_done {
+        e.send_done = true;
+        if e.recv_done {
             let discarded = e.recv_discarded;
             s.map.remove(&id);
             drop(s);
@@ -352,13 +361,10 @@ impl Shared {
                 }
                 Role::Opener => {
                     let mut s = lock(&self.streams);
-                    if let Some(e) = s.map.get_mut(&stream) {
+                    if let Some(e) = s.map.get(&stream) {
                         e.stream.push(Inbound::Head { block, end });
                         if end {
-                            e.recv_done = true;
-                            if e.send_done {
-                                s.map.remove(&stream);
-                            }
+                            s.peer_ended(stream);
                         }
                     }
                     Ok(())
@@ -374,10 +380,7 @@ impl Shared {
                     Some(e) if !e.recv_done => {
                         e.stream.push(Inbound::Data { data, end });
                         if end {
-                            e.recv_done = true;
-                            if e.send_done {
-                                s.map.remove(&stream);
-                            }
+                            s.peer_ended(stream);
                         }
                     }
                     _ => {
@@ -649,7 +652,7 @@ impl SendHalf {
         });
         if end {
             self.done = true;
-            self.shared.finish(self.id, true);
+            self.shared.finish_send(self.id);
         }
         Ok(())
     }
@@ -692,7 +695,7 @@ impl SendHalf {
         }
         if end {
             self.done = true;
-            self.shared.finish(self.id, true);
+            self.shared.finish_send(self.id);
         }
         Ok(())
     }
@@ -782,7 +785,6 @@ impl RecvHalf {
                 Some(Inbound::Data { data, end }) => {
                     if end {
                         self.ended = true;
-                        self.shared.finish(self.id, false);
                     }
                     self.consumed(data.len() as u32);
                     if data.is_empty() {
