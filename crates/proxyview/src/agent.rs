@@ -6,21 +6,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use bytes::BytesMut;
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Response, StatusCode};
 use http_body::Body as _;
-use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
 use crate::config::{ClientConfig, Route};
-use crate::http_util::{self, boxed, empty, full, PvBody};
+use crate::http_util::{full, PvBody};
 use crate::mux::{self, Heartbeat};
-use crate::pool::Pool;
-use crate::protocol::{self, agent_error, Hello, HelloAck, RequestHead, ResponseHead};
+use crate::protocol::{self, agent_error, Hello, HelloAck, RawRequestHead, ResponseHead};
 use crate::wsio;
 
 /// Why a session ended before or instead of serving.
@@ -50,7 +50,7 @@ pub struct Agent {
 struct Backend {
     route: Route,
     /// `Host` sent to the backend unless the route preserves the caller's.
-    host: HeaderValue,
+    host: Box<[u8]>,
     /// Keep-alive connections to `value:port`.
     pool: Arc<Pool>,
 }
@@ -70,9 +70,10 @@ impl Backend {
         } else {
             addr.as_str()
         };
-        let host = HeaderValue::from_str(host).map_err(|_| {
-            anyhow::anyhow!("route {:?}: {host:?} cannot be a Host header", route.name)
-        })?;
+        if host.bytes().any(|c| c <= b' ' || c == 0x7f) {
+            anyhow::bail!("route {:?}: {host:?} cannot be a Host header", route.name);
+        }
+        let host = host.as_bytes().into();
         let pool = Pool::new(addr, connect_timeout);
         Ok(Self {
             route: route.clone(),
@@ -267,16 +268,32 @@ impl Agent {
         Err(SessionError::Retry(format!("tunnel failed: {reason}")))
     }
 
-    /// One tunnelled request: forward it, send the answer back, then its body or the pipe.
+    /// One tunnelled request: forward it to the route's backend and the answer back.
     async fn serve_stream(self: Arc<Self>, a: mux::Accepted) {
         let mux::Accepted {
             head,
-            end: _,
+            end,
             upgrade,
             mut send,
             recv,
         } = a;
-        let head = match RequestHead::decode(head) {
+        let cancelled = send.cancelled_owned();
+        tokio::select! {
+            () = self.forward(&head, end, upgrade, recv, &mut send) => {}
+            // The caller went away (reset) or the session ended: stop talking to the backend.
+            () = cancelled => {}
+        }
+    }
+
+    async fn forward(
+        &self,
+        block: &[u8],
+        end: bool,
+        upgrade: bool,
+        recv: mux::RecvHalf,
+        send: &mut mux::SendHalf,
+    ) {
+        let head = match RawRequestHead::parse(block) {
             Ok(h) => h,
             Err(e) => {
                 let r = agent_fail(
@@ -284,178 +301,63 @@ impl Agent {
                     agent_error::NO_ROUTE,
                     &format!("bad request head from the server: {e}"),
                 );
-                let _ = respond(r, &mut send).await;
+                let _ = respond(r, send).await;
                 return;
             }
         };
-        let cancelled = send.cancelled_owned();
-        let forwarded = tokio::select! {
-            r = self.forward(head, upgrade, recv) => r,
-            // The caller went away (reset) or the session ended: stop waiting on the backend.
-            () = cancelled => return,
-        };
-        match forwarded {
-            Forwarded::Response(r) => {
-                let _ = respond(r, &mut send).await;
-            }
-            Forwarded::Upgraded {
-                response,
-                backend,
-                recv,
-            } => {
-                let (parts, _) = response.into_parts();
-                let head = ResponseHead {
-                    status: parts.status,
-                    headers: parts.headers,
-                };
-                if send.send_head(head.encode(), false).is_ok() {
-                    match backend.await {
-                        Ok(up) => mux::pipe(TokioIo::new(up), send, recv).await,
-                        Err(e) => debug!(error = %e, "backend upgrade failed"),
-                    }
-                }
-            }
-        }
-    }
-
-    async fn forward(&self, head: RequestHead, upgrade: bool, recv: mux::RecvHalf) -> Forwarded {
-        let RequestHead {
-            method,
-            path,
-            mut headers,
-        } = head;
-        let route_name = headers
-            .get(protocol::ROUTE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let meta = Meta::read(&head);
+        let route_name = std::str::from_utf8(meta.route).unwrap_or("");
         let Some(backend) = self.routes.get(route_name) else {
-            return Forwarded::Response(agent_fail(
+            let r = agent_fail(
                 StatusCode::BAD_GATEWAY,
                 agent_error::NO_ROUTE,
                 &format!("agent has no route {route_name:?}"),
-            ));
+            );
+            let _ = respond(r, send).await;
+            return;
         };
-        let proto = upgrade
-            .then(|| {
-                headers
-                    .get(protocol::UPGRADE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
-            .flatten();
-        prepare_headers(&mut headers, backend);
-        let route = &backend.route;
-        match proto {
-            Some(proto) => {
-                self.forward_upgrade(backend, method, path, headers, &proto, recv)
-                    .await
+        let upgrade = if upgrade { meta.upgrade } else { None };
+        let (out, body) = match write_request_head(&head, &meta, backend, end, upgrade) {
+            Ok(x) => x,
+            Err(what) => {
+                let r = agent_fail(
+                    StatusCode::BAD_GATEWAY,
+                    agent_error::NO_ROUTE,
+                    &format!("bad request head from the server: {what}"),
+                );
+                let _ = respond(r, send).await;
+                return;
             }
-            None => {
-                let body = if recv.is_end_stream() {
-                    empty()
-                } else {
-                    boxed(recv)
-                };
-                let mut out = Request::new(body);
-                *out.method_mut() = method;
-                *out.uri_mut() = Uri::from(path);
-                *out.version_mut() = Version::HTTP_11;
-                *out.headers_mut() = headers;
-                Forwarded::Response(
-                    match tokio::time::timeout(self.cfg.response_timeout, backend.pool.send(out))
-                        .await
-                    {
-                        Err(_) => agent_fail(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            agent_error::BACKEND_TIMEOUT,
-                            &format!(
-                                "backend {} sent no response within {:?}",
-                                route.authority(),
-                                self.cfg.response_timeout
-                            ),
-                        ),
-                        Ok(Err(e)) => {
-                            debug!(route = %route.name, error = ?e, "backend request failed");
-                            agent_fail(
-                                StatusCode::BAD_GATEWAY,
-                                agent_error::BACKEND_UNREACHABLE,
-                                &error_chain(&e),
-                            )
-                        }
-                        Ok(Ok(resp)) => {
-                            let (mut parts, body) = resp.into_parts();
-                            http_util::strip_hop_by_hop(&mut parts.headers);
-                            Response::from_parts(parts, boxed(body))
-                        }
-                    },
+        };
+        let req = backend::Request {
+            head: &out,
+            body,
+            head_method: head.method == b"HEAD",
+            upgrade: upgrade.is_some(),
+            retryable: body == RequestBody::None && is_idempotent(head.method),
+            timeout: self.cfg.response_timeout,
+        };
+        let r = match backend.pool.exchange(&req, recv, send).await {
+            Ok(Outcome::Done) => return,
+            Ok(Outcome::Upgraded(tcp, recv)) => return mux::pipe(tcp, send, recv).await,
+            // Dropping the stream's send half (our caller does) resets it.
+            Err(ExchangeError::Broken) => return,
+            Err(ExchangeError::Failed(e @ BackendError::Timeout { .. })) => agent_fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                agent_error::BACKEND_TIMEOUT,
+                &e.to_string(),
+            ),
+            Err(ExchangeError::Failed(e)) => {
+                debug!(route = %backend.route.name, error = ?e, "backend request failed");
+                agent_fail(
+                    StatusCode::BAD_GATEWAY,
+                    agent_error::BACKEND_UNREACHABLE,
+                    &error_chain(&e),
                 )
             }
-        }
-    }
-
-    async fn forward_upgrade(
-        &self,
-        backend: &Backend,
-        method: Method,
-        path: PathAndQuery,
-        mut headers: HeaderMap,
-        proto: &str,
-        recv: mux::RecvHalf,
-    ) -> Forwarded {
-        let unreachable = |msg: String| {
-            Forwarded::Response(agent_fail(
-                StatusCode::BAD_GATEWAY,
-                agent_error::BACKEND_UNREACHABLE,
-                &msg,
-            ))
         };
-        let mut sender = match backend.pool.connect_for_upgrade().await {
-            Ok(s) => s,
-            Err(e) => return unreachable(e.to_string()),
-        };
-        http_util::set_upgrade(&mut headers, proto);
-        let mut req = Request::new(empty());
-        *req.method_mut() = method;
-        *req.uri_mut() = Uri::from(path);
-        *req.headers_mut() = headers;
-        let mut resp =
-            match tokio::time::timeout(self.cfg.response_timeout, sender.send_request(req)).await {
-                Err(_) => {
-                    return Forwarded::Response(agent_fail(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        agent_error::BACKEND_TIMEOUT,
-                        "backend did not answer the upgrade",
-                    ))
-                }
-                Ok(Err(e)) => return unreachable(format!("backend {}: {e}", backend.pool.addr())),
-                Ok(Ok(r)) => r,
-            };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (mut parts, body) = resp.into_parts();
-            http_util::strip_hop_by_hop(&mut parts.headers);
-            return Forwarded::Response(Response::from_parts(parts, boxed(body)));
-        }
-        let backend = hyper::upgrade::on(&mut resp);
-        let (mut parts, _) = resp.into_parts();
-        http_util::strip_hop_by_hop(&mut parts.headers);
-        Forwarded::Upgraded {
-            response: Response::from_parts(parts, empty()),
-            backend,
-            recv,
-        }
+        let _ = respond(r, send).await;
     }
-}
-
-/// What forwarding one request produced.
-enum Forwarded {
-    /// An ordinary response (or an error the agent generated).
-    Response(Response<PvBody>),
-    /// The backend switched protocols: the `101` to send, then a byte pipe.
-    Upgraded {
-        response: Response<PvBody>,
-        backend: hyper::upgrade::OnUpgrade,
-        recv: mux::RecvHalf,
-    },
 }
 
 /// Sends a response (head, then body) on the stream.
@@ -473,45 +375,136 @@ async fn respond(r: Response<PvBody>, send: &mut mux::SendHalf) -> Result<(), mu
     mux::send_body(body, send).await
 }
 
-/// Turns the tunnelled request's headers into the backend's: metadata consumed, Host rewritten
-/// (unless the route preserves it), `X-Forwarded-*` added.
-fn prepare_headers(h: &mut HeaderMap, backend: &Backend) {
-    let peer = h.remove(protocol::PEER_HEADER);
-    let original_host = h.remove(protocol::HOST_HEADER);
-    h.remove(protocol::ROUTE_HEADER);
-    http_util::strip_internal(h);
-    http_util::strip_hop_by_hop(h);
-    let host = match (&original_host, backend.route.preserve_host) {
-        (Some(o), true) => o.clone(),
-        _ => backend.host.clone(),
-    };
-    h.insert(header::HOST, host);
-    if let Some(peer) = peer {
-        let xff = match h.get(http_util::X_FORWARDED_FOR) {
-            Some(prev) if !prev.as_bytes().trim_ascii().is_empty() => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(peer.as_bytes());
-                HeaderValue::from_bytes(&v).ok()
+/// RFC 9110 §9.2.2: may be sent again after a connection failure.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// What the agent takes from a tunnelled request head besides the caller's own fields.
+#[derive(Debug, Default)]
+struct Meta<'a> {
+    /// `proxyview-route`: which backend.
+    route: &'a [u8],
+    /// `proxyview-peer`: the caller's address, appended to `X-Forwarded-For`.
+    peer: Option<&'a [u8]>,
+    /// `proxyview-host`: the caller's Host.
+    host: Option<&'a [u8]>,
+    /// `proxyview-upgrade`: the protocol an upgrade asks for.
+    upgrade: Option<&'a [u8]>,
+    /// The caller sent `X-Forwarded-For` (to be extended).
+    xff: bool,
+    /// The caller sent `X-Forwarded-Host` (kept as is).
+    xfh: bool,
+    /// The caller sent `X-Forwarded-Proto` (kept as is).
+    xfp: bool,
+    /// The caller's `Content-Length`.
+    length: Option<&'a [u8]>,
+}
+
+impl<'a> Meta<'a> {
+    fn read(head: &RawRequestHead<'a>) -> Self {
+        let mut m = Meta::default();
+        for (name, value) in head.fields() {
+            match name {
+                b"proxyview-route" => m.route = value,
+                b"proxyview-peer" => m.peer = Some(value),
+                b"proxyview-host" => m.host = Some(value),
+                b"proxyview-upgrade" => m.upgrade = Some(value),
+                b"x-forwarded-for" => m.xff = true,
+                b"x-forwarded-host" => m.xfh = true,
+                b"x-forwarded-proto" => m.xfp = true,
+                b"content-length" => m.length = Some(value),
+                _ => {}
             }
-            _ => Some(peer),
-        };
-        if let Some(v) = xff {
-            h.insert(http_util::X_FORWARDED_FOR, v);
+        }
+        m
+    }
+}
+
+/// Writes the backend's HTTP/1.1 request head: the caller's fields minus tunnel metadata and
+/// hop-by-hop ones, Host rewritten (unless the route preserves it), `X-Forwarded-*` added, and
+/// the body's framing. Returns the head and how the body follows it.
+fn write_request_head(
+    head: &RawRequestHead<'_>,
+    meta: &Meta<'_>,
+    backend: &Backend,
+    end: bool,
+    upgrade: Option<&[u8]>,
+) -> Result<(BytesMut, RequestBody), &'static str> {
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(head.method);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(head.path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut field = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in head.fields() {
+        let skip = name.starts_with(b"proxyview-")
+            || name == b"host"
+            || (name == b"x-forwarded-for" && meta.peer.is_some())
+            || (name == b"content-length" && upgrade.is_some())
+            || backend::is_hop_by_hop(name);
+        if !skip {
+            field(name, value);
         }
     }
-    if !h.contains_key(http_util::X_FORWARDED_HOST) {
-        if let Some(v) = original_host {
-            h.insert(http_util::X_FORWARDED_HOST, v);
+    let host = match (meta.host, backend.route.preserve_host) {
+        (Some(h), true) => h,
+        _ => &backend.host,
+    };
+    field(b"host", host);
+    if let Some(peer) = meta.peer {
+        if meta.xff {
+            // Every X-Forwarded-For line the caller sent, in order, then the caller itself.
+            let mut v = Vec::with_capacity(64);
+            for (name, value) in head.fields() {
+                if name == b"x-forwarded-for" && !value.trim_ascii().is_empty() {
+                    v.extend_from_slice(value.trim_ascii());
+                    v.extend_from_slice(b", ");
+                }
+            }
+            v.extend_from_slice(peer);
+            field(b"x-forwarded-for", &v);
+        } else {
+            field(b"x-forwarded-for", peer);
         }
     }
-    if !h.contains_key(http_util::X_FORWARDED_PROTO) {
-        h.insert(
-            http_util::X_FORWARDED_PROTO,
-            HeaderValue::from_static("http"),
-        );
+    if !meta.xfh {
+        if let Some(h) = meta.host {
+            field(b"x-forwarded-host", h);
+        }
     }
+    if !meta.xfp {
+        field(b"x-forwarded-proto", b"http");
+    }
+    let body = if let Some(proto) = upgrade {
+        field(b"connection", b"upgrade");
+        field(b"upgrade", proto);
+        RequestBody::None
+    } else if end {
+        if meta.length.is_none() && matches!(head.method, b"POST" | b"PUT" | b"PATCH") {
+            field(b"content-length", b"0");
+        }
+        RequestBody::None
+    } else if let Some(n) = meta.length {
+        let n = std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or("invalid content-length")?;
+        RequestBody::Length(n)
+    } else {
+        field(b"transfer-encoding", b"chunked");
+        RequestBody::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    Ok((out, body))
 }
 
 fn agent_fail(status: StatusCode, kind: &'static str, msg: &str) -> Response<PvBody> {
@@ -555,6 +548,7 @@ fn classify_handshake_error(uri: &str, e: tokio_websockets::Error) -> SessionErr
 mod tests {
     use super::*;
     use crate::config::RouteKind;
+    use http::HeaderMap;
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
@@ -568,39 +562,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn headers_for_backend() {
+    fn backend_head(fields: &[(&str, &str)], preserve_host: bool, end: bool) -> String {
         let route = Route {
             name: "r".into(),
             value: "svc".into(),
             port: 8083,
             kind: RouteKind::Cname,
-            preserve_host: false,
+            preserve_host,
         };
-        let mut h = HeaderMap::new();
-        h.insert(protocol::PEER_HEADER, HeaderValue::from_static("10.0.0.9"));
-        h.insert(protocol::HOST_HEADER, HeaderValue::from_static("R:8080"));
-        h.insert(protocol::ROUTE_HEADER, HeaderValue::from_static("r"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        prepare_headers(
-            &mut h,
-            &Backend::new(&route, Duration::from_secs(1)).unwrap(),
+        let mut headers = HeaderMap::new();
+        for (n, v) in fields {
+            headers.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let block = protocol::RequestHead {
+            method: http::Method::POST,
+            path: "/p?q=1".parse().unwrap(),
+            headers,
+        }
+        .encode();
+        let head = RawRequestHead::parse(&block).unwrap();
+        let meta = Meta::read(&head);
+        let backend = Backend::new(&route, Duration::from_secs(1)).unwrap();
+        let (out, _) = write_request_head(&head, &meta, &backend, end, None).unwrap();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn headers_for_backend() {
+        let h = backend_head(
+            &[
+                ("proxyview-peer", "10.0.0.9"),
+                ("proxyview-host", "R:8080"),
+                ("proxyview-route", "r"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("accept", "*/*"),
+                ("x-forwarded-for", "5.6.7.8"),
+                ("content-length", "3"),
+            ],
+            false,
+            false,
         );
-        assert_eq!(h["host"], "svc:8083");
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-host"], "R:8080");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key(protocol::ROUTE_HEADER));
-        let mut h = HeaderMap::new();
-        h.insert(protocol::HOST_HEADER, HeaderValue::from_static("r"));
-        let keep = Route {
-            preserve_host: true,
-            ..route
-        };
-        prepare_headers(
-            &mut h,
-            &Backend::new(&keep, Duration::from_secs(1)).unwrap(),
+        assert_eq!(
+            h,
+            "POST /p?q=1 HTTP/1.1\r\naccept: */*\r\ncontent-length: 3\r\nhost: svc:8083\r\n\
+             x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-host: R:8080\r\n\
+             x-forwarded-proto: http\r\n\r\n"
         );
-        assert_eq!(h["host"], "r");
+        let h = backend_head(&[("proxyview-host", "r")], true, true);
+        assert!(h.contains("\r\nhost: r\r\n"), "{h}");
+        assert!(
+            h.contains("\r\ncontent-length: 0\r\n"),
+            "empty POST gets a length: {h}"
+        );
+        let h = backend_head(
+            &[("proxyview-host", "r"), ("x-forwarded-proto", "https")],
+            false,
+            false,
+        );
+        assert!(h.contains("transfer-encoding: chunked\r\n"), "{h}");
+        assert!(h.contains("x-forwarded-proto: https\r\n"), "{h}");
+        assert!(!h.contains("x-forwarded-proto: http\r\n"), "{h}");
     }
 }

@@ -5,11 +5,11 @@
 
 pub mod access_log;
 pub mod agent;
+pub mod backend;
 pub mod config;
 pub mod host;
 pub mod http_util;
 pub mod mux;
-pub mod pool;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | HTTP/2 (hyper + h2) | 54,100 | 57,200 |
 //! | these frames | 32,500 | 45,400 |
-//! | these frames + the agent's own backend pool ([`crate::pool`]) | 32,200 | 37,800 |
+//! | these frames + the agent's own backend pool ([`crate::backend`]) | 32,200 | 37,800 |
 //! | … + one shared allocation per stream instead of channel + semaphore | 30,700 | 36,500 |
 //!
 //! On the wire-level benchmark (`bench/proxyview/run.sh`, same machine, same run as rathole)
@@ -881,7 +881,7 @@ where
 }
 
 /// Pipes bytes between `io` and an upgraded stream until both directions ended.
-pub async fn pipe<T>(io: T, mut send: SendHalf, mut recv: RecvHalf)
+pub async fn pipe<T>(io: T, send: &mut SendHalf, mut recv: RecvHalf)
 where
     T: AsyncRead + AsyncWrite,
 {
@@ -1061,7 +1061,7 @@ fn protocol_error(e: &FrameError) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::{RequestHead, ResponseHead};
     use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -1072,7 +1072,7 @@ mod tests {
     };
 
     /// An opener and an acceptor session joined by an in-memory WebSocket.
-    fn pair() -> (Session, mpsc::UnboundedReceiver<Accepted>) {
+    pub(crate) fn pair() -> (Session, mpsc::UnboundedReceiver<Accepted>) {
         let (a, b) = tokio::io::duplex(256 * 1024);
         let max = Some(MAX_WS_MESSAGE);
         let server_ws = tokio_websockets::ServerBuilder::new()

@@ -388,6 +388,159 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
+/// A request head read in place — method, path and header fields as byte slices of the block —
+/// for the agent, which writes them straight into an HTTP/1.1 request instead of building a
+/// header map. [`RawRequestHead::parse`] checks the whole block once, including that every name
+/// is a token and no value holds CR, LF or NUL, so the fields can be copied onto the wire as is.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRequestHead<'a> {
+    /// Request method (a token).
+    pub method: &'a [u8],
+    /// Path and query (visible ASCII, no spaces).
+    pub path: &'a [u8],
+    fields: Fields<'a>,
+}
+
+impl<'a> RawRequestHead<'a> {
+    /// Checks and splits a head block (the encoding of [`RequestHead`]).
+    pub fn parse(block: &'a [u8]) -> Result<Self, FrameError> {
+        let mut b = block;
+        let n = usize::from(*split(&mut b, 1)?.first().unwrap_or(&0));
+        let method = split(&mut b, n)?;
+        if method.is_empty() || !method.iter().all(|&c| is_tchar(c)) {
+            return Err(FrameError::BadHead("invalid method"));
+        }
+        let n = usize::from(split_u16(&mut b)?);
+        let path = split(&mut b, n)?;
+        if path.is_empty() || !path.iter().all(|&c| c > b' ' && c != 0x7f) {
+            return Err(FrameError::BadHead("invalid path"));
+        }
+        let fields = Fields {
+            left: split_u16(&mut b)?,
+            rest: b,
+        };
+        let mut walk = fields;
+        while walk.left > 0 {
+            let (name, value) = walk.next_checked()?;
+            if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
+                return Err(FrameError::BadHead("invalid header name"));
+            }
+            if value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+                return Err(FrameError::BadHead("invalid header value"));
+            }
+        }
+        if !walk.rest.is_empty() {
+            return Err(FrameError::BadHead("trailing bytes"));
+        }
+        Ok(Self {
+            method,
+            path,
+            fields,
+        })
+    }
+
+    /// The header fields, in order, as `(name, value)`.
+    pub fn fields(&self) -> Fields<'a> {
+        self.fields
+    }
+}
+
+/// Iterator over the header fields of a [`RawRequestHead`].
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    rest: &'a [u8],
+    left: u16,
+}
+
+impl<'a> Fields<'a> {
+    fn next_checked(&mut self) -> Result<(&'a [u8], &'a [u8]), FrameError> {
+        let n = usize::from(split_u16(&mut self.rest)?);
+        let name = split(&mut self.rest, n)?;
+        let len = split(&mut self.rest, 4)?;
+        let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let value = split(&mut self.rest, n)?;
+        self.left -= 1;
+        Ok((name, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // `parse` validated the block, so this cannot fail on one it returned.
+        (self.left > 0).then(|| self.next_checked().ok()).flatten()
+    }
+}
+
+/// Encodes a response head from raw fields (the agent's path: a backend response parsed by
+/// httparse goes into the tunnel without a header map). Same wire form as [`ResponseHead`].
+pub fn encode_response_head<'a>(
+    status: u16,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_u16(status);
+    out.put_u16(0);
+    let mut count = 0u16;
+    for (name, value) in fields.take(usize::from(u16::MAX)) {
+        out.put_u16(name.len().min(usize::from(u16::MAX)) as u16);
+        out.extend_from_slice(&name[..name.len().min(usize::from(u16::MAX))]);
+        out.put_u32(value.len() as u32);
+        out.extend_from_slice(value);
+        count += 1;
+    }
+    out[2..4].copy_from_slice(&count.to_be_bytes());
+    out.freeze()
+}
+
+/// RFC 9110 `tchar`.
+pub fn is_tchar(c: u8) -> bool {
+    TCHAR[usize::from(c)]
+}
+
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        c += 1;
+    }
+    t
+};
+
+fn split<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], FrameError> {
+    if b.len() < n {
+        return Err(FrameError::BadHead("truncated"));
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Ok(head)
+}
+
+fn split_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
+    let s = split(b, 2)?;
+    Ok(u16::from_be_bytes([s[0], s[1]]))
+}
+
 fn take(buf: &mut Bytes, n: usize) -> Result<Bytes, FrameError> {
     if buf.len() < n {
         return Err(FrameError::BadHead("truncated"));

@@ -593,7 +593,7 @@ impl Server {
             } else {
                 tokio::spawn(async move {
                     match caller_up.await {
-                        Ok(up) => mux::pipe(TokioIo::new(up), send, recv).await,
+                        Ok(up) => mux::pipe(TokioIo::new(up), &mut send, recv).await,
                         Err(e) => debug!(error = %e, "upgrade pass-through failed"),
                     }
                 });
