@@ -408,11 +408,21 @@ impl<'a> Meta<'a> {
     fn read(head: &RawRequestHead<'a>) -> Self {
         let mut m = Meta::default();
         for (name, value) in head.fields() {
+            if name.starts_with(b"proxyview-") {
+                let n = &name[b"proxyview-".len()..];
+                let field = |f: &str| f.as_bytes()[b"proxyview-".len()..] == *n;
+                if field(protocol::ROUTE_FIELD) {
+                    m.route = value;
+                } else if field(protocol::PEER_FIELD) {
+                    m.peer = Some(value);
+                } else if field(protocol::HOST_FIELD) {
+                    m.host = Some(value);
+                } else if field(protocol::UPGRADE_FIELD) {
+                    m.upgrade = Some(value);
+                }
+                continue;
+            }
             match name {
-                b"proxyview-route" => m.route = value,
-                b"proxyview-peer" => m.peer = Some(value),
-                b"proxyview-host" => m.host = Some(value),
-                b"proxyview-upgrade" => m.upgrade = Some(value),
                 b"x-forwarded-for" => m.xff = true,
                 b"x-forwarded-host" => m.xfh = true,
                 b"x-forwarded-proto" => m.xfp = true,

@@ -85,13 +85,21 @@ pub struct Rejected {
 }
 
 /// Header the server adds on every tunnelled request: the matched route name.
-pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("proxyview-route");
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static(ROUTE_FIELD);
+/// [`ROUTE_HEADER`] as bytes.
+pub const ROUTE_FIELD: &str = "proxyview-route";
 /// Header the server adds: the caller's address as the server believes it (after trusted proxies).
-pub const PEER_HEADER: HeaderName = HeaderName::from_static("proxyview-peer");
+pub const PEER_HEADER: HeaderName = HeaderName::from_static(PEER_FIELD);
+/// [`PEER_HEADER`] as bytes.
+pub const PEER_FIELD: &str = "proxyview-peer";
 /// Header the server adds: the caller's original `Host` (or absolute-form authority).
-pub const HOST_HEADER: HeaderName = HeaderName::from_static("proxyview-host");
+pub const HOST_HEADER: HeaderName = HeaderName::from_static(HOST_FIELD);
+/// [`HOST_HEADER`] as bytes.
+pub const HOST_FIELD: &str = "proxyview-host";
 /// Header the server adds on an upgrade request: the protocol the caller asked for (`Upgrade`).
-pub const UPGRADE_HEADER: HeaderName = HeaderName::from_static("proxyview-upgrade");
+pub const UPGRADE_HEADER: HeaderName = HeaderName::from_static(UPGRADE_FIELD);
+/// [`UPGRADE_HEADER`] as bytes.
+pub const UPGRADE_FIELD: &str = "proxyview-upgrade";
 /// Header the agent adds on responses it generated itself (not the backend's), with the cause.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("proxyview-error");
 
@@ -378,14 +386,21 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
-    out.put_u16(u16::try_from(headers.len()).unwrap_or(u16::MAX));
-    for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
-        out.put_u16(name.as_str().len() as u16);
-        out.extend_from_slice(name.as_str().as_bytes());
+/// Writes the header count and the fields; the count is patched in afterwards so the fields
+/// can come from any iterator (a header map, a filter over one plus extra fields, httparse).
+fn put_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+    let at = out.len();
+    out.put_u16(0);
+    let mut count = 0u16;
+    for (name, value) in fields.take(usize::from(u16::MAX)) {
+        let name = &name[..name.len().min(usize::from(u16::MAX))];
+        out.put_u16(name.len() as u16);
+        out.extend_from_slice(name);
         out.put_u32(value.len() as u32);
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
+        count += 1;
     }
+    out[at..at + 2].copy_from_slice(&count.to_be_bytes());
 }
 
 /// A request head read in place — method, path and header fields as byte slices of the block —
@@ -473,6 +488,24 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// Encodes a request head from its parts (the server's path: the caller's fields filtered and
+/// the `proxyview-*` ones appended, without building a header map for it).
+pub fn encode_request_head<'a>(
+    method: &str,
+    path: &str,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    let m = method.as_bytes();
+    out.put_u8(m.len().min(255) as u8);
+    out.extend_from_slice(&m[..m.len().min(255)]);
+    let p = path.as_bytes();
+    out.put_u16(p.len().min(usize::from(u16::MAX)) as u16);
+    out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
+    put_fields(&mut out, fields);
+    out.freeze()
+}
+
 /// Encodes a response head from raw fields (the agent's path: a backend response parsed by
 /// httparse goes into the tunnel without a header map). Same wire form as [`ResponseHead`].
 pub fn encode_response_head<'a>(
@@ -481,16 +514,7 @@ pub fn encode_response_head<'a>(
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.put_u16(status);
-    out.put_u16(0);
-    let mut count = 0u16;
-    for (name, value) in fields.take(usize::from(u16::MAX)) {
-        out.put_u16(name.len().min(usize::from(u16::MAX)) as u16);
-        out.extend_from_slice(&name[..name.len().min(usize::from(u16::MAX))]);
-        out.put_u32(value.len() as u32);
-        out.extend_from_slice(value);
-        count += 1;
-    }
-    out[2..4].copy_from_slice(&count.to_be_bytes());
+    put_fields(&mut out, fields);
     out.freeze()
 }
 
@@ -573,15 +597,13 @@ fn get_headers(buf: &mut Bytes) -> Result<HeaderMap, FrameError> {
 impl RequestHead {
     /// The head's wire form.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(256);
-        let m = self.method.as_str().as_bytes();
-        out.put_u8(m.len().min(255) as u8);
-        out.extend_from_slice(&m[..m.len().min(255)]);
-        let p = self.path.as_str().as_bytes();
-        out.put_u16(p.len().min(usize::from(u16::MAX)) as u16);
-        out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
-        put_headers(&mut out, &self.headers);
-        out.freeze()
+        encode_request_head(
+            self.method.as_str(),
+            self.path.as_str(),
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
     }
 
     /// Parses a head block.
@@ -604,10 +626,12 @@ impl RequestHead {
 impl ResponseHead {
     /// The head's wire form.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(128);
-        out.put_u16(self.status.as_u16());
-        put_headers(&mut out, &self.headers);
-        out.freeze()
+        encode_response_head(
+            self.status.as_u16(),
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
     }
 
     /// Parses a head block.

@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -26,8 +25,8 @@ use crate::config::{normalize_route_name, peer_allowed, Allowlist, Secret, Serve
 use crate::host::request_host;
 use crate::http_util::{self, boxed, empty, full, PvBody};
 use crate::mux::{self, Heartbeat};
+use crate::protocol::ResponseHead;
 use crate::protocol::{self, Hello, HelloAck, Rejected};
-use crate::protocol::{RequestHead, ResponseHead};
 use crate::router::{Router, Session};
 use crate::wsio;
 use std::future::Future;
@@ -153,12 +152,15 @@ impl Server {
 
     async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, port: Port) {
         let s = self.clone();
+        // Formatted once per connection: it goes into every request's head.
+        let peer_ip: Arc<str> = peer.ip().to_string().into();
         let svc = service_fn(move |req| {
             let s = s.clone();
+            let peer_ip = peer_ip.clone();
             async move {
                 Ok::<_, Infallible>(match port {
                     Port::Internal => s.handle_internal(peer, req),
-                    Port::External => s.handle_external(peer, req).await,
+                    Port::External => s.handle_external(peer, &peer_ip, req).await,
                 })
             }
         });
@@ -372,6 +374,7 @@ impl Server {
     async fn handle_external(
         self: &Arc<Self>,
         peer: SocketAddr,
+        peer_ip: &str,
         mut req: Request<Incoming>,
     ) -> Response<PvBody> {
         let mut log = self.sink.as_ref().map(|sink| LogCtx {
@@ -421,51 +424,55 @@ impl Server {
         let proto = http_util::upgrade_protocol(req.headers());
         let caller_upgrade = proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let mut headers = parts.headers;
+        let headers = parts.headers;
         let original_host = parts
             .uri
             .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
             .unwrap_or_default();
-        if self.cfg.external_token.is_some() {
-            remove_token_headers(&mut headers);
-        }
-        http_util::strip_hop_by_hop(&mut headers);
-        http_util::strip_internal(&mut headers);
-        headers.remove(header::HOST);
-        if !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip()) {
-            for h in [
-                http_util::X_FORWARDED_FOR,
-                http_util::X_FORWARDED_HOST,
-                http_util::X_FORWARDED_PROTO,
-                header::FORWARDED,
-            ] {
-                headers.remove(h);
-            }
-        }
-        insert(&mut headers, protocol::ROUTE_HEADER, &host);
-        insert(&mut headers, protocol::PEER_HEADER, &peer.ip().to_string());
-        insert(&mut headers, protocol::HOST_HEADER, &original_host);
-        if let Some(p) = &proto {
-            insert(&mut headers, protocol::UPGRADE_HEADER, p);
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let head = RequestHead {
-            method: parts.method,
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // The caller's fields minus what must not reach the agent, then the tunnel metadata —
+        // encoded straight from the caller's map rather than edited in it first.
+        let drop_bearer = self.cfg.external_token.is_some() && has_bearer(&headers);
+        let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
+        let named = http_util::connection_named(&headers);
+        let keep = |n: &HeaderName| {
+            let dropped = n == header::HOST
+                || n.as_str().starts_with("proxyview-")
+                || http_util::is_hop_by_hop(n)
+                || named.contains(n)
+                || (self.cfg.external_token.is_some() && n == protocol::AUTH_TOKEN_HEADER)
+                || (drop_bearer && n == header::AUTHORIZATION)
+                || (drop_forwarded
+                    && (n == http_util::X_FORWARDED_FOR
+                        || n == http_util::X_FORWARDED_HOST
+                        || n == http_util::X_FORWARDED_PROTO
+                        || n == header::FORWARDED));
+            !dropped
+        };
+        let meta = [
+            (protocol::ROUTE_FIELD, host.as_str()),
+            (protocol::PEER_FIELD, peer_ip),
+            (protocol::HOST_FIELD, original_host),
+            (
+                protocol::UPGRADE_FIELD,
+                proto.as_deref().unwrap_or_default(),
+            ),
+        ];
+        let head = protocol::encode_request_head(
+            parts.method.as_str(),
             path,
-            headers,
-        }
-        .encode();
+            headers
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                .chain(
+                    meta.iter()
+                        .filter(|(_, v)| !v.is_empty())
+                        .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                ),
+        );
         // An upgrade request's body is the pipe that follows the 101, never a request body.
         let body = boxed(body);
         let upgrade = proto.is_some();
@@ -757,12 +764,6 @@ fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 
-fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
-}
-
 /// The token from `Authorization: Bearer …`, else from the legacy header.
 fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str> {
     let bearer = h
@@ -775,13 +776,16 @@ fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str>
 }
 
 /// Removes the caller's proxy credentials so the backend never sees them.
+/// `Authorization` carries a bearer token (ours; other schemes belong to the backend).
+fn has_bearer(h: &HeaderMap) -> bool {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+}
+
 fn remove_token_headers(h: &mut HeaderMap) {
     h.remove(protocol::AUTH_TOKEN_HEADER);
-    let is_bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-    if is_bearer {
+    if has_bearer(h) {
         h.remove(header::AUTHORIZATION);
     }
 }
