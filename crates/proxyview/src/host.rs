@@ -36,6 +36,9 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<String, HostError>
 /// Normalises a raw `host[:port]` string (as found in a Host header).
 pub fn normalize_authority(text: &str) -> Result<String, HostError> {
     let trimmed = text.trim();
+    if let Some(host) = plain_host(trimmed) {
+        return Ok(normalize(host));
+    }
     if trimmed.is_empty() || trimmed.contains(['@', '/', '?', '#']) {
         return Err(HostError::Invalid(text.to_string()));
     }
@@ -46,6 +49,26 @@ pub fn normalize_authority(text: &str) -> Result<String, HostError> {
         return Err(HostError::Invalid(text.to_string()));
     }
     Ok(normalize(auth.host()))
+}
+
+/// The host of the common form — a name or IPv4 address of letters, digits, dots and hyphens,
+/// with at most a numeric port — found without the general authority parser (a per-request
+/// cost on the server's hot path). `None` for anything else, which the full parse decides.
+fn plain_host(text: &str) -> Option<&str> {
+    let (host, port) = match text.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|c| c.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    (host_ok && port_ok).then_some(host)
 }
 
 fn normalize(host: &str) -> String {
@@ -73,6 +96,26 @@ mod tests {
     }
 
     /// The matching table: every form a caller may use for the route `route1`.
+    #[test]
+    fn plain_hosts_take_the_short_path_and_agree_with_the_full_parse() {
+        for h in [
+            "route1",
+            "Route1.:8080",
+            "a-b.example.com:1",
+            "10.0.0.1:65535",
+            "x.",
+        ] {
+            assert!(plain_host(h).is_some(), "{h}");
+            let full: http::uri::Authority = h.parse().unwrap();
+            assert_eq!(plain_host(h), Some(full.host()), "{h}");
+        }
+        for h in [
+            "r:", "r:65536", "r:1:2", "[::1]:80", "a_b", "r:+1", ":80", "r:123456",
+        ] {
+            assert!(plain_host(h).is_none(), "{h}");
+        }
+    }
+
     #[test]
     fn host_matching_table() {
         let ok = |t: &str, h: &[&str], want: &str| {
