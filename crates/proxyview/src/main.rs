@@ -22,8 +22,10 @@ struct Cli {
     /// Diagnostics filter (tracing syntax, e.g. `info`, `proxyview=debug`); logs go to stderr.
     #[arg(long, global = true, env = "PROXYVIEW_LOG", default_value = "info")]
     log_level: String,
-    /// Worker threads (default: one per CPU); 1 runs everything on one thread, which costs the
-    /// least CPU per request when the machine is shared.
+    /// Worker threads. Default: one per CPU for the server; 1 for the agent, whose traffic all
+    /// goes through one session task, so more threads add cross-thread wake-ups per request but
+    /// no capacity. 1 also suits a server on a small machine shared with other work (it costs
+    /// the least CPU per request; see bench/proxyview/README.md).
     #[arg(long, global = true, env = "PROXYVIEW_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -67,7 +69,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let rt = match cli.threads {
+    let threads = match (&cli.cmd, cli.threads) {
+        (Cmd::Client(_), None) => Some(1),
+        (_, t) => t,
+    };
+    let rt = match threads {
         Some(0) => anyhow::bail!("--threads / PROXYVIEW_THREADS must be at least 1"),
         // One thread: no cross-thread wake-ups (futex, IPIs) between the tasks of a request.
         Some(1) => tokio::runtime::Builder::new_current_thread()
