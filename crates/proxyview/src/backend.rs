@@ -8,7 +8,7 @@
 //! from the socket buffer into `Data` frames without a body type in between. With hyper's client
 //! the same request cost a spawned connection task, a dispatcher hand-off in each direction, and
 //! a header map built, filtered and serialised twice; callgrind measured the agent at 36,501
-//! instructions per keep-alive GET with it and 19,100 with this module (`bench/proxyview`).
+//! instructions per keep-alive GET with it and 19,505 with this module (`bench/proxyview`).
 //!
 //! A pool is a plain stack of idle connections per route: the most recently used one is taken
 //! first (its buffers are warm), one the backend closed while idle is noticed from its socket's
