@@ -83,6 +83,39 @@ async fn host_forms_route_and_binary_round_trips() {
     assert_eq!(body_bytes(r).await.as_ref(), data.as_slice());
 }
 
+/// A HEAD answer carries the length of the body it does not have: the caller gets that length
+/// and no body, and its connection stays usable for the next request. (That the agent does not
+/// wait for the body either is `backend::tests::response_framing`: here the server would hide it
+/// by dropping the stream once the head went out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_request_gets_length_without_body_and_keeps_the_connection() {
+    let (server, _agent, _) = setup("", "").await;
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for (req, done) in [("HEAD /bytes/100", "\r\n\r\n"), ("GET /name", "\r\n\r\nb1")] {
+        got.clear();
+        tcp.write_all(
+            format!("{req} HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        while !String::from_utf8_lossy(&got).ends_with(done) {
+            let n = tokio::time::timeout(T, tcp.read(&mut chunk))
+                .await
+                .expect("answer within the timeout")
+                .unwrap();
+            assert!(n > 0, "connection closed after {req}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{req}: {text}");
+        if req.starts_with("HEAD") {
+            assert!(text.contains("content-length: 100\r\n"), "{text}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_checked_stripped_and_forwarded_headers_set() {
     let (server, _agent, _) = setup("", "").await;
