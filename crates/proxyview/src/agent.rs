@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
 use crate::config::{ClientConfig, Route};
-use crate::http_util::{full, PvBody};
+use crate::http_util::{self, full, PvBody};
 use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, agent_error, Hello, HelloAck, RawRequestHead, ResponseHead};
 use crate::wsio;
@@ -460,7 +460,7 @@ fn write_request_head(
             || name == b"host"
             || (name == b"x-forwarded-for" && meta.peer.is_some())
             || (name == b"content-length" && upgrade.is_some())
-            || backend::is_hop_by_hop(name);
+            || http_util::is_hop_by_hop_name(name);
         if !skip {
             field(name, value);
         }

@@ -26,6 +26,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::http_util;
 use crate::mux::{RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
 
@@ -558,7 +559,7 @@ fn head_from(
             .iter()
             .filter(|f| {
                 let n = f.name.as_bytes();
-                let dropped = is_hop_by_hop(n)
+                let dropped = http_util::is_hop_by_hop_name(n)
                     || (te && n.eq_ignore_ascii_case(b"content-length"))
                     || named.iter().any(|t| t.eq_ignore_ascii_case(n));
                 !dropped
@@ -571,22 +572,6 @@ fn head_from(
         keep_alive,
         block,
     }))
-}
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1), which never cross the tunnel.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.

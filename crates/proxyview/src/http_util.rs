@@ -46,6 +46,15 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
+/// [`is_hop_by_hop`] for a raw field name, any case (the agent's path, which has no
+/// `HeaderName`s).
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"upgrade")
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// The fields a `Connection` header names (hop-by-hop for this message only); empty, without
 /// allocating, when there is no `Connection` header.
 pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -128,6 +137,14 @@ pub fn strip_internal(headers: &mut HeaderMap) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_lists_agree() {
+        for n in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            assert!(is_hop_by_hop(n) && is_hop_by_hop_name(n.as_str().to_uppercase().as_bytes()));
+        }
+        assert!(!is_hop_by_hop_name(b"content-length"));
+    }
 
     #[test]
     fn hop_by_hop_and_connection_tokens_are_removed() {
