@@ -285,6 +285,34 @@ impl Agent {
         }
     }
 
+    /// The backend and the HTTP/1.1 request for a tunnelled head, or why there is none (the
+    /// head is unusable or names a route this agent does not have: a 502 `no-route`).
+    fn prepare(
+        &self,
+        block: &[u8],
+        end: bool,
+        upgrade: bool,
+    ) -> Result<(&Backend, BytesMut, backend::Request), String> {
+        let bad_head = |e: &dyn std::fmt::Display| format!("bad request head from the server: {e}");
+        let head = RawRequestHead::parse(block).map_err(|e| bad_head(&e))?;
+        let meta = Meta::read(&head);
+        let route_name = std::str::from_utf8(meta.route).unwrap_or("");
+        let Some(backend) = self.routes.get(route_name) else {
+            return Err(format!("agent has no route {route_name:?}"));
+        };
+        let upgrade = if upgrade { meta.upgrade } else { None };
+        let (out, body) =
+            write_request_head(&head, &meta, backend, end, upgrade).map_err(|w| bad_head(&w))?;
+        let req = backend::Request {
+            body,
+            head_method: head.method == b"HEAD",
+            upgrade: upgrade.is_some(),
+            retryable: body == RequestBody::None && is_idempotent(head.method),
+            timeout: self.cfg.response_timeout,
+        };
+        Ok((backend, out, req))
+    }
+
     async fn forward(
         &self,
         block: &[u8],
@@ -293,51 +321,15 @@ impl Agent {
         recv: mux::RecvHalf,
         send: &mut mux::SendHalf,
     ) {
-        let head = match RawRequestHead::parse(block) {
-            Ok(h) => h,
-            Err(e) => {
-                let r = agent_fail(
-                    StatusCode::BAD_GATEWAY,
-                    agent_error::NO_ROUTE,
-                    &format!("bad request head from the server: {e}"),
-                );
-                let _ = respond(r, send).await;
-                return;
-            }
-        };
-        let meta = Meta::read(&head);
-        let route_name = std::str::from_utf8(meta.route).unwrap_or("");
-        let Some(backend) = self.routes.get(route_name) else {
-            let r = agent_fail(
-                StatusCode::BAD_GATEWAY,
-                agent_error::NO_ROUTE,
-                &format!("agent has no route {route_name:?}"),
-            );
-            let _ = respond(r, send).await;
-            return;
-        };
-        let upgrade = if upgrade { meta.upgrade } else { None };
-        let (out, body) = match write_request_head(&head, &meta, backend, end, upgrade) {
+        let (backend, req_head, req) = match self.prepare(block, end, upgrade) {
             Ok(x) => x,
-            Err(what) => {
-                let r = agent_fail(
-                    StatusCode::BAD_GATEWAY,
-                    agent_error::NO_ROUTE,
-                    &format!("bad request head from the server: {what}"),
-                );
+            Err(msg) => {
+                let r = agent_fail(StatusCode::BAD_GATEWAY, agent_error::NO_ROUTE, &msg);
                 let _ = respond(r, send).await;
                 return;
             }
         };
-        let req = backend::Request {
-            head: &out,
-            body,
-            head_method: head.method == b"HEAD",
-            upgrade: upgrade.is_some(),
-            retryable: body == RequestBody::None && is_idempotent(head.method),
-            timeout: self.cfg.response_timeout,
-        };
-        let r = match backend.pool.exchange(&req, recv, send).await {
+        let r = match backend.pool.exchange(&req_head, &req, recv, send).await {
             Ok(Outcome::Done) => return,
             Ok(Outcome::Upgraded(tcp, recv)) => return mux::pipe(tcp, send, recv).await,
             // Dropping the stream's send half (our caller does) resets it.

@@ -93,11 +93,9 @@ pub enum RequestBody {
     Chunked,
 }
 
-/// One request to send: its serialised head and what follows it.
-#[derive(Debug)]
-pub struct Request<'a> {
-    /// The complete HTTP/1.1 request head, blank line included.
-    pub head: &'a [u8],
+/// How one request is to be sent (its head is passed alongside, already serialised).
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
     /// The request body's framing.
     pub body: RequestBody,
     /// A `HEAD` request (its response has no body whatever its headers say).
@@ -162,11 +160,13 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `req` (its body read from `recv`) and forwards the response to `send`: the head as
-    /// soon as it is parsed, then the body as it arrives.
+    /// Sends `head` (a complete HTTP/1.1 request head, blank line included) and the body read
+    /// from `recv` as `req` says, and forwards the response to `send`: the head as soon as it
+    /// is parsed, then the body as it arrives.
     pub async fn exchange(
         &self,
-        req: &Request<'_>,
+        head: &[u8],
+        req: &Request,
         recv: RecvHalf,
         send: &mut SendHalf,
     ) -> Result<Outcome, ExchangeError> {
@@ -177,9 +177,8 @@ impl Pool {
             None => (self.connect().await?, false),
         };
         loop {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
             match self
-                .attempt(&mut tcp, &mut buf, req, deadline, &mut recv, send)
+                .attempt(&mut tcp, head, req, deadline, &mut recv, send)
                 .await
             {
                 Ok(Reuse::Yes) => {
@@ -212,14 +211,15 @@ impl Pool {
     async fn attempt(
         &self,
         tcp: &mut TcpStream,
-        buf: &mut BytesMut,
-        req: &Request<'_>,
+        head: &[u8],
+        req: &Request,
         deadline: Instant,
         recv: &mut Option<RecvHalf>,
         send: &mut SendHalf,
     ) -> Result<Reuse, Attempt> {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let (mut rd, mut wr) = tcp.split();
-        if let Err(e) = wr.write_all(req.head).await {
+        if let Err(e) = wr.write_all(head).await {
             return Err(Attempt::Stale(self.io(e)));
         }
         let mut upload_done = req.body == RequestBody::None;
@@ -230,7 +230,7 @@ impl Pool {
             }
         };
         tokio::pin!(upload);
-        let download = self.download(&mut rd, buf, req, deadline, send);
+        let download = self.download(&mut rd, &mut buf, req, deadline, send);
         tokio::pin!(download);
         let reuse = loop {
             tokio::select! {
@@ -256,7 +256,7 @@ impl Pool {
         &self,
         rd: &mut ReadHalf<'_>,
         buf: &mut BytesMut,
-        req: &Request<'_>,
+        req: &Request,
         deadline: Instant,
         send: &mut SendHalf,
     ) -> Result<Reuse, Attempt> {
@@ -455,7 +455,7 @@ struct Head {
 }
 
 /// Parses a response head at the start of `buf`: `None` until it is complete.
-fn parse_head(buf: &[u8], req: &Request<'_>) -> Result<Option<Head>, &'static str> {
+fn parse_head(buf: &[u8], req: &Request) -> Result<Option<Head>, &'static str> {
     // Most heads have a handful of fields: start with a small table (initialising the full one
     // costs more than parsing), and only a head that overflows it is parsed again.
     let mut few = [httparse::EMPTY_HEADER; 24];
@@ -472,7 +472,7 @@ fn parse_head(buf: &[u8], req: &Request<'_>) -> Result<Option<Head>, &'static st
 
 fn parse_head_into<'b>(
     buf: &'b [u8],
-    req: &Request<'_>,
+    req: &Request,
     fields: &mut [httparse::Header<'b>],
 ) -> Result<Result<Option<Head>, &'static str>, httparse::Error> {
     let mut r = httparse::Response::new(fields);
@@ -486,7 +486,7 @@ fn parse_head_into<'b>(
 fn head_from(
     r: &httparse::Response<'_, '_>,
     len: usize,
-    req: &Request<'_>,
+    req: &Request,
 ) -> Result<Option<Head>, &'static str> {
     let status = r.code.unwrap_or(0);
     let http11 = r.version == Some(1);
@@ -757,9 +757,8 @@ async fn upload(
 mod tests {
     use super::*;
 
-    fn req(head_method: bool, upgrade: bool) -> Request<'static> {
+    fn req(head_method: bool, upgrade: bool) -> Request {
         Request {
-            head: b"",
             body: RequestBody::None,
             head_method,
             upgrade,
@@ -945,14 +944,13 @@ mod tests {
         let a = accepted.recv().await.unwrap();
         let mut send = a.send;
         let req = Request {
-            head,
             body,
             head_method: false,
             upgrade: false,
             retryable: body == RequestBody::None,
             timeout: Duration::from_secs(2),
         };
-        let r = pool.exchange(&req, a.recv, &mut send).await;
+        let r = pool.exchange(head, &req, a.recv, &mut send).await;
         match r {
             Ok(Outcome::Done) => {}
             Ok(Outcome::Upgraded(..)) => return Err("upgraded".into()),
@@ -1069,14 +1067,13 @@ mod tests {
         let a = accepted.recv().await.unwrap();
         let mut send = a.send;
         let req = Request {
-            head: GET,
             body: RequestBody::None,
             head_method: false,
             upgrade: false,
             retryable: true,
             timeout: Duration::from_millis(200),
         };
-        match pool.exchange(&req, a.recv, &mut send).await {
+        match pool.exchange(GET, &req, a.recv, &mut send).await {
             Err(ExchangeError::Failed(e @ BackendError::Timeout { .. })) => {
                 assert!(e.to_string().contains(&addr), "{e}")
             }
