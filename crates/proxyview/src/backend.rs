@@ -167,11 +167,10 @@ impl Pool {
         &self,
         head: &[u8],
         req: &Request,
-        recv: RecvHalf,
+        mut recv: RecvHalf,
         send: &mut SendHalf,
     ) -> Result<Outcome, ExchangeError> {
         let deadline = Instant::now() + req.timeout;
-        let mut recv = Some(recv);
         let (mut tcp, mut reused) = match (!req.upgrade).then(|| self.take_idle()).flatten() {
             Some(tcp) => (tcp, true),
             None => (self.connect().await?, false),
@@ -189,12 +188,7 @@ impl Pool {
                     return Ok(Outcome::Done);
                 }
                 Ok(Reuse::No) => return Ok(Outcome::Done),
-                Ok(Reuse::Upgraded) => {
-                    let Some(recv) = recv else {
-                        return Err(ExchangeError::Broken);
-                    };
-                    return Ok(Outcome::Upgraded(tcp, recv));
-                }
+                Ok(Reuse::Upgraded) => return Ok(Outcome::Upgraded(tcp, recv)),
                 Err(Attempt::Stale(_)) if reused && req.retryable => {
                     // Closed by the backend while idle, just before we wrote: nothing was sent.
                     tcp = self.connect().await?;
@@ -214,7 +208,7 @@ impl Pool {
         head: &[u8],
         req: &Request,
         deadline: Instant,
-        recv: &mut Option<RecvHalf>,
+        recv: &mut RecvHalf,
         send: &mut SendHalf,
     ) -> Result<Reuse, Attempt> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -224,9 +218,9 @@ impl Pool {
         }
         let mut upload_done = req.body == RequestBody::None;
         let upload = async {
-            match (req.body, recv.as_mut()) {
-                (RequestBody::None, _) | (_, None) => Ok(()),
-                (framing, Some(recv)) => upload(&mut wr, recv, framing).await,
+            match req.body {
+                RequestBody::None => Ok(()),
+                framing => upload(&mut wr, recv, framing).await,
             }
         };
         tokio::pin!(upload);
@@ -308,15 +302,15 @@ impl Pool {
             }
             return Ok(Reuse::Upgraded);
         }
-        let clean = match head.framing {
-            Framing::Empty => true,
-            Framing::Length(n) => body_length(rd, buf, n, send).await?,
+        match head.framing {
+            Framing::Length(n) => forward_bytes(rd, buf, n, true, send).await?,
             Framing::Chunked => body_chunked(rd, buf, send).await?,
             Framing::Close => body_to_eof(rd, buf, send).await?,
-            Framing::Interim | Framing::Switch => false,
-        };
-        // Bytes after the response that nobody asked for: the connection is out of step.
-        Ok(if clean && head.keep_alive && buf.is_empty() {
+            Framing::Empty | Framing::Interim | Framing::Switch => {}
+        }
+        // (`keep_alive` is false for a close-delimited body.) Bytes after the response that
+        // nobody asked for: the connection is out of step.
+        Ok(if head.keep_alive && buf.is_empty() {
             Reuse::Yes
         } else {
             Reuse::No
@@ -622,22 +616,12 @@ async fn forward_bytes(
     Ok(())
 }
 
-async fn body_length(
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-    n: u64,
-    send: &mut SendHalf,
-) -> Result<bool, Attempt> {
-    forward_bytes(rd, buf, n, true, send).await?;
-    Ok(true)
-}
-
 /// Decodes a chunked body (RFC 9112 §7.1), forwarding the data; trailers are read and dropped.
 async fn body_chunked(
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     send: &mut SendHalf,
-) -> Result<bool, Attempt> {
+) -> Result<(), Attempt> {
     loop {
         let (used, size) = loop {
             match httparse::parse_chunk_size(buf) {
@@ -673,8 +657,7 @@ async fn body_chunked(
     }
     send.send_data(Bytes::new(), true)
         .await
-        .map_err(|_| Attempt::Broken)?;
-    Ok(true)
+        .map_err(|_| Attempt::Broken)
 }
 
 async fn expect_crlf(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<(), Attempt> {
@@ -693,7 +676,7 @@ async fn body_to_eof(
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     send: &mut SendHalf,
-) -> Result<bool, Attempt> {
+) -> Result<(), Attempt> {
     loop {
         if !buf.is_empty() {
             let data = buf.split().freeze();
@@ -710,8 +693,7 @@ async fn body_to_eof(
     }
     send.send_data(Bytes::new(), true)
         .await
-        .map_err(|_| Attempt::Broken)?;
-    Ok(false)
+        .map_err(|_| Attempt::Broken)
 }
 
 /// Writes the caller's body to the backend in the head's framing.
