@@ -400,16 +400,14 @@ impl<'a> Meta<'a> {
     fn read(head: &RawRequestHead<'a>) -> Self {
         let mut m = Meta::default();
         for (name, value) in head.fields() {
-            if name.starts_with(b"proxyview-") {
-                let n = &name[b"proxyview-".len()..];
-                let field = |f: &str| f.as_bytes()[b"proxyview-".len()..] == *n;
-                if field(protocol::ROUTE_FIELD) {
+            if http_util::is_internal_name(name) {
+                if name == protocol::ROUTE_FIELD.as_bytes() {
                     m.route = value;
-                } else if field(protocol::PEER_FIELD) {
+                } else if name == protocol::PEER_FIELD.as_bytes() {
                     m.peer = Some(value);
-                } else if field(protocol::HOST_FIELD) {
+                } else if name == protocol::HOST_FIELD.as_bytes() {
                     m.host = Some(value);
-                } else if field(protocol::UPGRADE_FIELD) {
+                } else if name == protocol::UPGRADE_FIELD.as_bytes() {
                     m.upgrade = Some(value);
                 }
                 continue;
@@ -448,7 +446,7 @@ fn write_request_head(
         out.extend_from_slice(b"\r\n");
     };
     for (name, value) in head.fields() {
-        let skip = name.starts_with(b"proxyview-")
+        let skip = http_util::is_internal_name(name)
             || name == b"host"
             || (name == b"x-forwarded-for" && meta.peer.is_some())
             || (name == b"content-length" && upgrade.is_some())

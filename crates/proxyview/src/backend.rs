@@ -493,7 +493,7 @@ fn head_from(
     for f in r.headers.iter() {
         let name = f.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
-            for t in tokens(f.value) {
+            for t in http_util::tokens(f.value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
@@ -503,13 +503,13 @@ fn head_from(
                 }
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for t in tokens(f.value) {
+            for t in http_util::tokens(f.value) {
                 // Only a final `chunked` delimits the body; anything after it means "until close".
                 chunked = t.eq_ignore_ascii_case(b"chunked");
                 other_coding |= !chunked;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            for t in tokens(f.value) {
+            for t in http_util::tokens(f.value) {
                 let n = parse_length(t).ok_or("invalid Content-Length")?;
                 if length.is_some_and(|m| m != n) {
                     return Err("conflicting Content-Length values");
@@ -542,7 +542,7 @@ fn head_from(
         r.headers
             .iter()
             .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| tokens(f.value))
+            .flat_map(|f| http_util::tokens(f.value))
             .collect()
     } else {
         Vec::new()
@@ -566,14 +566,6 @@ fn head_from(
         keep_alive,
         block,
     }))
-}
-
-/// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&c| c == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 fn parse_length(t: &[u8]) -> Option<u64> {

@@ -65,10 +65,27 @@ pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| tokens(v.as_bytes()))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect()
 }
+
+/// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&c| c == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is one of the tunnel's own `proxyview-*` fields (any case), which callers
+/// and backends must not be able to set.
+pub fn is_internal_name(name: &[u8]) -> bool {
+    name.len() >= INTERNAL_PREFIX.len()
+        && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX.as_bytes())
+}
+
+const INTERNAL_PREFIX: &str = "proxyview-";
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -101,8 +118,8 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .flat_map(|v| tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     if !wants {
         return None;
     }
@@ -120,14 +137,11 @@ pub fn set_upgrade(headers: &mut HeaderMap, proto: &str) {
 
 /// Removes every `proxyview-*` header so a caller cannot forge tunnel metadata.
 pub fn strip_internal(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| k.as_str().starts_with("proxyview-")) {
+    let internal = |k: &&HeaderName| is_internal_name(k.as_str().as_bytes());
+    if !headers.keys().any(|k| internal(&k)) {
         return;
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxyview-"))
-        .cloned()
-        .collect();
+    let names: Vec<HeaderName> = headers.keys().filter(internal).cloned().collect();
     for n in names {
         headers.remove(n);
     }

@@ -439,7 +439,7 @@ impl Server {
         let named = http_util::connection_named(&headers);
         let keep = |n: &HeaderName| {
             let dropped = n == header::HOST
-                || n.as_str().starts_with("proxyview-")
+                || http_util::is_internal_name(n.as_str().as_bytes())
                 || http_util::is_hop_by_hop(n)
                 || named.contains(n)
                 || (self.cfg.external_token.is_some() && n == protocol::AUTH_TOKEN_HEADER)
