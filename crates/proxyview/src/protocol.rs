@@ -605,22 +605,6 @@ impl RequestHead {
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
         )
     }
-
-    /// Parses a head block.
-    pub fn decode(mut buf: Bytes) -> Result<Self, FrameError> {
-        let n = usize::from(take(&mut buf, 1)?[0]);
-        let method = Method::from_bytes(&take(&mut buf, n)?)
-            .map_err(|_| FrameError::BadHead("invalid method"))?;
-        let n = usize::from(take_u16(&mut buf)?);
-        let path = PathAndQuery::from_maybe_shared(take(&mut buf, n)?)
-            .map_err(|_| FrameError::BadHead("invalid path"))?;
-        let headers = get_headers(&mut buf)?;
-        Ok(Self {
-            method,
-            path,
-            headers,
-        })
-    }
 }
 
 impl ResponseHead {
