@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::http_util;
-use crate::mux::{RecvHalf, SendHalf};
+use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
 
 /// Largest response head accepted from a backend.
@@ -305,7 +305,10 @@ impl Pool {
         match head.framing {
             Framing::Length(n) => forward_bytes(rd, buf, n, true, send).await?,
             Framing::Chunked => body_chunked(rd, buf, send).await?,
-            Framing::Close => body_to_eof(rd, buf, send).await?,
+            // Delimited by the backend closing the connection.
+            Framing::Close => mux::send_until_eof(rd, buf, send)
+                .await
+                .map_err(|()| Attempt::Broken)?,
             Framing::Empty | Framing::Interim | Framing::Switch => {}
         }
         // (`keep_alive` is false for a close-delimited body.) Bytes after the response that
@@ -663,31 +666,6 @@ async fn expect_crlf(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<(), At
     Ok(())
 }
 
-/// A body delimited by the backend closing the connection.
-async fn body_to_eof(
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-    send: &mut SendHalf,
-) -> Result<(), Attempt> {
-    loop {
-        if !buf.is_empty() {
-            let data = buf.split().freeze();
-            send.send_data(data, false)
-                .await
-                .map_err(|_| Attempt::Broken)?;
-        }
-        buf.reserve(READ_CHUNK);
-        match rd.read_buf(buf).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => return Err(Attempt::Broken),
-        }
-    }
-    send.send_data(Bytes::new(), true)
-        .await
-        .map_err(|_| Attempt::Broken)
-}
-
 /// Writes the caller's body to the backend in the head's framing.
 async fn upload(
     wr: &mut WriteHalf<'_>,
@@ -1005,6 +983,19 @@ mod tests {
         // The backend only answers once it saw the terminating chunk, and the connection is
         // reused, so the framing it read was complete and exact.
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn close_delimited_body_is_forwarded_to_eof() {
+        let answer = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        let (addr, _) = backend(answer, true).await;
+        let pool = Pool::new(addr, Duration::from_secs(2));
+        let r = call(&pool, GET, RequestBody::None, &[]).await.unwrap();
+        assert_eq!(r, (200, b"until the end".to_vec()));
+        assert!(
+            pool.is_empty(),
+            "a close-delimited body ends the connection"
+        );
     }
 
     #[tokio::test]

@@ -905,24 +905,35 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Sends what is in `buf`, then everything `r` yields until its EOF, then the stream's end.
+/// `Err` when reading fails or the stream is gone (the cause matters to no caller: the stream is
+/// reset either way).
+pub async fn send_until_eof<R>(r: &mut R, buf: &mut BytesMut, send: &mut SendHalf) -> Result<(), ()>
+where
+    R: AsyncRead + Unpin,
+{
+    loop {
+        if !buf.is_empty() {
+            send.send_data(buf.split().freeze(), false)
+                .await
+                .map_err(|_| ())?;
+        }
+        buf.reserve(16 * 1024);
+        if r.read_buf(buf).await.map_err(|_| ())? == 0 {
+            break;
+        }
+    }
+    send.send_data(Bytes::new(), true).await.map_err(|_| ())
+}
+
 /// Pipes bytes between `io` and an upgraded stream until both directions ended.
 pub async fn pipe<T>(io: T, send: &mut SendHalf, mut recv: RecvHalf)
 where
     T: AsyncRead + AsyncWrite,
 {
     let (mut r, mut w) = tokio::io::split(io);
-    let up = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = r.read(&mut buf).await.map_err(|_| ())?;
-            if n == 0 {
-                return send.send_data(Bytes::new(), true).await.map_err(|_| ());
-            }
-            send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                .await
-                .map_err(|_| ())?;
-        }
-    };
+    let mut buf = BytesMut::new();
+    let up = send_until_eof(&mut r, &mut buf, send);
     let down = async {
         while let Some(chunk) = recv.chunk().await {
             let chunk = chunk.map_err(|_| ())?;
