@@ -309,6 +309,7 @@ impl Agent {
             upgrade: upgrade.is_some(),
             retryable: body == RequestBody::None && is_idempotent(head.method),
             timeout: self.cfg.response_timeout,
+            idle: self.cfg.body_idle_timeout,
         };
         Ok((backend, out, req))
     }

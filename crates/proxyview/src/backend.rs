@@ -26,8 +26,10 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use tracing::warn;
+
 use crate::http_util;
-use crate::mux::{self, RecvHalf, SendHalf};
+use crate::mux::{RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
 
 /// Largest response head accepted from a backend.
@@ -107,6 +109,9 @@ pub struct Request {
     pub retryable: bool,
     /// How long the response head may take (from when the request starts).
     pub timeout: Duration,
+    /// How long the backend may send nothing in the middle of a response body before the
+    /// stream is abandoned (a stalled backend must not hold the caller forever).
+    pub idle: Duration,
 }
 
 /// How an exchange ended.
@@ -198,6 +203,14 @@ impl Pool {
                     return Err(ExchangeError::Failed(e))
                 }
                 Err(Attempt::Broken) => return Err(ExchangeError::Broken),
+                Err(Attempt::Idle) => {
+                    warn!(
+                        backend = %self.addr,
+                        idle = ?req.idle,
+                        "backend sent nothing in the middle of a response body; stream reset"
+                    );
+                    return Err(ExchangeError::Broken);
+                }
             }
         }
     }
@@ -302,13 +315,16 @@ impl Pool {
             }
             return Ok(Reuse::Upgraded);
         }
+        let mut body = Reader {
+            rd,
+            buf,
+            idle: req.idle,
+        };
         match head.framing {
-            Framing::Length(n) => forward_bytes(rd, buf, n, true, send).await?,
-            Framing::Chunked => body_chunked(rd, buf, send).await?,
+            Framing::Length(n) => forward_bytes(&mut body, n, true, send).await?,
+            Framing::Chunked => body_chunked(&mut body, send).await?,
             // Delimited by the backend closing the connection.
-            Framing::Close => mux::send_until_eof(rd, buf, send)
-                .await
-                .map_err(|()| Attempt::Broken)?,
+            Framing::Close => body.until_eof(send).await?,
             Framing::Empty | Framing::Interim | Framing::Switch => {}
         }
         // (`keep_alive` is false for a close-delimited body.) Bytes after the response that
@@ -423,6 +439,8 @@ enum Attempt {
     Failed(BackendError),
     /// Failed after it.
     Broken,
+    /// The backend sent nothing for the idle timeout after the head went to the caller.
+    Idle,
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -580,29 +598,63 @@ fn parse_length(t: &[u8]) -> Option<u64> {
     })
 }
 
-/// Reads more from the backend; EOF is an error (the framing said more was coming).
-async fn fill(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<(), Attempt> {
-    buf.reserve(READ_CHUNK);
-    match rd.read_buf(buf).await {
-        Ok(0) | Err(_) => Err(Attempt::Broken),
-        Ok(_) => Ok(()),
+/// The backend connection's read side while a body is read, with the bytes read ahead.
+struct Reader<'a, 'b> {
+    rd: &'a mut ReadHalf<'b>,
+    buf: &'a mut BytesMut,
+    idle: Duration,
+}
+
+impl Reader<'_, '_> {
+    /// Reads more from the backend, waiting at most the idle timeout; `Ok(0)` at EOF.
+    async fn read(&mut self) -> Result<usize, Attempt> {
+        self.buf.reserve(READ_CHUNK);
+        match tokio::time::timeout(self.idle, self.rd.read_buf(self.buf)).await {
+            Err(_) => Err(Attempt::Idle),
+            Ok(Err(_)) => Err(Attempt::Broken),
+            Ok(Ok(n)) => Ok(n),
+        }
+    }
+
+    /// Reads more; EOF is an error (the framing said more was coming).
+    async fn fill(&mut self) -> Result<(), Attempt> {
+        match self.read().await? {
+            0 => Err(Attempt::Broken),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forwards what is buffered, then everything until the backend closes, then the end.
+    async fn until_eof(&mut self, send: &mut SendHalf) -> Result<(), Attempt> {
+        loop {
+            if !self.buf.is_empty() {
+                send.send_data(self.buf.split().freeze(), false)
+                    .await
+                    .map_err(|_| Attempt::Broken)?;
+            }
+            if self.read().await? == 0 {
+                break;
+            }
+        }
+        send.send_data(Bytes::new(), true)
+            .await
+            .map_err(|_| Attempt::Broken)
     }
 }
 
 /// Forwards `n` body bytes (the buffer first, then the socket); `end` marks the last.
 async fn forward_bytes(
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
+    rd: &mut Reader<'_, '_>,
     mut n: u64,
     end: bool,
     send: &mut SendHalf,
 ) -> Result<(), Attempt> {
     while n > 0 {
-        if buf.is_empty() {
-            fill(rd, buf).await?;
+        if rd.buf.is_empty() {
+            rd.fill().await?;
         }
-        let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        let data = buf.split_to(take).freeze();
+        let take = rd.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        let data = rd.buf.split_to(take).freeze();
         n -= take as u64;
         send.send_data(data, end && n == 0)
             .await
@@ -612,40 +664,34 @@ async fn forward_bytes(
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1), forwarding the data; trailers are read and dropped.
-async fn body_chunked(
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-    send: &mut SendHalf,
-) -> Result<(), Attempt> {
+async fn body_chunked(rd: &mut Reader<'_, '_>, send: &mut SendHalf) -> Result<(), Attempt> {
     loop {
         let (used, size) = loop {
-            match httparse::parse_chunk_size(buf) {
+            match httparse::parse_chunk_size(rd.buf) {
                 Ok(httparse::Status::Complete(x)) => break x,
-                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
-                    fill(rd, buf).await?
-                }
+                Ok(httparse::Status::Partial) if rd.buf.len() < MAX_CHUNK_LINE => rd.fill().await?,
                 _ => return Err(Attempt::Broken),
             }
         };
-        buf.advance(used);
+        rd.buf.advance(used);
         if size == 0 {
             break;
         }
-        forward_bytes(rd, buf, size, false, send).await?;
-        expect_crlf(rd, buf).await?;
+        forward_bytes(rd, size, false, send).await?;
+        expect_crlf(rd).await?;
     }
     // Trailer section: field lines up to an empty line.
     loop {
         let line = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            if let Some(i) = rd.buf.windows(2).position(|w| w == b"\r\n") {
                 break i;
             }
-            if buf.len() >= MAX_CHUNK_LINE {
+            if rd.buf.len() >= MAX_CHUNK_LINE {
                 return Err(Attempt::Broken);
             }
-            fill(rd, buf).await?;
+            rd.fill().await?;
         };
-        buf.advance(line + 2);
+        rd.buf.advance(line + 2);
         if line == 0 {
             break;
         }
@@ -655,14 +701,14 @@ async fn body_chunked(
         .map_err(|_| Attempt::Broken)
 }
 
-async fn expect_crlf(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<(), Attempt> {
-    while buf.len() < 2 {
-        fill(rd, buf).await?;
+async fn expect_crlf(rd: &mut Reader<'_, '_>) -> Result<(), Attempt> {
+    while rd.buf.len() < 2 {
+        rd.fill().await?;
     }
-    if &buf[..2] != b"\r\n" {
+    if &rd.buf[..2] != b"\r\n" {
         return Err(Attempt::Broken);
     }
-    buf.advance(2);
+    rd.buf.advance(2);
     Ok(())
 }
 
@@ -716,6 +762,7 @@ mod tests {
             upgrade,
             retryable: true,
             timeout: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
         }
     }
 
@@ -901,6 +948,7 @@ mod tests {
             upgrade: false,
             retryable: body == RequestBody::None,
             timeout: Duration::from_secs(2),
+            idle: Duration::from_millis(300),
         };
         let r = pool.exchange(head, &req, a.recv, &mut send).await;
         match r {
@@ -1011,6 +1059,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn backend_stalled_mid_body_is_abandoned_after_the_idle_timeout() {
+        // Head and 5 of 10 body bytes, then silence with the connection open.
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let _hold = tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(answer).await;
+                keep.push(s);
+            }
+        });
+        let pool = Pool::new(addr, Duration::from_secs(2));
+        let t0 = Instant::now();
+        // `call` gives the exchange a 300 ms idle timeout and a 2 s head timeout.
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            call(&pool, GET, RequestBody::None, &[]),
+        )
+        .await
+        .expect("the exchange must give up on a stalled backend");
+        assert_eq!(r, Err("broken".into()));
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(pool.is_empty(), "the stalled connection is not reused");
+    }
+
+    #[tokio::test]
     async fn malformed_and_silent_backends_are_errors_naming_the_backend() {
         let (addr, _) = backend(b"HTTP/1.1 abc\r\n\r\n", false).await;
         let pool = Pool::new(addr.clone(), Duration::from_secs(2));
@@ -1037,6 +1118,7 @@ mod tests {
             upgrade: false,
             retryable: true,
             timeout: Duration::from_millis(200),
+            idle: Duration::from_secs(1),
         };
         match pool.exchange(GET, &req, a.recv, &mut send).await {
             Err(ExchangeError::Failed(e @ BackendError::Timeout { .. })) => {

@@ -501,6 +501,8 @@ struct RawClient {
     connect_timeout_secs: Option<f64>,
     #[serde(default)]
     response_timeout_secs: Option<f64>,
+    #[serde(default)]
+    body_idle_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,6 +645,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Backend response-head timeout (→ 504).
     pub response_timeout: Duration,
+    /// Longest silence of a backend in the middle of a response body (the stream is reset).
+    pub body_idle_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -754,6 +758,11 @@ impl ClientConfig {
                 "responseTimeoutSecs",
                 raw.response_timeout_secs,
                 protocol::DEFAULT_RESPONSE_TIMEOUT,
+            )?,
+            body_idle_timeout: d(
+                "bodyIdleTimeoutSecs",
+                raw.body_idle_timeout_secs,
+                protocol::DEFAULT_BODY_IDLE_TIMEOUT,
             )?,
         })
     }

@@ -856,14 +856,20 @@ impl Body for RecvHalf {
 }
 
 /// Sends `body` on `send` to its end (trailers are not carried); a body error resets the
-/// stream.
+/// stream. Stops waiting for the body when the peer resets the stream or the session ends, so
+/// a caller that stalls mid-upload holds nothing once the other side gave up.
 pub async fn send_body<B>(mut body: B, send: &mut SendHalf) -> Result<(), StreamError>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     use http_body_util::BodyExt as _;
+    let cancel = send.cancel.clone();
     loop {
-        match body.frame().await {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = cancel.cancelled() => return Err(send.error()),
+        };
+        match frame {
             None => return send.send_data(Bytes::new(), true).await,
             Some(Err(_)) => {
                 send.done = true;
@@ -1163,6 +1169,26 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(opener.open_streams(), 0, "finished streams leave the table");
+    }
+
+    #[tokio::test]
+    async fn a_body_upload_stops_waiting_when_the_peer_resets() {
+        let (opener, mut accepted) = pair();
+        let (mut send, _recv) = opener.open(Bytes::from_static(b"u"), false, false).unwrap();
+        // A caller that sent its head and then nothing more, with the connection open.
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<BodyFrame<Bytes>, std::convert::Infallible>,
+        >());
+        let upload = tokio::spawn(async move { send_body(stalled, &mut send).await });
+        let a = accepted.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!upload.is_finished());
+        // The agent gives up on the stream (its backend timed out, say).
+        drop(a);
+        let r = tokio::time::timeout(Duration::from_secs(2), upload)
+            .await
+            .expect("the upload must end when the peer resets the stream");
+        assert!(r.unwrap().is_err());
     }
 
     #[tokio::test]

@@ -635,6 +635,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default wait for a response head, on the server (through the tunnel) and on the agent (backend).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest silence of a backend in the middle of a response body (agent).
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time a caller has to send a complete request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default agent → backend TCP connect timeout.

@@ -50,6 +50,7 @@ fn full_examples_load() {
     let c = ClientConfig::load(&example("client-full.yaml")).unwrap();
     assert!(c.server.tls);
     assert!(c.routes[1].preserve_host && !c.routes[0].preserve_host);
+    assert_eq!(c.body_idle_timeout, std::time::Duration::from_secs(300));
 }
 
 #[test]
