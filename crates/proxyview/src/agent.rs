@@ -261,7 +261,9 @@ impl Agent {
         let (tunnel, accepted) = mux::Session::start(ws, mux::Role::Acceptor, hb);
         if let Some(mut accepted) = accepted {
             while let Some(a) = accepted.recv().await {
-                tokio::spawn(self.clone().serve_stream(a));
+                // Boxed: the task then moves a pointer, not the whole (kilobytes) state machine
+                // through spawn's layers.
+                tokio::spawn(Box::pin(self.clone().serve_stream(a)));
             }
         }
         let reason = tunnel.closed().await;
