@@ -765,3 +765,106 @@ fn lines_all(out: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// A backend that sends its head and part of the body and then nothing (connection open): the
+/// agent gives up after `bodyIdleTimeoutSecs` and the caller's connection ends, short of the
+/// promised length, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_stalled_mid_body_ends_the_callers_connection() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let be = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut req = [0u8; 2048];
+            let n = s.read(&mut req).await.unwrap_or(0);
+            if String::from_utf8_lossy(&req[..n]).starts_with("GET /stall") {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                    .await;
+                held.push(s);
+            } else {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        }
+    });
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "bodyIdleTimeoutSecs: 1\n",
+    ));
+    wait_route(server.external, "route1", T).await;
+
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!("GET /stall HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+            .await
+            .expect("the caller's connection must end, not hang")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\npartial"), "{text}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// A caller that stops sending in the middle of its body, while the backend does not answer:
+/// the agent answers 504 after its response timeout and the server then lets go of the caller
+/// (its connection ends) rather than waiting for the rest of the body forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_stalled_mid_upload_gets_504_and_is_let_go() {
+    let be = backend("b1").await;
+    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
+    let _agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        "responseTimeoutSecs: 0.5\n",
+    ));
+    wait_route(server.external, "route1", T).await;
+
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!("POST /sleep/5000 HTTP/1.1\r\nHost: route1\r\nauth-token: {TOKEN_OUT}\r\ncontent-length: 100\r\n\r\nfive!")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut chunk))
+            .await
+            .expect("the server must let the stalled caller go")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+}
