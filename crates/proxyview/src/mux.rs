@@ -17,6 +17,7 @@
 //! | … + one shared allocation per stream instead of channel + semaphore | 30,700 | 36,500 |
 //! | … + the agent's own HTTP/1.1 to backends, no hyper client ([`crate::backend`]) | 30,600 | 19,500 |
 //! | … + the server's head encoded from the caller's map, cheaper Host and stream-map hashing | 24,500 | 19,000 |
+//! | … + the agent's per-stream task boxed before spawning (no multi-KiB moves) | 24,200 | 17,700 |
 //!
 //! On the wire-level benchmark (`bench/proxyview/run.sh`, same machine, same run as rathole)
 //! the switch took small-GET throughput from 0.44× to 0.54–0.56× rathole's and bulk download
