@@ -434,7 +434,7 @@ impl Server {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // The caller's fields minus what must not reach the agent, then the tunnel metadata —
         // encoded straight from the caller's map rather than edited in it first.
-        let drop_bearer = self.cfg.external_token.is_some() && has_bearer(&headers);
+        let credential = self.credential_filter(&headers);
         let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
         let named = http_util::connection_named(&headers);
         let keep = |n: &HeaderName| {
@@ -442,8 +442,7 @@ impl Server {
                 || http_util::is_internal_name(n.as_str().as_bytes())
                 || http_util::is_hop_by_hop(n)
                 || named.contains(n)
-                || (self.cfg.external_token.is_some() && n == protocol::AUTH_TOKEN_HEADER)
-                || (drop_bearer && n == header::AUTHORIZATION)
+                || credential.is_some_and(|c| c.matches(n))
                 || (drop_forwarded
                     && (n == http_util::X_FORWARDED_FOR
                         || n == http_util::X_FORWARDED_HOST
@@ -640,11 +639,23 @@ impl Server {
 
     /// The request headers as logged: the caller's proxy token never reaches the log.
     fn logged_headers(&self, h: &HeaderMap) -> HeaderMap {
-        let mut h = h.clone();
-        if self.cfg.external_token.is_some() {
-            remove_token_headers(&mut h);
+        match self.credential_filter(h) {
+            None => h.clone(),
+            Some(c) => h
+                .iter()
+                .filter(|(n, _)| !c.matches(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
         }
-        h
+    }
+
+    /// Which of the caller's fields carry the proxy token (to keep from agent and log), if
+    /// the external port has one.
+    fn credential_filter(&self, h: &HeaderMap) -> Option<Credentials> {
+        self.cfg
+            .external_token
+            .is_some()
+            .then(|| Credentials::of(h))
     }
 
     /// A locally generated error response (and its log record).
@@ -775,18 +786,25 @@ fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str>
     bearer.or_else(|| h.get(legacy).and_then(|v| v.to_str().ok()).map(str::trim))
 }
 
-/// Removes the caller's proxy credentials so the backend never sees them.
-/// `Authorization` carries a bearer token (ours; other schemes belong to the backend).
-fn has_bearer(h: &HeaderMap) -> bool {
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+/// The fields of one request that carry the caller's proxy token: `auth-token` always, and
+/// `Authorization` when it is a bearer token (ours; other schemes belong to the backend). One
+/// rule for what the agent and the access log never see.
+#[derive(Debug, Clone, Copy)]
+struct Credentials {
+    bearer: bool,
 }
 
-fn remove_token_headers(h: &mut HeaderMap) {
-    h.remove(protocol::AUTH_TOKEN_HEADER);
-    if has_bearer(h) {
-        h.remove(header::AUTHORIZATION);
+impl Credentials {
+    fn of(h: &HeaderMap) -> Self {
+        let bearer = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+        Self { bearer }
+    }
+
+    fn matches(self, n: &HeaderName) -> bool {
+        n == protocol::AUTH_TOKEN_HEADER || (self.bearer && n == header::AUTHORIZATION)
     }
 }
 
@@ -899,14 +917,19 @@ mod tests {
             Some("tok")
         );
         h.insert("x-other", HeaderValue::from_static("1"));
-        remove_token_headers(&mut h);
-        assert_eq!(h.len(), 1);
+        let kept = |h: &HeaderMap| {
+            let c = Credentials::of(h);
+            h.keys()
+                .filter(|n| !c.matches(n))
+                .map(|n| n.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(&h), ["x-other"]);
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        remove_token_headers(&mut h);
         assert_eq!(
-            h.len(),
-            1,
+            kept(&h),
+            ["authorization"],
             "non-bearer Authorization belongs to the backend"
         );
     }

@@ -157,7 +157,9 @@ pub async fn start_server(yaml: &str) -> Server {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let text = proc.stderr_text();
-        if let Some(line) = text.lines().find(|l| l.contains("listening internal=")) {
+        // Only whole lines: the one wanted may be read while still half written.
+        let whole = text.rfind('\n').map_or("", |i| &text[..i]);
+        if let Some(line) = whole.lines().find(|l| l.contains("listening internal=")) {
             let addr = |key: &str| -> SocketAddr {
                 line.split_whitespace()
                     .find_map(|w| w.strip_prefix(key))
