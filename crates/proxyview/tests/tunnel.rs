@@ -17,14 +17,16 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(15);
 
 async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
-    setup_for(backend("b1").await, server_extra_external, top).await
+    setup_for(backend("b1").await, server_extra_external, top, "").await
 }
 
-/// Server + one agent serving `route1` from the backend at `be`.
+/// Server + one agent (with `agent_extra` config lines) serving `route1` from the backend at
+/// `be`.
 async fn setup_for(
     be: std::net::SocketAddr,
     server_extra_external: &str,
     top: &str,
+    agent_extra: &str,
 ) -> (Server, Proc, std::net::SocketAddr) {
     let server = start_server(&server_yaml(
         "127.0.0.1",
@@ -40,7 +42,7 @@ async fn setup_for(
         server.internal,
         TOKEN_IN,
         &[("route1", be)],
-        "",
+        agent_extra,
     ));
     wait_route(server.external, "route1", T).await;
     (server, agent, be)
@@ -319,7 +321,7 @@ async fn backend_switching_protocols_unasked_is_a_502() {
             });
         }
     });
-    let (server, _agent, _) = setup_for(be, "", "").await;
+    let (server, _agent, _) = setup_for(be, "", "", "").await;
     let (s, body) = get_text(server.external, "route1", "/switch").await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("switched protocols"), "{body}");
@@ -792,15 +794,7 @@ async fn backend_stalled_mid_body_ends_the_callers_connection() {
             }
         }
     });
-    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "bodyIdleTimeoutSecs: 1\n",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let (server, _agent, _) = setup_for(be, "", "", "bodyIdleTimeoutSecs: 1\n").await;
 
     let mut tcp = TcpStream::connect(server.external).await.unwrap();
     tcp.write_all(
@@ -810,17 +804,7 @@ async fn backend_stalled_mid_body_ends_the_callers_connection() {
     .await
     .unwrap();
     let t0 = Instant::now();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
-            .await
-            .expect("the caller's connection must end, not hang")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let got = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("\r\n\r\npartial"), "{text}");
@@ -836,16 +820,8 @@ async fn backend_stalled_mid_body_ends_the_callers_connection() {
 /// (its connection ends) rather than waiting for the rest of the body forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_stalled_mid_upload_gets_504_and_is_let_go() {
-    let be = backend("b1").await;
-    let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "responseTimeoutSecs: 0.5\n",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let (server, _agent, _) =
+        setup_for(backend("b1").await, "", "", "responseTimeoutSecs: 0.5\n").await;
 
     let mut tcp = TcpStream::connect(server.external).await.unwrap();
     tcp.write_all(
@@ -854,17 +830,23 @@ async fn caller_stalled_mid_upload_gets_504_and_is_let_go() {
     )
     .await
     .unwrap();
+    let got = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+}
+
+/// Everything the server sends until it closes the connection (or resets it), each read
+/// within `within`: a read that waits longer fails the test as a hang.
+async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut got = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        match tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut chunk))
+        match tokio::time::timeout(within, tcp.read(&mut chunk))
             .await
-            .expect("the server must let the stalled caller go")
+            .expect("the connection must end, not hang")
         {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return got,
             Ok(n) => got.extend_from_slice(&chunk[..n]),
         }
     }
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
 }
