@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::http_util;
-use crate::mux::{RecvHalf, SendHalf};
+use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
 
 /// Largest response head accepted from a backend.
@@ -324,7 +324,12 @@ impl Pool {
             Framing::Length(n) => forward_bytes(&mut body, n, true, send).await?,
             Framing::Chunked => body_chunked(&mut body, send).await?,
             // Delimited by the backend closing the connection.
-            Framing::Close => body.until_eof(send).await?,
+            Framing::Close => mux::send_until_eof(body.rd, body.buf, send, Some(body.idle))
+                .await
+                .map_err(|e| match e {
+                    mux::CopyError::Idle => Attempt::Idle,
+                    mux::CopyError::Broken => Attempt::Broken,
+                })?,
             Framing::Empty | Framing::Interim | Framing::Switch => {}
         }
         // (`keep_alive` is false for a close-delimited body.) Bytes after the response that
@@ -606,39 +611,15 @@ struct Reader<'a, 'b> {
 }
 
 impl Reader<'_, '_> {
-    /// Reads more from the backend, waiting at most the idle timeout; `Ok(0)` at EOF.
-    async fn read(&mut self) -> Result<usize, Attempt> {
+    /// Reads more from the backend, waiting at most the idle timeout; EOF is an error (the
+    /// framing said more was coming).
+    async fn fill(&mut self) -> Result<(), Attempt> {
         self.buf.reserve(READ_CHUNK);
         match tokio::time::timeout(self.idle, self.rd.read_buf(self.buf)).await {
             Err(_) => Err(Attempt::Idle),
-            Ok(Err(_)) => Err(Attempt::Broken),
-            Ok(Ok(n)) => Ok(n),
+            Ok(Ok(0) | Err(_)) => Err(Attempt::Broken),
+            Ok(Ok(_)) => Ok(()),
         }
-    }
-
-    /// Reads more; EOF is an error (the framing said more was coming).
-    async fn fill(&mut self) -> Result<(), Attempt> {
-        match self.read().await? {
-            0 => Err(Attempt::Broken),
-            _ => Ok(()),
-        }
-    }
-
-    /// Forwards what is buffered, then everything until the backend closes, then the end.
-    async fn until_eof(&mut self, send: &mut SendHalf) -> Result<(), Attempt> {
-        loop {
-            if !self.buf.is_empty() {
-                send.send_data(self.buf.split().freeze(), false)
-                    .await
-                    .map_err(|_| Attempt::Broken)?;
-            }
-            if self.read().await? == 0 {
-                break;
-            }
-        }
-        send.send_data(Bytes::new(), true)
-            .await
-            .map_err(|_| Attempt::Broken)
     }
 }
 

@@ -912,10 +912,23 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Sends what is in `buf`, then everything `r` yields until its EOF, then the stream's end.
-/// `Err` when reading fails or the stream is gone (the cause matters to no caller: the stream is
-/// reset either way).
-pub async fn send_until_eof<R>(r: &mut R, buf: &mut BytesMut, send: &mut SendHalf) -> Result<(), ()>
+/// Why [`send_until_eof`] stopped before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyError {
+    /// Reading failed or the stream is gone (the stream is reset either way).
+    Broken,
+    /// The reader yielded nothing for the idle timeout.
+    Idle,
+}
+
+/// Sends what is in `buf`, then everything `r` yields until its EOF, then the stream's end;
+/// with `idle`, a reader silent that long is given up on.
+pub async fn send_until_eof<R>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    send: &mut SendHalf,
+    idle: Option<Duration>,
+) -> Result<(), CopyError>
 where
     R: AsyncRead + Unpin,
 {
@@ -923,14 +936,22 @@ where
         if !buf.is_empty() {
             send.send_data(buf.split().freeze(), false)
                 .await
-                .map_err(|_| ())?;
+                .map_err(|_| CopyError::Broken)?;
         }
         buf.reserve(16 * 1024);
-        if r.read_buf(buf).await.map_err(|_| ())? == 0 {
+        let read = match idle {
+            None => r.read_buf(buf).await,
+            Some(d) => tokio::time::timeout(d, r.read_buf(buf))
+                .await
+                .map_err(|_| CopyError::Idle)?,
+        };
+        if read.map_err(|_| CopyError::Broken)? == 0 {
             break;
         }
     }
-    send.send_data(Bytes::new(), true).await.map_err(|_| ())
+    send.send_data(Bytes::new(), true)
+        .await
+        .map_err(|_| CopyError::Broken)
 }
 
 /// Pipes bytes between `io` and an upgraded stream until both directions ended.
@@ -940,7 +961,12 @@ where
 {
     let (mut r, mut w) = tokio::io::split(io);
     let mut buf = BytesMut::new();
-    let up = send_until_eof(&mut r, &mut buf, send);
+    // No idle limit: an upgraded connection may rightly stay quiet for long.
+    let up = async {
+        send_until_eof(&mut r, &mut buf, send, None)
+            .await
+            .map_err(|_| ())
+    };
     let down = async {
         while let Some(chunk) = recv.chunk().await {
             let chunk = chunk.map_err(|_| ())?;
