@@ -377,6 +377,12 @@ impl Server {
         peer_ip: &str,
         mut req: Request<Incoming>,
     ) -> Response<PvBody> {
+        // Which fields hold the caller's proxy token: kept from both the log and the agent.
+        let credential = self
+            .cfg
+            .external_token
+            .is_some()
+            .then(|| Credentials::of(req.headers()));
         let mut log = self.sink.as_ref().map(|sink| LogCtx {
             sink: sink.clone(),
             done: false,
@@ -384,7 +390,7 @@ impl Server {
             t0: Instant::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
-            headers: self.logged_headers(req.headers()),
+            headers: logged_headers(req.headers(), credential),
             request: Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT))),
             endpoint: None,
             client_id: None,
@@ -434,7 +440,6 @@ impl Server {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // The caller's fields minus what must not reach the agent, then the tunnel metadata —
         // encoded straight from the caller's map rather than edited in it first.
-        let credential = self.credential_filter(&headers);
         let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
         let named = http_util::connection_named(&headers);
         let keep = |n: &HeaderName| {
@@ -637,27 +642,6 @@ impl Server {
         Response::from_parts(parts, body)
     }
 
-    /// The request headers as logged: the caller's proxy token never reaches the log.
-    fn logged_headers(&self, h: &HeaderMap) -> HeaderMap {
-        match self.credential_filter(h) {
-            None => h.clone(),
-            Some(c) => h
-                .iter()
-                .filter(|(n, _)| !c.matches(n))
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
-    /// Which of the caller's fields carry the proxy token (to keep from agent and log), if
-    /// the external port has one.
-    fn credential_filter(&self, h: &HeaderMap) -> Option<Credentials> {
-        self.cfg
-            .external_token
-            .is_some()
-            .then(|| Credentials::of(h))
-    }
-
     /// A locally generated error response (and its log record).
     fn fail(&self, log: Option<LogCtx>, status: StatusCode, msg: &str) -> Response<PvBody> {
         let r = if self.cfg.legacy_errors {
@@ -784,6 +768,18 @@ fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str>
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
     bearer.or_else(|| h.get(legacy).and_then(|v| v.to_str().ok()).map(str::trim))
+}
+
+/// The request headers as logged: the caller's proxy token never reaches the log.
+fn logged_headers(h: &HeaderMap, credential: Option<Credentials>) -> HeaderMap {
+    match credential {
+        None => h.clone(),
+        Some(c) => h
+            .iter()
+            .filter(|(n, _)| !c.matches(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 /// The fields of one request that carry the caller's proxy token: `auth-token` always, and
