@@ -85,7 +85,8 @@ frontends:
 
 fn started(t: &Topo, e: &Env) -> Daemon {
     let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_state(&d, &e.sock, "web4", "inactive", Duration::from_secs(10));
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    assert_eq!(state(&e.sock, "web4"), "inactive");
     d
 }
 
@@ -372,7 +373,8 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     let dir = tempfile::tempdir().unwrap();
     let e = env(&cmd_config(dir.path()));
     let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_state(&d, &e.sock, "game", "inactive", Duration::from_secs(10));
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    assert_eq!(state(&e.sock, "game"), "inactive");
 
     // Cold: the first client is held, the command starts, and the client is served once it listens.
     let t0 = Instant::now();
@@ -467,7 +469,8 @@ frontends:
 "
     ));
     let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_state(&d, &e.sock, "dns", "inactive", Duration::from_secs(10));
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    assert_eq!(state(&e.sock, "dns"), "inactive");
     // Stop the 1 s warm ticker so the target only warms when told to.
     ctl(&e.sock, "stop", "dns");
     let _pinger = UdpPinger::start(&t.client, &format!("{GW4}:5353"));

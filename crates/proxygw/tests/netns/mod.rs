@@ -392,6 +392,28 @@ pub fn wait_state(d: &Daemon, sock: &Path, target: &str, want: &str, limit: Dura
     }
 }
 
+/// Polls until the daemon is up and every frontend is listening; panics after `limit` with the log.
+///
+/// A target is `inactive` from the moment it is registered, but its frontends bind in the
+/// background: a client that connects on the target's state alone can meet a refused port.
+pub fn wait_ready(d: &Daemon, sock: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = status(sock);
+        if let Ok(s) = &st {
+            if !s.frontends.is_empty() && s.frontends.iter().all(|f| f.state == "running") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "frontends not all running within {limit:?}; status {st:?}\nlog:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Count of `inet proxygw` tables in a namespace.
 pub fn proxygw_tables(ns: &str) -> usize {
     ns_output(ns, &["nft", "list", "tables"])
