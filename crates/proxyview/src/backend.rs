@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use tracing::warn;
 
+use crate::h1::{self, parse_length, Delimit, Reader, READ_CHUNK};
 use crate::http_util;
 use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
@@ -36,10 +37,6 @@ use crate::protocol::{self, BACKEND_POOL_IDLE};
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in a backend response head.
 pub const MAX_RESPONSE_HEADERS: usize = 128;
-/// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
-const MAX_CHUNK_LINE: usize = 4096;
-/// How much is read from the backend at a time.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a backend exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +128,15 @@ pub enum ExchangeError {
     /// The response head went to the caller and then the exchange broke: the stream can only
     /// be reset.
     Broken,
+}
+
+impl From<mux::CopyError> for Attempt {
+    fn from(e: mux::CopyError) -> Self {
+        match e {
+            mux::CopyError::Idle => Attempt::Idle,
+            mux::CopyError::Broken => Attempt::Broken,
+        }
+    }
 }
 
 impl From<BackendError> for ExchangeError {
@@ -231,10 +237,12 @@ impl Pool {
         }
         let mut upload_done = req.body == RequestBody::None;
         let upload = async {
-            match req.body {
-                RequestBody::None => Ok(()),
-                framing => upload(&mut wr, recv, framing).await,
-            }
+            let delimit = match req.body {
+                RequestBody::None => return Ok(()),
+                RequestBody::Length(n) => Delimit::Length(n),
+                RequestBody::Chunked => Delimit::Chunked,
+            };
+            h1::write_body(&mut wr, recv, delimit, BytesMut::new()).await
         };
         tokio::pin!(upload);
         let download = self.download(&mut rd, &mut buf, req, deadline, send);
@@ -244,7 +252,7 @@ impl Pool {
                 r = &mut upload, if !upload_done => match r {
                     Ok(()) => upload_done = true,
                     // The caller's body broke (reset, bad length): the backend got half a request.
-                    Err(()) => return Err(Attempt::Broken),
+                    Err(_) => return Err(Attempt::Broken),
                 },
                 r = &mut download => break r?,
             }
@@ -319,17 +327,13 @@ impl Pool {
             rd,
             buf,
             idle: req.idle,
+            capture: None,
         };
         match head.framing {
-            Framing::Length(n) => forward_bytes(&mut body, n, true, send).await?,
-            Framing::Chunked => body_chunked(&mut body, send).await?,
+            Framing::Length(n) => body.forward_bytes(n, true, send).await?,
+            Framing::Chunked => body.forward_chunked(send).await?,
             // Delimited by the backend closing the connection.
-            Framing::Close => mux::send_until_eof(body.rd, body.buf, send, Some(body.idle))
-                .await
-                .map_err(|e| match e {
-                    mux::CopyError::Idle => Attempt::Idle,
-                    mux::CopyError::Broken => Attempt::Broken,
-                })?,
+            Framing::Close => mux::send_until_eof(body.rd, body.buf, send, Some(body.idle)).await?,
             Framing::Empty | Framing::Interim | Framing::Switch => {}
         }
         // (`keep_alive` is false for a close-delimited body.) Bytes after the response that
@@ -592,143 +596,6 @@ fn head_from(
         keep_alive,
         block,
     }))
-}
-
-fn parse_length(t: &[u8]) -> Option<u64> {
-    if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    t.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-/// The backend connection's read side while a body is read, with the bytes read ahead.
-struct Reader<'a, 'b> {
-    rd: &'a mut ReadHalf<'b>,
-    buf: &'a mut BytesMut,
-    idle: Duration,
-}
-
-impl Reader<'_, '_> {
-    /// Reads more from the backend, waiting at most the idle timeout; EOF is an error (the
-    /// framing said more was coming).
-    async fn fill(&mut self) -> Result<(), Attempt> {
-        self.buf.reserve(READ_CHUNK);
-        match tokio::time::timeout(self.idle, self.rd.read_buf(self.buf)).await {
-            Err(_) => Err(Attempt::Idle),
-            Ok(Ok(0) | Err(_)) => Err(Attempt::Broken),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
-}
-
-/// Forwards `n` body bytes (the buffer first, then the socket); `end` marks the last.
-async fn forward_bytes(
-    rd: &mut Reader<'_, '_>,
-    mut n: u64,
-    end: bool,
-    send: &mut SendHalf,
-) -> Result<(), Attempt> {
-    while n > 0 {
-        if rd.buf.is_empty() {
-            rd.fill().await?;
-        }
-        let take = rd.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        let data = rd.buf.split_to(take).freeze();
-        n -= take as u64;
-        send.send_data(data, end && n == 0)
-            .await
-            .map_err(|_| Attempt::Broken)?;
-    }
-    Ok(())
-}
-
-/// Decodes a chunked body (RFC 9112 §7.1), forwarding the data; trailers are read and dropped.
-async fn body_chunked(rd: &mut Reader<'_, '_>, send: &mut SendHalf) -> Result<(), Attempt> {
-    loop {
-        let (used, size) = loop {
-            match httparse::parse_chunk_size(rd.buf) {
-                Ok(httparse::Status::Complete(x)) => break x,
-                Ok(httparse::Status::Partial) if rd.buf.len() < MAX_CHUNK_LINE => rd.fill().await?,
-                _ => return Err(Attempt::Broken),
-            }
-        };
-        rd.buf.advance(used);
-        if size == 0 {
-            break;
-        }
-        forward_bytes(rd, size, false, send).await?;
-        expect_crlf(rd).await?;
-    }
-    // Trailer section: field lines up to an empty line.
-    loop {
-        let line = loop {
-            if let Some(i) = rd.buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if rd.buf.len() >= MAX_CHUNK_LINE {
-                return Err(Attempt::Broken);
-            }
-            rd.fill().await?;
-        };
-        rd.buf.advance(line + 2);
-        if line == 0 {
-            break;
-        }
-    }
-    send.send_data(Bytes::new(), true)
-        .await
-        .map_err(|_| Attempt::Broken)
-}
-
-async fn expect_crlf(rd: &mut Reader<'_, '_>) -> Result<(), Attempt> {
-    while rd.buf.len() < 2 {
-        rd.fill().await?;
-    }
-    if &rd.buf[..2] != b"\r\n" {
-        return Err(Attempt::Broken);
-    }
-    rd.buf.advance(2);
-    Ok(())
-}
-
-/// Writes the caller's body to the backend in the head's framing.
-async fn upload(
-    wr: &mut WriteHalf<'_>,
-    recv: &mut RecvHalf,
-    framing: RequestBody,
-) -> Result<(), ()> {
-    let mut left = match framing {
-        RequestBody::Length(n) => Some(n),
-        _ => None,
-    };
-    while let Some(chunk) = recv.chunk().await {
-        let chunk = chunk.map_err(|_| ())?;
-        if chunk.is_empty() {
-            continue;
-        }
-        match &mut left {
-            Some(n) => {
-                // More than the declared length would be read by the backend as a next request.
-                *n = n.checked_sub(chunk.len() as u64).ok_or(())?;
-                wr.write_all(&chunk).await.map_err(|_| ())?;
-            }
-            None => {
-                let size = format!("{:x}\r\n", chunk.len());
-                let mut out = BytesMut::with_capacity(size.len() + chunk.len() + 2);
-                out.extend_from_slice(size.as_bytes());
-                out.extend_from_slice(&chunk);
-                out.extend_from_slice(b"\r\n");
-                wr.write_all(&out).await.map_err(|_| ())?;
-            }
-        }
-    }
-    match left {
-        Some(0) => Ok(()),
-        Some(_) => Err(()),
-        None => wr.write_all(b"0\r\n\r\n").await.map_err(|_| ()),
-    }
 }
 
 #[cfg(test)]
