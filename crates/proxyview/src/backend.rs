@@ -242,7 +242,7 @@ impl Pool {
                 RequestBody::Length(n) => Delimit::Length(n),
                 RequestBody::Chunked => Delimit::Chunked,
             };
-            h1::write_body(&mut wr, recv, delimit, BytesMut::new()).await
+            h1::write_body(&mut wr, recv, delimit, BytesMut::new(), None).await
         };
         tokio::pin!(upload);
         let download = self.download(&mut rd, &mut buf, req, deadline, send);

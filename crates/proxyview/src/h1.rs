@@ -137,12 +137,14 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
 /// Writes `out` (bytes already due, such as a message head) and then the body read from `recv`
 /// in the given framing. Data that has already arrived is gathered into one write with what
 /// precedes it, so a head and a small body cost one system call. Fails if the stream breaks or
-/// carries more or fewer bytes than a `Length` framing promised.
+/// carries more or fewer bytes than a `Length` framing promised. `capture` gets a copy of the
+/// body's data.
 pub async fn write_body<W>(
     wr: &mut W,
     recv: &mut RecvHalf,
     delimit: Delimit,
     mut out: BytesMut,
+    capture: Option<&Mutex<Capture>>,
 ) -> Result<(), CopyError>
 where
     W: AsyncWrite + Unpin,
@@ -165,6 +167,9 @@ where
         };
         let Some(chunk) = next else { break };
         let data = chunk.map_err(|_| CopyError::Broken)?;
+        if let Some(c) = capture {
+            c.lock().unwrap_or_else(|p| p.into_inner()).push(&data);
+        }
         if let Some(n) = &mut left {
             // More than the declared length would be read by the peer as the next message.
             *n = n.checked_sub(data.len() as u64).ok_or(CopyError::Broken)?;

@@ -1,6 +1,6 @@
 //! Turning a caller's request into the route name it asks for.
 
-use http::{header, HeaderMap, Uri};
+use http::Uri;
 
 /// Why no route name could be taken from a request (all answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,23 +14,64 @@ pub enum HostError {
     /// The Host value is not a valid authority.
     #[error("Host header {0:?} is not a valid host[:port]")]
     Invalid(String),
+    /// A request target that is neither origin-form nor a URI with an authority.
+    #[error("request target {0:?} is not a path or an absolute URI with a host")]
+    Target(String),
 }
 
-/// The normalised host of a request: the authority of an absolute-form target if present, else the
-/// single `Host` header; port and brackets stripped, lowercased, one trailing dot removed.
-pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<String, HostError> {
-    if let Some(auth) = uri.authority() {
-        return Ok(normalize(auth.host()));
+/// Where a request goes: its route name, the path sent on, and the authority the caller used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed<'a> {
+    /// The normalised host: the route name.
+    pub host: String,
+    /// Path and query (origin form), `/` when an absolute-form target has none.
+    pub path: &'a str,
+    /// The authority as the caller wrote it (`Host` value or the target's authority).
+    pub authority: &'a str,
+}
+
+/// Routes a request by the authority of an absolute-form target if there is one, else by its
+/// single `Host` field; port and brackets stripped, lowercased, one trailing dot removed.
+pub fn route<'a>(
+    target: &'a str,
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+) -> Result<Routed<'a>, HostError> {
+    if !target.starts_with('/') && target != "*" {
+        let uri: Uri = target
+            .parse()
+            .map_err(|_| HostError::Target(target.to_string()))?;
+        let auth = uri
+            .authority()
+            .ok_or_else(|| HostError::Target(target.to_string()))?;
+        let host = normalize(auth.host());
+        // The authority and the path and query as sent (no re-serialisation).
+        let at = target.find("://").map_or(0, |i| i + 3);
+        if !target[at..].starts_with(auth.as_str()) {
+            return Err(HostError::Target(target.to_string()));
+        }
+        let authority = &target[at..at + auth.as_str().len()];
+        let path = match &target[at + auth.as_str().len()..] {
+            "" => "/",
+            p if p.starts_with('/') => p,
+            _ => return Err(HostError::Target(target.to_string())),
+        };
+        return Ok(Routed {
+            host,
+            path,
+            authority,
+        });
     }
-    let mut values = headers.get_all(header::HOST).iter();
-    let value = values.next().ok_or(HostError::Missing)?;
-    if values.next().is_some() {
+    let value = hosts.next().ok_or(HostError::Missing)?;
+    if hosts.next().is_some() {
         return Err(HostError::Duplicate);
     }
-    let text = value
-        .to_str()
-        .map_err(|_| HostError::Invalid(String::from_utf8_lossy(value.as_bytes()).into_owned()))?;
-    normalize_authority(text)
+    let text = std::str::from_utf8(value)
+        .map_err(|_| HostError::Invalid(String::from_utf8_lossy(value).into_owned()))?;
+    Ok(Routed {
+        host: normalize_authority(text)?,
+        path: target,
+        authority: text.trim(),
+    })
 }
 
 /// Normalises a raw `host[:port]` string (as found in a Host header).
@@ -84,15 +125,9 @@ fn normalize(host: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn host_of(target: &str, hosts: &[&str]) -> Result<String, HostError> {
-        let uri: Uri = target.parse().unwrap();
-        let mut h = HeaderMap::new();
-        for v in hosts {
-            h.append(header::HOST, HeaderValue::from_str(v).unwrap());
-        }
-        request_host(&uri, &h)
+        route(target, hosts.iter().map(|h| h.as_bytes())).map(|r| r.host)
     }
 
     /// The matching table: every form a caller may use for the route `route1`.
@@ -141,5 +176,27 @@ mod tests {
             Err(HostError::Invalid(_))
         ));
         assert!(matches!(host_of("/", &[":80"]), Err(HostError::Invalid(_))));
+        assert!(matches!(host_of("x y", &[]), Err(HostError::Target(_))));
+    }
+
+    #[test]
+    fn path_and_authority_are_kept_as_sent() {
+        let r = route("http://Route1:99/x?y=1", [].into_iter()).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.path, r.authority),
+            ("route1", "/x?y=1", "Route1:99")
+        );
+        let r = route("http://route1", [].into_iter()).unwrap();
+        assert_eq!((r.path, r.authority), ("/", "route1"));
+        let r = route("route1:443", [].into_iter()).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.path, r.authority),
+            ("route1", "/", "route1:443")
+        );
+        let r = route("/p", [b" Route1:8080 ".as_slice()].into_iter()).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.path, r.authority),
+            ("route1", "/p", "Route1:8080")
+        );
     }
 }

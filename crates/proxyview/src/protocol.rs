@@ -388,14 +388,24 @@ pub struct ResponseHead {
 
 /// Writes the header count and the fields; the count is patched in afterwards so the fields
 /// can come from any iterator (a header map, a filter over one plus extra fields, httparse).
-fn put_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+/// With `lower`, names are lowercased on the way (request heads: the agent matches the names it
+/// acts on, such as `content-length`, byte for byte).
+fn put_fields<'a>(
+    out: &mut BytesMut,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    lower: bool,
+) {
     let at = out.len();
     out.put_u16(0);
     let mut count = 0u16;
     for (name, value) in fields.take(usize::from(u16::MAX)) {
         let name = &name[..name.len().min(usize::from(u16::MAX))];
         out.put_u16(name.len() as u16);
-        out.extend_from_slice(name);
+        if lower {
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+        } else {
+            out.extend_from_slice(name);
+        }
         out.put_u32(value.len() as u32);
         out.extend_from_slice(value);
         count += 1;
@@ -430,27 +440,40 @@ impl<'a> RawRequestHead<'a> {
         if path.is_empty() || !path.iter().all(|&c| c > b' ' && c != 0x7f) {
             return Err(FrameError::BadHead("invalid path"));
         }
-        let fields = Fields {
-            left: split_u16(&mut b)?,
-            rest: b,
-        };
-        let mut walk = fields;
-        while walk.left > 0 {
-            let (name, value) = walk.next_checked()?;
-            if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
-                return Err(FrameError::BadHead("invalid header name"));
-            }
-            if value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
-                return Err(FrameError::BadHead("invalid header value"));
-            }
-        }
-        if !walk.rest.is_empty() {
-            return Err(FrameError::BadHead("trailing bytes"));
-        }
         Ok(Self {
             method,
             path,
-            fields,
+            fields: Fields::checked(b)?,
+        })
+    }
+
+    /// The header fields, in order, as `(name, value)`.
+    pub fn fields(&self) -> Fields<'a> {
+        self.fields
+    }
+}
+
+/// A response head read in place, for the server, which writes the agent's fields straight
+/// onto the caller's connection. [`RawResponseHead::parse`] checks every name is a token and no
+/// value holds CR, LF or NUL: an agent must not be able to split the caller's response.
+#[derive(Debug, Clone, Copy)]
+pub struct RawResponseHead<'a> {
+    /// Status code (100–999).
+    pub status: u16,
+    fields: Fields<'a>,
+}
+
+impl<'a> RawResponseHead<'a> {
+    /// Checks and splits a head block (the encoding of [`ResponseHead`]).
+    pub fn parse(block: &'a [u8]) -> Result<Self, FrameError> {
+        let mut b = block;
+        let status = split_u16(&mut b)?;
+        if !(100..=999).contains(&status) {
+            return Err(FrameError::BadHead("invalid status"));
+        }
+        Ok(Self {
+            status,
+            fields: Fields::checked(b)?,
         })
     }
 
@@ -468,6 +491,29 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// The field list at the start of `b` (count, then fields), each field checked, and
+    /// nothing after it.
+    fn checked(mut b: &'a [u8]) -> Result<Self, FrameError> {
+        let fields = Fields {
+            left: split_u16(&mut b)?,
+            rest: b,
+        };
+        let mut walk = fields;
+        while walk.left > 0 {
+            let (name, value) = walk.next_checked()?;
+            if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
+                return Err(FrameError::BadHead("invalid header name"));
+            }
+            if value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+                return Err(FrameError::BadHead("invalid header value"));
+            }
+        }
+        if !walk.rest.is_empty() {
+            return Err(FrameError::BadHead("trailing bytes"));
+        }
+        Ok(fields)
+    }
+
     fn next_checked(&mut self) -> Result<(&'a [u8], &'a [u8]), FrameError> {
         let n = usize::from(split_u16(&mut self.rest)?);
         let name = split(&mut self.rest, n)?;
@@ -502,7 +548,7 @@ pub fn encode_request_head<'a>(
     let p = path.as_bytes();
     out.put_u16(p.len().min(usize::from(u16::MAX)) as u16);
     out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
-    put_fields(&mut out, fields);
+    put_fields(&mut out, fields, true);
     out.freeze()
 }
 
@@ -514,7 +560,7 @@ pub fn encode_response_head<'a>(
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.put_u16(status);
-    put_fields(&mut out, fields);
+    put_fields(&mut out, fields, false);
     out.freeze()
 }
 

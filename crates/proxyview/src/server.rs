@@ -10,7 +10,6 @@ use std::time::{Instant, SystemTime};
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,17 +19,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::access_log::{AccessRecord, AccessSink, Tap, CAPTURE_LIMIT};
+use crate::access_log::{AccessRecord, AccessSink};
 use crate::config::{normalize_route_name, peer_allowed, Allowlist, Secret, ServerConfig};
-use crate::host::request_host;
-use crate::http_util::{self, boxed, empty, full, PvBody};
+use crate::http_util::{self, empty, full, PvBody};
 use crate::mux::{self, Heartbeat};
-use crate::protocol::ResponseHead;
 use crate::protocol::{self, Hello, HelloAck, Rejected};
 use crate::router::{Router, Session};
+
+mod caller;
 use crate::wsio;
-use std::future::Future;
-use std::pin::Pin;
 
 /// Proxyview's exact error page, used for every failure in legacy mode.
 pub const LEGACY_404_BODY: &str = "Resource was not found.";
@@ -151,18 +148,14 @@ impl Server {
     }
 
     async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, port: Port) {
+        if port == Port::External {
+            return self.serve_caller(tcp, peer).await;
+        }
+        // The agents' port stays on hyper: it sees one upgrade per agent session.
         let s = self.clone();
-        // Formatted once per connection: it goes into every request's head.
-        let peer_ip: Arc<str> = peer.ip().to_string().into();
         let svc = service_fn(move |req| {
             let s = s.clone();
-            let peer_ip = peer_ip.clone();
-            async move {
-                Ok::<_, Infallible>(match port {
-                    Port::Internal => s.handle_internal(peer, req),
-                    Port::External => s.handle_external(peer, &peer_ip, req).await,
-                })
-            }
+            async move { Ok::<_, Infallible>(s.handle_internal(peer, req)) }
         });
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -367,304 +360,6 @@ impl Server {
         }
         Ok(h)
     }
-
-    // -----------------------------------------------------------------------------------------
-    // External port: callers.
-
-    async fn handle_external(
-        self: &Arc<Self>,
-        peer: SocketAddr,
-        peer_ip: &str,
-        mut req: Request<Incoming>,
-    ) -> Response<PvBody> {
-        // Which fields hold the caller's proxy token: kept from both the log and the agent.
-        let credential = self
-            .cfg
-            .external_token
-            .is_some()
-            .then(|| Credentials::of(req.headers()));
-        let mut log = self.sink.as_ref().map(|sink| LogCtx {
-            sink: sink.clone(),
-            done: false,
-            start: SystemTime::now(),
-            t0: Instant::now(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: logged_headers(req.headers(), credential),
-            request: Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT))),
-            endpoint: None,
-            client_id: None,
-            session: None,
-        });
-        let host = match request_host(req.uri(), req.headers()) {
-            Ok(h) => h,
-            Err(e) => return self.fail(log, StatusCode::BAD_REQUEST, &e.to_string()),
-        };
-        if let Some(token) = &self.cfg.external_token {
-            if !presented_token(req.headers(), &protocol::AUTH_TOKEN_HEADER)
-                .is_some_and(|t| token.matches(t.as_bytes()))
-            {
-                let mut r = self.fail(
-                    log,
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong auth-token / Authorization: Bearer",
-                );
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"proxyview\""),
-                );
-                return r;
-            }
-        }
-        let candidates = self.router.candidates(&host);
-        if candidates.is_empty() {
-            return self.fail(
-                log,
-                StatusCode::NOT_FOUND,
-                &format!("no agent serves host {host:?}"),
-            );
-        }
-        if let Some(l) = log.as_mut() {
-            l.endpoint = Some(host.clone());
-        }
-        let proto = http_util::upgrade_protocol(req.headers());
-        let caller_upgrade = proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let headers = parts.headers;
-        let original_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-            .unwrap_or_default();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        // The caller's fields minus what must not reach the agent, then the tunnel metadata —
-        // encoded straight from the caller's map rather than edited in it first.
-        let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
-        let named = http_util::connection_named(&headers);
-        let keep = |n: &HeaderName| {
-            let dropped = n == header::HOST
-                || http_util::is_internal_name(n.as_str().as_bytes())
-                || http_util::is_hop_by_hop(n)
-                || named.contains(n)
-                || credential.is_some_and(|c| c.matches(n))
-                || (drop_forwarded
-                    && (n == http_util::X_FORWARDED_FOR
-                        || n == http_util::X_FORWARDED_HOST
-                        || n == http_util::X_FORWARDED_PROTO
-                        || n == header::FORWARDED));
-            !dropped
-        };
-        let meta = [
-            (protocol::ROUTE_FIELD, host.as_str()),
-            (protocol::PEER_FIELD, peer_ip),
-            (protocol::HOST_FIELD, original_host),
-            (
-                protocol::UPGRADE_FIELD,
-                proto.as_deref().unwrap_or_default(),
-            ),
-        ];
-        let head = protocol::encode_request_head(
-            parts.method.as_str(),
-            path,
-            headers
-                .iter()
-                .filter(|(n, _)| keep(n))
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-                .chain(
-                    meta.iter()
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-                ),
-        );
-        // An upgrade request's body is the pipe that follows the 101, never a request body.
-        let body = boxed(body);
-        let upgrade = proto.is_some();
-        let end = !upgrade && body.is_end_stream();
-        let body = match &log {
-            Some(l) if !end => boxed(Tap::new(body, l.request.clone(), None)),
-            _ => body,
-        };
-
-        let mut opened = None;
-        for s in candidates {
-            let Some(tunnel) = s.sender.get() else {
-                continue;
-            };
-            match tunnel.open(head.clone(), end, upgrade) {
-                Ok(halves) => {
-                    opened = Some((halves, s));
-                    break;
-                }
-                Err(e) => {
-                    // Nothing reached the agent: drop the dead session, try the next one.
-                    debug!(session = s.id, error = %e, "session not usable, failing over");
-                    self.router.remove_session(s.id);
-                }
-            }
-        }
-        let Some(((send, mut recv), session)) = opened else {
-            return self.fail(
-                log,
-                StatusCode::BAD_GATEWAY,
-                &format!("no live agent session for host {host:?}"),
-            );
-        };
-        let log = log.map(|l| l.served_by(&session));
-        // The request body goes up while the response head is awaited; a body still being sent
-        // when the head arrives (an early answer) finishes in its own task.
-        type Upload = Pin<Box<dyn Future<Output = ()> + Send>>;
-        let (mut upload, pipe_send): (Option<Upload>, _) = if upgrade {
-            (None, Some(send))
-        } else if end {
-            (None, None)
-        } else {
-            let mut send = send;
-            let up: Upload = Box::pin(async move {
-                let _ = mux::send_body(body, &mut send).await;
-            });
-            (Some(up), None)
-        };
-        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
-        let answer = tokio::time::timeout_at(deadline, async {
-            match upload.as_mut() {
-                None => recv.head().await,
-                Some(up) => {
-                    tokio::select! {
-                        h = recv.head() => h,
-                        () = up.as_mut() => {
-                            upload = None;
-                            recv.head().await
-                        }
-                    }
-                }
-            }
-        })
-        .await;
-        if let Some(up) = upload {
-            tokio::spawn(up);
-        }
-        let (block, resp_end) = match answer {
-            Err(_) => {
-                return self.fail(
-                    log,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "no response from the agent within {:?}",
-                        self.cfg.response_timeout
-                    ),
-                )
-            }
-            Ok(Err(e)) => {
-                return self.fail(
-                    log,
-                    StatusCode::BAD_GATEWAY,
-                    &format!("tunnel to agent {:?} failed: {e}", session.client_id),
-                )
-            }
-            Ok(Ok(x)) => x,
-        };
-        let ResponseHead {
-            status,
-            headers: mut rheaders,
-        } = match ResponseHead::decode(block) {
-            Ok(h) => h,
-            Err(e) => {
-                return self.fail(
-                    log,
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "agent {:?} sent a bad response head: {e}",
-                        session.client_id
-                    ),
-                )
-            }
-        };
-        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
-            return self.fail(
-                log,
-                StatusCode::BAD_GATEWAY,
-                &format!(
-                    "agent {:?} switched protocols on a request that asked for no upgrade",
-                    session.client_id
-                ),
-            );
-        }
-        let agent_error = rheaders.remove(protocol::ERROR_HEADER);
-        if agent_error.is_some() && self.cfg.legacy_errors {
-            return self.fail(log, status, "agent error");
-        }
-        http_util::strip_hop_by_hop(&mut rheaders);
-        http_util::strip_internal(&mut rheaders);
-        if let (Some(p), Some(caller_up), Some(mut send)) = (&proto, caller_upgrade, pipe_send) {
-            if status != StatusCode::SWITCHING_PROTOCOLS {
-                // The backend refused the upgrade: close our (empty) direction cleanly, so the
-                // answer's body still streams instead of being cut by a reset.
-                let _ = send.send_data(bytes::Bytes::new(), true).await;
-            } else {
-                tokio::spawn(async move {
-                    match caller_up.await {
-                        Ok(up) => mux::pipe(TokioIo::new(up), &mut send, recv).await,
-                        Err(e) => debug!(error = %e, "upgrade pass-through failed"),
-                    }
-                });
-                http_util::set_upgrade(&mut rheaders, p);
-                let mut r = Response::new(empty());
-                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                *r.headers_mut() = rheaders;
-                if let Some(l) = log {
-                    self.emit(l, &r, None, 0);
-                }
-                return r;
-            }
-        }
-        let body = if resp_end { empty() } else { boxed(recv) };
-        let mut parts = Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.headers = rheaders;
-        let body = match log {
-            None => body,
-            Some(l) => {
-                let capture = Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT)));
-                let sink = self.sink.clone();
-                let (status, rheaders) = (parts.status, parts.headers.clone());
-                let cap = capture.clone();
-                let finish: Box<dyn FnOnce(bool) + Send> = Box::new(move |_complete| {
-                    if let Some(sink) = sink {
-                        let resp_cap =
-                            std::mem::take(&mut *cap.lock().unwrap_or_else(|p| p.into_inner()));
-                        sink.emit(l.record(status.as_u16(), rheaders, Some(resp_cap), 0));
-                    }
-                });
-                boxed(Tap::new(body, capture, Some(finish)))
-            }
-        };
-        Response::from_parts(parts, body)
-    }
-
-    /// A locally generated error response (and its log record).
-    fn fail(&self, log: Option<LogCtx>, status: StatusCode, msg: &str) -> Response<PvBody> {
-        let r = if self.cfg.legacy_errors {
-            legacy_404()
-        } else {
-            text(status, &format!("proxyview: {msg}\n"))
-        };
-        if let Some(l) = log {
-            let len = if self.cfg.legacy_errors {
-                LEGACY_404_BODY.len()
-            } else {
-                msg.len() + 12
-            };
-            self.emit(l, &r, None, len as u64);
-        }
-        r
-    }
-
-    fn emit(&self, l: LogCtx, r: &Response<PvBody>, body: Option<Capture>, local: u64) {
-        if let Some(sink) = &self.sink {
-            sink.emit(l.record(r.status().as_u16(), r.headers().clone(), body, local));
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -791,16 +486,14 @@ struct Credentials {
 }
 
 impl Credentials {
-    fn of(h: &HeaderMap) -> Self {
-        let bearer = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-        Self { bearer }
+    fn matches(self, n: &HeaderName) -> bool {
+        self.matches_name(n.as_str().as_bytes())
     }
 
-    fn matches(self, n: &HeaderName) -> bool {
-        n == protocol::AUTH_TOKEN_HEADER || (self.bearer && n == header::AUTHORIZATION)
+    /// [`Credentials::matches`] for a raw field name, any case.
+    fn matches_name(self, n: &[u8]) -> bool {
+        n.eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str().as_bytes())
+            || (self.bearer && n.eq_ignore_ascii_case(b"authorization"))
     }
 }
 
@@ -843,17 +536,6 @@ fn text(status: StatusCode, body: &str) -> Response<PvBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    r
-}
-
-/// Proxyview's 404 page, byte for byte.
-pub fn legacy_404() -> Response<PvBody> {
-    let mut r = Response::new(full(LEGACY_404_BODY));
-    *r.status_mut() = StatusCode::NOT_FOUND;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -913,19 +595,17 @@ mod tests {
             Some("tok")
         );
         h.insert("x-other", HeaderValue::from_static("1"));
-        let kept = |h: &HeaderMap| {
-            let c = Credentials::of(h);
+        let kept = |h: &HeaderMap, bearer: bool| {
+            let c = Credentials { bearer };
             h.keys()
                 .filter(|n| !c.matches(n))
                 .map(|n| n.as_str().to_string())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kept(&h), ["x-other"]);
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(kept(&h, true), ["x-other"]);
         assert_eq!(
-            kept(&h),
-            ["authorization"],
+            kept(&h, false),
+            ["authorization", "x-other"],
             "non-bearer Authorization belongs to the backend"
         );
     }

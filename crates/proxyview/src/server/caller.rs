@@ -1,0 +1,1102 @@
+//! The external port: callers' HTTP/1.1 connections, read and written here rather than by
+//! hyper's server.
+//!
+//! Why: the server only moves a request head into the tunnel and the agent's response head
+//! back out. Through hyper, each request was parsed into a header map and a `Request`, passed
+//! through a service and a dispatcher, and each response head was decoded from the tunnel into
+//! a second header map only for hyper to serialise it again. callgrind put hyper's share at
+//! about 10k of the server's ~24k instructions per keep-alive GET, and the header map round
+//! trip at another ~2k (`bench/proxyview/README.md`). Here the request is parsed by httparse
+//! (hyper's own parser) straight into the tunnel's head encoding, and the agent's head is
+//! checked and written to the caller as it came, with the body framing, `Date` and
+//! `Connection` fields this hop owns.
+//!
+//! What the port keeps from hyper: keep-alive and pipelining (requests are answered one after
+//! the other, in order), `Expect: 100-continue`, length and chunked request bodies, chunked or
+//! close-delimited responses of unknown length, HTTP/1.0 callers, upgrades, the header-read
+//! timeout (also the keep-alive idle limit, as in hyper), 400 and 431 for bad or oversized heads,
+//! and graceful drain. Ambiguous framing (both `Transfer-Encoding` and `Content-Length`, a coding
+//! other than a final `chunked`, conflicting lengths) is refused with 400: the request-smuggling
+//! patterns of RFC 9112 §6.3.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use telemetry::Capture;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::{logged_headers, peer_allowed_opt, Credentials, LogCtx, Server, LEGACY_404_BODY};
+use crate::access_log::CAPTURE_LIMIT;
+use crate::h1::{self, parse_length, Delimit, Reader, READ_CHUNK};
+use crate::host;
+use crate::http_util::{self, tokens};
+use crate::mux::{self, CopyError, RecvHalf, SendHalf};
+use crate::protocol::{self, RawResponseHead};
+use crate::router::Session;
+
+/// Largest request head accepted (hyper's limit here was its 256 KiB read buffer).
+pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
+/// Most header fields accepted in a request head (hyper's default).
+pub const MAX_REQUEST_HEADERS: usize = 100;
+/// Most header fields parsed without a heap-allocated table.
+const FEW_HEADERS: usize = 32;
+
+/// How a request's body follows its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A request head's framing and connection fields, read in one pass.
+#[derive(Debug, Default)]
+struct Framing {
+    length: Option<u64>,
+    chunked: bool,
+    other_coding: bool,
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    named: bool,
+    expect_continue: bool,
+    bearer: bool,
+}
+
+/// Why a head is refused before it is routed (answered, then the connection is closed).
+struct Refused {
+    status: StatusCode,
+    msg: &'static str,
+}
+
+impl Framing {
+    fn read(fields: &[httparse::Header<'_>]) -> Result<Self, Refused> {
+        let bad = |msg| Refused {
+            status: StatusCode::BAD_REQUEST,
+            msg,
+        };
+        let mut f = Framing::default();
+        for h in fields {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for t in tokens(h.value) {
+                    let n = parse_length(t).ok_or(bad("invalid Content-Length"))?;
+                    if f.length.is_some_and(|m| m != n) {
+                        return Err(bad("conflicting Content-Length values"));
+                    }
+                    f.length = Some(n);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                for t in tokens(h.value) {
+                    if f.chunked {
+                        // Anything after `chunked` leaves the body undelimited.
+                        f.other_coding = true;
+                    }
+                    f.chunked = t.eq_ignore_ascii_case(b"chunked");
+                    f.other_coding |= !f.chunked;
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        f.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        f.keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        f.upgrade_token = true;
+                    } else {
+                        f.named = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                f.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            } else if name.eq_ignore_ascii_case(b"authorization") {
+                f.bearer = h.value.len() > 7 && h.value[..7].eq_ignore_ascii_case(b"bearer ");
+            }
+        }
+        if f.other_coding {
+            return Err(bad("unsupported Transfer-Encoding (only a final chunked)"));
+        }
+        if f.chunked && f.length.is_some() {
+            return Err(bad("both Transfer-Encoding and Content-Length"));
+        }
+        Ok(f)
+    }
+
+    fn body(&self) -> BodyKind {
+        match self.length {
+            _ if self.chunked => BodyKind::Chunked,
+            None | Some(0) => BodyKind::None,
+            Some(n) => BodyKind::Length(n),
+        }
+    }
+}
+
+/// What to do with one parsed request (owned: the read buffer is free again).
+enum Step {
+    /// Answer locally with these bytes (a complete response).
+    Answer {
+        bytes: BytesMut,
+        body: BodyKind,
+        keep_alive: bool,
+    },
+    /// The request went into a tunnel stream.
+    Forward(Box<Forward>),
+}
+
+/// A request on its way through the tunnel.
+struct Forward {
+    send: SendHalf,
+    recv: RecvHalf,
+    session: Arc<Session>,
+    body: BodyKind,
+    keep_alive: bool,
+    http10: bool,
+    expect_continue: bool,
+    head_method: bool,
+    upgrade: Option<String>,
+    log: Option<LogCtx>,
+}
+
+/// Why the caller's side of an exchange stopped being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerSide {
+    /// The request body could not be sent up (the caller broke off, or the stream was reset).
+    UploadFailed,
+    /// The caller closed the connection or it failed.
+    Gone,
+}
+
+/// How a forwarded exchange left the connection.
+enum Next {
+    KeepAlive,
+    Close,
+    Upgrade(SendHalf, RecvHalf),
+}
+
+impl Server {
+    /// Serves one caller connection until it closes, fails, times out, upgrades, or the server
+    /// drains.
+    pub(super) async fn serve_caller(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
+        let peer_ip = peer.ip().to_string();
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            // A complete head from the buffer, reading more as needed.
+            let deadline = tokio::time::Instant::now() + self.cfg.header_read_timeout;
+            let (step, len) = loop {
+                if !buf.is_empty() {
+                    match parse_request(&buf, |req, len| (self.prepare(req, peer, &peer_ip), len)) {
+                        Ok(Some(x)) => break x,
+                        Ok(None) if buf.len() < MAX_REQUEST_HEAD => {}
+                        Ok(None) => {
+                            let r = refused(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request head larger than 256 KiB",
+                            );
+                            return finish_with(tcp, &r).await;
+                        }
+                        Err(r) => return finish_with(tcp, &r).await,
+                    }
+                }
+                if *stopping.borrow() && buf.is_empty() {
+                    return;
+                }
+                buf.reserve(READ_CHUNK);
+                let read = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)) => r,
+                    // Idle between requests: close now rather than at the end of the drain.
+                    () = async { let _ = stopping.wait_for(|s| *s).await; }, if buf.is_empty() => return,
+                };
+                match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(Ok(_)) | Ok(Err(_)) => return,
+                    Err(_) => {
+                        debug!(%peer, "no complete request head within the header read timeout");
+                        return;
+                    }
+                }
+            };
+            buf.advance(len);
+            match step {
+                Step::Answer {
+                    bytes,
+                    body,
+                    keep_alive,
+                } => {
+                    if tcp.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    // An unread body can only be skipped if it is all here already.
+                    let skipped = match body {
+                        BodyKind::None => true,
+                        BodyKind::Length(n) if n <= buf.len() as u64 => {
+                            buf.advance(n as usize);
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !(keep_alive && skipped) {
+                        return linger_close(tcp).await;
+                    }
+                }
+                Step::Forward(fwd) => match self.forward(&mut tcp, &mut buf, *fwd).await {
+                    Next::KeepAlive => {}
+                    Next::Close => return linger_close(tcp).await,
+                    Next::Upgrade(mut send, recv) => {
+                        if !buf.is_empty()
+                            && send.send_data(buf.split().freeze(), false).await.is_err()
+                        {
+                            return;
+                        }
+                        return mux::pipe(tcp, &mut send, recv).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Routes and checks one request and opens its tunnel stream, or says what to answer.
+    fn prepare(&self, req: &httparse::Request<'_, '_>, peer: SocketAddr, peer_ip: &str) -> Step {
+        let method = req.method.unwrap_or("GET");
+        let target = req.path.unwrap_or("/");
+        let http10 = req.version == Some(0);
+        let fields: &[httparse::Header<'_>] = req.headers;
+        let framing = match Framing::read(fields) {
+            Ok(f) => f,
+            Err(r) => {
+                return Step::Answer {
+                    bytes: local(self.cfg.legacy_errors, r.status, r.msg, true, http10),
+                    body: BodyKind::None,
+                    keep_alive: false,
+                }
+            }
+        };
+        let keep_alive = !framing.close && (!http10 || framing.keep_alive);
+        let body = framing.body();
+        // Which fields hold the caller's proxy token: kept from both the log and the agent.
+        let credential = self.cfg.external_token.is_some().then_some(Credentials {
+            bearer: framing.bearer,
+        });
+        let log = self.sink.as_ref().map(|sink| LogCtx {
+            sink: sink.clone(),
+            done: false,
+            start: SystemTime::now(),
+            t0: Instant::now(),
+            method: Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+            uri: log_uri(target),
+            headers: logged_headers(&header_map(fields), credential),
+            request: Arc::new(Mutex::new(Capture::new(CAPTURE_LIMIT))),
+            endpoint: None,
+            client_id: None,
+            session: None,
+        });
+        let answer = |log: Option<LogCtx>, status: StatusCode, msg: &str| Step::Answer {
+            bytes: self.fail(log, status, msg, !keep_alive, http10),
+            body,
+            keep_alive,
+        };
+        if target.bytes().any(|c| !(0x21..0x7f).contains(&c)) {
+            return answer(
+                log,
+                StatusCode::BAD_REQUEST,
+                "request target is not visible ASCII",
+            );
+        }
+        // Route name and the path sent on: absolute-form targets carry the authority.
+        let hosts = fields
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| h.value);
+        let routed = match host::route(target, hosts) {
+            Ok(r) => r,
+            Err(e) => return answer(log, StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let (host, path, original_host) = (routed.host, routed.path, routed.authority);
+        if let Some(token) = &self.cfg.external_token {
+            if !presented(fields).is_some_and(|t| token.matches(t)) {
+                return Step::Answer {
+                    bytes: self.fail_unauthorized(log, !keep_alive, http10),
+                    body,
+                    keep_alive,
+                };
+            }
+        }
+        let candidates = self.router.candidates(&host);
+        if candidates.is_empty() {
+            return answer(
+                log,
+                StatusCode::NOT_FOUND,
+                &format!("no agent serves host {host:?}"),
+            );
+        }
+        let mut log = log;
+        if let Some(l) = log.as_mut() {
+            l.endpoint = Some(host.clone());
+        }
+        let upgrade = if framing.upgrade_token {
+            fields
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+        } else {
+            None
+        };
+        // The caller's fields minus what must not reach the agent, then the tunnel metadata.
+        let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
+        let named: Vec<&[u8]> = if framing.named {
+            fields
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| tokens(h.value))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let keep = |n: &[u8]| {
+            let dropped = n.eq_ignore_ascii_case(b"host")
+                || http_util::is_internal_name(n)
+                || http_util::is_hop_by_hop_name(n)
+                || named.iter().any(|t| t.eq_ignore_ascii_case(n))
+                || credential.is_some_and(|c| c.matches_name(n))
+                || (drop_forwarded
+                    && (n.eq_ignore_ascii_case(b"x-forwarded-for")
+                        || n.eq_ignore_ascii_case(b"x-forwarded-host")
+                        || n.eq_ignore_ascii_case(b"x-forwarded-proto")
+                        || n.eq_ignore_ascii_case(b"forwarded")));
+            !dropped
+        };
+        let meta = [
+            (protocol::ROUTE_FIELD, host.as_str()),
+            (protocol::PEER_FIELD, peer_ip),
+            (protocol::HOST_FIELD, original_host),
+            (
+                protocol::UPGRADE_FIELD,
+                upgrade.as_deref().unwrap_or_default(),
+            ),
+        ];
+        let head = protocol::encode_request_head(
+            method,
+            path,
+            fields
+                .iter()
+                .filter(|h| keep(h.name.as_bytes()))
+                .map(|h| (h.name.as_bytes(), h.value))
+                .chain(
+                    meta.iter()
+                        .filter(|(_, v)| !v.is_empty())
+                        .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                ),
+        );
+        // An upgrade request's body is the pipe that follows the 101, never a request body.
+        let body = if upgrade.is_some() {
+            BodyKind::None
+        } else {
+            body
+        };
+        let end = upgrade.is_none() && body == BodyKind::None;
+        for s in candidates {
+            let Some(tunnel) = s.sender.get() else {
+                continue;
+            };
+            match tunnel.open(head.clone(), end, upgrade.is_some()) {
+                Ok((send, recv)) => {
+                    let log = log.map(|l| l.served_by(&s));
+                    return Step::Forward(Box::new(Forward {
+                        send,
+                        recv,
+                        session: s,
+                        body,
+                        keep_alive,
+                        http10,
+                        expect_continue: framing.expect_continue && !http10,
+                        head_method: method == "HEAD",
+                        upgrade,
+                        log,
+                    }));
+                }
+                Err(e) => {
+                    // Nothing reached the agent: drop the dead session, try the next one.
+                    debug!(session = s.id, error = %e, "session not usable, failing over");
+                    self.router.remove_session(s.id);
+                }
+            }
+        }
+        answer(
+            log,
+            StatusCode::BAD_GATEWAY,
+            &format!("no live agent session for host {host:?}"),
+        )
+    }
+
+    /// Sends the request body up while the answer is awaited, then writes the answer.
+    async fn forward(&self, tcp: &mut TcpStream, buf: &mut BytesMut, fwd: Forward) -> Next {
+        let Forward {
+            send,
+            mut recv,
+            session,
+            body,
+            mut keep_alive,
+            http10,
+            expect_continue,
+            head_method,
+            upgrade,
+            mut log,
+        } = fwd;
+        let (mut rd, mut wr) = tcp.split();
+        if expect_continue
+            && body != BodyKind::None
+            && wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return Next::Close;
+        }
+        let (mut up_send, mut pipe_send) = match upgrade {
+            Some(_) => (None, Some(send)),
+            None => (Some(send), None),
+        };
+        let capture = log.as_ref().map(|l| l.request.clone());
+        let uploaded = AtomicBool::new(body == BodyKind::None);
+        // The caller's side of the connection while the exchange lasts: the request body goes
+        // up, then the socket is watched, so a caller that hangs up is noticed at once (the
+        // stream is reset and the agent stops the backend request) and bytes of a pipelined
+        // next request are kept.
+        let reading = async {
+            if let Some(mut send) = up_send.take() {
+                let cancelled = send.cancelled_owned();
+                let mut reader = Reader {
+                    rd: &mut rd,
+                    buf: &mut *buf,
+                    idle: protocol::DEFAULT_BODY_IDLE_TIMEOUT,
+                    capture: capture.as_deref(),
+                };
+                let work = async {
+                    match body {
+                        BodyKind::None => Ok(()),
+                        BodyKind::Length(n) => reader.forward_bytes(n, true, &mut send).await,
+                        BodyKind::Chunked => reader.forward_chunked(&mut send).await,
+                    }
+                };
+                // The agent gave up on the stream (answered early, reset): stop waiting for the
+                // caller's bytes. Dropping `send` unfinished resets the stream.
+                let r = tokio::select! {
+                    r = work => r,
+                    () = cancelled => Err(CopyError::Broken),
+                };
+                if r.is_err() {
+                    return CallerSide::UploadFailed;
+                }
+                uploaded.store(true, Ordering::Relaxed);
+            }
+            loop {
+                if buf.len() >= MAX_REQUEST_HEAD {
+                    // Enough read ahead: the rest waits in the socket.
+                    std::future::pending::<()>().await;
+                }
+                buf.reserve(READ_CHUNK);
+                match rd.read_buf(&mut *buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return CallerSide::Gone,
+                }
+            }
+        };
+        tokio::pin!(reading);
+        let mut read_end: Option<CallerSide> = None;
+
+        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
+        let answer = tokio::time::timeout_at(deadline, async {
+            loop {
+                tokio::select! {
+                    r = &mut reading, if read_end.is_none() => {
+                        if r == CallerSide::Gone {
+                            return None;
+                        }
+                        read_end = Some(r);
+                    }
+                    h = recv.head() => return Some(h),
+                }
+            }
+        })
+        .await;
+        let answer = match answer {
+            // The caller hung up: nobody to answer (the log records 499).
+            Ok(None) => return Next::Close,
+            Ok(Some(h)) => Ok(h),
+            Err(e) => Err(e),
+        };
+        let upload_left = !uploaded.load(Ordering::Relaxed);
+        let fail = |log, status, msg: &str, keep: bool| self.fail(log, status, msg, !keep, http10);
+        let (block, resp_end) = match answer {
+            Err(_) => {
+                let keep = keep_alive && !upload_left;
+                let b = fail(
+                    log.take(),
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "no response from the agent within {:?}",
+                        self.cfg.response_timeout
+                    ),
+                    keep,
+                );
+                return write_local(&mut wr, &b, keep).await;
+            }
+            Ok(Err(e)) => {
+                let keep = keep_alive && !upload_left;
+                let b = fail(
+                    log.take(),
+                    StatusCode::BAD_GATEWAY,
+                    &format!("tunnel to agent {:?} failed: {e}", session.client_id),
+                    keep,
+                );
+                return write_local(&mut wr, &b, keep).await;
+            }
+            Ok(Ok(x)) => x,
+        };
+        let head = match RawResponseHead::parse(&block) {
+            Ok(h) => h,
+            Err(e) => {
+                let keep = keep_alive && !upload_left;
+                let b = fail(
+                    log.take(),
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "agent {:?} sent a bad response head: {e}",
+                        session.client_id
+                    ),
+                    keep,
+                );
+                return write_local(&mut wr, &b, keep).await;
+            }
+        };
+        let status = head.status;
+        let switching = status == 101;
+        if switching && upgrade.is_none() {
+            let keep = keep_alive && !upload_left;
+            let b = fail(
+                log.take(),
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "agent {:?} switched protocols on a request that asked for no upgrade",
+                    session.client_id
+                ),
+                keep,
+            );
+            return write_local(&mut wr, &b, keep).await;
+        }
+        let mut length = None;
+        let mut has_date = false;
+        let mut agent_error = false;
+        for (n, v) in head.fields() {
+            if n.eq_ignore_ascii_case(b"content-length") {
+                length = parse_length(v.trim_ascii());
+            } else if n.eq_ignore_ascii_case(b"date") {
+                has_date = true;
+            } else if n.eq_ignore_ascii_case(protocol::ERROR_HEADER.as_str().as_bytes()) {
+                agent_error = true;
+            }
+        }
+        if agent_error && self.cfg.legacy_errors {
+            let keep = keep_alive && !upload_left;
+            let b = fail(log.take(), StatusCode::NOT_FOUND, "agent error", keep);
+            return write_local(&mut wr, &b, keep).await;
+        }
+        if let (Some(_), false) = (&upgrade, switching) {
+            // The backend refused the upgrade: close our (empty) direction cleanly, so the
+            // answer's body still streams instead of being cut by a reset.
+            if let Some(mut send) = pipe_send.take() {
+                let _ = send.send_data(Bytes::new(), true).await;
+            }
+        }
+        let no_body = head_method
+            || switching
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304;
+        let delimit = if no_body {
+            None
+        } else if resp_end {
+            Some(Delimit::Length(length.unwrap_or(0)))
+        } else if let Some(n) = length {
+            Some(Delimit::Length(n))
+        } else if http10 {
+            Some(Delimit::Close)
+        } else {
+            Some(Delimit::Chunked)
+        };
+        if delimit == Some(Delimit::Close) || *self.stopping.borrow() {
+            keep_alive = false;
+        }
+        let mut out = BytesMut::with_capacity(512);
+        status_line(&mut out, http10, status);
+        for (n, v) in head.fields() {
+            let skip = http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n);
+            if !skip {
+                field(&mut out, n, v);
+            }
+        }
+        match delimit {
+            Some(Delimit::Length(0)) if length.is_none() => {
+                field(&mut out, b"content-length", b"0")
+            }
+            Some(Delimit::Chunked) => field(&mut out, b"transfer-encoding", b"chunked"),
+            _ => {}
+        }
+        if !has_date {
+            date_field(&mut out);
+        }
+        if switching {
+            field(&mut out, b"connection", b"upgrade");
+            field(
+                &mut out,
+                b"upgrade",
+                upgrade.as_deref().unwrap_or_default().as_bytes(),
+            );
+        } else if !keep_alive {
+            field(&mut out, b"connection", b"close");
+        } else if http10 {
+            field(&mut out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        if switching {
+            let sent = wr.write_all(&out).await;
+            if let Some(l) = log.take() {
+                self.emit_raw(l, status, &block, None, 0);
+            }
+            return match (sent, pipe_send.take()) {
+                (Ok(()), Some(send)) => Next::Upgrade(send, recv),
+                _ => Next::Close,
+            };
+        }
+        let resp_capture = log
+            .as_ref()
+            .map(|_| Mutex::new(Capture::new(CAPTURE_LIMIT)));
+        let written = {
+            let write = async {
+                match delimit {
+                    None => wr.write_all(&out).await.map_err(|_| CopyError::Broken),
+                    Some(d) => {
+                        h1::write_body(&mut wr, &mut recv, d, out, resp_capture.as_ref()).await
+                    }
+                }
+            };
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    r = &mut write => break r,
+                    r = &mut reading, if read_end.is_none() => {
+                        if r == CallerSide::Gone {
+                            break Err(CopyError::Broken);
+                        }
+                        read_end = Some(r);
+                    }
+                }
+            }
+        };
+        if let Some(l) = log.take() {
+            let cap = resp_capture.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
+            self.emit_raw(l, status, &block, cap, 0);
+        }
+        // A request body the backend answered before reading in full is not read to its end
+        // here: the connection closes (after a short drain) instead of carrying another request.
+        if written.is_ok() && keep_alive && uploaded.load(Ordering::Relaxed) {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// A locally generated error response (and its log record), as bytes to write.
+    fn fail(
+        &self,
+        log: Option<LogCtx>,
+        status: StatusCode,
+        msg: &str,
+        close: bool,
+        http10: bool,
+    ) -> BytesMut {
+        let legacy = self.cfg.legacy_errors;
+        if let Some(l) = log {
+            let len = if legacy {
+                LEGACY_404_BODY.len()
+            } else {
+                msg.len() + 12
+            };
+            let (status, headers) = local_fields(legacy, status);
+            self.emit_map(l, status, headers, len as u64);
+        }
+        local(legacy, status, msg, close, http10)
+    }
+
+    /// 401 with the challenge for the caller's proxy token.
+    fn fail_unauthorized(&self, log: Option<LogCtx>, close: bool, http10: bool) -> BytesMut {
+        let msg = "missing or wrong auth-token / Authorization: Bearer";
+        if self.cfg.legacy_errors {
+            return self.fail(log, StatusCode::UNAUTHORIZED, msg, close, http10);
+        }
+        if let Some(l) = log {
+            let (status, mut headers) = local_fields(false, StatusCode::UNAUTHORIZED);
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
+            self.emit_map(l, status, headers, (msg.len() + 12) as u64);
+        }
+        let body = format!("proxyview: {msg}\n");
+        local_response(
+            http10,
+            StatusCode::UNAUTHORIZED,
+            &[
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"www-authenticate", CHALLENGE.as_bytes()),
+            ],
+            body.as_bytes(),
+            close,
+        )
+    }
+
+    fn emit_map(&self, l: LogCtx, status: StatusCode, headers: HeaderMap, local: u64) {
+        if let Some(sink) = &self.sink {
+            sink.emit(l.record(status.as_u16(), headers, None, local));
+        }
+    }
+
+    /// Logs an answer that came from the agent: its head as the caller got it.
+    fn emit_raw(&self, l: LogCtx, status: u16, block: &[u8], body: Option<Capture>, local: u64) {
+        let Some(sink) = &self.sink else { return };
+        let mut headers = HeaderMap::new();
+        if let Ok(h) = RawResponseHead::parse(block) {
+            for (n, v) in h.fields() {
+                if http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n) {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                    headers.append(n, v);
+                }
+            }
+        }
+        sink.emit(l.record(status, headers, body, local));
+    }
+}
+
+const CHALLENGE: &str = "Bearer realm=\"proxyview\"";
+
+/// Parses a request head at the start of `buf` and hands it to `f`: `None` until complete.
+/// Most heads have a handful of fields, so a small table is tried first and only a head that
+/// overflows it is parsed again with the full one.
+fn parse_request<T>(
+    buf: &[u8],
+    f: impl FnOnce(&httparse::Request<'_, '_>, usize) -> T,
+) -> Result<Option<T>, Refused> {
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut req = httparse::Request::new(&mut few);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => return Ok(Some(f(&req, n))),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {}
+        Err(_) => return Err(refused_bad()),
+    }
+    let mut all = vec![httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut all);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(f(&req, n))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(Refused {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            msg: "more than 100 header fields",
+        }),
+        Err(_) => Err(refused_bad()),
+    }
+}
+
+fn refused_bad() -> Refused {
+    Refused {
+        status: StatusCode::BAD_REQUEST,
+        msg: "malformed request head",
+    }
+}
+
+fn refused(status: StatusCode, msg: &'static str) -> Refused {
+    Refused { status, msg }
+}
+
+/// Answers a head that could not be taken (parse error, too large) and closes.
+async fn finish_with(mut tcp: TcpStream, r: &Refused) {
+    let b = local(false, r.status, r.msg, true, false);
+    if tcp.write_all(&b).await.is_ok() {
+        linger_close(tcp).await;
+    }
+}
+
+/// Writes a local answer in the middle of a forwarded exchange.
+async fn write_local<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, b: &[u8], keep: bool) -> Next {
+    match wr.write_all(b).await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Closes after an answer: a FIN first, then what the caller still sends is read and dropped
+/// for a moment, so the kernel does not turn the close into an RST that destroys the answer
+/// before the caller read it.
+async fn linger_close(mut tcp: TcpStream) {
+    let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// The status and fields of a local answer (for the access log).
+fn local_fields(legacy: bool, status: StatusCode) -> (StatusCode, HeaderMap) {
+    let mut h = HeaderMap::new();
+    if legacy {
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        (StatusCode::NOT_FOUND, h)
+    } else {
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        (status, h)
+    }
+}
+
+/// A local error answer: `proxyview: msg`, or Proxyview's 404 page in legacy mode.
+fn local(legacy: bool, status: StatusCode, msg: &str, close: bool, http10: bool) -> BytesMut {
+    if legacy {
+        return local_response(
+            http10,
+            StatusCode::NOT_FOUND,
+            &[
+                (b"content-type", b"text/plain"),
+                (b"cache-control", b"no-cache"),
+                (b"pragma", b"no-cache"),
+            ],
+            LEGACY_404_BODY.as_bytes(),
+            close,
+        );
+    }
+    let body = format!("proxyview: {msg}\n");
+    local_response(
+        http10,
+        status,
+        &[(b"content-type", b"text/plain; charset=utf-8")],
+        body.as_bytes(),
+        close,
+    )
+}
+
+fn local_response(
+    http10: bool,
+    status: StatusCode,
+    fields: &[(&[u8], &[u8])],
+    body: &[u8],
+    close: bool,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    status_line(&mut out, http10, status.as_u16());
+    for (n, v) in fields {
+        field(&mut out, n, v);
+    }
+    field(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    date_field(&mut out);
+    if close {
+        field(&mut out, b"connection", b"close");
+    } else if http10 {
+        field(&mut out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn status_line(out: &mut BytesMut, http10: bool, status: u16) {
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(&itoa3(status));
+    out.extend_from_slice(b" ");
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("<none>");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa3(n: u16) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <IMF-fixdate>`, formatted once per second per thread (as hyper does).
+fn date_field(out: &mut BytesMut) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        field(out, b"date", text.as_bytes());
+    });
+}
+
+/// The caller's proxy token: `Authorization: Bearer …`, else the legacy `auth-token` field.
+fn presented<'b>(fields: &[httparse::Header<'b>]) -> Option<&'b [u8]> {
+    let bearer = fields
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| h.value.trim_ascii())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| v[7..].trim_ascii());
+    bearer.or_else(|| {
+        fields
+            .iter()
+            .find(|h| {
+                h.name
+                    .eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str())
+            })
+            .map(|h| h.value.trim_ascii())
+    })
+}
+
+/// The request's fields as a header map (only built when the access log is on).
+fn header_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
+/// The request target as a URI for the access log; a target the URI grammar refuses is logged
+/// with its bytes percent-encoded rather than lost.
+fn log_uri(target: &str) -> Uri {
+    if let Ok(u) = target.parse::<Uri>() {
+        return u;
+    }
+    let mut s = String::with_capacity(target.len() * 3);
+    for b in target.bytes() {
+        if b.is_ascii_alphanumeric() || b"/?=&-._~%:@!$'()*+,;".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn with_fields<T>(head: &str, f: impl FnOnce(&[httparse::Header<'_>]) -> T) -> T {
+        let mut few = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut few);
+        assert!(req.parse(head.as_bytes()).unwrap().is_complete(), "{head}");
+        f(req.headers)
+    }
+
+    #[test]
+    fn the_callers_token_is_found_and_a_bearer_marks_authorization_as_ours() {
+        let head = "GET / HTTP/1.1\r\nauth-token: legacy\r\nAuthorization: Bearer  tok \r\n\r\n";
+        with_fields(head, |f| {
+            assert_eq!(presented(f), Some(&b"tok"[..]));
+            assert!(Framing::read(f).ok().unwrap().bearer);
+        });
+        let head = "GET / HTTP/1.1\r\nAUTH-TOKEN: legacy\r\nAuthorization: Basic abc\r\n\r\n";
+        with_fields(head, |f| {
+            assert_eq!(presented(f), Some(&b"legacy"[..]));
+            assert!(!Framing::read(f).ok().unwrap().bearer);
+        });
+    }
+
+    #[test]
+    fn ambiguous_request_framing_is_refused() {
+        let status = |fields: &str| {
+            let head = format!("POST / HTTP/1.1\r\n{fields}\r\n");
+            with_fields(&head, |f| {
+                Framing::read(f).map(|f| f.body()).map_err(|r| r.msg)
+            })
+        };
+        assert_eq!(status("content-length: 5\r\n"), Ok(BodyKind::Length(5)));
+        assert_eq!(status("content-length: 5, 5\r\n"), Ok(BodyKind::Length(5)));
+        assert_eq!(status("content-length: 0\r\n"), Ok(BodyKind::None));
+        assert_eq!(
+            status("transfer-encoding: chunked\r\n"),
+            Ok(BodyKind::Chunked)
+        );
+        assert_eq!(status(""), Ok(BodyKind::None));
+        for bad in [
+            "content-length: 5\r\ncontent-length: 6\r\n",
+            "content-length: -1\r\n",
+            "content-length: 5\r\ntransfer-encoding: chunked\r\n",
+            "transfer-encoding: gzip\r\n",
+            "transfer-encoding: chunked, gzip\r\n",
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+        ] {
+            assert!(status(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_answers_are_complete_http_responses() {
+        let b = local(false, StatusCode::NOT_FOUND, "no agent", true, false);
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("\r\ncontent-length: 20\r\n"), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert!(text.ends_with("\r\n\r\nproxyview: no agent\n"), "{text}");
+        let b = local(true, StatusCode::BAD_GATEWAY, "x", false, true);
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.0 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+        assert!(text.ends_with(LEGACY_404_BODY), "{text}");
+    }
+}
