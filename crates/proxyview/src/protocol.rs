@@ -401,10 +401,10 @@ fn put_fields<'a>(
     for (name, value) in fields.take(usize::from(u16::MAX)) {
         let name = &name[..name.len().min(usize::from(u16::MAX))];
         out.put_u16(name.len() as u16);
+        let at = out.len();
+        out.extend_from_slice(name);
         if lower {
-            out.extend(name.iter().map(u8::to_ascii_lowercase));
-        } else {
-            out.extend_from_slice(name);
+            out[at..].make_ascii_lowercase();
         }
         out.put_u32(value.len() as u32);
         out.extend_from_slice(value);

@@ -16,38 +16,6 @@ use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(15);
 
-async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
-    setup_for(backend("b1").await, server_extra_external, top, "").await
-}
-
-/// Server + one agent (with `agent_extra` config lines) serving `route1` from the backend at
-/// `be`.
-async fn setup_for(
-    be: std::net::SocketAddr,
-    server_extra_external: &str,
-    top: &str,
-    agent_extra: &str,
-) -> (Server, Proc, std::net::SocketAddr) {
-    let server = start_server(&server_yaml(
-        "127.0.0.1",
-        0,
-        0,
-        "",
-        server_extra_external,
-        top,
-    ))
-    .await;
-    let agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        agent_extra,
-    ));
-    wait_route(server.external, "route1", T).await;
-    (server, agent, be)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_forms_route_and_binary_round_trips() {
     let (server, _agent, _) = setup("", "").await;

@@ -20,6 +20,7 @@
 //! patterns of RFC 9112 §6.3.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -186,9 +187,17 @@ impl Server {
         let peer_ip = peer.ip().to_string();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut stopping = self.stopping.subscribe();
+        // One timer per connection for each limit, re-armed per request: creating and dropping
+        // a timer per request cost more than the rest of the request head's handling.
+        let header_timer = tokio::time::sleep(self.cfg.header_read_timeout);
+        let response_timer = tokio::time::sleep(self.cfg.response_timeout);
+        tokio::pin!(header_timer, response_timer);
         loop {
             // A complete head from the buffer, reading more as needed.
-            let deadline = tokio::time::Instant::now() + self.cfg.header_read_timeout;
+            // Later than the last deadline, so resetting costs no timer-wheel update.
+            header_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.cfg.header_read_timeout);
             let (step, len) = loop {
                 if !buf.is_empty() {
                     match parse_request(&buf, |req, len| (self.prepare(req, peer, &peer_ip), len)) {
@@ -209,7 +218,8 @@ impl Server {
                 }
                 buf.reserve(READ_CHUNK);
                 let read = tokio::select! {
-                    r = tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)) => r,
+                    r = tcp.read_buf(&mut buf) => Ok(r),
+                    () = header_timer.as_mut() => Err(()),
                     // Idle between requests: close now rather than at the end of the drain.
                     () = async { let _ = stopping.wait_for(|s| *s).await; }, if buf.is_empty() => return,
                 };
@@ -245,7 +255,10 @@ impl Server {
                         return linger_close(tcp).await;
                     }
                 }
-                Step::Forward(fwd) => match self.forward(&mut tcp, &mut buf, *fwd).await {
+                Step::Forward(fwd) => match self
+                    .forward(&mut tcp, &mut buf, *fwd, response_timer.as_mut())
+                    .await
+                {
                     Next::KeepAlive => {}
                     Next::Close => return linger_close(tcp).await,
                     Next::Upgrade(mut send, recv) => {
@@ -438,7 +451,13 @@ impl Server {
     }
 
     /// Sends the request body up while the answer is awaited, then writes the answer.
-    async fn forward(&self, tcp: &mut TcpStream, buf: &mut BytesMut, fwd: Forward) -> Next {
+    async fn forward(
+        &self,
+        tcp: &mut TcpStream,
+        buf: &mut BytesMut,
+        fwd: Forward,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Next {
         let Forward {
             send,
             mut recv,
@@ -513,26 +532,21 @@ impl Server {
         tokio::pin!(reading);
         let mut read_end: Option<CallerSide> = None;
 
-        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
-        let answer = tokio::time::timeout_at(deadline, async {
-            loop {
-                tokio::select! {
-                    r = &mut reading, if read_end.is_none() => {
-                        if r == CallerSide::Gone {
-                            return None;
-                        }
-                        read_end = Some(r);
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.cfg.response_timeout);
+        let answer = loop {
+            tokio::select! {
+                r = &mut reading, if read_end.is_none() => {
+                    // The caller hung up: nobody to answer (the log records 499).
+                    if r == CallerSide::Gone {
+                        return Next::Close;
                     }
-                    h = recv.head() => return Some(h),
+                    read_end = Some(r);
                 }
+                h = recv.head() => break Ok(h),
+                () = timer.as_mut() => break Err(()),
             }
-        })
-        .await;
-        let answer = match answer {
-            // The caller hung up: nobody to answer (the log records 499).
-            Ok(None) => return Next::Close,
-            Ok(Some(h)) => Ok(h),
-            Err(e) => Err(e),
         };
         let upload_left = !uploaded.load(Ordering::Relaxed);
         let fail = |log, status, msg: &str, keep: bool| self.fail(log, status, msg, !keep, http10);

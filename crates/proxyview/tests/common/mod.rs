@@ -433,3 +433,36 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<PvBo
         .insert("x-backend", HeaderValue::from_static(name));
     resp
 }
+
+/// Server + one agent serving `route1` from a new backend named `b1`.
+pub async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
+    setup_for(backend("b1").await, server_extra_external, top, "").await
+}
+
+/// Server + one agent (with `agent_extra` config lines) serving `route1` from the backend at
+/// `be`.
+pub async fn setup_for(
+    be: std::net::SocketAddr,
+    server_extra_external: &str,
+    top: &str,
+    agent_extra: &str,
+) -> (Server, Proc, std::net::SocketAddr) {
+    let server = start_server(&server_yaml(
+        "127.0.0.1",
+        0,
+        0,
+        "",
+        server_extra_external,
+        top,
+    ))
+    .await;
+    let agent = start_agent(&agent_yaml(
+        "agent-1",
+        server.internal,
+        TOKEN_IN,
+        &[("route1", be)],
+        agent_extra,
+    ));
+    wait_route(server.external, "route1", Duration::from_secs(15)).await;
+    (server, agent, be)
+}
