@@ -2,7 +2,7 @@
 //! connections to the route's `value:port`, written and parsed here rather than by hyper.
 //!
 //! Why not hyper's client: the agent never needs a request or response *object*. The request
-//! head arrives already parsed and checked by the server's hyper, so the agent copies its fields
+//! head arrives already parsed and checked by the server, so the agent copies its fields
 //! onto the wire (see `agent::write_request_head`); the response head is parsed with httparse
 //! (the parser hyper itself uses) straight into the tunnel's head encoding, and body bytes go
 //! from the socket buffer into `Data` frames without a body type in between. With hyper's client

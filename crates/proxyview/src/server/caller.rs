@@ -267,7 +267,10 @@ impl Server {
                         {
                             return;
                         }
-                        return mux::pipe(tcp, &mut send, recv).await;
+                        // Not tracked by the drain: a WebSocket may stay open for hours, and
+                        // the agent side ends it when the session goes.
+                        tokio::spawn(async move { mux::pipe(tcp, &mut send, recv).await });
+                        return;
                     }
                 },
             }
@@ -608,16 +611,35 @@ impl Server {
             return write_local(&mut wr, &b, keep).await;
         }
         let mut length = None;
+        let mut bad_length = false;
         let mut has_date = false;
         let mut agent_error = false;
         for (n, v) in head.fields() {
             if n.eq_ignore_ascii_case(b"content-length") {
-                length = parse_length(v.trim_ascii());
+                for t in tokens(v) {
+                    match parse_length(t) {
+                        Some(n) if length.is_none_or(|m| m == n) => length = Some(n),
+                        _ => bad_length = true,
+                    }
+                }
             } else if n.eq_ignore_ascii_case(b"date") {
                 has_date = true;
             } else if n.eq_ignore_ascii_case(protocol::ERROR_HEADER.as_str().as_bytes()) {
                 agent_error = true;
             }
+        }
+        if bad_length {
+            let keep = keep_alive && !upload_left;
+            let b = fail(
+                log.take(),
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "agent {:?} sent an invalid or conflicting Content-Length",
+                    session.client_id
+                ),
+                keep,
+            );
+            return write_local(&mut wr, &b, keep).await;
         }
         if agent_error && self.cfg.legacy_errors {
             let keep = keep_alive && !upload_left;
