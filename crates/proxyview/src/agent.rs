@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
 use crate::config::{ClientConfig, Route};
+use crate::h1;
 use crate::http_util::{self, full, PvBody};
 use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, agent_error, Hello, HelloAck, RawRequestHead, ResponseHead};
@@ -442,12 +443,7 @@ fn write_request_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(head.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut field = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let mut field = |name: &[u8], value: &[u8]| h1::put_field(&mut out, name, value);
     for (name, value) in head.fields() {
         let skip = http_util::is_internal_name(name)
             || name == b"host"

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use tracing::warn;
 
-use crate::h1::{self, parse_length, Delimit, Reader, READ_CHUNK};
+use crate::h1::{self, Delimit, HeadFields, Reader, READ_CHUNK};
 use crate::http_util;
 use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
@@ -514,48 +514,18 @@ fn head_from(
 ) -> Result<Option<Head>, &'static str> {
     let status = r.code.unwrap_or(0);
     let http11 = r.version == Some(1);
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut length: Option<u64> = None;
-    let mut connection_named = false;
-    for f in r.headers.iter() {
-        let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            for t in http_util::tokens(f.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                } else if !t.eq_ignore_ascii_case(b"upgrade") {
-                    connection_named = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for t in http_util::tokens(f.value) {
-                // Only a final `chunked` delimits the body; anything after it means "until close".
-                chunked = t.eq_ignore_ascii_case(b"chunked");
-                other_coding |= !chunked;
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            for t in http_util::tokens(f.value) {
-                let n = parse_length(t).ok_or("invalid Content-Length")?;
-                if length.is_some_and(|m| m != n) {
-                    return Err("conflicting Content-Length values");
-                }
-                length = Some(n);
-            }
-        }
-    }
-    let te = chunked || other_coding;
+    let pairs = || r.headers.iter().map(|f| (f.name.as_bytes(), f.value));
+    let fields = HeadFields::read(pairs(), |_, _| {})?;
+    let te = fields.has_codings();
+    let length = fields.length;
     let framing = match status {
         101 if req.upgrade => Framing::Switch,
         101 => return Err("switched protocols on a request that asked for no upgrade"),
         100..=199 => Framing::Interim,
         204 | 304 => Framing::Empty,
         _ if req.head_method => Framing::Empty,
-        _ if chunked => Framing::Chunked,
+        // Only a final `chunked` delimits the body; anything after it means "until close".
+        _ if fields.chunked_last => Framing::Chunked,
         _ if te => Framing::Close,
         _ => match length {
             Some(0) => Framing::Empty,
@@ -564,19 +534,11 @@ fn head_from(
         },
     };
     // Both lengths on one message is a smuggling pattern: answer it, then drop the connection.
-    let keep_alive = !close
-        && (http11 || keep_alive_token)
+    let keep_alive = !fields.close
+        && (http11 || fields.keep_alive)
         && !(te && length.is_some())
         && framing != Framing::Close;
-    let named: Vec<&[u8]> = if connection_named {
-        r.headers
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| http_util::tokens(f.value))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let named = fields.named(pairs());
     let block = protocol::encode_response_head(
         status,
         r.headers

@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use telemetry::Capture;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::http_util;
 use crate::mux::{CopyError, RecvHalf, SendHalf};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
@@ -210,4 +211,162 @@ pub fn parse_length(t: &[u8]) -> Option<u64> {
     t.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
+}
+
+/// What a message head's own fields say about its body and its connection (RFC 9112 §6, §9.6),
+/// read in one pass. Both ends read heads with it: the agent its backends' responses, the server
+/// callers' requests and agents' responses. Each decides from these what its side accepts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFields {
+    /// `Content-Length` (every value listed agreed).
+    pub length: Option<u64>,
+    /// How many transfer codings were listed.
+    pub codings: usize,
+    /// The last transfer coding listed is `chunked`.
+    pub chunked_last: bool,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Connection: upgrade`.
+    pub upgrade: bool,
+    /// `Connection` also names other fields (see [`HeadFields::named`]).
+    pub names_fields: bool,
+}
+
+impl HeadFields {
+    /// Reads `(name, value)` pairs; fields other than these framing ones go to `other`. An
+    /// invalid or conflicting `Content-Length` is an error.
+    pub fn read<'a>(
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        mut other: impl FnMut(&'a [u8], &'a [u8]),
+    ) -> Result<Self, &'static str> {
+        let mut f = Self::default();
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for t in http_util::tokens(value) {
+                    let n = parse_length(t).ok_or("invalid Content-Length")?;
+                    if f.length.is_some_and(|m| m != n) {
+                        return Err("conflicting Content-Length values");
+                    }
+                    f.length = Some(n);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                for t in http_util::tokens(value) {
+                    f.codings += 1;
+                    f.chunked_last = t.eq_ignore_ascii_case(b"chunked");
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for t in http_util::tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        f.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        f.keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        f.upgrade = true;
+                    } else {
+                        f.names_fields = true;
+                    }
+                }
+            } else {
+                other(name, value);
+            }
+        }
+        Ok(f)
+    }
+
+    /// `Transfer-Encoding` is present.
+    pub fn has_codings(&self) -> bool {
+        self.codings > 0
+    }
+
+    /// The body is delimited by `chunked` alone (one coding, and it is `chunked`).
+    pub fn only_chunked(&self) -> bool {
+        self.codings == 1 && self.chunked_last
+    }
+
+    /// The tokens of the message's `Connection` fields when they name other fields (those
+    /// fields are hop-by-hop for this message); empty, without a pass, when they do not.
+    pub fn named<'a>(
+        &self,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Vec<&'a [u8]> {
+        if !self.names_fields {
+            return Vec::new();
+        }
+        fields
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| http_util::tokens(v))
+            .collect()
+    }
+}
+
+/// Appends one `name: value` field line of a message head.
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn read(fields: &[(&str, &str)]) -> Result<HeadFields, &'static str> {
+        HeadFields::read(
+            fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            |_, _| {},
+        )
+    }
+
+    #[test]
+    fn framing_and_connection_fields_in_one_pass() {
+        let f = read(&[
+            ("Connection", "keep-alive, X-Secret, Upgrade"),
+            ("content-length", "5, 5"),
+            ("x-other", "1"),
+        ])
+        .unwrap();
+        assert_eq!(f.length, Some(5));
+        assert!(f.keep_alive && f.upgrade && f.names_fields && !f.close);
+        let fields = [("connection", "close"), ("connection", "x-a , ,x-b")];
+        let f = read(&fields).unwrap();
+        assert!(f.close);
+        let named = f.named(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        assert_eq!(named, [&b"close"[..], b"x-a", b"x-b"]);
+        assert!(read(&[("connection", "close")])
+            .unwrap()
+            .named([(&b"connection"[..], &b"close"[..])])
+            .is_empty());
+    }
+
+    #[test]
+    fn transfer_codings_and_lengths() {
+        let f = read(&[("transfer-encoding", "gzip, chunked")]).unwrap();
+        assert!(f.has_codings() && f.chunked_last && !f.only_chunked());
+        let f = read(&[("Transfer-Encoding", "chunked")]).unwrap();
+        assert!(f.only_chunked());
+        let f = read(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ])
+        .unwrap();
+        assert!(f.chunked_last && !f.only_chunked());
+        let f = read(&[("transfer-encoding", "chunked, gzip")]).unwrap();
+        assert!(f.has_codings() && !f.chunked_last);
+        assert_eq!(
+            read(&[("content-length", "x")]),
+            Err("invalid Content-Length")
+        );
+        assert_eq!(
+            read(&[("content-length", "1"), ("Content-Length", "2")]),
+            Err("conflicting Content-Length values")
+        );
+        let mut others = Vec::new();
+        HeadFields::read([(&b"date"[..], &b"d"[..])], |n, v| others.push((n, v))).unwrap();
+        assert_eq!(others, [(&b"date"[..], &b"d"[..])]);
+    }
 }

@@ -1,7 +1,7 @@
 //! Small HTTP helpers shared by the server and the agent: body type, hop-by-hop headers, upgrades.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 /// Error type carried by every body in the tunnel.
@@ -41,33 +41,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Whether `name` is hop-by-hop (RFC 9110 §7.6.1) or `Upgrade`.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::UPGRADE || HOP_BY_HOP.contains(name)
-}
-
-/// [`is_hop_by_hop`] for a raw field name, any case (the agent's path, which has no
-/// `HeaderName`s).
+/// Whether the field `name` (any case) is hop-by-hop (RFC 9110 §7.6.1) or `Upgrade`.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"upgrade")
         || HOP_BY_HOP
             .iter()
             .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// The fields a `Connection` header names (hop-by-hop for this message only); empty, without
-/// allocating, when there is no `Connection` header.
-pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    if !headers.contains_key(header::CONNECTION) {
-        return Vec::new();
-    }
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| tokens(v.as_bytes()))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect()
 }
 
 /// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.
@@ -87,30 +66,6 @@ pub fn is_internal_name(name: &[u8]) -> bool {
 
 const INTERNAL_PREFIX: &str = "proxyview-";
 
-/// `X-Forwarded-For`.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Host`.
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// `X-Forwarded-Proto`.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`, and
-/// `Upgrade` (which the caller re-adds for upgrade exchanges).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names is far cheaper than ten hashed removals, and in the common case
-    // (no hop-by-hop header at all) it is the only work done.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    for n in connection_named(headers) {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP.iter() {
-        headers.remove(n);
-    }
-    headers.remove(header::UPGRADE);
-}
-
 /// The requested protocol when a request asks for an HTTP/1.1 upgrade (`Connection: upgrade` +
 /// `Upgrade: <proto>`), e.g. `websocket`.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
@@ -127,56 +82,19 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
     (!proto.is_empty()).then(|| proto.to_string())
 }
 
-/// Sets `Connection: upgrade` and `Upgrade: proto` on an outgoing HTTP/1.1 message.
-pub fn set_upgrade(headers: &mut HeaderMap, proto: &str) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(proto) {
-        headers.insert(header::UPGRADE, v);
-    }
-}
-
-/// Removes every `proxyview-*` header so a caller cannot forge tunnel metadata.
-pub fn strip_internal(headers: &mut HeaderMap) {
-    let internal = |k: &&HeaderName| is_internal_name(k.as_str().as_bytes());
-    if !headers.keys().any(|k| internal(&k)) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(internal).cloned().collect();
-    for n in names {
-        headers.remove(n);
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
-    fn hop_by_hop_lists_agree() {
+    fn hop_by_hop_names_in_any_case() {
         for n in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
-            assert!(is_hop_by_hop(n) && is_hop_by_hop_name(n.as_str().to_uppercase().as_bytes()));
+            assert!(is_hop_by_hop_name(n.as_str().to_uppercase().as_bytes()));
+            assert!(is_hop_by_hop_name(n.as_str().as_bytes()));
         }
         assert!(!is_hop_by_hop_name(b"content-length"));
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_tokens_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl Server {
             protocol::CONNECT_PATH => {}
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
         }
-        let presented = presented_token(req.headers(), &protocol::AUTH_TOKEN_HEADER);
+        let presented = presented_token(
+            || map_pairs(req.headers()),
+            protocol::AUTH_TOKEN_HEADER.as_str(),
+        );
         let header_client = req
             .headers()
             .get(protocol::CLIENT_ID_HEADER)
@@ -201,7 +204,7 @@ impl Server {
             Some(p) => &p.token,
             None => &self.cfg.internal_token,
         };
-        if !presented.is_some_and(|t| expected.matches(t.as_bytes())) {
+        if !presented.is_some_and(|t| expected.matches(t)) {
             info!(%peer, client = ?header_client, "agent rejected: bad or missing token");
             let mut r = text(
                 StatusCode::UNAUTHORIZED,
@@ -454,15 +457,31 @@ fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 
-/// The token from `Authorization: Bearer …`, else from the legacy header.
-fn presented_token<'a>(h: &'a HeaderMap, legacy: &HeaderName) -> Option<&'a str> {
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    bearer.or_else(|| h.get(legacy).and_then(|v| v.to_str().ok()).map(str::trim))
+/// The proxy token a request presents: the first `Authorization` field when it is a bearer
+/// token, else the first legacy token field (`legacy`). One rule for both ports.
+fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str) -> Option<&'a [u8]>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let first = |want: &[u8]| {
+        fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(want))
+            .map(|(_, v)| v.trim_ascii())
+    };
+    first(b"authorization")
+        .and_then(bearer_token)
+        .or_else(|| first(legacy.as_bytes()))
+}
+
+/// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+        .then(|| value[7..].trim_ascii())
+}
+
+/// A header map's fields as `(name, value)` pairs.
+fn map_pairs(h: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    h.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
 }
 
 /// The request headers as logged: the caller's proxy token never reaches the log.
@@ -583,16 +602,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("auth-token", HeaderValue::from_static("legacy"));
         assert_eq!(
-            presented_token(&h, &protocol::AUTH_TOKEN_HEADER),
-            Some("legacy")
+            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            Some(&b"legacy"[..])
         );
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer  tok "),
         );
         assert_eq!(
-            presented_token(&h, &protocol::AUTH_TOKEN_HEADER),
-            Some("tok")
+            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            Some(&b"tok"[..])
         );
         h.insert("x-other", HeaderValue::from_static("1"));
         let kept = |h: &HeaderMap, bearer: bool| {

@@ -319,3 +319,36 @@ async fn a_caller_that_never_finishes_its_head_is_dropped_after_the_header_read_
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_connection_named_fields_stop_at_the_server() {
+    let (server, _agent, _) = setup("", "").await;
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /headers HTTP/1.1\r\nHost: route1\r\n{}Connection: keep-alive, X-Secret\r\n\
+             X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxyview-Route: forged\r\n\
+             X-Keep: 1\r\n\r\n",
+            auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_responses(&mut tcp, 1).await;
+    let seen: serde_json::Value = serde_json::from_slice(&r[0].1).unwrap();
+    let seen = seen.as_object().unwrap();
+    assert_eq!(seen["x-keep"], "1", "{seen:?}");
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "auth-token",
+        "proxyview-route",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the backend: {seen:?}"
+        );
+    }
+}

@@ -32,11 +32,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{logged_headers, peer_allowed_opt, Credentials, LogCtx, Server, LEGACY_404_BODY};
+use super::{
+    bearer_token, logged_headers, peer_allowed_opt, presented_token, Credentials, LogCtx, Server,
+    LEGACY_404_BODY,
+};
 use crate::access_log::CAPTURE_LIMIT;
-use crate::h1::{self, parse_length, Delimit, Reader, READ_CHUNK};
+use crate::h1::{self, put_field, Delimit, HeadFields, Reader, READ_CHUNK};
 use crate::host;
-use crate::http_util::{self, tokens};
+use crate::http_util;
 use crate::mux::{self, CopyError, RecvHalf, SendHalf};
 use crate::protocol::{self, RawResponseHead};
 use crate::router::Session;
@@ -57,16 +60,12 @@ enum BodyKind {
 }
 
 /// A request head's framing and connection fields, read in one pass.
-#[derive(Debug, Default)]
+/// What the server needs from a request head's fields besides routing, read in one pass.
+#[derive(Debug)]
 struct Framing {
-    length: Option<u64>,
-    chunked: bool,
-    other_coding: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade_token: bool,
-    named: bool,
+    fields: HeadFields,
     expect_continue: bool,
+    /// `Authorization` carries a bearer token (the caller's proxy token, not the backend's).
     bearer: bool,
 }
 
@@ -82,56 +81,31 @@ impl Framing {
             status: StatusCode::BAD_REQUEST,
             msg,
         };
-        let mut f = Framing::default();
-        for h in fields {
-            let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                for t in tokens(h.value) {
-                    let n = parse_length(t).ok_or(bad("invalid Content-Length"))?;
-                    if f.length.is_some_and(|m| m != n) {
-                        return Err(bad("conflicting Content-Length values"));
-                    }
-                    f.length = Some(n);
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                for t in tokens(h.value) {
-                    if f.chunked {
-                        // Anything after `chunked` leaves the body undelimited.
-                        f.other_coding = true;
-                    }
-                    f.chunked = t.eq_ignore_ascii_case(b"chunked");
-                    f.other_coding |= !f.chunked;
-                }
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        f.close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        f.keep_alive = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
-                        f.upgrade_token = true;
-                    } else {
-                        f.named = true;
-                    }
-                }
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                f.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        let (mut expect_continue, mut bearer) = (false, false);
+        let f = HeadFields::read(pairs(fields), |name, value| {
+            if name.eq_ignore_ascii_case(b"expect") {
+                expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             } else if name.eq_ignore_ascii_case(b"authorization") {
-                f.bearer = h.value.len() > 7 && h.value[..7].eq_ignore_ascii_case(b"bearer ");
+                bearer = bearer_token(value).is_some();
             }
-        }
-        if f.other_coding {
+        })
+        .map_err(bad)?;
+        if f.has_codings() && !f.only_chunked() {
             return Err(bad("unsupported Transfer-Encoding (only a final chunked)"));
         }
-        if f.chunked && f.length.is_some() {
+        if f.only_chunked() && f.length.is_some() {
             return Err(bad("both Transfer-Encoding and Content-Length"));
         }
-        Ok(f)
+        Ok(Self {
+            fields: f,
+            expect_continue,
+            bearer,
+        })
     }
 
     fn body(&self) -> BodyKind {
-        match self.length {
-            _ if self.chunked => BodyKind::Chunked,
+        match self.fields.length {
+            _ if self.fields.only_chunked() => BodyKind::Chunked,
             None | Some(0) => BodyKind::None,
             Some(n) => BodyKind::Length(n),
         }
@@ -293,7 +267,7 @@ impl Server {
                 }
             }
         };
-        let keep_alive = !framing.close && (!http10 || framing.keep_alive);
+        let keep_alive = !framing.fields.close && (!http10 || framing.fields.keep_alive);
         let body = framing.body();
         // Which fields hold the caller's proxy token: kept from both the log and the agent.
         let credential = self.cfg.external_token.is_some().then_some(Credentials {
@@ -335,7 +309,8 @@ impl Server {
         };
         let (host, path, original_host) = (routed.host, routed.path, routed.authority);
         if let Some(token) = &self.cfg.external_token {
-            if !presented(fields).is_some_and(|t| token.matches(t)) {
+            let presented = presented_token(|| pairs(fields), protocol::AUTH_TOKEN_HEADER.as_str());
+            if !presented.is_some_and(|t| token.matches(t)) {
                 return Step::Answer {
                     bytes: self.fail_unauthorized(log, !keep_alive, http10),
                     body,
@@ -355,7 +330,7 @@ impl Server {
         if let Some(l) = log.as_mut() {
             l.endpoint = Some(host.clone());
         }
-        let upgrade = if framing.upgrade_token {
+        let upgrade = if framing.fields.upgrade {
             fields
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
@@ -368,15 +343,7 @@ impl Server {
         };
         // The caller's fields minus what must not reach the agent, then the tunnel metadata.
         let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
-        let named: Vec<&[u8]> = if framing.named {
-            fields
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| tokens(h.value))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let named = framing.fields.named(pairs(fields));
         let keep = |n: &[u8]| {
             let dropped = n.eq_ignore_ascii_case(b"host")
                 || http_util::is_internal_name(n)
@@ -533,29 +500,29 @@ impl Server {
             }
         };
         tokio::pin!(reading);
-        let mut read_end: Option<CallerSide> = None;
+        let mut reading_done = false;
 
         timer
             .as_mut()
             .reset(tokio::time::Instant::now() + self.cfg.response_timeout);
         let answer = loop {
             tokio::select! {
-                r = &mut reading, if read_end.is_none() => {
+                r = &mut reading, if !reading_done => {
                     // The caller hung up: nobody to answer (the log records 499).
                     if r == CallerSide::Gone {
                         return Next::Close;
                     }
-                    read_end = Some(r);
+                    reading_done = true;
                 }
                 h = recv.head() => break Ok(h),
                 () = timer.as_mut() => break Err(()),
             }
         };
-        let upload_left = !uploaded.load(Ordering::Relaxed);
-        let fail = |log, status, msg: &str, keep: bool| self.fail(log, status, msg, !keep, http10);
+        // After a local answer the connection stays only if the request was read in full.
+        let keep = keep_alive && uploaded.load(Ordering::Relaxed);
+        let fail = |log, status, msg: &str| self.fail(log, status, msg, !keep, http10);
         let (block, resp_end) = match answer {
             Err(_) => {
-                let keep = keep_alive && !upload_left;
                 let b = fail(
                     log.take(),
                     StatusCode::GATEWAY_TIMEOUT,
@@ -563,17 +530,14 @@ impl Server {
                         "no response from the agent within {:?}",
                         self.cfg.response_timeout
                     ),
-                    keep,
                 );
                 return write_local(&mut wr, &b, keep).await;
             }
             Ok(Err(e)) => {
-                let keep = keep_alive && !upload_left;
                 let b = fail(
                     log.take(),
                     StatusCode::BAD_GATEWAY,
                     &format!("tunnel to agent {:?} failed: {e}", session.client_id),
-                    keep,
                 );
                 return write_local(&mut wr, &b, keep).await;
             }
@@ -582,7 +546,6 @@ impl Server {
         let head = match RawResponseHead::parse(&block) {
             Ok(h) => h,
             Err(e) => {
-                let keep = keep_alive && !upload_left;
                 let b = fail(
                     log.take(),
                     StatusCode::BAD_GATEWAY,
@@ -590,7 +553,6 @@ impl Server {
                         "agent {:?} sent a bad response head: {e}",
                         session.client_id
                     ),
-                    keep,
                 );
                 return write_local(&mut wr, &b, keep).await;
             }
@@ -598,7 +560,6 @@ impl Server {
         let status = head.status;
         let switching = status == 101;
         if switching && upgrade.is_none() {
-            let keep = keep_alive && !upload_left;
             let b = fail(
                 log.take(),
                 StatusCode::BAD_GATEWAY,
@@ -606,30 +567,18 @@ impl Server {
                     "agent {:?} switched protocols on a request that asked for no upgrade",
                     session.client_id
                 ),
-                keep,
             );
             return write_local(&mut wr, &b, keep).await;
         }
-        let mut length = None;
-        let mut bad_length = false;
-        let mut has_date = false;
-        let mut agent_error = false;
-        for (n, v) in head.fields() {
-            if n.eq_ignore_ascii_case(b"content-length") {
-                for t in tokens(v) {
-                    match parse_length(t) {
-                        Some(n) if length.is_none_or(|m| m == n) => length = Some(n),
-                        _ => bad_length = true,
-                    }
-                }
-            } else if n.eq_ignore_ascii_case(b"date") {
+        let (mut has_date, mut agent_error) = (false, false);
+        let fields = HeadFields::read(head.fields(), |n, _| {
+            if n.eq_ignore_ascii_case(b"date") {
                 has_date = true;
             } else if n.eq_ignore_ascii_case(protocol::ERROR_HEADER.as_str().as_bytes()) {
                 agent_error = true;
             }
-        }
-        if bad_length {
-            let keep = keep_alive && !upload_left;
+        });
+        let Ok(HeadFields { length, .. }) = fields else {
             let b = fail(
                 log.take(),
                 StatusCode::BAD_GATEWAY,
@@ -637,13 +586,11 @@ impl Server {
                     "agent {:?} sent an invalid or conflicting Content-Length",
                     session.client_id
                 ),
-                keep,
             );
             return write_local(&mut wr, &b, keep).await;
-        }
+        };
         if agent_error && self.cfg.legacy_errors {
-            let keep = keep_alive && !upload_left;
-            let b = fail(log.take(), StatusCode::NOT_FOUND, "agent error", keep);
+            let b = fail(log.take(), StatusCode::NOT_FOUND, "agent error");
             return write_local(&mut wr, &b, keep).await;
         }
         if let (Some(_), false) = (&upgrade, switching) {
@@ -677,37 +624,37 @@ impl Server {
         for (n, v) in head.fields() {
             let skip = http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n);
             if !skip {
-                field(&mut out, n, v);
+                put_field(&mut out, n, v);
             }
         }
         match delimit {
             Some(Delimit::Length(0)) if length.is_none() => {
-                field(&mut out, b"content-length", b"0")
+                put_field(&mut out, b"content-length", b"0")
             }
-            Some(Delimit::Chunked) => field(&mut out, b"transfer-encoding", b"chunked"),
+            Some(Delimit::Chunked) => put_field(&mut out, b"transfer-encoding", b"chunked"),
             _ => {}
         }
         if !has_date {
             date_field(&mut out);
         }
         if switching {
-            field(&mut out, b"connection", b"upgrade");
-            field(
+            put_field(&mut out, b"connection", b"upgrade");
+            put_field(
                 &mut out,
                 b"upgrade",
                 upgrade.as_deref().unwrap_or_default().as_bytes(),
             );
         } else if !keep_alive {
-            field(&mut out, b"connection", b"close");
+            put_field(&mut out, b"connection", b"close");
         } else if http10 {
-            field(&mut out, b"connection", b"keep-alive");
+            put_field(&mut out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
 
         if switching {
             let sent = wr.write_all(&out).await;
             if let Some(l) = log.take() {
-                self.emit_raw(l, status, &block, None, 0);
+                self.emit_raw(l, head, None);
             }
             return match (sent, pipe_send.take()) {
                 (Ok(()), Some(send)) => Next::Upgrade(send, recv),
@@ -730,18 +677,18 @@ impl Server {
             loop {
                 tokio::select! {
                     r = &mut write => break r,
-                    r = &mut reading, if read_end.is_none() => {
+                    r = &mut reading, if !reading_done => {
                         if r == CallerSide::Gone {
                             break Err(CopyError::Broken);
                         }
-                        read_end = Some(r);
+                        reading_done = true;
                     }
                 }
             }
         };
         if let Some(l) = log.take() {
             let cap = resp_capture.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
-            self.emit_raw(l, status, &block, cap, 0);
+            self.emit_raw(l, head, cap);
         }
         // A request body the backend answered before reading in full is not read to its end
         // here: the connection closes (after a short drain) instead of carrying another request.
@@ -761,71 +708,70 @@ impl Server {
         close: bool,
         http10: bool,
     ) -> BytesMut {
-        let legacy = self.cfg.legacy_errors;
-        if let Some(l) = log {
-            let len = if legacy {
-                LEGACY_404_BODY.len()
-            } else {
-                msg.len() + 12
-            };
-            let (status, headers) = local_fields(legacy, status);
-            self.emit_map(l, status, headers, len as u64);
-        }
-        local(legacy, status, msg, close, http10)
+        self.answer_locally(log, status, PLAIN, msg, close, http10)
     }
 
     /// 401 with the challenge for the caller's proxy token.
     fn fail_unauthorized(&self, log: Option<LogCtx>, close: bool, http10: bool) -> BytesMut {
         let msg = "missing or wrong auth-token / Authorization: Bearer";
-        if self.cfg.legacy_errors {
-            return self.fail(log, StatusCode::UNAUTHORIZED, msg, close, http10);
-        }
-        if let Some(l) = log {
-            let (status, mut headers) = local_fields(false, StatusCode::UNAUTHORIZED);
-            headers.insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(CHALLENGE),
-            );
-            self.emit_map(l, status, headers, (msg.len() + 12) as u64);
-        }
-        let body = format!("proxyview: {msg}\n");
-        local_response(
-            http10,
+        self.answer_locally(
+            log,
             StatusCode::UNAUTHORIZED,
-            &[
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"www-authenticate", CHALLENGE.as_bytes()),
-            ],
-            body.as_bytes(),
+            UNAUTHORIZED,
+            msg,
             close,
+            http10,
         )
     }
 
-    fn emit_map(&self, l: LogCtx, status: StatusCode, headers: HeaderMap, local: u64) {
-        if let Some(sink) = &self.sink {
-            sink.emit(l.record(status.as_u16(), headers, None, local));
+    fn answer_locally(
+        &self,
+        log: Option<LogCtx>,
+        status: StatusCode,
+        fields: &'static [(&'static str, &'static str)],
+        msg: &str,
+        close: bool,
+        http10: bool,
+    ) -> BytesMut {
+        let (status, fields, body) = local_answer(self.cfg.legacy_errors, status, fields, msg);
+        if let (Some(l), Some(sink)) = (log, &self.sink) {
+            let headers = fields
+                .iter()
+                .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+                .collect();
+            sink.emit(l.record(status.as_u16(), headers, None, body.len() as u64));
         }
+        local_response(http10, status, fields, body.as_bytes(), close)
     }
 
     /// Logs an answer that came from the agent: its head as the caller got it.
-    fn emit_raw(&self, l: LogCtx, status: u16, block: &[u8], body: Option<Capture>, local: u64) {
+    fn emit_raw(&self, l: LogCtx, head: RawResponseHead<'_>, body: Option<Capture>) {
         let Some(sink) = &self.sink else { return };
         let mut headers = HeaderMap::new();
-        if let Ok(h) = RawResponseHead::parse(block) {
-            for (n, v) in h.fields() {
-                if http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n) {
-                    continue;
-                }
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
-                    headers.append(n, v);
-                }
+        for (n, v) in head.fields() {
+            if http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                headers.append(n, v);
             }
         }
-        sink.emit(l.record(status, headers, body, local));
+        sink.emit(l.record(head.status, headers, body, 0));
     }
 }
 
-const CHALLENGE: &str = "Bearer realm=\"proxyview\"";
+/// The fields of local answers (besides the framing, `date` and `connection`).
+const PLAIN: &[(&str, &str)] = &[("content-type", "text/plain; charset=utf-8")];
+const UNAUTHORIZED: &[(&str, &str)] = &[
+    ("content-type", "text/plain; charset=utf-8"),
+    ("www-authenticate", "Bearer realm=\"proxyview\""),
+];
+/// Proxyview's 404 page's fields.
+const LEGACY: &[(&str, &str)] = &[
+    ("content-type", "text/plain"),
+    ("cache-control", "no-cache"),
+    ("pragma", "no-cache"),
+];
 
 /// Parses a request head at the start of `buf` and hands it to `f`: `None` until complete.
 /// Most heads have a handful of fields, so a small table is tried first and only a head that
@@ -895,76 +841,49 @@ async fn linger_close(mut tcp: TcpStream) {
     .await;
 }
 
-/// The status and fields of a local answer (for the access log).
-fn local_fields(legacy: bool, status: StatusCode) -> (StatusCode, HeaderMap) {
-    let mut h = HeaderMap::new();
+/// A local error answer's status, fields and body: `proxyview: msg`, or Proxyview's 404 page
+/// for every failure in legacy mode.
+fn local_answer(
+    legacy: bool,
+    status: StatusCode,
+    fields: &'static [(&'static str, &'static str)],
+    msg: &str,
+) -> (StatusCode, &'static [(&'static str, &'static str)], String) {
     if legacy {
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        );
-        h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-        (StatusCode::NOT_FOUND, h)
+        (StatusCode::NOT_FOUND, LEGACY, LEGACY_404_BODY.to_string())
     } else {
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        (status, h)
+        (status, fields, format!("proxyview: {msg}\n"))
     }
 }
 
-/// A local error answer: `proxyview: msg`, or Proxyview's 404 page in legacy mode.
+/// [`local_answer`] with plain fields, as bytes (answers that are not logged).
 fn local(legacy: bool, status: StatusCode, msg: &str, close: bool, http10: bool) -> BytesMut {
-    if legacy {
-        return local_response(
-            http10,
-            StatusCode::NOT_FOUND,
-            &[
-                (b"content-type", b"text/plain"),
-                (b"cache-control", b"no-cache"),
-                (b"pragma", b"no-cache"),
-            ],
-            LEGACY_404_BODY.as_bytes(),
-            close,
-        );
-    }
-    let body = format!("proxyview: {msg}\n");
-    local_response(
-        http10,
-        status,
-        &[(b"content-type", b"text/plain; charset=utf-8")],
-        body.as_bytes(),
-        close,
-    )
+    let (status, fields, body) = local_answer(legacy, status, PLAIN, msg);
+    local_response(http10, status, fields, body.as_bytes(), close)
 }
 
 fn local_response(
     http10: bool,
     status: StatusCode,
-    fields: &[(&[u8], &[u8])],
+    fields: &[(&str, &str)],
     body: &[u8],
     close: bool,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(256 + body.len());
     status_line(&mut out, http10, status.as_u16());
     for (n, v) in fields {
-        field(&mut out, n, v);
+        put_field(&mut out, n.as_bytes(), v.as_bytes());
     }
-    field(
+    put_field(
         &mut out,
         b"content-length",
         body.len().to_string().as_bytes(),
     );
     date_field(&mut out);
     if close {
-        field(&mut out, b"connection", b"close");
+        put_field(&mut out, b"connection", b"close");
     } else if http10 {
-        field(&mut out, b"connection", b"keep-alive");
+        put_field(&mut out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -991,13 +910,6 @@ fn itoa3(n: u16) -> [u8; 3] {
     ]
 }
 
-fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// `date: <IMF-fixdate>`, formatted once per second per thread (as hyper does).
 fn date_field(out: &mut BytesMut) {
     thread_local! {
@@ -1012,27 +924,15 @@ fn date_field(out: &mut BytesMut) {
             *at = secs;
             *text = httpdate::fmt_http_date(now);
         }
-        field(out, b"date", text.as_bytes());
+        put_field(out, b"date", text.as_bytes());
     });
 }
 
-/// The caller's proxy token: `Authorization: Bearer …`, else the legacy `auth-token` field.
-fn presented<'b>(fields: &[httparse::Header<'b>]) -> Option<&'b [u8]> {
-    let bearer = fields
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .map(|h| h.value.trim_ascii())
-        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
-        .map(|v| v[7..].trim_ascii());
-    bearer.or_else(|| {
-        fields
-            .iter()
-            .find(|h| {
-                h.name
-                    .eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str())
-            })
-            .map(|h| h.value.trim_ascii())
-    })
+/// A request's fields as `(name, value)` pairs.
+fn pairs<'a>(
+    fields: &'a [httparse::Header<'a>],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+    fields.iter().map(|h| (h.name.as_bytes(), h.value))
 }
 
 /// The request's fields as a header map (only built when the access log is on).
@@ -1082,12 +982,18 @@ mod tests {
     fn the_callers_token_is_found_and_a_bearer_marks_authorization_as_ours() {
         let head = "GET / HTTP/1.1\r\nauth-token: legacy\r\nAuthorization: Bearer  tok \r\n\r\n";
         with_fields(head, |f| {
-            assert_eq!(presented(f), Some(&b"tok"[..]));
+            assert_eq!(
+                presented_token(|| pairs(f), "auth-token"),
+                Some(&b"tok"[..])
+            );
             assert!(Framing::read(f).ok().unwrap().bearer);
         });
         let head = "GET / HTTP/1.1\r\nAUTH-TOKEN: legacy\r\nAuthorization: Basic abc\r\n\r\n";
         with_fields(head, |f| {
-            assert_eq!(presented(f), Some(&b"legacy"[..]));
+            assert_eq!(
+                presented_token(|| pairs(f), "auth-token"),
+                Some(&b"legacy"[..])
+            );
             assert!(!Framing::read(f).ok().unwrap().bearer);
         });
     }
