@@ -22,12 +22,11 @@ struct Cli {
     /// Diagnostics filter (tracing syntax, e.g. `info`, `proxyview=debug`); logs go to stderr.
     #[arg(long, global = true, env = "PROXYVIEW_LOG", default_value = "info")]
     log_level: String,
-    /// Worker threads. Default: one per CPU for the server; 1 for the agent, whose traffic all
-    /// goes through one session task, so more threads add cross-thread wake-ups per request but
-    /// no capacity. 1 also suits a server on a small machine shared with other work (it costs
-    /// the least CPU per request; see bench/proxyview/README.md).
-    #[arg(long, global = true, env = "PROXYVIEW_THREADS")]
-    threads: Option<usize>,
+    /// Worker threads (default 1). A session's traffic all goes through one task, so with one
+    /// agent more threads add cross-thread wake-ups and smaller tunnel writes but no capacity;
+    /// a server with many busy agents on a big host can give each core a worker (`--threads N`).
+    #[arg(long, global = true, env = "PROXYVIEW_THREADS", default_value_t = 1)]
+    threads: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -69,21 +68,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let threads = match (&cli.cmd, cli.threads) {
-        (Cmd::Client(_), None) => Some(1),
-        (_, t) => t,
-    };
-    let rt = match threads {
-        Some(0) => anyhow::bail!("--threads / PROXYVIEW_THREADS must be at least 1"),
+    let rt = match cli.threads {
+        0 => anyhow::bail!("--threads / PROXYVIEW_THREADS must be at least 1"),
         // One thread: no cross-thread wake-ups (futex, IPIs) between the tasks of a request.
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
+        n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?,
     };

@@ -175,6 +175,23 @@ async fn big_bodies_stream_both_ways_with_flat_rss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_over_one_agent() {
     let (server, _agent, _) = setup("", "").await;
+    two_hundred_concurrent(&server).await;
+}
+
+/// The same load with server and agent on two worker threads each (the default is one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_on_multi_threaded_halves() {
+    let (server, agent, _) = setup_threads(2).await;
+    for p in [&server.proc, &agent] {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+            .unwrap()
+            .count();
+        assert!(threads >= 3, "expected the worker threads, found {threads}");
+    }
+    two_hundred_concurrent(&server).await;
+}
+
+async fn two_hundred_concurrent(server: &Server) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..200u32 {

@@ -102,20 +102,21 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(kind: &str, yaml: &str) -> Proc {
+fn spawn(kind: &str, yaml: &str, args: &[&str]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    spawn_with_config(kind, &cfg, dir)
+    spawn_with_config(kind, &cfg, dir, args)
 }
 
-fn spawn_with_config(kind: &str, cfg: &Path, dir: tempfile::TempDir) -> Proc {
+fn spawn_with_config(kind: &str, cfg: &Path, dir: tempfile::TempDir, args: &[&str]) -> Proc {
     let stderr = dir.path().join("stderr.log");
     let stdout = dir.path().join("stdout.log");
     let child = Command::new(env!("CARGO_BIN_EXE_proxyview"))
         .arg(kind)
         .arg("--config")
         .arg(cfg)
+        .args(args)
         .env("PROXYVIEW_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -153,7 +154,12 @@ pub fn server_yaml(
 }
 
 pub async fn start_server(yaml: &str) -> Server {
-    let proc = spawn("server", yaml);
+    start_server_args(yaml, &[]).await
+}
+
+/// [`start_server`] with extra command-line arguments.
+pub async fn start_server_args(yaml: &str, args: &[&str]) -> Server {
+    let proc = spawn("server", yaml, args);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let text = proc.stderr_text();
@@ -198,7 +204,12 @@ pub fn agent_yaml(
 }
 
 pub fn start_agent(yaml: &str) -> Proc {
-    spawn("client", yaml)
+    start_agent_args(yaml, &[])
+}
+
+/// [`start_agent`] with extra command-line arguments.
+pub fn start_agent_args(yaml: &str, args: &[&str]) -> Proc {
+    spawn("client", yaml, args)
 }
 
 /// Waits until `host` is routed (any answer but the server's own 404/502).
@@ -437,6 +448,18 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<PvBo
 /// Server + one agent serving `route1` from a new backend named `b1`.
 pub async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std::net::SocketAddr) {
     setup_for(backend("b1").await, server_extra_external, top, "").await
+}
+
+/// [`setup`] (no extra settings) with both halves running `threads` worker threads.
+pub async fn setup_threads(threads: usize) -> (Server, Proc, std::net::SocketAddr) {
+    let be = backend("b1").await;
+    let n = threads.to_string();
+    let args = ["--threads", n.as_str()];
+    let server = start_server_args(&server_yaml("127.0.0.1", 0, 0, "", "", ""), &args).await;
+    let yaml = agent_yaml("agent-1", server.internal, TOKEN_IN, &[("route1", be)], "");
+    let agent = start_agent_args(&yaml, &args);
+    wait_route(server.external, "route1", Duration::from_secs(15)).await;
+    (server, agent, be)
 }
 
 /// Server + one agent (with `agent_extra` config lines) serving `route1` from the backend at
