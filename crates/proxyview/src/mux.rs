@@ -50,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -60,7 +60,7 @@ use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use http_body::{Body, Frame as BodyFrame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_websockets::{Message, WebSocketStream};
@@ -114,6 +114,11 @@ enum Inbound {
 struct StreamShared {
     inbox: Mutex<Inbox>,
     credit: Semaphore,
+    /// Set when the stream is reset (either end) or the session ends; `cancel` wakes the
+    /// waiters. (A child `CancellationToken` per stream cost ~1k instructions per request: a
+    /// tree node with its own locks under the session's token.)
+    cancelled: AtomicBool,
+    cancel: Notify,
 }
 
 struct Inbox {
@@ -132,7 +137,32 @@ impl StreamShared {
                 waker: None,
             }),
             credit: Semaphore::new(STREAM_WINDOW as usize),
+            cancelled: AtomicBool::new(false),
+            cancel: Notify::new(),
         })
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.cancel.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Self::cancel`] has run.
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a cancel in between is not missed.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn push(&self, item: Inbound) {
@@ -183,7 +213,6 @@ impl StreamShared {
 
 struct Entry {
     stream: Arc<StreamShared>,
-    cancel: CancellationToken,
     recv_done: bool,
     send_done: bool,
     /// The local receiver went away while this end still sends: the peer's data is dropped,
@@ -304,7 +333,7 @@ impl Shared {
         let removed = lock(&self.streams).map.remove(&id);
         if let Some(e) = removed {
             e.stream.credit.close();
-            e.cancel.cancel();
+            e.stream.cancel();
             if !self.closed.is_cancelled() {
                 self.queue(&Frame::Reset { stream: id, code });
             }
@@ -344,7 +373,7 @@ impl Shared {
         self.conn_credit.close();
         for e in entries {
             e.stream.credit.close();
-            e.cancel.cancel();
+            e.stream.cancel();
             // Dropping the entry closes the inbox: receivers report the session's reason.
             drop(e);
         }
@@ -416,7 +445,7 @@ impl Shared {
                 if let Some(e) = removed {
                     e.stream.push(Inbound::Reset(code));
                     e.stream.credit.close();
-                    e.cancel.cancel();
+                    e.stream.cancel();
                 }
                 Ok(())
             }
@@ -431,7 +460,6 @@ impl Shared {
 
 fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool, block: Bytes) {
     let st = StreamShared::new();
-    let cancel = shared.closed.child_token();
     {
         let mut s = lock(&shared.streams);
         if s.closed {
@@ -457,7 +485,6 @@ fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool, block: By
             stream,
             Entry {
                 stream: st.clone(),
-                cancel: cancel.clone(),
                 recv_done: end,
                 send_done: false,
                 recv_discarded: false,
@@ -472,7 +499,6 @@ fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool, block: By
             id: stream,
             shared: shared.clone(),
             stream: st.clone(),
-            cancel,
             done: false,
         },
         recv: RecvHalf::new(stream, shared.clone(), st, end),
@@ -560,7 +586,6 @@ impl Session {
     ) -> Result<(SendHalf, RecvHalf), StreamError> {
         let sh = &self.shared;
         let st = StreamShared::new();
-        let cancel = sh.closed.child_token();
         let id = {
             let mut s = lock(&sh.streams);
             if s.closed {
@@ -574,7 +599,6 @@ impl Session {
                 id,
                 Entry {
                     stream: st.clone(),
-                    cancel: cancel.clone(),
                     recv_done: false,
                     send_done: end,
                     recv_discarded: false,
@@ -593,7 +617,6 @@ impl Session {
                 id,
                 shared: sh.clone(),
                 stream: st.clone(),
-                cancel,
                 done: end,
             },
             RecvHalf::new(id, sh.clone(), st, false),
@@ -630,7 +653,6 @@ pub struct SendHalf {
     id: u32,
     shared: Arc<Shared>,
     stream: Arc<StreamShared>,
-    cancel: CancellationToken,
     done: bool,
 }
 
@@ -645,7 +667,7 @@ impl SendHalf {
 
     /// Sends the response head (acceptor); `end` when no body follows.
     pub fn send_head(&mut self, head: Bytes, end: bool) -> Result<(), StreamError> {
-        if self.cancel.is_cancelled() {
+        if self.stream.is_cancelled() {
             return Err(self.error());
         }
         self.shared.queue(&Frame::Head {
@@ -679,7 +701,7 @@ impl SendHalf {
             let Ok(conn_credit) = self.shared.conn_credit.acquire_many(n32).await else {
                 return Err(self.error());
             };
-            if self.cancel.is_cancelled() {
+            if self.stream.is_cancelled() {
                 // Dropping the permits hands the session credit back to the other streams.
                 return Err(self.error());
             }
@@ -705,8 +727,9 @@ impl SendHalf {
     }
 
     /// Resolves when the peer reset the stream or the session ended.
-    pub fn cancelled_owned(&self) -> WaitForCancellationFutureOwned {
-        self.cancel.clone().cancelled_owned()
+    pub fn cancelled_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stream = self.stream.clone();
+        async move { stream.cancelled().await }
     }
 }
 
@@ -864,11 +887,11 @@ where
     B: Body<Data = Bytes> + Unpin,
 {
     use http_body_util::BodyExt as _;
-    let cancel = send.cancel.clone();
+    let stream = send.stream.clone();
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
-            () = cancel.cancelled() => return Err(send.error()),
+            () = stream.cancelled() => return Err(send.error()),
         };
         match frame {
             None => return send.send_data(Bytes::new(), true).await,
@@ -1216,6 +1239,39 @@ pub(crate) mod tests {
             .await
             .expect("the upload must end when the peer resets the stream");
         assert!(r.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn cancelled_resolves_on_a_peer_reset_and_on_session_close_only() {
+        let (opener, mut accepted) = pair();
+        let (send1, _r1) = opener.open(Bytes::from_static(b"a"), false, false).unwrap();
+        let (send2, _r2) = opener.open(Bytes::from_static(b"b"), false, false).unwrap();
+        let c1 = tokio::spawn(send1.cancelled_owned());
+        let c2 = tokio::spawn(send2.cancelled_owned());
+        let a1 = accepted.recv().await.unwrap();
+        let _a2 = accepted.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!c1.is_finished() && !c2.is_finished());
+        // The peer abandons the first stream only.
+        drop(a1);
+        tokio::time::timeout(Duration::from_secs(2), c1)
+            .await
+            .expect("a reset must cancel the stream")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !c2.is_finished(),
+            "another stream's reset cancelled this one"
+        );
+        opener.close("test");
+        tokio::time::timeout(Duration::from_secs(2), c2)
+            .await
+            .expect("the session's end must cancel its streams")
+            .unwrap();
+        // A cancelled stream's future resolves at once when asked again.
+        tokio::time::timeout(Duration::from_millis(100), send2.cancelled_owned())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
