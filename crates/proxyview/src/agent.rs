@@ -3,7 +3,7 @@
 //! HTTP/1.1 client. Upgrades (WebSocket) become raw byte pipes to the backend.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -259,14 +259,8 @@ impl Agent {
             interval: Duration::from_millis(ack.heartbeat_interval_ms.max(100)),
             timeout: Duration::from_millis(ack.heartbeat_timeout_ms.max(100)),
         };
-        let (tunnel, accepted) = mux::Session::start(ws, mux::Role::Acceptor, hb);
-        if let Some(mut accepted) = accepted {
-            while let Some(a) = accepted.recv().await {
-                // Boxed: the task then moves a pointer, not the whole (kilobytes) state machine
-                // through spawn's layers.
-                tokio::spawn(Box::pin(self.clone().serve_stream(a)));
-            }
-        }
+        let workers = Workers::new(self.clone());
+        let tunnel = mux::Session::start_acceptor(ws, hb, Box::new(move |a| workers.dispatch(a)));
         let reason = tunnel.closed().await;
         Err(SessionError::Retry(format!("tunnel failed: {reason}")))
     }
@@ -353,6 +347,141 @@ impl Agent {
             }
         };
         let _ = respond(r, send).await;
+    }
+}
+
+/// Long-lived tasks that serve tunnelled streams one after another. Handing a stream to an
+/// idle worker is one wake-up; a task per stream cost an allocation (over-aligned, so malloc's
+/// slow path), a spawn and a free — ~2k instructions per request, an eighth of the agent's.
+/// One pool per session; the session drops it when it ends, which lets idle workers go.
+struct Workers {
+    agent: Arc<Agent>,
+    idle: Arc<Mutex<Idle>>,
+}
+
+#[derive(Default)]
+struct Idle {
+    slots: Vec<Arc<Slot>>,
+    closed: bool,
+    /// Workers running or waiting.
+    live: usize,
+}
+
+/// Workers left waiting after a burst; the rest end when their stream does.
+const MAX_IDLE_WORKERS: usize = 64;
+
+/// Where a waiting worker's next stream is put.
+#[derive(Default)]
+struct Slot {
+    job: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    job: Option<mux::Accepted>,
+    closed: bool,
+    waker: Option<std::task::Waker>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Workers {
+    fn new(agent: Arc<Agent>) -> Self {
+        Self {
+            agent,
+            idle: Arc::default(),
+        }
+    }
+
+    /// Gives `a` to an idle worker, or to a new one when all are busy.
+    fn dispatch(&self, a: mux::Accepted) {
+        let slot = lock(&self.idle).slots.pop();
+        match slot {
+            Some(slot) => slot.put(a),
+            None => {
+                lock(&self.idle).live += 1;
+                let (agent, idle) = (self.agent.clone(), self.idle.clone());
+                // Boxed: the task then moves a pointer, not the whole (kilobytes) state
+                // machine through spawn's layers.
+                tokio::spawn(Box::pin(worker(agent, idle, a)));
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let slots = {
+            let mut idle = lock(&self.idle);
+            idle.closed = true;
+            std::mem::take(&mut idle.slots)
+        };
+        for s in slots {
+            s.close();
+        }
+    }
+}
+
+async fn worker(agent: Arc<Agent>, idle: Arc<Mutex<Idle>>, mut job: mux::Accepted) {
+    let slot = Arc::new(Slot::default());
+    loop {
+        agent.clone().serve_stream(job).await;
+        {
+            let mut idle = lock(&idle);
+            if idle.closed || idle.slots.len() >= MAX_IDLE_WORKERS {
+                idle.live -= 1;
+                return;
+            }
+            idle.slots.push(slot.clone());
+        }
+        match std::future::poll_fn(|cx| slot.poll_take(cx)).await {
+            Some(next) => job = next,
+            None => {
+                lock(&idle).live -= 1;
+                return;
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn put(&self, a: mux::Accepted) {
+        let waker = {
+            let mut st = lock(&self.job);
+            st.job = Some(a);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut st = lock(&self.job);
+            st.closed = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn poll_take(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<mux::Accepted>> {
+        let mut st = lock(&self.job);
+        if let Some(a) = st.job.take() {
+            return std::task::Poll::Ready(Some(a));
+        }
+        if st.closed {
+            return std::task::Poll::Ready(None);
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        std::task::Poll::Pending
     }
 }
 
@@ -624,5 +753,108 @@ mod tests {
         assert!(h.contains("transfer-encoding: chunked\r\n"), "{h}");
         assert!(h.contains("x-forwarded-proto: https\r\n"), "{h}");
         assert!(!h.contains("x-forwarded-proto: http\r\n"), "{h}");
+    }
+
+    #[tokio::test]
+    async fn workers_serve_a_burst_then_keep_a_bounded_few_and_end_with_the_session() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A keep-alive backend that answers every request after 50 ms, so the burst overlaps.
+        let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = lis.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = lis.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = 0;
+                    loop {
+                        match c.read(&mut buf[have..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have += n,
+                        }
+                        while let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.copy_within(i + 4..have, 0);
+                            have -= i + 4;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if c.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let yaml = format!(
+            "clientId: t\nroutes: [{{name: r1, value: 127.0.0.1, port: {port}, type: ip}}]\nproxyview: {{url: 127.0.0.1:1, token: x}}\n"
+        );
+        let cfg = ClientConfig::from_yaml(std::path::Path::new("t.yaml"), &yaml).unwrap();
+        let agent = Arc::new(Agent::new(cfg).unwrap());
+        let (server_ws, client_ws) = mux::tests::ws_pair();
+        let (opener, _) = mux::Session::start(server_ws, mux::Role::Opener, mux::tests::HB);
+        let workers = Workers::new(agent);
+        let idle = workers.idle.clone();
+        let acceptor = mux::Session::start_acceptor(
+            client_ws,
+            mux::tests::HB,
+            Box::new(move |a| workers.dispatch(a)),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(protocol::ROUTE_FIELD, HeaderValue::from_static("r1"));
+        let block = protocol::RequestHead {
+            method: http::Method::GET,
+            path: "/".parse().unwrap(),
+            headers,
+        }
+        .encode();
+        let burst = 150;
+        let mut calls = Vec::new();
+        for _ in 0..burst {
+            let (_send, mut recv) = opener.open(block.clone(), true, false).unwrap();
+            calls.push(tokio::spawn(async move {
+                let (head, _) = recv.head().await.unwrap();
+                let mut body = Vec::new();
+                while let Some(c) = recv.chunk().await {
+                    body.extend_from_slice(&c.unwrap());
+                }
+                (head, body)
+            }));
+        }
+        for c in calls {
+            let (head, body) = tokio::time::timeout(Duration::from_secs(10), c)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(protocol::RawResponseHead::parse(&head).unwrap().status, 200);
+            assert_eq!(body, b"ok");
+        }
+        async fn settled(idle: &Mutex<Idle>, want: impl Fn(&Idle) -> bool) -> bool {
+            for _ in 0..200 {
+                if want(&lock(idle)) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+        // The burst needed many workers at once; afterwards at most MAX_IDLE_WORKERS wait.
+        let counts = || {
+            let i = lock(&idle);
+            (i.live, i.slots.len())
+        };
+        assert!(
+            settled(&idle, |i| i.live <= MAX_IDLE_WORKERS
+                && i.slots.len() == i.live)
+            .await,
+            "(live, idle) workers after the burst: {:?}",
+            counts()
+        );
+        assert!(counts().0 > 1, "a burst of {burst} ran on one worker");
+        acceptor.close("test");
+        assert!(
+            settled(&idle, |i| i.live == 0).await,
+            "(live, idle) workers after the session ended: {:?}",
+            counts()
+        );
     }
 }

@@ -272,7 +272,8 @@ struct Shared {
     next_id: AtomicU32,
     closed: CancellationToken,
     reason: OnceLock<Arc<str>>,
-    accept: Mutex<Option<mpsc::UnboundedSender<Accepted>>>,
+    /// Where the acceptor's new streams go; dropped when the session ends.
+    accept: Mutex<Option<OnAccept>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -503,10 +504,15 @@ fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool, block: By
         },
         recv: RecvHalf::new(stream, shared.clone(), st, end),
     };
-    let sent = lock(&shared.accept).as_ref().map(|tx| tx.send(a));
     // Not delivered (session closing): dropping the halves resets the stream.
-    drop(sent);
+    if let Some(on_accept) = lock(&shared.accept).as_mut() {
+        on_accept(a);
+    }
 }
+
+/// Takes each stream the peer opens. It runs on the session task, so it must hand the stream
+/// on (to a task) rather than serve it.
+pub type OnAccept = Box<dyn FnMut(Accepted) + Send>;
 
 /// Handle on one tunnel session; cheap to clone.
 #[derive(Clone)]
@@ -534,13 +540,35 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (accept_tx, accept_rx) = match role {
+        match role {
             Role::Acceptor => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                (Some(tx), Some(rx))
+                let on_accept: OnAccept = Box::new(move |a| {
+                    let _ = tx.send(a);
+                });
+                (Self::run(ws, role, hb, Some(on_accept)), Some(rx))
             }
-            Role::Opener => (None, None),
-        };
+            Role::Opener => (Self::run(ws, role, hb, None), None),
+        }
+    }
+
+    /// Starts an acceptor session that hands each stream the peer opens to `on_accept`.
+    pub fn start_acceptor<S>(ws: WebSocketStream<S>, hb: Heartbeat, on_accept: OnAccept) -> Session
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::run(ws, Role::Acceptor, hb, Some(on_accept))
+    }
+
+    fn run<S>(
+        ws: WebSocketStream<S>,
+        role: Role,
+        hb: Heartbeat,
+        on_accept: Option<OnAccept>,
+    ) -> Session
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             role,
             out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
@@ -555,7 +583,7 @@ impl Session {
             next_id: AtomicU32::new(1),
             closed: CancellationToken::new(),
             reason: OnceLock::new(),
-            accept: Mutex::new(accept_tx),
+            accept: Mutex::new(on_accept),
         });
         // Checked a few times per interval, so a ping leaves soon after `interval` of silence
         // (checking once per interval would send it only after up to twice that).
@@ -574,7 +602,7 @@ impl Session {
             stop: Box::pin(shared.closed.clone().cancelled_owned()),
         };
         tokio::spawn(io.run());
-        (Session { shared }, accept_rx)
+        Session { shared }
     }
 
     /// Opens a stream with a request head; `end` when no body follows.
@@ -1158,13 +1186,24 @@ pub(crate) mod tests {
     use crate::protocol::{RawRequestHead, RequestHead, ResponseHead};
     use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-    const HB: Heartbeat = Heartbeat {
+    pub(crate) const HB: Heartbeat = Heartbeat {
         interval: Duration::from_secs(30),
         timeout: Duration::from_secs(30),
     };
 
     /// An opener and an acceptor session joined by an in-memory WebSocket.
     pub(crate) fn pair() -> (Session, mpsc::UnboundedReceiver<Accepted>) {
+        let (server_ws, client_ws) = ws_pair();
+        let (opener, _) = Session::start(server_ws, Role::Opener, HB);
+        let (_acceptor, accepted) = Session::start(client_ws, Role::Acceptor, HB);
+        (opener, accepted.unwrap())
+    }
+
+    /// Both ends of an in-memory WebSocket (server side first).
+    pub(crate) fn ws_pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
         let (a, b) = tokio::io::duplex(256 * 1024);
         let max = Some(MAX_WS_MESSAGE);
         let server_ws = tokio_websockets::ServerBuilder::new()
@@ -1173,9 +1212,7 @@ pub(crate) mod tests {
         let client_ws = tokio_websockets::ClientBuilder::new()
             .limits(tokio_websockets::Limits::default().max_payload_len(max))
             .take_over(b);
-        let (opener, _) = Session::start(server_ws, Role::Opener, HB);
-        let (_acceptor, accepted) = Session::start(client_ws, Role::Acceptor, HB);
-        (opener, accepted.unwrap())
+        (server_ws, client_ws)
     }
 
     /// Reads a stream to its end (each chunk within 5 s) and returns the byte count.
