@@ -18,6 +18,9 @@
 //! | … + the agent's own HTTP/1.1 to backends, no hyper client ([`crate::backend`]) | 30,600 | 19,500 |
 //! | … + the server's head encoded from the caller's map, cheaper Host and stream-map hashing | 24,500 | 19,000 |
 //! | … + the agent's per-stream task boxed before spawning (no multi-KiB moves) | 24,200 | 17,700 |
+//! | … + the server's own HTTP/1.1 on the callers' port ([`crate::server`]'s `caller`) | 17,300 | 17,600 |
+//! | … + a cancel flag per stream instead of a child `CancellationToken` | 16,900 | 16,700 |
+//! | … + long-lived workers on the agent instead of a task per stream | 16,700 | 14,400 |
 //!
 //! On the wire-level benchmark (`bench/proxyview/run.sh`, same machine, same run as rathole)
 //! the switch took small-GET throughput from 0.44× to 0.54–0.56× rathole's and bulk download
