@@ -3,7 +3,7 @@
 //! HTTP/1.1 client. Upgrades (WebSocket) become raw byte pipes to the backend.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -20,7 +20,7 @@ use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBo
 use crate::config::{ClientConfig, Route};
 use crate::h1;
 use crate::http_util::{self, full, PvBody};
-use crate::mux::{self, Heartbeat};
+use crate::mux::{self, lock, Heartbeat};
 use crate::protocol::{self, agent_error, Hello, HelloAck, RawRequestHead, ResponseHead};
 use crate::wsio;
 
@@ -370,22 +370,8 @@ struct Idle {
 /// Workers left waiting after a burst; the rest end when their stream does.
 const MAX_IDLE_WORKERS: usize = 64;
 
-/// Where a waiting worker's next stream is put.
-#[derive(Default)]
-struct Slot {
-    job: Mutex<SlotState>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    job: Option<mux::Accepted>,
-    closed: bool,
-    waker: Option<std::task::Waker>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Where a waiting worker's next stream is put (one at a time).
+type Slot = mux::Mailbox<mux::Accepted>;
 
 impl Workers {
     fn new(agent: Arc<Agent>) -> Self {
@@ -397,11 +383,17 @@ impl Workers {
 
     /// Gives `a` to an idle worker, or to a new one when all are busy.
     fn dispatch(&self, a: mux::Accepted) {
-        let slot = lock(&self.idle).slots.pop();
+        let slot = {
+            let mut idle = lock(&self.idle);
+            let slot = idle.slots.pop();
+            if slot.is_none() {
+                idle.live += 1;
+            }
+            slot
+        };
         match slot {
-            Some(slot) => slot.put(a),
+            Some(slot) => slot.push(a),
             None => {
-                lock(&self.idle).live += 1;
                 let (agent, idle) = (self.agent.clone(), self.idle.clone());
                 // Boxed: the task then moves a pointer, not the whole (kilobytes) state
                 // machine through spawn's layers.
@@ -436,52 +428,13 @@ async fn worker(agent: Arc<Agent>, idle: Arc<Mutex<Idle>>, mut job: mux::Accepte
             }
             idle.slots.push(slot.clone());
         }
-        match std::future::poll_fn(|cx| slot.poll_take(cx)).await {
+        match std::future::poll_fn(|cx| slot.poll_recv(cx)).await {
             Some(next) => job = next,
             None => {
                 lock(&idle).live -= 1;
                 return;
             }
         }
-    }
-}
-
-impl Slot {
-    fn put(&self, a: mux::Accepted) {
-        let waker = {
-            let mut st = lock(&self.job);
-            st.job = Some(a);
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn close(&self) {
-        let waker = {
-            let mut st = lock(&self.job);
-            st.closed = true;
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn poll_take(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<mux::Accepted>> {
-        let mut st = lock(&self.job);
-        if let Some(a) = st.job.take() {
-            return std::task::Poll::Ready(Some(a));
-        }
-        if st.closed {
-            return std::task::Poll::Ready(None);
-        }
-        match &mut st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
-        std::task::Poll::Pending
     }
 }
 

@@ -115,7 +115,7 @@ enum Inbound {
 /// stream, and the send credit the peer granted. One allocation per stream (a channel plus a
 /// semaphore were three, one of them a 1 KiB block).
 struct StreamShared {
-    inbox: Mutex<Inbox>,
+    inbox: Mailbox<Inbound>,
     credit: Semaphore,
     /// Set when the stream is reset (either end) or the session ends; `cancel` wakes the
     /// waiters. (A child `CancellationToken` per stream cost ~1k instructions per request: a
@@ -124,21 +124,84 @@ struct StreamShared {
     cancel: Notify,
 }
 
-struct Inbox {
-    queue: VecDeque<Inbound>,
-    /// No more frames will come (the stream left the session's table).
+/// A queue one task reads and others fill, with the reader's waker: the stream inboxes here and
+/// the agent's worker slots. A `std` mutex, held only to push or pop.
+pub(crate) struct Mailbox<T> {
+    inner: Mutex<MailboxState<T>>,
+}
+
+struct MailboxState<T> {
+    queue: VecDeque<T>,
+    /// Nothing more will be pushed.
     closed: bool,
     waker: Option<Waker>,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(MailboxState {
+                queue: VecDeque::new(),
+                closed: false,
+                waker: None,
+            }),
+        }
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// Queues `item` and wakes the reader; dropped if the mailbox is closed.
+    pub(crate) fn push(&self, item: T) {
+        let waker = {
+            let mut b = lock(&self.inner);
+            if b.closed {
+                return;
+            }
+            b.queue.push_back(item);
+            b.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// No more items: the reader gets `None` once the queue is empty.
+    pub(crate) fn close(&self) {
+        let waker = {
+            let mut b = lock(&self.inner);
+            b.closed = true;
+            b.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The next item; `None` once the mailbox is closed and empty.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut b = lock(&self.inner);
+        if let Some(item) = b.queue.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if b.closed {
+            return Poll::Ready(None);
+        }
+        match &mut b.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn try_recv(&self) -> Option<T> {
+        lock(&self.inner).queue.pop_front()
+    }
 }
 
 impl StreamShared {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            inbox: Mutex::new(Inbox {
-                queue: VecDeque::new(),
-                closed: false,
-                waker: None,
-            }),
+            inbox: Mailbox::default(),
             credit: Semaphore::new(STREAM_WINDOW as usize),
             cancelled: AtomicBool::new(false),
             cancel: Notify::new(),
@@ -167,51 +230,6 @@ impl StreamShared {
             notified.await;
         }
     }
-
-    fn push(&self, item: Inbound) {
-        let waker = {
-            let mut b = lock(&self.inbox);
-            if b.closed {
-                return;
-            }
-            b.queue.push_back(item);
-            b.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn close_inbox(&self) {
-        let waker = {
-            let mut b = lock(&self.inbox);
-            b.closed = true;
-            b.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The next frame; `None` once the inbox is closed and empty.
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        let mut b = lock(&self.inbox);
-        if let Some(item) = b.queue.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        if b.closed {
-            return Poll::Ready(None);
-        }
-        match &mut b.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    fn try_recv(&self) -> Option<Inbound> {
-        lock(&self.inbox).queue.pop_front()
-    }
 }
 
 struct Entry {
@@ -226,7 +244,7 @@ struct Entry {
 impl Drop for Entry {
     /// Leaving the table means no frame will arrive any more: the receiver sees the end.
     fn drop(&mut self) {
-        self.stream.close_inbox();
+        self.stream.inbox.close();
     }
 }
 
@@ -279,7 +297,8 @@ struct Shared {
     accept: Mutex<Option<OnAccept>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`; a panic elsewhere while it was held leaves data that is still usable here.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -399,7 +418,7 @@ impl Shared {
                 Role::Opener => {
                     let mut s = lock(&self.streams);
                     if let Some(e) = s.map.get(&stream) {
-                        e.stream.push(Inbound::Head { block, end });
+                        e.stream.inbox.push(Inbound::Head { block, end });
                         if end {
                             s.peer_ended(stream);
                         }
@@ -415,7 +434,7 @@ impl Shared {
                 let mut s = lock(&self.streams);
                 match s.map.get_mut(&stream) {
                     Some(e) if !e.recv_done => {
-                        e.stream.push(Inbound::Data { data, end });
+                        e.stream.inbox.push(Inbound::Data { data, end });
                         if end {
                             s.peer_ended(stream);
                         }
@@ -447,7 +466,7 @@ impl Shared {
             Frame::Reset { stream, code } => {
                 let removed = lock(&self.streams).map.remove(&stream);
                 if let Some(e) = removed {
-                    e.stream.push(Inbound::Reset(code));
+                    e.stream.inbox.push(Inbound::Reset(code));
                     e.stream.credit.close();
                     e.stream.cancel();
                 }
@@ -800,7 +819,7 @@ impl RecvHalf {
 
     /// Waits for the peer's head (opener side): the block and whether a body follows.
     pub async fn head(&mut self) -> Result<(Bytes, bool), StreamError> {
-        let r = match std::future::poll_fn(|cx| self.stream.poll_recv(cx)).await {
+        let r = match std::future::poll_fn(|cx| self.stream.inbox.poll_recv(cx)).await {
             Some(Inbound::Head { block, end }) => {
                 self.head_seen = true;
                 if end {
@@ -838,7 +857,7 @@ impl RecvHalf {
             if self.ended {
                 return Poll::Ready(None);
             }
-            let item = std::task::ready!(self.stream.poll_recv(cx));
+            let item = std::task::ready!(self.stream.inbox.poll_recv(cx));
             match item {
                 Some(Inbound::Data { data, end }) => {
                     if end {
@@ -883,7 +902,7 @@ impl Drop for RecvHalf {
         }
         // Data that arrived but was never consumed still holds session credit.
         let mut unread = 0u32;
-        while let Some(item) = self.stream.try_recv() {
+        while let Some(item) = self.stream.inbox.try_recv() {
             if let Inbound::Data { data, .. } = item {
                 unread += data.len() as u32;
             }
