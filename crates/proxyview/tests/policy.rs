@@ -23,24 +23,9 @@ fn signal(pid: u32, sig: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_agent_is_declared_dead_by_heartbeat_then_comes_back() {
-    let be = backend("b1").await;
-    let server = start_server(&server_yaml(
-        "127.0.0.1",
-        0,
-        0,
-        "  heartbeatIntervalSecs: 0.3\n  heartbeatTimeoutSecs: 0.5\n",
-        "",
-        "",
-    ))
-    .await;
-    let agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let hb = "  heartbeatIntervalSecs: 0.3\n  heartbeatTimeoutSecs: 0.5\n";
+    let yaml = server_yaml("127.0.0.1", 0, 0, hb, "", "");
+    let (server, agent, _) = setup_from(backend("b1").await, &yaml, "", &[]).await;
     // A frozen process keeps its TCP connection open: only the heartbeat can notice.
     signal(agent.pid(), "-STOP");
     let t0 = Instant::now();
@@ -61,24 +46,9 @@ async fn frozen_agent_is_declared_dead_by_heartbeat_then_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_notices_a_frozen_server_by_heartbeat_and_reconnects() {
-    let be = backend("b1").await;
-    let server = start_server(&server_yaml(
-        "127.0.0.1",
-        0,
-        0,
-        "  heartbeatIntervalSecs: 0.3\n  heartbeatTimeoutSecs: 0.5\n",
-        "",
-        "",
-    ))
-    .await;
-    let agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let hb = "  heartbeatIntervalSecs: 0.3\n  heartbeatTimeoutSecs: 0.5\n";
+    let yaml = server_yaml("127.0.0.1", 0, 0, hb, "", "");
+    let (server, agent, _) = setup_from(backend("b1").await, &yaml, "", &[]).await;
     // The server learns the heartbeat from the HelloAck; a frozen server never answers PINGs.
     signal(server.proc.pid(), "-STOP");
     let noticed = agent.wait_log("reconnecting", Duration::from_secs(4)).await;

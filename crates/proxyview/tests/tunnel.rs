@@ -597,24 +597,8 @@ async fn backend_errors_are_502_and_504_or_legacy_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_response_timeout_is_504() {
-    let be = backend("b1").await;
-    let server = start_server(&server_yaml(
-        "127.0.0.1",
-        0,
-        0,
-        "",
-        "  responseTimeoutSecs: 0.5\n",
-        "",
-    ))
-    .await;
-    let _agent = start_agent(&agent_yaml(
-        "agent-1",
-        server.internal,
-        TOKEN_IN,
-        &[("route1", be)],
-        "",
-    ));
-    wait_route(server.external, "route1", T).await;
+    let (server, _agent, _) =
+        setup_for(backend("b1").await, "  responseTimeoutSecs: 0.5\n", "", "").await;
     let t0 = Instant::now();
     assert_eq!(
         get_text(server.external, "route1", "/sleep/3000").await.0,

@@ -452,14 +452,9 @@ pub async fn setup(server_extra_external: &str, top: &str) -> (Server, Proc, std
 
 /// [`setup`] (no extra settings) with both halves running `threads` worker threads.
 pub async fn setup_threads(threads: usize) -> (Server, Proc, std::net::SocketAddr) {
-    let be = backend("b1").await;
     let n = threads.to_string();
-    let args = ["--threads", n.as_str()];
-    let server = start_server_args(&server_yaml("127.0.0.1", 0, 0, "", "", ""), &args).await;
-    let yaml = agent_yaml("agent-1", server.internal, TOKEN_IN, &[("route1", be)], "");
-    let agent = start_agent_args(&yaml, &args);
-    wait_route(server.external, "route1", Duration::from_secs(15)).await;
-    (server, agent, be)
+    let yaml = server_yaml("127.0.0.1", 0, 0, "", "", "");
+    setup_from(backend("b1").await, &yaml, "", &["--threads", n.as_str()]).await
 }
 
 /// Server + one agent (with `agent_extra` config lines) serving `route1` from the backend at
@@ -470,22 +465,27 @@ pub async fn setup_for(
     top: &str,
     agent_extra: &str,
 ) -> (Server, Proc, std::net::SocketAddr) {
-    let server = start_server(&server_yaml(
-        "127.0.0.1",
-        0,
-        0,
-        "",
-        server_extra_external,
-        top,
-    ))
-    .await;
-    let agent = start_agent(&agent_yaml(
+    let yaml = server_yaml("127.0.0.1", 0, 0, "", server_extra_external, top);
+    setup_from(be, &yaml, agent_extra, &[]).await
+}
+
+/// A server from `server_yaml` + one agent (with `agent_extra` config lines) serving `route1`
+/// from the backend at `be`, both started with the command-line `args`.
+pub async fn setup_from(
+    be: std::net::SocketAddr,
+    server_yaml: &str,
+    agent_extra: &str,
+    args: &[&str],
+) -> (Server, Proc, std::net::SocketAddr) {
+    let server = start_server_args(server_yaml, args).await;
+    let yaml = agent_yaml(
         "agent-1",
         server.internal,
         TOKEN_IN,
         &[("route1", be)],
         agent_extra,
-    ));
+    );
+    let agent = start_agent_args(&yaml, args);
     wait_route(server.external, "route1", Duration::from_secs(15)).await;
     (server, agent, be)
 }
