@@ -423,19 +423,16 @@ async fn worker(agent: Arc<Agent>, idle: Arc<Mutex<Idle>>, mut job: mux::Accepte
         {
             let mut idle = lock(&idle);
             if idle.closed || idle.slots.len() >= MAX_IDLE_WORKERS {
-                idle.live -= 1;
-                return;
+                break;
             }
             idle.slots.push(slot.clone());
         }
         match std::future::poll_fn(|cx| slot.poll_recv(cx)).await {
             Some(next) => job = next,
-            None => {
-                lock(&idle).live -= 1;
-                return;
-            }
+            None => break,
         }
     }
+    lock(&idle).live -= 1;
 }
 
 /// Sends a response (head, then body) on the stream.
@@ -710,34 +707,10 @@ mod tests {
 
     #[tokio::test]
     async fn workers_serve_a_burst_then_keep_a_bounded_few_and_end_with_the_session() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         // A keep-alive backend that answers every request after 50 ms, so the burst overlaps.
-        let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = lis.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = lis.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut have = 0;
-                    loop {
-                        match c.read(&mut buf[have..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => have += n,
-                        }
-                        while let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.copy_within(i + 4..have, 0);
-                            have -= i + 4;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if c.write_all(ok).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, _) = backend::tests::slow_backend(ok, false, Duration::from_millis(50)).await;
+        let port = addr.rsplit_once(':').unwrap().1;
         let yaml = format!(
             "clientId: t\nroutes: [{{name: r1, value: 127.0.0.1, port: {port}, type: ip}}]\nproxyview: {{url: 127.0.0.1:1, token: x}}\n"
         );

@@ -562,7 +562,7 @@ fn head_from(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn req(head_method: bool, upgrade: bool) -> Request {
@@ -695,6 +695,15 @@ mod tests {
     /// connection after its first answer without saying so (as a backend's idle timeout would).
     /// Requests are taken to end at a blank line, or after `0\r\n\r\n` when chunked.
     async fn backend(answer: &'static [u8], close_after_one: bool) -> (String, Arc<AtomicUsize>) {
+        slow_backend(answer, close_after_one, Duration::ZERO).await
+    }
+
+    /// [`backend`] that waits `delay` before each answer.
+    pub(crate) async fn slow_backend(
+        answer: &'static [u8],
+        close_after_one: bool,
+        delay: Duration,
+    ) -> (String, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -716,6 +725,9 @@ mod tests {
                         };
                         if let Some(i) = end {
                             buf.drain(..i);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             if s.write_all(answer).await.is_err() || close_after_one {
                                 return;
                             }

@@ -568,9 +568,9 @@ impl Session {
                 let on_accept: OnAccept = Box::new(move |a| {
                     let _ = tx.send(a);
                 });
-                (Self::run(ws, role, hb, Some(on_accept)), Some(rx))
+                (Self::run(ws, hb, Some(on_accept)), Some(rx))
             }
-            Role::Opener => (Self::run(ws, role, hb, None), None),
+            Role::Opener => (Self::run(ws, hb, None), None),
         }
     }
 
@@ -579,18 +579,18 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        Self::run(ws, Role::Acceptor, hb, Some(on_accept))
+        Self::run(ws, hb, Some(on_accept))
     }
 
-    fn run<S>(
-        ws: WebSocketStream<S>,
-        role: Role,
-        hb: Heartbeat,
-        on_accept: Option<OnAccept>,
-    ) -> Session
+    /// The acceptor is the end that takes the peer's streams: the one given `on_accept`.
+    fn run<S>(ws: WebSocketStream<S>, hb: Heartbeat, on_accept: Option<OnAccept>) -> Session
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let role = match on_accept {
+            Some(_) => Role::Acceptor,
+            None => Role::Opener,
+        };
         let shared = Arc::new(Shared {
             role,
             out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
