@@ -621,11 +621,8 @@ impl Server {
         }
         let mut out = BytesMut::with_capacity(512);
         status_line(&mut out, http10, status);
-        for (n, v) in head.fields() {
-            let skip = http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n);
-            if !skip {
-                put_field(&mut out, n, v);
-            }
+        for (n, v) in head.fields().filter(|(n, _)| reaches_caller(n)) {
+            put_field(&mut out, n, v);
         }
         match delimit {
             Some(Delimit::Length(0)) if length.is_none() => {
@@ -748,10 +745,7 @@ impl Server {
     fn emit_raw(&self, l: LogCtx, head: RawResponseHead<'_>, body: Option<Capture>) {
         let Some(sink) = &self.sink else { return };
         let mut headers = HeaderMap::new();
-        for (n, v) in head.fields() {
-            if http_util::is_hop_by_hop_name(n) || http_util::is_internal_name(n) {
-                continue;
-            }
+        for (n, v) in head.fields().filter(|(n, _)| reaches_caller(n)) {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
                 headers.append(n, v);
             }
@@ -964,6 +958,12 @@ fn log_uri(target: &str) -> Uri {
         }
     }
     s.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Whether a field of the agent's response head goes on to the caller (and so into the access
+/// log, which records the head as the caller got it): not hop-by-hop, not tunnel metadata.
+fn reaches_caller(name: &[u8]) -> bool {
+    !http_util::is_hop_by_hop_name(name) && !http_util::is_internal_name(name)
 }
 
 #[cfg(test)]
