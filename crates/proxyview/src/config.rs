@@ -298,6 +298,8 @@ struct RawExternal {
     response_timeout_secs: Option<f64>,
     #[serde(default)]
     header_read_timeout_secs: Option<f64>,
+    #[serde(default)]
+    send_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +346,8 @@ pub struct ServerConfig {
     pub response_timeout: Duration,
     /// How long a caller may take to send request headers.
     pub header_read_timeout: Duration,
+    /// How long a caller may take no bytes of its answer before the connection is closed.
+    pub send_timeout: Duration,
     /// Ping interval on each agent session.
     pub heartbeat_interval: Duration,
     /// Time without a ping answer after which an agent is declared dead.
@@ -432,6 +436,11 @@ impl ServerConfig {
                 "external.headerReadTimeoutSecs",
                 raw.external.header_read_timeout_secs,
                 protocol::HEADER_READ_TIMEOUT,
+            )?,
+            send_timeout: d(
+                "external.sendTimeoutSecs",
+                raw.external.send_timeout_secs,
+                protocol::SEND_TIMEOUT,
             )?,
             heartbeat_interval: d(
                 "internal.heartbeatIntervalSecs",

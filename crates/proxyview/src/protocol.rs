@@ -685,6 +685,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time a caller has to send a complete request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for a caller to take bytes of its answer (nginx's `send_timeout`).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default agent → backend TCP connect timeout.
 pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time after which a pooled backend connection is closed.

@@ -352,3 +352,79 @@ async fn hop_by_hop_and_connection_named_fields_stop_at_the_server() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let (server, _agent, _) = setup("  sendTimeoutSecs: 1\n", "").await;
+    // 200 MB asked for and not read: the socket buffers and the stream's window fill, then the
+    // server's writes wait on the caller.
+    let size: usize = 200 * 1024 * 1024;
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /bytes/{size} HTTP/1.1\r\nHost: route1\r\n{}\r\n",
+            auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // What was queued before the cut still arrives, then the connection ends short.
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let read_all = async {
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(T, read_all)
+        .await
+        .expect("the server must close the connection it gave up on");
+    assert!(
+        got > 0 && got < size,
+        "read {got} bytes of a {size}-byte body"
+    );
+    // The server goes on serving.
+    let (s, body) = get_text(server.external, "route1", "/name").await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "b1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_answer_says_close_when_the_request_body_is_not_all_here() {
+    let (server, _agent, _) = setup("", "").await;
+    // Wrong token, body announced but not sent: the 401 must say the connection closes.
+    let r = answer_then_close(
+        &server,
+        b"POST /echo HTTP/1.1\r\nHost: route1\r\nauth-token: wrong\r\ncontent-length: 100\r\n\r\nabc",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{r}"
+    );
+    // The same with the body all here: the connection stays and answers the next request.
+    let mut tcp = TcpStream::connect(server.external).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: route1\r\nauth-token: wrong\r\ncontent-length: 3\r\n\r\nabc\
+             GET /name HTTP/1.1\r\nHost: route1\r\n{}\r\n",
+            auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let rs = read_responses(&mut tcp, 2).await;
+    assert!(rs[0].0.starts_with("HTTP/1.1 401 "), "{}", rs[0].0);
+    assert!(
+        !rs[0].0.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        rs[0].0
+    );
+    assert_eq!(rs[1].1, b"b1");
+}

@@ -37,7 +37,7 @@ use super::{
     LEGACY_404_BODY,
 };
 use crate::access_log::CAPTURE_LIMIT;
-use crate::h1::{self, put_field, Delimit, HeadFields, Reader, READ_CHUNK};
+use crate::h1::{self, put_field, Delimit, HeadFields, Reader, SendLimit, READ_CHUNK};
 use crate::host;
 use crate::http_util;
 use crate::mux::{self, CopyError, RecvHalf, SendHalf};
@@ -174,7 +174,9 @@ impl Server {
                 .reset(tokio::time::Instant::now() + self.cfg.header_read_timeout);
             let (step, len) = loop {
                 if !buf.is_empty() {
-                    match parse_request(&buf, |req, len| (self.prepare(req, peer, &peer_ip), len)) {
+                    match parse_request(&buf, |req, len| {
+                        (self.prepare(req, peer, &peer_ip, buf.len() - len), len)
+                    }) {
                         Ok(Some(x)) => break x,
                         Ok(None) if buf.len() < MAX_REQUEST_HEAD => {}
                         Ok(None) => {
@@ -182,9 +184,9 @@ impl Server {
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 "request head larger than 256 KiB",
                             );
-                            return finish_with(tcp, &r).await;
+                            return finish_with(tcp, &r, self.cfg.send_timeout).await;
                         }
-                        Err(r) => return finish_with(tcp, &r).await,
+                        Err(r) => return finish_with(tcp, &r, self.cfg.send_timeout).await,
                     }
                 }
                 if *stopping.borrow() && buf.is_empty() {
@@ -213,10 +215,11 @@ impl Server {
                     body,
                     keep_alive,
                 } => {
-                    if tcp.write_all(&bytes).await.is_err() {
+                    let sent = tokio::time::timeout(self.cfg.send_timeout, tcp.write_all(&bytes));
+                    if !matches!(sent.await, Ok(Ok(()))) {
                         return;
                     }
-                    // An unread body can only be skipped if it is all here already.
+                    // `keep_alive` was only kept when an unread body is all here: skip it.
                     let skipped = match body {
                         BodyKind::None => true,
                         BodyKind::Length(n) if n <= buf.len() as u64 => {
@@ -252,7 +255,14 @@ impl Server {
     }
 
     /// Routes and checks one request and opens its tunnel stream, or says what to answer.
-    fn prepare(&self, req: &httparse::Request<'_, '_>, peer: SocketAddr, peer_ip: &str) -> Step {
+    /// `buffered`: bytes read past the head (the start of the body, or of the next request).
+    fn prepare(
+        &self,
+        req: &httparse::Request<'_, '_>,
+        peer: SocketAddr,
+        peer_ip: &str,
+        buffered: usize,
+    ) -> Step {
         let method = req.method.unwrap_or("GET");
         let target = req.path.unwrap_or("/");
         let http10 = req.version == Some(0);
@@ -269,6 +279,14 @@ impl Server {
         };
         let keep_alive = !framing.fields.close && (!http10 || framing.fields.keep_alive);
         let body = framing.body();
+        // After a local answer the connection can carry another request only if the body of
+        // this one is already here to skip; otherwise the answer says it closes.
+        let answer_keep = keep_alive
+            && match body {
+                BodyKind::None => true,
+                BodyKind::Length(n) => n <= buffered as u64,
+                BodyKind::Chunked => false,
+            };
         // Which fields hold the caller's proxy token: kept from both the log and the agent.
         let credential = self.cfg.external_token.is_some().then_some(Credentials {
             bearer: framing.bearer,
@@ -287,9 +305,9 @@ impl Server {
             session: None,
         });
         let answer = |log: Option<LogCtx>, status: StatusCode, msg: &str| Step::Answer {
-            bytes: self.fail(log, status, msg, !keep_alive, http10),
+            bytes: self.fail(log, status, msg, !answer_keep, http10),
             body,
-            keep_alive,
+            keep_alive: answer_keep,
         };
         if target.bytes().any(|c| !(0x21..0x7f).contains(&c)) {
             return answer(
@@ -312,9 +330,9 @@ impl Server {
             let presented = presented_token(|| pairs(fields), protocol::AUTH_TOKEN_HEADER.as_str());
             if !presented.is_some_and(|t| token.matches(t)) {
                 return Step::Answer {
-                    bytes: self.fail_unauthorized(log, !keep_alive, http10),
+                    bytes: self.fail_unauthorized(log, !answer_keep, http10),
                     body,
-                    keep_alive,
+                    keep_alive: answer_keep,
                 };
             }
         }
@@ -440,7 +458,8 @@ impl Server {
             upgrade,
             mut log,
         } = fwd;
-        let (mut rd, mut wr) = tcp.split();
+        let (mut rd, wr) = tcp.split();
+        let mut wr = SendLimit::new(wr, self.cfg.send_timeout);
         if expect_continue
             && body != BodyKind::None
             && wr
@@ -807,9 +826,9 @@ fn refused(status: StatusCode, msg: &'static str) -> Refused {
 }
 
 /// Answers a head that could not be taken (parse error, too large) and closes.
-async fn finish_with(mut tcp: TcpStream, r: &Refused) {
+async fn finish_with(mut tcp: TcpStream, r: &Refused, send_timeout: std::time::Duration) {
     let b = local(false, r.status, r.msg, true, false);
-    if tcp.write_all(&b).await.is_ok() {
+    if let Ok(Ok(())) = tokio::time::timeout(send_timeout, tcp.write_all(&b)).await {
         linger_close(tcp).await;
     }
 }
