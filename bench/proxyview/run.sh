@@ -2,9 +2,9 @@
 # proxyview vs rathole on loopback, one run, same machine, same backend.
 #   (a) direct to the backend, (b) through proxyview (one agent, Host routing),
 #   (c) through rathole 0.5.0 as a plain TCP tunnel.
-# Prints wrk small-GET req/s and p50/p99 (median of ROUNDS alternating rounds, default 3), CPU µs
-# per request of the tunnel processes,
-# 100 MB download MB/s, and peak RSS, with the ratios b/c.
+# Prints wrk small-GET req/s and p50/p99 (median of ROUNDS alternating rounds, default 5, and
+# the median, range and count >= 1.0 of the per-round paired req/s ratios), CPU µs per request
+# of the tunnel processes, 100 MB download MB/s, and peak RSS, with the ratios b/c.
 # Installs its own tools (wrk from apt, rathole built from its crates.io source) under target/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +13,7 @@ TOOLS="$ROOT/target/bench-tools"
 WORK="$(mktemp -d)"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-50}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 BULK_BYTES=$((100 * 1024 * 1024))
 PIDS=()
 cleanup() {
@@ -146,6 +146,16 @@ done
 col() { local i=$1; shift; for r in "$@"; do echo "$r" | awk -v i="$i" '{print $i}'; done | tr '\n' ' ' | median; }
 B_RPS=$(col 1 "${B[@]}") B_P50=$(col 2 "${B[@]}") B_P99=$(col 3 "${B[@]}") B_CPU=$(col 4 "${B[@]}")
 C_RPS=$(col 1 "${C[@]}") C_P50=$(col 2 "${C[@]}") C_P99=$(col 3 "${C[@]}") C_CPU=$(col 4 "${C[@]}")
+# Each proxyview round against the rathole round right after it: on a noisy VM the spread of
+# these paired ratios says more than the ratio of the two medians.
+PAIRED=()
+for i in "${!B[@]}"; do
+  PAIRED+=("$(awk -v a="${B[$i]%% *}" -v b="${C[$i]%% *}" 'BEGIN{printf "%.2f", a/b}')")
+done
+P_MED=$(echo "${PAIRED[*]}" | median)
+P_MIN=$(printf '%s\n' "${PAIRED[@]}" | sort -g | head -1)
+P_MAX=$(printf '%s\n' "${PAIRED[@]}" | sort -g | tail -1)
+P_MET=$(printf '%s\n' "${PAIRED[@]}" | awk '$1 >= 1.0 {n++} END{print n+0}')
 
 # RSS under ~1k req/s (issue goal: <= 10 MB each): 10 connections, each waiting 10 ms between
 # requests; VmRSS sampled at the end of the run, before the bulk transfer inflates the peak.
@@ -174,6 +184,9 @@ B_BULK=$(echo "${BB[*]}" | median) C_BULK=$(echo "${CB[*]}" | median)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
 printf '\n%-28s %12s %12s %12s %10s\n' "metric" "direct" "proxyview" "rathole" "pv/rathole"
 printf '%-28s %12s %12s %12s %10s\n' "small GET req/s" "$D_RPS" "$B_RPS" "$C_RPS" "$(ratio "$B_RPS" "$C_RPS")"
+printf '%-28s %12s %12s %12s %10s\n' "  paired rounds: median" "" "" "" "$P_MED"
+printf '%-28s %12s %12s %12s %10s\n' "  paired rounds: range" "" "" "" "$P_MIN-$P_MAX"
+printf '%-28s %12s %12s %12s %10s\n' "  paired rounds >= 1.0" "" "" "" "$P_MET of ${#PAIRED[@]}"
 printf '%-28s %12s %12s %12s %10s\n' "p50 ms" "$D_P50" "$B_P50" "$C_P50" "$(ratio "$B_P50" "$C_P50")"
 printf '%-28s %12s %12s %12s %10s\n' "p99 ms" "$D_P99" "$B_P99" "$C_P99" "$(ratio "$B_P99" "$C_P99")"
 printf '%-28s %12s %12s %12s %10s\n' "tunnel CPU us/req (both)" "-" "$B_CPU" "$C_CPU" "$(ratio "$B_CPU" "$C_CPU")"
