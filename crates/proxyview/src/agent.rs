@@ -443,7 +443,7 @@ async fn respond(r: Response<PvBody>, send: &mut mux::SendHalf) -> Result<(), mu
         status: parts.status,
         headers: parts.headers,
     };
-    send.send_head(head.encode(), end)?;
+    send.send_head(&head.encode(), end)?;
     if end {
         return Ok(());
     }

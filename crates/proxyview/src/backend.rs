@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
@@ -312,7 +312,7 @@ impl Pool {
             }
         };
         let end = head.framing == Framing::Empty;
-        send.send_head(head.block, end)
+        send.send_head(&head.block, end)
             .map_err(|_| Attempt::Broken)?;
         if head.framing == Framing::Switch {
             if !buf.is_empty() {
@@ -475,7 +475,7 @@ struct Head {
     framing: Framing,
     keep_alive: bool,
     /// The head in the tunnel's encoding (hop-by-hop fields removed).
-    block: Bytes,
+    block: BytesMut,
 }
 
 /// Parses a response head at the start of `buf`: `None` until it is complete.
@@ -564,6 +564,7 @@ fn head_from(
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn req(head_method: bool, upgrade: bool) -> Request {
         Request {
@@ -645,7 +646,7 @@ pub(crate) mod tests {
         let h = parse_head(head(100).as_bytes(), &req(false, false))
             .unwrap()
             .unwrap();
-        let decoded = protocol::ResponseHead::decode(h.block).unwrap();
+        let decoded = protocol::ResponseHead::decode(h.block.freeze()).unwrap();
         assert_eq!(decoded.headers.len(), 100);
         assert_eq!(decoded.headers["x-f99"], "99");
         assert_eq!(
@@ -663,7 +664,7 @@ pub(crate) mod tests {
         .unwrap()
         .unwrap();
         assert!(!h.keep_alive);
-        let decoded = protocol::ResponseHead::decode(h.block).unwrap();
+        let decoded = protocol::ResponseHead::decode(h.block.freeze()).unwrap();
         assert_eq!(decoded.status, 200);
         assert_eq!(decoded.headers.len(), 2, "{:?}", decoded.headers);
         assert_eq!(decoded.headers["x-kept"], "y");
@@ -683,7 +684,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(smuggle.framing, Framing::Chunked);
         assert!(!smuggle.keep_alive);
-        let decoded = protocol::ResponseHead::decode(smuggle.block).unwrap();
+        let decoded = protocol::ResponseHead::decode(smuggle.block.freeze()).unwrap();
         assert!(decoded.headers.is_empty(), "{:?}", decoded.headers);
     }
 

@@ -247,6 +247,24 @@ impl Frame {
         out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     }
 
+    /// Appends a `Head` frame whose block `block` writes into `out` after the frame header
+    /// (the same bytes as encoding `Frame::Head` with that block, without the block's own buffer).
+    pub fn encode_head_with(
+        out: &mut BytesMut,
+        stream: u32,
+        end: bool,
+        upgrade: bool,
+        block: impl FnOnce(&mut BytesMut),
+    ) {
+        let flags = (u8::from(end) * FLAG_END) | (u8::from(upgrade) * FLAG_UPGRADE);
+        let at = out.len();
+        Self::put_header(out, KIND_HEAD, flags, stream, 256);
+        block(out);
+        let len = out.len() - at - FRAME_HEADER_LEN;
+        let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+        out[at + FRAME_HEADER_LEN - 4..at + FRAME_HEADER_LEN].copy_from_slice(&len);
+    }
+
     /// Appends this frame's wire form to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
@@ -542,26 +560,39 @@ pub fn encode_request_head<'a>(
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
+    encode_request_head_into(&mut out, method, path, fields);
+    out.freeze()
+}
+
+/// [`encode_request_head`] appended to `out` (the server writes it straight into the session's
+/// outgoing buffer: no buffer of its own to allocate, fill, copy and free per request).
+pub fn encode_request_head_into<'a>(
+    out: &mut BytesMut,
+    method: &str,
+    path: &str,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) {
     let m = method.as_bytes();
     out.put_u8(m.len().min(255) as u8);
     out.extend_from_slice(&m[..m.len().min(255)]);
     let p = path.as_bytes();
     out.put_u16(p.len().min(usize::from(u16::MAX)) as u16);
     out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
-    put_fields(&mut out, fields, true);
-    out.freeze()
+    put_fields(out, fields, true);
 }
 
 /// Encodes a response head from raw fields (the agent's path: a backend response parsed by
 /// httparse goes into the tunnel without a header map). Same wire form as [`ResponseHead`].
+/// A `BytesMut`, not `Bytes`: the head is only copied into the session's outgoing buffer, and
+/// freezing a partly filled buffer costs a second allocation.
 pub fn encode_response_head<'a>(
     status: u16,
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> Bytes {
+) -> BytesMut {
     let mut out = BytesMut::with_capacity(256);
     out.put_u16(status);
     put_fields(&mut out, fields, false);
-    out.freeze()
+    out
 }
 
 /// RFC 9110 `tchar`.
@@ -662,6 +693,7 @@ impl ResponseHead {
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
         )
+        .freeze()
     }
 
     /// Parses a head block.

@@ -384,19 +384,24 @@ impl Server {
                 upgrade.as_deref().unwrap_or_default(),
             ),
         ];
-        let head = protocol::encode_request_head(
-            method,
-            path,
-            fields
-                .iter()
-                .filter(|h| keep(h.name.as_bytes()))
-                .map(|h| (h.name.as_bytes(), h.value))
-                .chain(
-                    meta.iter()
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-                ),
-        );
+        // Written straight into the chosen session's outgoing buffer (again if that session
+        // turns out dead and the next one is tried).
+        let encode = |out: &mut BytesMut| {
+            protocol::encode_request_head_into(
+                out,
+                method,
+                path,
+                fields
+                    .iter()
+                    .filter(|h| keep(h.name.as_bytes()))
+                    .map(|h| (h.name.as_bytes(), h.value))
+                    .chain(
+                        meta.iter()
+                            .filter(|(_, v)| !v.is_empty())
+                            .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                    ),
+            )
+        };
         // An upgrade request's body is the pipe that follows the 101, never a request body.
         let body = if upgrade.is_some() {
             BodyKind::None
@@ -408,7 +413,7 @@ impl Server {
             let Some(tunnel) = s.sender.get() else {
                 continue;
             };
-            match tunnel.open(head.clone(), end, upgrade.is_some()) {
+            match tunnel.open_with(end, upgrade.is_some(), encode) {
                 Ok((send, recv)) => {
                     let log = log.map(|l| l.served_by(&s));
                     return Step::Forward(Box::new(Forward {
