@@ -320,7 +320,7 @@ pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 pub struct SendLimit<W> {
     inner: W,
     limit: Duration,
-    /// Armed at the first write that had to wait; re-armed after every write that went through.
+    /// Created at the first write that has to wait; re-armed at each later wait.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
 }

@@ -117,7 +117,8 @@ enum Step {
     /// Answer locally with these bytes (a complete response).
     Answer {
         bytes: BytesMut,
-        body: BodyKind,
+        /// Bytes of unread request body to skip before the next request (when kept alive).
+        skip: usize,
         keep_alive: bool,
     },
     /// The request went into a tunnel stream.
@@ -212,25 +213,18 @@ impl Server {
             match step {
                 Step::Answer {
                     bytes,
-                    body,
+                    skip,
                     keep_alive,
                 } => {
-                    let sent = tokio::time::timeout(self.cfg.send_timeout, tcp.write_all(&bytes));
-                    if !matches!(sent.await, Ok(Ok(()))) {
+                    let mut wr = SendLimit::new(&mut tcp, self.cfg.send_timeout);
+                    if wr.write_all(&bytes).await.is_err() {
                         return;
                     }
-                    // `keep_alive` was only kept when an unread body is all here: skip it.
-                    let skipped = match body {
-                        BodyKind::None => true,
-                        BodyKind::Length(n) if n <= buf.len() as u64 => {
-                            buf.advance(n as usize);
-                            true
-                        }
-                        _ => false,
-                    };
-                    if !(keep_alive && skipped) {
+                    // `prepare` kept the connection only with the unread body all here.
+                    if !keep_alive || skip > buf.len() {
                         return linger_close(tcp).await;
                     }
+                    buf.advance(skip);
                 }
                 Step::Forward(fwd) => match self
                     .forward(&mut tcp, &mut buf, *fwd, response_timer.as_mut())
@@ -272,7 +266,7 @@ impl Server {
             Err(r) => {
                 return Step::Answer {
                     bytes: local(self.cfg.legacy_errors, r.status, r.msg, true, http10),
-                    body: BodyKind::None,
+                    skip: 0,
                     keep_alive: false,
                 }
             }
@@ -281,12 +275,11 @@ impl Server {
         let body = framing.body();
         // After a local answer the connection can carry another request only if the body of
         // this one is already here to skip; otherwise the answer says it closes.
-        let answer_keep = keep_alive
-            && match body {
-                BodyKind::None => true,
-                BodyKind::Length(n) => n <= buffered as u64,
-                BodyKind::Chunked => false,
-            };
+        let (answer_keep, skip) = match body {
+            BodyKind::None => (keep_alive, 0),
+            BodyKind::Length(n) if n <= buffered as u64 => (keep_alive, n as usize),
+            BodyKind::Length(_) | BodyKind::Chunked => (false, 0),
+        };
         // Which fields hold the caller's proxy token: kept from both the log and the agent.
         let credential = self.cfg.external_token.is_some().then_some(Credentials {
             bearer: framing.bearer,
@@ -306,7 +299,7 @@ impl Server {
         });
         let answer = |log: Option<LogCtx>, status: StatusCode, msg: &str| Step::Answer {
             bytes: self.fail(log, status, msg, !answer_keep, http10),
-            body,
+            skip,
             keep_alive: answer_keep,
         };
         if target.bytes().any(|c| !(0x21..0x7f).contains(&c)) {
@@ -331,7 +324,7 @@ impl Server {
             if !presented.is_some_and(|t| token.matches(t)) {
                 return Step::Answer {
                     bytes: self.fail_unauthorized(log, !answer_keep, http10),
-                    body,
+                    skip,
                     keep_alive: answer_keep,
                 };
             }
@@ -833,7 +826,11 @@ fn refused(status: StatusCode, msg: &'static str) -> Refused {
 /// Answers a head that could not be taken (parse error, too large) and closes.
 async fn finish_with(mut tcp: TcpStream, r: &Refused, send_timeout: std::time::Duration) {
     let b = local(false, r.status, r.msg, true, false);
-    if let Ok(Ok(())) = tokio::time::timeout(send_timeout, tcp.write_all(&b)).await {
+    if SendLimit::new(&mut tcp, send_timeout)
+        .write_all(&b)
+        .await
+        .is_ok()
+    {
         linger_close(tcp).await;
     }
 }
