@@ -307,7 +307,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn queue(&self, frame: &Frame) {
-        frame.encode(&mut lock(&self.out));
+        self.queue_with(|out| frame.encode(out));
+    }
+
+    /// Appends what `encode` writes to the outgoing buffer (under its lock: `encode` must only
+    /// write) and wakes the session task to send it.
+    fn queue_with(&self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut lock(&self.out));
         self.waker.wake();
     }
 
@@ -670,8 +676,7 @@ impl Session {
             );
             id
         };
-        Frame::encode_head_with(&mut lock(&sh.out), id, end, upgrade, encode);
-        sh.waker.wake();
+        sh.queue_with(|out| Frame::encode_head_with(out, id, end, upgrade, encode));
         Ok((
             SendHalf {
                 id,
@@ -730,10 +735,10 @@ impl SendHalf {
         if self.stream.is_cancelled() {
             return Err(self.error());
         }
-        Frame::encode_head_with(&mut lock(&self.shared.out), self.id, end, false, |out| {
-            out.extend_from_slice(head)
+        let id = self.id;
+        self.shared.queue_with(|out| {
+            Frame::encode_head_with(out, id, end, false, |out| out.extend_from_slice(head))
         });
-        self.shared.waker.wake();
         if end {
             self.done = true;
             self.shared.finish_send(self.id);
@@ -1454,20 +1459,24 @@ pub(crate) mod tests {
             "/x",
             [(&b"Accept"[..], &b"*/*"[..]), (b"x-long", &[b'v'; 600][..])].into_iter(),
         );
+        // Written after other bytes (the outgoing buffer is rarely empty), the length field is
+        // patched to the block's size: the decoder gets back exactly this frame, and no more.
         for (end, upgrade) in [(true, false), (false, true)] {
-            let mut want = BytesMut::from(&b"before"[..]);
-            Frame::Head {
+            let mut out = BytesMut::from(&b"before"[..]);
+            Frame::encode_head_with(&mut out, 7, end, upgrade, |out| {
+                out.extend_from_slice(&block)
+            });
+            out.extend_from_slice(b"after");
+            let mut wire = out.freeze().slice(6..);
+            let got = Frame::decode(&mut wire).unwrap();
+            let want = Frame::Head {
                 stream: 7,
                 end,
                 upgrade,
                 block: block.clone(),
-            }
-            .encode(&mut want);
-            let mut got = BytesMut::from(&b"before"[..]);
-            Frame::encode_head_with(&mut got, 7, end, upgrade, |out| {
-                out.extend_from_slice(&block)
-            });
-            assert_eq!(got, want);
+            };
+            assert_eq!(got, Some(want));
+            assert_eq!(&wire[..], b"after");
         }
     }
 

@@ -273,11 +273,9 @@ impl Frame {
                 end,
                 upgrade,
                 block,
-            } => {
-                let flags = (u8::from(*end) * FLAG_END) | (u8::from(*upgrade) * FLAG_UPGRADE);
-                Self::put_header(out, KIND_HEAD, flags, *stream, block.len());
-                out.extend_from_slice(block);
-            }
+            } => Self::encode_head_with(out, *stream, *end, *upgrade, |out| {
+                out.extend_from_slice(block)
+            }),
             Frame::Data { stream, end, data } => {
                 Self::put_header(
                     out,
