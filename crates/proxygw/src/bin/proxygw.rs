@@ -7,7 +7,7 @@ use proxygw::dataplane::conntrack::Subscription;
 use proxygw::dataplane::nft::{NftDataplane, DEFAULT_TABLE};
 use proxygw::log::Logger;
 
-const USAGE: &str = "usage: proxygw [--config PATH]\n\nProxy gateway daemon.\n\nFlags:\n  --help         Show help.\n  --config=/etc/proxygw.yaml  path to runtime configuration\n";
+const USAGE: &str = "usage: proxygw [--config PATH]\n\nProxy gateway daemon.\n\nFlags:\n  --help         Show help.\n  --version      Show the version.\n  --config=/etc/proxygw.yaml  path to runtime configuration\n";
 
 fn parse_args() -> anyhow::Result<Option<PathBuf>> {
     let mut config = PathBuf::from(proxygw::config::DEFAULT_PATH);
@@ -15,6 +15,10 @@ fn parse_args() -> anyhow::Result<Option<PathBuf>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--help" | "-h" => return Ok(None),
+            "--version" => {
+                println!("proxygw {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
             "--config" => {
                 config = args
                     .next()

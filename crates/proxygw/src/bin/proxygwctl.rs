@@ -13,6 +13,7 @@ Proxy gateway control client
 
 Flags:
   --help                       Show help.
+  --version                    Show the version.
   --config=/etc/proxygw.yaml   path to runtime configuration
   --timeout=10s                how long to wait for the daemon (Go duration)
 
@@ -52,6 +53,10 @@ fn parse_args() -> Result<Option<Args>, String> {
         };
         match flag.as_str() {
             "--help" | "-h" | "help" if a.command.is_empty() => return Ok(None),
+            "--version" if a.command.is_empty() => {
+                println!("proxygwctl {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
             "--config" => a.config = value("--config")?.into(),
             "--timeout" => {
                 let v = value("--timeout")?;
