@@ -6,7 +6,9 @@
 //! exists", retrying network errors), then batches events by the `PutLogEvents` rules in
 //! [`crate::cwlogs`], flushing on size or every second. Throttling, 5xx and network errors are
 //! retried with jittered backoff while the queue keeps accepting events; batches that still fail
-//! are counted and reported, never dropped silently.
+//! are counted and reported, never dropped silently. A credentials error that retrying cannot fix
+//! (no credentials anywhere, a broken profile) is reported once and turns the sink off, so events
+//! do not pile up in a queue that will never drain; they stay on stdout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_cloudwatchlogs::Client;
@@ -317,9 +321,49 @@ impl Sinks {
     }
 }
 
-/// Loads the SDK configuration for `region`. IMDS joins the credential chain only when
-/// `imds_allowed` (see [`crate::metadata::imds_allowed`]), so non-EC2 hosts never contact it.
-pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
+/// Time allowed for the first credentials lookup (IMDS and ECS providers have their own, shorter
+/// timeouts; `credential_process` and SSO may take longer). Past it, the sinks start and retry.
+pub const CREDENTIALS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// True for credentials errors that no retry can fix: nothing in the chain has credentials, or a
+/// profile is misconfigured. Timeouts and provider failures (a metadata endpoint or a
+/// `credential_process` command failing now) may heal and are retried.
+fn credentials_error_is_permanent(e: &CredentialsError) -> bool {
+    matches!(
+        e,
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
+    )
+}
+
+/// The first [`CredentialsError`] in `err`'s chain of causes, if any.
+fn credentials_cause<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Why CloudWatch delivery cannot start at all.
+#[derive(Debug, thiserror::Error)]
+#[error("AWS credentials cannot be loaded, and retrying will not fix it: {0}")]
+pub struct PermanentCredentialsError(String);
+
+/// Loads the SDK configuration for `region` and looks the credentials up once. IMDS joins the
+/// credential chain only when `imds_allowed` (see [`crate::metadata::imds_allowed`]), so non-EC2
+/// hosts never contact it. Profiles (`AWS_PROFILE`, `AWS_CONFIG_FILE`,
+/// `AWS_SHARED_CREDENTIALS_FILE`) may use static keys, `credential_process`, SSO or role
+/// assumption. A permanent credentials error is returned, so the caller reports it once and
+/// leaves the sinks off.
+pub async fn load_client(
+    region: &str,
+    imds_allowed: bool,
+) -> Result<Client, PermanentCredentialsError> {
     use aws_config::ecs::EcsCredentialsProvider;
     use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
     use aws_config::imds::credentials::ImdsCredentialsProvider;
@@ -342,6 +386,13 @@ pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
             ImdsCredentialsProvider::builder().build(),
         );
     }
+    match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, chain.provide_credentials()).await {
+        Ok(Err(e)) if credentials_error_is_permanent(&e) => {
+            return Err(PermanentCredentialsError(error_chain(&e)));
+        }
+        // Found, or possibly transient: the sinks start and their calls retry.
+        Ok(_) | Err(_) => {}
+    }
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
         .credentials_provider(chain)
@@ -355,7 +406,7 @@ pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
         )
         .load()
         .await;
-    Client::new(&config)
+    Ok(Client::new(&config))
 }
 
 /// How to react to an API error.
@@ -365,9 +416,11 @@ enum Class {
     NotFound,
     AlreadyExists,
     Fatal,
+    /// A credentials error no retry can fix: the sink turns off.
+    Credentials,
 }
 
-fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> Class {
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -386,10 +439,28 @@ fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
             }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Class::Retry
+            // Identity resolution fails inside the dispatch; its cause says whether to retry.
+            match credentials_cause(err) {
+                Some(c) if credentials_error_is_permanent(c) => Class::Credentials,
+                _ => Class::Retry,
+            }
         }
         _ => Class::Fatal,
     }
+}
+
+/// The distinct texts of `err` and its causes, joined by `: `.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 /// One line: the service's code and message, or the chain of causes (the SDK's own rendering
@@ -405,18 +476,7 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
                 _ => format!("{} (HTTP {status})", DisplayErrorContext(e)),
             }
         }
-        other => {
-            let mut parts: Vec<String> = Vec::new();
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(other);
-            while let Some(e) = cur {
-                let s = e.to_string();
-                if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-                    parts.push(s);
-                }
-                cur = e.source();
-            }
-            parts.join(": ")
-        }
+        other => error_chain(other),
     };
     text.split('\n')
         .map(str::trim)
@@ -497,6 +557,18 @@ async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = *stop.borrow();
     loop {
+        if sink.stats.disabled.load(Ordering::Relaxed) {
+            // Turned off by a permanent credentials error (reported once): what is still queued
+            // is counted as failed, nothing more is accepted.
+            rx.close();
+            let mut left = pending.len() as u64;
+            while let Ok(ev) = rx.try_recv() {
+                sink.take(&ev);
+                left += 1;
+            }
+            sink.stats.failed.fetch_add(left, Ordering::Relaxed);
+            return;
+        }
         if stopping {
             while let Ok(ev) = rx.try_recv() {
                 sink.take(&ev);
@@ -586,6 +658,10 @@ impl Sink {
                         _ = stop.changed() => {}
                     }
                 }
+                Err((Class::Credentials, e)) => {
+                    self.credentials_failed(&e);
+                    return false;
+                }
                 Err((_, e)) => {
                     self.diag.log(format_args!(
                         "failed to initialize CloudWatch {} sink: {e}",
@@ -597,8 +673,25 @@ impl Sink {
         }
     }
 
+    /// Reports a permanent credentials error once and turns the sink off: new events are no
+    /// longer queued (they stay on stdout) and what is queued is counted as failed.
+    fn credentials_failed(&self, e: &str) {
+        self.stats.disabled.store(true, Ordering::Relaxed);
+        self.diag.log(format_args!(
+            "CloudWatch {} sink is off: AWS credentials cannot be loaded, and retrying will not fix it (events stay on stdout only): {e}",
+            self.kind.as_str()
+        ));
+    }
+
     async fn flush(&self, events: Vec<LogEvent>) {
         for batch in cwlogs::plan_batches(events) {
+            if self.stats.disabled.load(Ordering::Relaxed) {
+                // Off since an earlier batch (already reported): counted, not sent.
+                self.stats
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                continue;
+            }
             self.send(batch).await;
         }
     }
@@ -657,6 +750,14 @@ impl Sink {
                 Err(e) => e,
             };
             let class = classify(&err);
+            if class == Class::Credentials {
+                let total = self.stats.failed.fetch_add(n_input, Ordering::Relaxed) + n_input;
+                self.credentials_failed(&format!(
+                    "{} ({n_input} log events not delivered; total failed: {total})",
+                    describe(&err)
+                ));
+                return;
+            }
             if attempt >= MAX_ATTEMPTS || class == Class::Fatal || class == Class::AlreadyExists {
                 break describe(&err);
             }

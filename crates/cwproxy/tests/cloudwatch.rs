@@ -587,3 +587,91 @@ fn invalid_log_group_name_turns_only_that_sink_off_with_a_clear_line() {
     }));
     assert!(!events.is_empty(), "stderr: {}", stderr(&proxy));
 }
+
+/// cwproxy with credentials from a profile in `config` only (no keys in the environment).
+fn start_with_profile(
+    up: &Upstream,
+    endpoint: &str,
+    config: &str,
+    profile: &str,
+) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config");
+    std::fs::write(&config_path, config).unwrap();
+    let config_path = config_path.to_str().unwrap().to_owned();
+    let port = up.addr.port().to_string();
+    let proxy = Proxy::start(
+        &[
+            ("APP_PORT", &port),
+            ("HEALTH_URLS", "/health"),
+            ("HEALTH_INTERVAL", "1h"),
+            ("LOG_GROUP_NAME", TRAFFIC),
+            ("HEALTH_LOG_GROUP_NAME", HEALTH),
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_CONFIG_FILE", &config_path),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/cwproxy-test-credentials",
+            ),
+            ("AWS_PROFILE", profile),
+        ],
+        &[],
+    );
+    (proxy, dir)
+}
+
+#[test]
+fn credential_process_profile_delivers_to_moto() {
+    let moto = Moto::start();
+    let up = Upstream::start();
+    let config = "[profile proc]\n\
+        credential_process = echo '{\"Version\":1,\"AccessKeyId\":\"testing\",\"SecretAccessKey\":\"testing\"}'\n";
+    let (proxy, _dir) = start_with_profile(&up, &moto.url(), config, "proc");
+    get_all(proxy.port, (0..3).map(|i| format!("/proc/{i}")).collect());
+    wait_lines(&proxy, 3);
+    let cw = client(&moto.url(), "us-east-1");
+    let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
+        e.len() >= 3
+    }));
+    assert_eq!(events.len(), 3, "stderr: {}", stderr(&proxy));
+    assert!(
+        !stderr(&proxy).contains("credentials"),
+        "{}",
+        stderr(&proxy)
+    );
+}
+
+#[test]
+fn broken_profile_is_one_permanent_error_and_nothing_queues() {
+    let moto = Moto::start();
+    let up = Upstream::start();
+    // Role assumption from a source profile that does not exist: no retry can fix that.
+    let config = "[profile broken]\n\
+        role_arn = arn:aws:iam::123456789012:role/cwproxy\n\
+        source_profile = nowhere\n";
+    let (mut proxy, _dir) = start_with_profile(&up, &moto.url(), config, "broken");
+    let line =
+        "CloudWatch Logs disabled: AWS credentials cannot be loaded, and retrying will not fix it";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stderr(&proxy).contains(line) {
+        assert!(Instant::now() < deadline, "stderr: {}", stderr(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    get_all(
+        proxy.port,
+        (0..20).map(|i| format!("/broken/{i}")).collect(),
+    );
+    wait_lines(&proxy, 20);
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
+    let err = stderr(&proxy);
+    assert_eq!(err.matches("credentials").count(), 1, "{err}");
+    assert!(err.contains("source_profile"), "names the cause: {err}");
+    assert!(!err.contains("retrying in the background"), "{err}");
+    assert!(!err.contains("not delivered"), "nothing was queued: {err}");
+    // Nothing reached CloudWatch: no group was even created.
+    let cw = client(&moto.url(), "us-east-1");
+    assert!(rt().block_on(read_group(&cw, TRAFFIC)).is_empty());
+}
