@@ -388,7 +388,7 @@ pub async fn load_client(
     }
     match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, chain.provide_credentials()).await {
         Ok(Err(e)) if credentials_error_is_permanent(&e) => {
-            return Err(PermanentCredentialsError(error_chain(&e)));
+            return Err(PermanentCredentialsError(one_line(&error_chain(&e))));
         }
         // Found, or possibly transient: the sinks start and their calls retry.
         Ok(_) | Err(_) => {}
@@ -478,6 +478,11 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
         }
         other => error_chain(other),
     };
+    one_line(&text)
+}
+
+/// `text` with its lines joined by `; ` (stderr carries one line per message).
+fn one_line(text: &str) -> String {
     text.split('\n')
         .map(str::trim)
         .filter(|l| !l.is_empty())
