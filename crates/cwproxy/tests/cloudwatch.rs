@@ -672,7 +672,10 @@ fn broken_profile_is_one_permanent_error_and_nothing_queues() {
         1,
         "{err}"
     );
-    assert!(err.contains("source profile nowhere"), "names the cause: {err}");
+    assert!(
+        err.contains("source profile nowhere"),
+        "names the cause: {err}"
+    );
     assert!(!err.contains("retrying in the background"), "{err}");
     assert!(!err.contains("not delivered"), "nothing was queued: {err}");
     // Nothing reached CloudWatch: no group was even created.
