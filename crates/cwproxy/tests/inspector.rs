@@ -238,7 +238,7 @@ fn explicit_app_port_waits_until_the_app_listens_before_probing() {
     let app_port = free_port();
     let port_text = app_port.to_string();
     let started = Instant::now();
-    let proxy = start_inspector(
+    let mut proxy = start_inspector(
         &late_server(app_port, "2", "starting"),
         &[
             ("APP_PORT", &port_text),
@@ -262,6 +262,8 @@ fn explicit_app_port_waits_until_the_app_listens_before_probing() {
         "{stderr}"
     );
     assert!(!stderr.contains("health check failed"), "{stderr}");
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
 }
 
 #[test]
@@ -270,7 +272,7 @@ fn child_stdout_goes_to_stderr_on_request_and_to_stdout_by_default() {
         let app_port = free_port();
         let port_text = app_port.to_string();
         let banner = format!("plain text from the child ({mode})");
-        let proxy = start_inspector(
+        let mut proxy = start_inspector(
             &late_server(app_port, "0", &banner),
             &[
                 ("APP_PORT", &port_text),
@@ -299,5 +301,7 @@ fn child_stdout_goes_to_stderr_on_request_and_to_stdout_by_default() {
             }
             assert!(proxy.stderr.lock().unwrap().contains(&banner));
         }
+        proxy.signal(libc::SIGTERM);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
     }
 }
