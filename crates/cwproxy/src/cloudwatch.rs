@@ -19,7 +19,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{future, ProvideCredentials};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_cloudwatchlogs::Client;
@@ -349,6 +349,47 @@ fn credentials_cause<'a>(
     None
 }
 
+/// The credential chain, remembering a permanent error. The profile provider reports a failed
+/// initialisation only to its first caller (later ones get "initialization error already taken",
+/// which looks transient), so every caller — the start-up check and both sinks — must see that
+/// first verdict.
+#[derive(Debug)]
+struct RememberPermanent<P> {
+    inner: P,
+    verdict: std::sync::OnceLock<String>,
+}
+
+impl<P: ProvideCredentials> RememberPermanent<P> {
+    fn new(inner: P) -> Self {
+        Self {
+            inner,
+            verdict: std::sync::OnceLock::new(),
+        }
+    }
+
+    async fn load(&self) -> aws_credential_types::provider::Result {
+        if let Some(verdict) = self.verdict.get() {
+            return Err(CredentialsError::invalid_configuration(verdict.clone()));
+        }
+        let result = self.inner.provide_credentials().await;
+        if let Err(e) = &result {
+            if credentials_error_is_permanent(e) {
+                let _ = self.verdict.set(one_line(&error_chain(e)));
+            }
+        }
+        result
+    }
+}
+
+impl<P: ProvideCredentials> ProvideCredentials for RememberPermanent<P> {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.load())
+    }
+}
+
 /// Why CloudWatch delivery cannot start at all.
 #[derive(Debug, thiserror::Error)]
 #[error("AWS credentials cannot be loaded, and retrying will not fix it: {0}")]
@@ -386,7 +427,8 @@ pub async fn load_client(
             ImdsCredentialsProvider::builder().build(),
         );
     }
-    match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, chain.provide_credentials()).await {
+    let provider = RememberPermanent::new(chain);
+    match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, provider.provide_credentials()).await {
         Ok(Err(e)) if credentials_error_is_permanent(&e) => {
             return Err(PermanentCredentialsError(one_line(&error_chain(&e))));
         }
@@ -395,7 +437,7 @@ pub async fn load_client(
     }
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
-        .credentials_provider(chain)
+        .credentials_provider(provider)
         // Retries are ours (jittered, never blocking intake); one attempt per call here.
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -811,6 +853,63 @@ mod tests {
             let exp = BASE_BACKOFF.saturating_mul(1 << (attempt - 1).min(15));
             assert!(d >= exp.min(MAX_BACKOFF) / 2, "{attempt}: {d:?}");
         }
+    }
+
+    /// A provider whose answers are scripted: the profile provider's first and later answers.
+    #[derive(Debug)]
+    struct Scripted(std::sync::Mutex<Vec<CredentialsError>>);
+
+    impl ProvideCredentials for Scripted {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let next = self.0.lock().unwrap().remove(0);
+            future::ProvideCredentials::ready(Err(next))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permanent_credentials_error_is_what_every_later_caller_sees() {
+        let provider = RememberPermanent::new(Scripted(std::sync::Mutex::new(vec![
+            CredentialsError::invalid_configuration("profile `p`: bad source_profile"),
+            CredentialsError::unhandled("initialization error already taken"),
+        ])));
+        for _ in 0..3 {
+            let e = provider.provide_credentials().await.unwrap_err();
+            assert!(credentials_error_is_permanent(&e), "{e:?}");
+            assert!(error_chain(&e).contains("bad source_profile"), "{e:?}");
+        }
+        // A transient error is passed on, not remembered.
+        let provider = RememberPermanent::new(Scripted(std::sync::Mutex::new(vec![
+            CredentialsError::provider_timed_out(Duration::from_secs(1)),
+            CredentialsError::not_loaded("nothing configured"),
+        ])));
+        let first = provider.provide_credentials().await.unwrap_err();
+        assert!(!credentials_error_is_permanent(&first), "{first:?}");
+        let second = provider.provide_credentials().await.unwrap_err();
+        assert!(credentials_error_is_permanent(&second), "{second:?}");
+    }
+
+    #[test]
+    fn credentials_errors_inside_a_dispatch_failure_are_classified() {
+        use aws_sdk_cloudwatchlogs::error::ConnectorError;
+        use aws_sdk_cloudwatchlogs::operation::put_log_events::PutLogEventsError;
+        let dispatch = |e: CredentialsError| -> SdkError<PutLogEventsError> {
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(e), None))
+        };
+        assert_eq!(
+            classify(&dispatch(CredentialsError::not_loaded("none"))),
+            Class::Credentials
+        );
+        assert_eq!(
+            classify(&dispatch(CredentialsError::invalid_configuration("bad"))),
+            Class::Credentials
+        );
+        assert_eq!(
+            classify(&dispatch(CredentialsError::provider_error("503"))),
+            Class::Retry
+        );
     }
 
     #[test]
