@@ -409,22 +409,36 @@ pub async fn load_client(
     use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
     use aws_config::imds::credentials::ImdsCredentialsProvider;
     use aws_config::profile::ProfileFileCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
     use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 
+    // The region cwproxy resolved (possibly from runtime metadata) is also the one STS (role
+    // assumption, web identity) and SSO calls use.
+    let conf = ProviderConfig::without_region().with_region(Some(Region::new(region.to_owned())));
     let mut chain = CredentialsProviderChain::first_try(
         "Environment",
         EnvironmentVariableCredentialsProvider::new(),
     )
-    .or_else("Profile", ProfileFileCredentialsProvider::builder().build())
+    .or_else(
+        "Profile",
+        ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
     .or_else(
         "WebIdentityToken",
-        WebIdentityTokenCredentialsProvider::builder().build(),
+        WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
     )
-    .or_else("EcsContainer", EcsCredentialsProvider::builder().build());
+    .or_else(
+        "EcsContainer",
+        EcsCredentialsProvider::builder().configure(&conf).build(),
+    );
     if imds_allowed {
         chain = chain.or_else(
             "Ec2InstanceMetadata",
-            ImdsCredentialsProvider::builder().build(),
+            ImdsCredentialsProvider::builder().configure(&conf).build(),
         );
     }
     let provider = RememberPermanent::new(chain);

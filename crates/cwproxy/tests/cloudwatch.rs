@@ -682,3 +682,97 @@ fn broken_profile_is_one_permanent_error_and_nothing_queues() {
     let cw = client(&moto.url(), "us-east-1");
     assert!(rt().block_on(read_group(&cw, TRAFFIC)).is_empty());
 }
+
+/// Starts cwproxy with `extra` as its only credentials source and checks 3 events reach moto.
+fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) -> Proxy {
+    let up = Upstream::start();
+    let port = up.addr.port().to_string();
+    let endpoint = moto.url();
+    let mut env = vec![
+        ("APP_PORT", port.as_str()),
+        ("HEALTH_URLS", "/health"),
+        ("HEALTH_INTERVAL", "1h"),
+        ("LOG_GROUP_NAME", TRAFFIC),
+        ("HEALTH_LOG_GROUP_NAME", HEALTH),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", "/nonexistent/cwproxy-test-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/cwproxy-test-credentials",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    let proxy = Proxy::start(&env, &[]);
+    get_all(proxy.port, (0..3).map(|i| format!("/chain/{i}")).collect());
+    wait_lines(&proxy, 3);
+    let cw = client(&moto.url(), "us-east-1");
+    let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
+        e.len() >= 3
+    }));
+    assert_eq!(events.len(), 3, "stderr: {}", stderr(&proxy));
+    proxy
+}
+
+const CREDS_JSON: &str = r#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"testing","SecretAccessKey":"testing","Token":"testing","Expiration":"2099-01-01T00:00:00Z"}"#;
+
+#[test]
+fn ecs_container_credentials_deliver_to_moto() {
+    let ecs = FakeHttp::start(|_, path, _| match path {
+        "/creds" => (200, CREDS_JSON.into()),
+        _ => (404, String::new()),
+    });
+    let moto = Moto::start();
+    let uri = format!("{}/creds", ecs.url());
+    let _proxy = delivers_with(
+        &moto,
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-secret"),
+        ],
+    );
+    let asked = ecs.requests.lock().unwrap();
+    let creds = asked.iter().find(|(_, p, _)| p == "/creds").unwrap();
+    assert_eq!(creds.2["authorization"], "ecs-secret");
+}
+
+#[test]
+fn ec2_instance_profile_credentials_deliver_to_moto() {
+    let imds = FakeHttp::start(|method, path, _| match (method, path) {
+        ("PUT", "/latest/api/token") => (200, "imds-token".into()),
+        ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "app-role".into()),
+        ("GET", "/latest/meta-data/iam/security-credentials/app-role") => (200, CREDS_JSON.into()),
+        _ => (404, String::new()),
+    });
+    let moto = Moto::start();
+    let endpoint = imds.url();
+    let _proxy = delivers_with(
+        &moto,
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+        ],
+    );
+    let asked = imds.requests.lock().unwrap();
+    assert!(asked.iter().any(|(_, p, _)| p.ends_with("/app-role")));
+}
+
+#[test]
+fn web_identity_credentials_for_eks_irsa_deliver_to_moto() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let token = token.to_str().unwrap().to_owned();
+    let _proxy = delivers_with(
+        &moto,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/cwproxy-irsa",
+            ),
+            ("AWS_ROLE_SESSION_NAME", "cwproxy-test"),
+        ],
+    );
+}
