@@ -83,10 +83,8 @@ enum Metadata {
 
 /// Starts metadata detection; it never holds up the listener (see [`settle`]).
 fn start_metadata() -> (JoinHandle<Detected>, Duration) {
-    let (budget, problem) = metadata::detect_budget(&ProcessEnv);
-    if let Some(p) = problem {
-        DIAG.log(p);
-    }
+    // An invalid METADATA_DETECT_TIMEOUT fails `config::load` right after this.
+    let budget = metadata::detect_budget(&ProcessEnv).unwrap_or(metadata::DETECT_BUDGET);
     let task =
         tokio::spawn(
             async move { metadata::detect(&ProcessEnv, &HostProbe::default(), budget).await },
@@ -373,12 +371,6 @@ pub async fn check() -> Result<String, Fatal> {
             .unwrap_or_default(),
     };
     let mut rows = crate::check::rows(&ProcessEnv, &config);
-    let (budget, problem) = metadata::detect_budget(&ProcessEnv);
-    rows.push(crate::check::Row::derived(
-        "METADATA_DETECT_TIMEOUT",
-        gosyntax::format_go_duration(budget),
-        problem.unwrap_or_else(|| "budget for runtime metadata".to_owned()),
-    ));
     let region = match metadata::resolve_region(&ProcessEnv, &detected) {
         Some((region, source)) => (region, source.label().to_owned()),
         None => (

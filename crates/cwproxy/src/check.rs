@@ -134,6 +134,11 @@ pub fn rows(env: &dyn Env, config: &Config) -> Vec<Row> {
         ),
         Row::new(env, "INSPECTOR_STOP_GRACE", duration(config.stop_grace)),
         Row::new(env, "INSPECTOR_CHILD_STDOUT", config.child_stdout.as_str()),
+        Row::new(
+            env,
+            "METADATA_DETECT_TIMEOUT",
+            duration(config.metadata_timeout),
+        ),
     ];
     if retry.max_attempts <= 1 {
         rows.push(Row::derived(

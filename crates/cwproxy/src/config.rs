@@ -135,6 +135,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// `INSPECTOR_CHILD_STDOUT`.
     pub child_stdout: ChildStdout,
+    /// `METADATA_DETECT_TIMEOUT`.
+    pub metadata_timeout: Duration,
 }
 
 /// Where the inspector child's stdout goes (`INSPECTOR_CHILD_STDOUT`).
@@ -510,6 +512,10 @@ pub fn load(
         DEFAULT_STOP_GRACE,
     );
     let child_stdout = errors.or(parse_child_stdout(env), ChildStdout::Inherit);
+    let metadata_timeout = errors.or(
+        crate::metadata::detect_budget(env).map_err(err),
+        crate::metadata::DETECT_BUDGET,
+    );
     errors.finish(Config {
         proxy_port,
         app_host,
@@ -525,6 +531,7 @@ pub fn load(
         detect_timeout,
         stop_grace,
         child_stdout,
+        metadata_timeout,
     })
 }
 
@@ -1130,6 +1137,7 @@ mod tests {
         "INSPECTOR_DETECT_TIMEOUT",
         "INSPECTOR_STOP_GRACE",
         "INSPECTOR_CHILD_STDOUT",
+        "METADATA_DETECT_TIMEOUT",
     ];
 
     fn value() -> impl proptest::strategy::Strategy<Value = String> {

@@ -187,6 +187,9 @@ fn config_errors_exit_1_with_the_original_messages() {
         (&[("HEALTH_INTERVAL", "100ms")], "HEALTH_INTERVAL must be at least 1s"),
         (&[("CAPTURE_BODY_LIMIT", "0")], "CAPTURE_BODY_LIMIT must be at least 1"),
         (&[("BACKEND_RETRY_MAX_ATTEMPTS", "x")], "BACKEND_RETRY_MAX_ATTEMPTS must be a valid integer: strconv.Atoi: parsing \"x\": invalid syntax"),
+        (&[("METADATA_DETECT_TIMEOUT", "junk")], "METADATA_DETECT_TIMEOUT must be a valid duration: time: invalid duration \"junk\""),
+        (&[("METADATA_DETECT_TIMEOUT", "2m")], "METADATA_DETECT_TIMEOUT must be at most 1m, got \"2m\""),
+        (&[("BACKEND_RETRY_METHODS", " , ")], "BACKEND_RETRY_METHODS lists no method in \",\": name at least one, or set BACKEND_RETRY_MAX_ATTEMPTS=1 to disable retries"),
     ];
     for (env, message) in cases {
         let out = cwproxy_cmd(env, &[]).output().unwrap();
@@ -493,6 +496,8 @@ fn check_prints_the_resolved_configuration_or_every_error() {
         ["GET,HEAD,OPTIONS", "(default)"]
     );
     assert_eq!(row("BACKEND_RETRY_MAX_ATTEMPTS"), ["2", "(default)"]);
+    assert_eq!(row("BACKEND_RETRY_INITIAL_BACKOFF"), ["50ms", "(default)"]);
+    assert_eq!(row("METADATA_DETECT_TIMEOUT"), ["200ms", "(default)"]);
     assert_eq!(row("INSPECTOR_CHILD_STDOUT"), ["stderr", "(set)"]);
     assert!(
         stdout.contains("CloudWatch Logs off: stdout only"),
