@@ -5,7 +5,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 Usage: cwproxy                 proxy PROXY_PORT to APP_HOST:APP_PORT (normal mode)
        cwproxy COMMAND [ARGS…] start COMMAND, detect its listening port, proxy to it (inspector mode)
-       cwproxy --check             validate the configuration, print it resolved; exit 0, or 1 with every error
+       cwproxy --check         validate the configuration, print it resolved; exit 0, or 1 with every error
        cwproxy --help | --version
 
 Configuration is read from the environment only:

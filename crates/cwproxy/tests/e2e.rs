@@ -221,7 +221,15 @@ fn bind_failure_exits_1() {
 fn help_and_version_are_the_only_reserved_flags() {
     let out = cwproxy_cmd(&[], &["--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("PROXY_PORT"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for documented in [
+        "PROXY_PORT",
+        "--check",
+        "INSPECTOR_CHILD_STDOUT",
+        "credential_process",
+    ] {
+        assert!(help.contains(documented), "{documented}: {help}");
+    }
     let out = cwproxy_cmd(&[], &["--version"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("cwproxy "));
 }
