@@ -588,7 +588,29 @@ fn invalid_log_group_name_turns_only_that_sink_off_with_a_clear_line() {
     assert!(!events.is_empty(), "stderr: {}", stderr(&proxy));
 }
 
-/// cwproxy with credentials from a profile in `config` only (no keys in the environment).
+/// cwproxy delivering to `endpoint` with no credentials but what `extra` provides: no keys in
+/// the environment and no profile files unless `extra` names one (later entries win).
+fn start_without_keys(up: &Upstream, endpoint: &str, extra: &[(&str, &str)]) -> Proxy {
+    let port = up.addr.port().to_string();
+    let mut env = vec![
+        ("APP_PORT", port.as_str()),
+        ("HEALTH_URLS", "/health"),
+        ("HEALTH_INTERVAL", "1h"),
+        ("LOG_GROUP_NAME", TRAFFIC),
+        ("HEALTH_LOG_GROUP_NAME", HEALTH),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", "/nonexistent/cwproxy-test-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/cwproxy-test-credentials",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    Proxy::start(&env, &[])
+}
+
+/// cwproxy with credentials from profile `profile` of a config file holding `config`.
 fn start_with_profile(
     up: &Upstream,
     endpoint: &str,
@@ -599,24 +621,10 @@ fn start_with_profile(
     let config_path = dir.path().join("config");
     std::fs::write(&config_path, config).unwrap();
     let config_path = config_path.to_str().unwrap().to_owned();
-    let port = up.addr.port().to_string();
-    let proxy = Proxy::start(
-        &[
-            ("APP_PORT", &port),
-            ("HEALTH_URLS", "/health"),
-            ("HEALTH_INTERVAL", "1h"),
-            ("LOG_GROUP_NAME", TRAFFIC),
-            ("HEALTH_LOG_GROUP_NAME", HEALTH),
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_CONFIG_FILE", &config_path),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/cwproxy-test-credentials",
-            ),
-            ("AWS_PROFILE", profile),
-        ],
-        &[],
+    let proxy = start_without_keys(
+        up,
+        endpoint,
+        &[("AWS_CONFIG_FILE", &config_path), ("AWS_PROFILE", profile)],
     );
     (proxy, dir)
 }
@@ -684,26 +692,9 @@ fn broken_profile_is_one_permanent_error_and_nothing_queues() {
 }
 
 /// Starts cwproxy with `extra` as its only credentials source and checks 3 events reach moto.
-fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) -> Proxy {
+fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) {
     let up = Upstream::start();
-    let port = up.addr.port().to_string();
-    let endpoint = moto.url();
-    let mut env = vec![
-        ("APP_PORT", port.as_str()),
-        ("HEALTH_URLS", "/health"),
-        ("HEALTH_INTERVAL", "1h"),
-        ("LOG_GROUP_NAME", TRAFFIC),
-        ("HEALTH_LOG_GROUP_NAME", HEALTH),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_CONFIG_FILE", "/nonexistent/cwproxy-test-config"),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/cwproxy-test-credentials",
-        ),
-    ];
-    env.extend_from_slice(extra);
-    let proxy = Proxy::start(&env, &[]);
+    let proxy = start_without_keys(&up, &moto.url(), extra);
     get_all(proxy.port, (0..3).map(|i| format!("/chain/{i}")).collect());
     wait_lines(&proxy, 3);
     let cw = client(&moto.url(), "us-east-1");
@@ -711,7 +702,6 @@ fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) -> Proxy {
         e.len() >= 3
     }));
     assert_eq!(events.len(), 3, "stderr: {}", stderr(&proxy));
-    proxy
 }
 
 const CREDS_JSON: &str = r#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"testing","SecretAccessKey":"testing","Token":"testing","Expiration":"2099-01-01T00:00:00Z"}"#;
@@ -724,7 +714,7 @@ fn ecs_container_credentials_deliver_to_moto() {
     });
     let moto = Moto::start();
     let uri = format!("{}/creds", ecs.url());
-    let _proxy = delivers_with(
+    delivers_with(
         &moto,
         &[
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
@@ -746,7 +736,7 @@ fn ec2_instance_profile_credentials_deliver_to_moto() {
     });
     let moto = Moto::start();
     let endpoint = imds.url();
-    let _proxy = delivers_with(
+    delivers_with(
         &moto,
         &[
             ("AWS_EC2_METADATA_DISABLED", "false"),
@@ -764,7 +754,7 @@ fn web_identity_credentials_for_eks_irsa_deliver_to_moto() {
     let token = dir.path().join("token");
     std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
     let token = token.to_str().unwrap().to_owned();
-    let _proxy = delivers_with(
+    delivers_with(
         &moto,
         &[
             ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
