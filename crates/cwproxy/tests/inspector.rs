@@ -305,3 +305,51 @@ fn child_stdout_goes_to_stderr_on_request_and_to_stdout_by_default() {
         assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
     }
 }
+
+#[test]
+fn explicit_app_port_never_answering_is_served_anyway_after_the_timeout() {
+    let app_port = free_port().to_string();
+    let started = Instant::now();
+    let mut proxy = start_inspector(
+        &["sleep".to_owned(), "30".to_owned()],
+        &[
+            ("APP_PORT", &app_port),
+            ("HEALTH_URLS", "/health"),
+            ("INSPECTOR_DETECT_TIMEOUT", "1s"),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let stderr = proxy.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains(&format!(
+            "did not accept connections on 127.0.0.1:{app_port} within 1s (INSPECTOR_DETECT_TIMEOUT)"
+        )),
+        "{stderr}"
+    );
+    // Serving, and the probe tells the truth.
+    assert!(get(proxy.port).starts_with("HTTP/1.1 502"));
+    let health = proxy.wait_line(|v| v["_t"] == "HEALTH");
+    assert_eq!(health["HealthStatus"], 0);
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
+}
+
+#[test]
+fn child_exiting_while_waiting_for_app_port_fails_startup_with_its_code() {
+    let out = cwproxy_cmd(
+        &[
+            ("PROXY_PORT", &free_port().to_string()),
+            ("APP_PORT", &free_port().to_string()),
+        ],
+        &["sh", "-c", "sleep 0.3; exit 4"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("cwproxy: inspector child \"sh\" exited with exit code 4 before 127.0.0.1:"),
+        "{stderr}"
+    );
+}
