@@ -50,7 +50,9 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let (sinks, mut activator, router) = Sinks::new(Diag::new("cw-bench"));
-        let client = cloudwatch::load_client("us-east-1", false).await;
+        let client = cloudwatch::load_client("us-east-1", false)
+            .await
+            .expect("bench credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
         activator.activate(
             Kind::Traffic,
             Activation {

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cloudwatch::{self, Activation, Activator, Kind, Sinks, Target};
-use crate::config::{self, Config, Env, NameSources, ProcessEnv};
+use crate::config::{self, ChildStdout, Config, Env, NameSources, ProcessEnv};
 use crate::health::HealthRunner;
 use crate::metadata::{self, Detected, HostProbe, RegionSource};
 
@@ -71,7 +71,8 @@ fn load_config(detected: Option<SocketAddr>, meta: Option<&Detected>) -> Result<
         metadata: from_meta.as_deref(),
         hostname: hostname(),
     };
-    config::load(&ProcessEnv, &names, detected).map_err(|e| Fatal::new(e.0))
+    // One error per line; `main` prefixes each with `cwproxy: `.
+    config::load(&ProcessEnv, &names, detected).map_err(|e| Fatal::new(e.to_string()))
 }
 
 /// Runtime metadata, either known already or still being detected.
@@ -82,10 +83,8 @@ enum Metadata {
 
 /// Starts metadata detection; it never holds up the listener (see [`settle`]).
 fn start_metadata() -> (JoinHandle<Detected>, Duration) {
-    let (budget, problem) = metadata::detect_budget(&ProcessEnv);
-    if let Some(p) = problem {
-        DIAG.log(p);
-    }
+    // An invalid METADATA_DETECT_TIMEOUT fails `config::load` right after this.
+    let budget = metadata::detect_budget(&ProcessEnv).unwrap_or(metadata::DETECT_BUDGET);
     let task =
         tokio::spawn(
             async move { metadata::detect(&ProcessEnv, &HostProbe::default(), budget).await },
@@ -154,7 +153,16 @@ async fn start_cloudwatch(
         ));
     }
     let imds = metadata::imds_allowed(&ProcessEnv, &HostProbe::default());
-    let client = cloudwatch::load_client(&region, imds).await;
+    let client = match cloudwatch::load_client(&region, imds).await {
+        Ok(client) => client,
+        Err(e) => {
+            // Left unactivated, both sinks are off; stdout is unaffected.
+            DIAG.log(format_args!(
+                "CloudWatch Logs disabled: {e} (events stay on stdout only)"
+            ));
+            return;
+        }
+    };
     let pid = std::process::id();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,6 +354,45 @@ fn signal_name(kind: i32) -> &'static str {
     }
 }
 
+/// `cwproxy --check`: validates the configuration and prints it as cwproxy would run with it
+/// (runtime metadata is detected within its usual budget, since it can name the app and the
+/// region); nothing is bound, started or sent to AWS. Returns the report for stdout, or every
+/// error.
+pub async fn check() -> Result<String, Fatal> {
+    let meta = start_metadata();
+    let config = load_config(None, None)?;
+    let (config, meta) = settle(config, meta, None).await?;
+    let detected = match meta {
+        Metadata::Ready(d) => *d,
+        Metadata::Pending(task) => tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+    };
+    let mut rows = crate::check::rows(&ProcessEnv, &config);
+    let region = match metadata::resolve_region(&ProcessEnv, &detected) {
+        Some((region, source)) => (region, source.label().to_owned()),
+        None => (
+            "none".to_owned(),
+            "CloudWatch Logs off: stdout only".to_owned(),
+        ),
+    };
+    rows.push(crate::check::Row::derived("AWS region", region.0, region.1));
+    for (var, group) in [
+        ("LOG_GROUP_NAME", &config.log_group_name),
+        ("HEALTH_LOG_GROUP_NAME", &config.health_log_group_name),
+    ] {
+        // Not fatal when running (only that sink goes off), but worth a warning here.
+        if let Err(e) = crate::cwlogs::validate_group_name(group) {
+            DIAG.log(format_args!(
+                "warning: {var} {e}; its CloudWatch sink would be off"
+            ));
+        }
+    }
+    Ok(crate::check::render(&rows))
+}
+
 /// Normal mode: proxy to `APP_HOST:APP_PORT` until SIGINT/SIGTERM.
 pub async fn run_normal() -> Result<i32, Fatal> {
     let meta = start_metadata();
@@ -381,6 +428,33 @@ pub async fn run_normal() -> Result<i32, Fatal> {
     }
 }
 
+/// Waits until `host:port` accepts a TCP connection, within `limit`. A name may resolve to several
+/// addresses (`localhost`: `::1` and `127.0.0.1`) and the app may listen on only one of them, so
+/// each is tried at once and the first that connects wins.
+async fn wait_app_ready(host: &str, port: u16, limit: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => return Err(format!("resolve {host}: {e}")),
+            Err(_) => return Err(format!("resolve {host}: timed out")),
+        };
+    let mut waits = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        waits.spawn(process::wait_tcp_ready(addr, remaining));
+    }
+    let mut last = format!("{host} resolved to no address");
+    while let Some(done) = waits.join_next().await {
+        match done {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e.last.to_string(),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// Inspector mode: start `command args…`, find its port, proxy until it exits, exit with its code.
 pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32, Fatal> {
     let shown = command.to_string_lossy().into_owned();
@@ -389,6 +463,10 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
     let pre = load_config(None, None)?;
     let opts = SpawnOptions {
         adopt_orphans: true,
+        stdout: match pre.child_stdout {
+            ChildStdout::Inherit => process::Stdio::Inherit,
+            ChildStdout::Stderr => process::Stdio::ParentStderr,
+        },
         ..SpawnOptions::default()
     };
     let mut child = Child::spawn(&command, &args, &opts)
@@ -401,6 +479,43 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
         .map_err(|e| Fatal::new(format!("install signal handlers: {e}")))?;
 
     let upstream = if pre.app_port_present {
+        // Serve and probe only once the app accepts connections, so a starting app is neither
+        // logged as down for a whole HEALTH_INTERVAL nor answered with 502s.
+        let ready = tokio::select! {
+            r = wait_app_ready(&pre.app_host, pre.app_port, pre.detect_timeout) => r,
+            status = child.wait_group() => {
+                let status = status.map_err(|e| Fatal::new(format!("wait for inspector child {shown:?}: {e}")))?;
+                let code = match status.exit_code_for_parent() {
+                    0 => 1,
+                    c => c,
+                };
+                return Err(Fatal {
+                    message: format!(
+                        "inspector child {shown:?} exited with {status} before {} accepted connections",
+                        config::join_host_port(&pre.app_host, pre.app_port)
+                    ),
+                    code,
+                });
+            }
+            sig = forwarder.stop_requested() => {
+                let status = child.stop(pre.stop_grace).await.ok();
+                let name = sig.map(|s| s.as_str()).unwrap_or("signal");
+                DIAG.log(format_args!("received {name} before {shown:?} accepted connections"));
+                return Ok(status.map_or(1, ExitStatus::exit_code_for_parent));
+            }
+        };
+        match ready {
+            Ok(()) => DIAG.log(format_args!(
+                "inspector mode: {shown:?} accepts connections on {} (APP_PORT)",
+                config::join_host_port(&pre.app_host, pre.app_port)
+            )),
+            // A slow app is not killed for it: serving starts and health lines tell the truth.
+            Err(e) => DIAG.log(format_args!(
+                "inspector mode: {shown:?} did not accept connections on {} within {} (INSPECTOR_DETECT_TIMEOUT): {e}; serving anyway",
+                config::join_host_port(&pre.app_host, pre.app_port),
+                gosyntax::format_go_duration(pre.detect_timeout)
+            )),
+        }
         Upstream::Host {
             host: pre.app_host.clone(),
             port: pre.app_port,

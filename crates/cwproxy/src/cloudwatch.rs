@@ -6,7 +6,9 @@
 //! exists", retrying network errors), then batches events by the `PutLogEvents` rules in
 //! [`crate::cwlogs`], flushing on size or every second. Throttling, 5xx and network errors are
 //! retried with jittered backoff while the queue keeps accepting events; batches that still fail
-//! are counted and reported, never dropped silently.
+//! are counted and reported, never dropped silently. A credentials error that retrying cannot fix
+//! (no credentials anywhere, a broken profile) is reported once and turns the sink off, so events
+//! do not pile up in a queue that will never drain; they stay on stdout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{future, ProvideCredentials};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_cloudwatchlogs::Client;
@@ -317,34 +321,137 @@ impl Sinks {
     }
 }
 
-/// Loads the SDK configuration for `region`. IMDS joins the credential chain only when
-/// `imds_allowed` (see [`crate::metadata::imds_allowed`]), so non-EC2 hosts never contact it.
-pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
+/// Time allowed for the first credentials lookup (IMDS and ECS providers have their own, shorter
+/// timeouts; `credential_process` and SSO may take longer). Past it, the sinks start and retry.
+pub const CREDENTIALS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// True for credentials errors that no retry can fix: nothing in the chain has credentials, or a
+/// profile is misconfigured. Timeouts and provider failures (a metadata endpoint or a
+/// `credential_process` command failing now) may heal and are retried.
+fn credentials_error_is_permanent(e: &CredentialsError) -> bool {
+    matches!(
+        e,
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
+    )
+}
+
+/// The first [`CredentialsError`] in `err`'s chain of causes, if any.
+fn credentials_cause<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The credential chain, remembering a permanent error. The profile provider reports a failed
+/// initialisation only to its first caller (later ones get "initialization error already taken",
+/// which looks transient), so every caller — the start-up check and both sinks — must see that
+/// first verdict.
+#[derive(Debug)]
+struct RememberPermanent<P> {
+    inner: P,
+    verdict: std::sync::OnceLock<String>,
+}
+
+impl<P: ProvideCredentials> RememberPermanent<P> {
+    fn new(inner: P) -> Self {
+        Self {
+            inner,
+            verdict: std::sync::OnceLock::new(),
+        }
+    }
+
+    async fn load(&self) -> aws_credential_types::provider::Result {
+        if let Some(verdict) = self.verdict.get() {
+            return Err(CredentialsError::invalid_configuration(verdict.clone()));
+        }
+        let result = self.inner.provide_credentials().await;
+        if let Err(e) = &result {
+            if credentials_error_is_permanent(e) {
+                let _ = self.verdict.set(one_line(&error_chain(e)));
+            }
+        }
+        result
+    }
+}
+
+impl<P: ProvideCredentials> ProvideCredentials for RememberPermanent<P> {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.load())
+    }
+}
+
+/// Why CloudWatch delivery cannot start at all.
+#[derive(Debug, thiserror::Error)]
+#[error("AWS credentials cannot be loaded, and retrying will not fix it: {0}")]
+pub struct PermanentCredentialsError(String);
+
+/// Loads the SDK configuration for `region` and looks the credentials up once. IMDS joins the
+/// credential chain only when `imds_allowed` (see [`crate::metadata::imds_allowed`]), so non-EC2
+/// hosts never contact it. Profiles (`AWS_PROFILE`, `AWS_CONFIG_FILE`,
+/// `AWS_SHARED_CREDENTIALS_FILE`) may use static keys, `credential_process`, SSO or role
+/// assumption. A permanent credentials error is returned, so the caller reports it once and
+/// leaves the sinks off.
+pub async fn load_client(
+    region: &str,
+    imds_allowed: bool,
+) -> Result<Client, PermanentCredentialsError> {
     use aws_config::ecs::EcsCredentialsProvider;
     use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
     use aws_config::imds::credentials::ImdsCredentialsProvider;
     use aws_config::profile::ProfileFileCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
     use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 
+    // The region cwproxy resolved (possibly from runtime metadata) is also the one STS (role
+    // assumption, web identity) and SSO calls use.
+    let conf = ProviderConfig::without_region().with_region(Some(Region::new(region.to_owned())));
     let mut chain = CredentialsProviderChain::first_try(
         "Environment",
         EnvironmentVariableCredentialsProvider::new(),
     )
-    .or_else("Profile", ProfileFileCredentialsProvider::builder().build())
+    .or_else(
+        "Profile",
+        ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
     .or_else(
         "WebIdentityToken",
-        WebIdentityTokenCredentialsProvider::builder().build(),
+        WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
     )
-    .or_else("EcsContainer", EcsCredentialsProvider::builder().build());
+    .or_else(
+        "EcsContainer",
+        EcsCredentialsProvider::builder().configure(&conf).build(),
+    );
     if imds_allowed {
         chain = chain.or_else(
             "Ec2InstanceMetadata",
-            ImdsCredentialsProvider::builder().build(),
+            ImdsCredentialsProvider::builder().configure(&conf).build(),
         );
+    }
+    let provider = RememberPermanent::new(chain);
+    match tokio::time::timeout(CREDENTIALS_CHECK_TIMEOUT, provider.provide_credentials()).await {
+        Ok(Err(e)) if credentials_error_is_permanent(&e) => {
+            return Err(PermanentCredentialsError(one_line(&error_chain(&e))));
+        }
+        // Found, or possibly transient: the sinks start and their calls retry.
+        Ok(_) | Err(_) => {}
     }
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
-        .credentials_provider(chain)
+        .credentials_provider(provider)
         // Retries are ours (jittered, never blocking intake); one attempt per call here.
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -355,7 +462,7 @@ pub async fn load_client(region: &str, imds_allowed: bool) -> Client {
         )
         .load()
         .await;
-    Client::new(&config)
+    Ok(Client::new(&config))
 }
 
 /// How to react to an API error.
@@ -365,9 +472,11 @@ enum Class {
     NotFound,
     AlreadyExists,
     Fatal,
+    /// A credentials error no retry can fix: the sink turns off.
+    Credentials,
 }
 
-fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> Class {
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -386,10 +495,28 @@ fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
             }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Class::Retry
+            // Identity resolution fails inside the dispatch; its cause says whether to retry.
+            match credentials_cause(err) {
+                Some(c) if credentials_error_is_permanent(c) => Class::Credentials,
+                _ => Class::Retry,
+            }
         }
         _ => Class::Fatal,
     }
+}
+
+/// The distinct texts of `err` and its causes, joined by `: `.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 /// One line: the service's code and message, or the chain of causes (the SDK's own rendering
@@ -405,19 +532,13 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
                 _ => format!("{} (HTTP {status})", DisplayErrorContext(e)),
             }
         }
-        other => {
-            let mut parts: Vec<String> = Vec::new();
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(other);
-            while let Some(e) = cur {
-                let s = e.to_string();
-                if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-                    parts.push(s);
-                }
-                cur = e.source();
-            }
-            parts.join(": ")
-        }
+        other => error_chain(other),
     };
+    one_line(&text)
+}
+
+/// `text` with its lines joined by `; ` (stderr carries one line per message).
+fn one_line(text: &str) -> String {
     text.split('\n')
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -497,6 +618,18 @@ async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = *stop.borrow();
     loop {
+        if sink.stats.disabled.load(Ordering::Relaxed) {
+            // Turned off by a permanent credentials error (reported once): what is still queued
+            // is counted as failed, nothing more is accepted.
+            rx.close();
+            let mut left = pending.len() as u64;
+            while let Ok(ev) = rx.try_recv() {
+                sink.take(&ev);
+                left += 1;
+            }
+            sink.stats.failed.fetch_add(left, Ordering::Relaxed);
+            return;
+        }
         if stopping {
             while let Ok(ev) = rx.try_recv() {
                 sink.take(&ev);
@@ -586,6 +719,10 @@ impl Sink {
                         _ = stop.changed() => {}
                     }
                 }
+                Err((Class::Credentials, e)) => {
+                    self.credentials_failed(&e);
+                    return false;
+                }
                 Err((_, e)) => {
                     self.diag.log(format_args!(
                         "failed to initialize CloudWatch {} sink: {e}",
@@ -597,8 +734,25 @@ impl Sink {
         }
     }
 
+    /// Reports a permanent credentials error once and turns the sink off: new events are no
+    /// longer queued (they stay on stdout) and what is queued is counted as failed.
+    fn credentials_failed(&self, e: &str) {
+        self.stats.disabled.store(true, Ordering::Relaxed);
+        self.diag.log(format_args!(
+            "CloudWatch {} sink is off: AWS credentials cannot be loaded, and retrying will not fix it (events stay on stdout only): {e}",
+            self.kind.as_str()
+        ));
+    }
+
     async fn flush(&self, events: Vec<LogEvent>) {
         for batch in cwlogs::plan_batches(events) {
+            if self.stats.disabled.load(Ordering::Relaxed) {
+                // Off since an earlier batch (already reported): counted, not sent.
+                self.stats
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                continue;
+            }
             self.send(batch).await;
         }
     }
@@ -657,6 +811,14 @@ impl Sink {
                 Err(e) => e,
             };
             let class = classify(&err);
+            if class == Class::Credentials {
+                let total = self.stats.failed.fetch_add(n_input, Ordering::Relaxed) + n_input;
+                self.credentials_failed(&format!(
+                    "{} ({n_input} log events not delivered; total failed: {total})",
+                    describe(&err)
+                ));
+                return;
+            }
             if attempt >= MAX_ATTEMPTS || class == Class::Fatal || class == Class::AlreadyExists {
                 break describe(&err);
             }
@@ -705,6 +867,63 @@ mod tests {
             let exp = BASE_BACKOFF.saturating_mul(1 << (attempt - 1).min(15));
             assert!(d >= exp.min(MAX_BACKOFF) / 2, "{attempt}: {d:?}");
         }
+    }
+
+    /// A provider whose answers are scripted: the profile provider's first and later answers.
+    #[derive(Debug)]
+    struct Scripted(std::sync::Mutex<Vec<CredentialsError>>);
+
+    impl ProvideCredentials for Scripted {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let next = self.0.lock().unwrap().remove(0);
+            future::ProvideCredentials::ready(Err(next))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permanent_credentials_error_is_what_every_later_caller_sees() {
+        let provider = RememberPermanent::new(Scripted(std::sync::Mutex::new(vec![
+            CredentialsError::invalid_configuration("profile `p`: bad source_profile"),
+            CredentialsError::unhandled("initialization error already taken"),
+        ])));
+        for _ in 0..3 {
+            let e = provider.provide_credentials().await.unwrap_err();
+            assert!(credentials_error_is_permanent(&e), "{e:?}");
+            assert!(error_chain(&e).contains("bad source_profile"), "{e:?}");
+        }
+        // A transient error is passed on, not remembered.
+        let provider = RememberPermanent::new(Scripted(std::sync::Mutex::new(vec![
+            CredentialsError::provider_timed_out(Duration::from_secs(1)),
+            CredentialsError::not_loaded("nothing configured"),
+        ])));
+        let first = provider.provide_credentials().await.unwrap_err();
+        assert!(!credentials_error_is_permanent(&first), "{first:?}");
+        let second = provider.provide_credentials().await.unwrap_err();
+        assert!(credentials_error_is_permanent(&second), "{second:?}");
+    }
+
+    #[test]
+    fn credentials_errors_inside_a_dispatch_failure_are_classified() {
+        use aws_sdk_cloudwatchlogs::error::ConnectorError;
+        use aws_sdk_cloudwatchlogs::operation::put_log_events::PutLogEventsError;
+        let dispatch = |e: CredentialsError| -> SdkError<PutLogEventsError> {
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(e), None))
+        };
+        assert_eq!(
+            classify(&dispatch(CredentialsError::not_loaded("none"))),
+            Class::Credentials
+        );
+        assert_eq!(
+            classify(&dispatch(CredentialsError::invalid_configuration("bad"))),
+            Class::Credentials
+        );
+        assert_eq!(
+            classify(&dispatch(CredentialsError::provider_error("503"))),
+            Class::Retry
+        );
     }
 
     #[test]

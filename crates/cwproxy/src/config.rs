@@ -7,13 +7,43 @@ use std::time::Duration;
 use gosyntax::{atoi, go_quote, parse_bool, parse_float, parse_go_duration};
 use httpproxy::RetryPolicy;
 
-/// A configuration error; its text is printed as `cwproxy: <text>`.
+/// A configuration error; its text is printed as `cwproxy: <text>` and names its variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
 fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
+}
+
+/// Every configuration error of one run, in the original's evaluation order, so the first one is
+/// the error the original printed (it stopped there) and a deployer fixes the rest in one go.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.0.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// Collects errors while loading goes on with a fallback value, so one bad variable does not
+/// hide the next one (values derived from a bad one are checked against its default).
+#[derive(Debug, Default)]
+pub struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// The value, or `fallback` with the error kept.
+    pub fn or<T>(&mut self, result: Result<T, ConfigError>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.0.push(e);
+            fallback
+        })
+    }
+
+    /// `value` when nothing was collected, else every error.
+    pub fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(self.0))
+        }
+    }
 }
 
 /// Default `PROXY_PORT`.
@@ -103,6 +133,42 @@ pub struct Config {
     pub detect_timeout: Duration,
     /// `INSPECTOR_STOP_GRACE`.
     pub stop_grace: Duration,
+    /// `INSPECTOR_CHILD_STDOUT`.
+    pub child_stdout: ChildStdout,
+    /// `METADATA_DETECT_TIMEOUT`.
+    pub metadata_timeout: Duration,
+}
+
+/// Where the inspector child's stdout goes (`INSPECTOR_CHILD_STDOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStdout {
+    /// `inherit` (default, the original's behaviour): the child writes to cwproxy's stdout, so
+    /// its output is mixed with the JSON lines.
+    Inherit,
+    /// `stderr`: the child's stdout is cwproxy's stderr, so stdout holds only JSON lines.
+    Stderr,
+}
+
+impl ChildStdout {
+    /// The variable's value for this choice.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildStdout::Inherit => "inherit",
+            ChildStdout::Stderr => "stderr",
+        }
+    }
+}
+
+fn parse_child_stdout(env: &dyn Env) -> Result<ChildStdout, ConfigError> {
+    let raw = trimmed(env, "INSPECTOR_CHILD_STDOUT");
+    match raw.to_ascii_lowercase().as_str() {
+        "" | "inherit" => Ok(ChildStdout::Inherit),
+        "stderr" => Ok(ChildStdout::Stderr),
+        _ => Err(err(format!(
+            "INSPECTOR_CHILD_STDOUT must be inherit or stderr, got {}",
+            go_quote(&raw)
+        ))),
+    }
 }
 
 /// Reads variables; tests pass a map instead of the process environment.
@@ -230,65 +296,109 @@ fn parse_int_var(env: &dyn Env, key: &str, fallback: i64, min: i64) -> Result<i6
     Ok(v)
 }
 
-fn parse_retry(env: &dyn Env) -> Result<RetryPolicy, ConfigError> {
+fn parse_multiplier(env: &dyn Env, fallback: f64) -> Result<f64, ConfigError> {
+    let raw = trimmed(env, "BACKEND_RETRY_BACKOFF_MULTIPLIER");
+    if raw.is_empty() {
+        return Ok(fallback);
+    }
+    let m = parse_float(&raw).map_err(|e| {
+        err(format!(
+            "BACKEND_RETRY_BACKOFF_MULTIPLIER must be a number: {e}"
+        ))
+    })?;
+    if m < 1.0 {
+        return Err(err("BACKEND_RETRY_BACKOFF_MULTIPLIER must be at least 1"));
+    }
+    Ok(m)
+}
+
+fn parse_retry_methods(
+    env: &dyn Env,
+    fallback: &[http::Method],
+) -> Result<Vec<http::Method>, ConfigError> {
+    let raw = trimmed(env, "BACKEND_RETRY_METHODS");
+    if raw.is_empty() {
+        return Ok(fallback.to_vec());
+    }
+    let methods =
+        httpproxy::parse_methods(&raw).map_err(|e| err(format!("BACKEND_RETRY_METHODS: {e}")))?;
+    // A list of only separators would silently turn retries off; `BACKEND_RETRY_MAX_ATTEMPTS=1`
+    // is the way to say that.
+    if methods.is_empty() {
+        return Err(err(format!(
+            "BACKEND_RETRY_METHODS lists no method in {}: name at least one, or set BACKEND_RETRY_MAX_ATTEMPTS=1 to disable retries",
+            go_quote(&raw)
+        )));
+    }
+    Ok(methods)
+}
+
+fn parse_retry(env: &dyn Env, errors: &mut Errors) -> RetryPolicy {
     let defaults = RetryPolicy::default();
-    let attempts = parse_int_var(
-        env,
-        "BACKEND_RETRY_MAX_ATTEMPTS",
+    let attempts = errors.or(
+        parse_int_var(
+            env,
+            "BACKEND_RETRY_MAX_ATTEMPTS",
+            i64::from(defaults.max_attempts),
+            1,
+        ),
         i64::from(defaults.max_attempts),
-        1,
-    )?;
-    let initial = parse_duration_var(
-        env,
-        "BACKEND_RETRY_INITIAL_BACKOFF",
+    );
+    let initial = errors.or(
+        parse_duration_var(
+            env,
+            "BACKEND_RETRY_INITIAL_BACKOFF",
+            defaults.initial_backoff,
+            Duration::ZERO,
+        ),
         defaults.initial_backoff,
-        Duration::ZERO,
-    )?;
-    let max = parse_duration_var(
-        env,
-        "BACKEND_RETRY_MAX_BACKOFF",
+    );
+    let max = errors.or(
+        parse_duration_var(
+            env,
+            "BACKEND_RETRY_MAX_BACKOFF",
+            defaults.max_backoff,
+            Duration::ZERO,
+        ),
         defaults.max_backoff,
-        Duration::ZERO,
-    )?;
-    let multiplier = match trimmed(env, "BACKEND_RETRY_BACKOFF_MULTIPLIER") {
-        raw if raw.is_empty() => defaults.multiplier,
-        raw => {
-            let m = parse_float(&raw).map_err(|e| {
+    );
+    let multiplier = errors.or(
+        parse_multiplier(env, defaults.multiplier),
+        defaults.multiplier,
+    );
+    let methods = errors.or(
+        parse_retry_methods(env, &defaults.methods),
+        defaults.methods.clone(),
+    );
+    let status_codes = errors.or(
+        match trimmed(env, "BACKEND_RETRY_STATUS_CODES") {
+            raw if raw.is_empty() => Ok(defaults.status_codes.clone()),
+            raw => httpproxy::parse_status_codes(&raw)
+                .map_err(|e| err(format!("BACKEND_RETRY_STATUS_CODES: {e}"))),
+        },
+        defaults.status_codes.clone(),
+    );
+    let transport = errors.or(
+        match trimmed(env, "BACKEND_RETRY_ON_TRANSPORT_ERRORS") {
+            raw if raw.is_empty() => Ok(defaults.retry_transport_errors),
+            raw => parse_bool(&raw).map_err(|e| {
                 err(format!(
-                    "BACKEND_RETRY_BACKOFF_MULTIPLIER must be a number: {e}"
+                    "BACKEND_RETRY_ON_TRANSPORT_ERRORS must be a boolean: {e}"
                 ))
-            })?;
-            if m < 1.0 {
-                return Err(err("BACKEND_RETRY_BACKOFF_MULTIPLIER must be at least 1"));
-            }
-            m
-        }
-    };
-    let methods = match trimmed(env, "BACKEND_RETRY_METHODS") {
-        raw if raw.is_empty() => defaults.methods.clone(),
-        raw => httpproxy::parse_methods(&raw)
-            .map_err(|e| err(format!("BACKEND_RETRY_METHODS: {e}")))?,
-    };
-    let status_codes = match trimmed(env, "BACKEND_RETRY_STATUS_CODES") {
-        raw if raw.is_empty() => defaults.status_codes.clone(),
-        raw => httpproxy::parse_status_codes(&raw)
-            .map_err(|e| err(format!("BACKEND_RETRY_STATUS_CODES: {e}")))?,
-    };
-    let transport = match trimmed(env, "BACKEND_RETRY_ON_TRANSPORT_ERRORS") {
-        raw if raw.is_empty() => defaults.retry_transport_errors,
-        raw => parse_bool(&raw).map_err(|e| {
-            err(format!(
-                "BACKEND_RETRY_ON_TRANSPORT_ERRORS must be a boolean: {e}"
-            ))
-        })?,
-    };
-    let buffer = parse_int_var(
-        env,
-        "BACKEND_RETRY_BODY_BUFFER_BYTES",
+            }),
+        },
+        defaults.retry_transport_errors,
+    );
+    let buffer = errors.or(
+        parse_int_var(
+            env,
+            "BACKEND_RETRY_BODY_BUFFER_BYTES",
+            defaults.body_buffer_bytes as i64,
+            0,
+        ),
         defaults.body_buffer_bytes as i64,
-        0,
-    )?;
-    Ok(RetryPolicy {
+    );
+    RetryPolicy {
         max_attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         initial_backoff: initial,
         max_backoff: max,
@@ -298,26 +408,37 @@ fn parse_retry(env: &dyn Env) -> Result<RetryPolicy, ConfigError> {
         retry_transport_errors: transport,
         body_buffer_bytes: usize::try_from(buffer).unwrap_or(usize::MAX),
     }
-    .normalized())
+    .normalized()
 }
 
 /// Loads the configuration. `detected` (inspector mode) replaces `APP_PORT`, and `APP_HOST` too
 /// when that is unset, so default health URLs reach the address the child really listens on.
+/// Every bad variable is reported, first in the original's evaluation order.
 pub fn load(
     env: &dyn Env,
     names: &NameSources<'_>,
     detected: Option<SocketAddr>,
-) -> Result<Config, ConfigError> {
-    let mut app_host = parse_host(env, "APP_HOST", DEFAULT_APP_HOST)?;
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let mut app_host = errors.or(
+        parse_host(env, "APP_HOST", DEFAULT_APP_HOST),
+        DEFAULT_APP_HOST.to_owned(),
+    );
     let app_port_present = env.get("APP_PORT").is_some();
-    let mut app_port = parse_port(env, "APP_PORT", DEFAULT_APP_PORT)?;
+    let mut app_port = errors.or(
+        parse_port(env, "APP_PORT", DEFAULT_APP_PORT),
+        DEFAULT_APP_PORT,
+    );
     if let Some(addr) = detected {
         app_port = addr.port();
         if trimmed(env, "APP_HOST").is_empty() {
             app_host = addr.ip().to_string();
         }
     }
-    let proxy_port = parse_port(env, "PROXY_PORT", DEFAULT_PROXY_PORT)?;
+    let proxy_port = errors.or(
+        parse_port(env, "PROXY_PORT", DEFAULT_PROXY_PORT),
+        DEFAULT_PROXY_PORT,
+    );
     let mut app_name = trimmed(env, "APP_NAME");
     if app_name.is_empty() {
         app_name = names
@@ -335,7 +456,21 @@ pub fn load(
             })
             .unwrap_or_else(|| "cwproxy".to_owned());
     }
-    let health_urls = resolve_health_urls(&trimmed(env, "HEALTH_URLS"), &app_host, app_port)?;
+    let health_raw = trimmed(env, "HEALTH_URLS");
+    let health_urls = errors.or(
+        resolve_health_urls(&health_raw, &app_host, app_port).map_err(|e| {
+            if health_raw.is_empty() {
+                // The default entry is built from APP_HOST, so that is what to fix.
+                err(format!(
+                    "APP_HOST {} gives no valid default HEALTH_URLS: {e}",
+                    go_quote(&app_host)
+                ))
+            } else {
+                e
+            }
+        }),
+        Vec::new(),
+    );
     let mut log_group_name = trimmed(env, "LOG_GROUP_NAME");
     if log_group_name.is_empty() {
         log_group_name = format!("/app/log/{app_name}");
@@ -344,27 +479,44 @@ pub fn load(
     if health_log_group_name.is_empty() {
         health_log_group_name = format!("/app/log/{app_name}/health");
     }
-    let health_interval = parse_duration_var(
-        env,
-        "HEALTH_INTERVAL",
+    let health_interval = errors.or(
+        parse_duration_var(
+            env,
+            "HEALTH_INTERVAL",
+            DEFAULT_HEALTH_INTERVAL,
+            Duration::from_secs(1),
+        ),
         DEFAULT_HEALTH_INTERVAL,
-        Duration::from_secs(1),
-    )?;
-    let capture_limit = parse_int_var(env, "CAPTURE_BODY_LIMIT", DEFAULT_CAPTURE_LIMIT as i64, 1)?;
-    let retry = parse_retry(env)?;
-    let detect_timeout = parse_duration_var(
-        env,
-        "INSPECTOR_DETECT_TIMEOUT",
+    );
+    let capture_limit = errors.or(
+        parse_int_var(env, "CAPTURE_BODY_LIMIT", DEFAULT_CAPTURE_LIMIT as i64, 1),
+        DEFAULT_CAPTURE_LIMIT as i64,
+    );
+    let retry = parse_retry(env, &mut errors);
+    let detect_timeout = errors.or(
+        parse_duration_var(
+            env,
+            "INSPECTOR_DETECT_TIMEOUT",
+            DEFAULT_DETECT_TIMEOUT,
+            Duration::from_millis(1),
+        ),
         DEFAULT_DETECT_TIMEOUT,
-        Duration::from_millis(1),
-    )?;
-    let stop_grace = parse_duration_var(
-        env,
-        "INSPECTOR_STOP_GRACE",
+    );
+    let stop_grace = errors.or(
+        parse_duration_var(
+            env,
+            "INSPECTOR_STOP_GRACE",
+            DEFAULT_STOP_GRACE,
+            Duration::ZERO,
+        ),
         DEFAULT_STOP_GRACE,
-        Duration::ZERO,
-    )?;
-    Ok(Config {
+    );
+    let child_stdout = errors.or(parse_child_stdout(env), ChildStdout::Inherit);
+    let metadata_timeout = errors.or(
+        crate::metadata::detect_budget(env).map_err(err),
+        crate::metadata::DETECT_BUDGET,
+    );
+    errors.finish(Config {
         proxy_port,
         app_host,
         app_port,
@@ -378,6 +530,8 @@ pub fn load(
         retry,
         detect_timeout,
         stop_grace,
+        child_stdout,
+        metadata_timeout,
     })
 }
 
@@ -472,12 +626,14 @@ fn url_parse(raw: &str) -> Result<(String, String, String, String, String), Stri
         )));
     }
     if let Some(bad) = percent_error(path) {
-        return Err(parse_err(format!("invalid URL escape {}", go_quote(bad))));
+        return Err(parse_err(format!("invalid URL escape {bad}")));
     }
     Ok((scheme, host, port.to_owned(), path.to_owned(), query))
 }
 
-fn percent_error(s: &str) -> Option<&str> {
+/// The first bad `%` escape, quoted like Go's `%q` of the 3 bytes it cuts (`"%x\xce"`): working on
+/// bytes, since an escape may end inside a multi-byte character.
+fn percent_error(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -485,7 +641,7 @@ fn percent_error(s: &str) -> Option<&str> {
             let ok = b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                 && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
             if !ok {
-                return Some(&s[i..(i + 3).min(s.len())]);
+                return Some(quote_bytes(&b[i..(i + 3).min(b.len())]));
             }
             i += 3;
         } else {
@@ -493,6 +649,20 @@ fn percent_error(s: &str) -> Option<&str> {
         }
     }
     None
+}
+
+/// Go's `%q` of bytes that may not be UTF-8: invalid bytes as `\xNN`.
+fn quote_bytes(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        let quoted = go_quote(chunk.valid());
+        out.push_str(&quoted[1..quoted.len() - 1]);
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn parse_partial(raw: &str) -> Result<Partial, String> {
@@ -582,7 +752,11 @@ pub fn resolve_health_urls(
             p.scheme.to_ascii_lowercase()
         };
         if scheme != "http" && scheme != "https" {
-            return Err(err(format!("unsupported scheme {}", go_quote(&scheme))));
+            // The original's text first; the variable named after it.
+            return Err(err(format!(
+                "unsupported scheme {} in HEALTH_URLS",
+                go_quote(&scheme)
+            )));
         }
         let host = if p.host.is_empty() {
             app_host.to_owned()
@@ -676,7 +850,7 @@ mod tests {
                 .0
         };
         assert_eq!(e("/a,,/b"), "HEALTH_URLS contains an empty entry");
-        assert_eq!(e("ftp://x/y"), "unsupported scheme \"ftp\"");
+        assert_eq!(e("ftp://x/y"), "unsupported scheme \"ftp\" in HEALTH_URLS");
         assert_eq!(
             e(":99999/x"),
             "parse HEALTH_URLS entry \":99999/x\": invalid port \"99999\""
@@ -776,7 +950,11 @@ mod tests {
 
     #[test]
     fn config_errors_in_order() {
-        let e = |env: &[(&str, &str); 2]| load(env, &names(), None).expect_err("rejected").0;
+        let e = |env: &[(&str, &str); 2]| {
+            load(env, &names(), None).expect_err("rejected").0[0]
+                .0
+                .clone()
+        };
         assert_eq!(
             e(&[("PROXY_PORT", "70000"), ("X", "")]),
             "PROXY_PORT must be between 1 and 65535"
@@ -864,5 +1042,141 @@ mod tests {
         );
         assert!(c.retry.retry_transport_errors);
         assert_eq!(c.retry.body_buffer_bytes, 1024);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_in_evaluation_order() {
+        let errors = load(
+            &[
+                ("APP_PORT", "x"),
+                ("PROXY_PORT", "0"),
+                ("HEALTH_URLS", "ftp://h/x"),
+                ("HEALTH_INTERVAL", "1ms"),
+                ("BACKEND_RETRY_METHODS", " , "),
+                ("INSPECTOR_CHILD_STDOUT", "file"),
+            ],
+            &names(),
+            None,
+        )
+        .expect_err("rejected");
+        let texts: Vec<&str> = errors.0.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "APP_PORT must be a valid integer port: strconv.Atoi: parsing \"x\": invalid syntax",
+                "PROXY_PORT must be between 1 and 65535",
+                "unsupported scheme \"ftp\" in HEALTH_URLS",
+                "HEALTH_INTERVAL must be at least 1s",
+                "BACKEND_RETRY_METHODS lists no method in \",\": name at least one, or set BACKEND_RETRY_MAX_ATTEMPTS=1 to disable retries",
+                "INSPECTOR_CHILD_STDOUT must be inherit or stderr, got \"file\"",
+            ]
+        );
+        assert_eq!(errors.to_string().lines().count(), 6);
+    }
+
+    #[test]
+    fn lists_of_only_separators_are_errors() {
+        let first = |k: &'static str, v: &'static str| {
+            load(&[(k, v)], &names(), None).expect_err(k).0[0].0.clone()
+        };
+        assert!(first("BACKEND_RETRY_METHODS", " , ")
+            .starts_with("BACKEND_RETRY_METHODS lists no method"));
+        assert!(
+            first("BACKEND_RETRY_STATUS_CODES", " , ").starts_with("BACKEND_RETRY_STATUS_CODES: ")
+        );
+        assert_eq!(
+            first("HEALTH_URLS", " , "),
+            "HEALTH_URLS contains an empty entry"
+        );
+        let c = load(&[("INSPECTOR_CHILD_STDOUT", " Stderr ")], &names(), None).expect("ok");
+        assert_eq!(c.child_stdout, ChildStdout::Stderr);
+    }
+
+    #[test]
+    fn percent_escape_cut_inside_a_character_is_an_error_not_a_panic() {
+        let e = |raw: &str| {
+            resolve_health_urls(raw, "127.0.0.1", 8080)
+                .expect_err("rejected")
+                .0
+        };
+        // Go cuts the escape as 3 bytes and quotes the broken one as `\xce`.
+        assert_eq!(
+            e("/%x\u{3bc}"),
+            "parse HEALTH_URLS entry \"/%x\u{3bc}\": parse \"/%x\u{3bc}\": invalid URL escape \"%x\\xce\""
+        );
+        for raw in [
+            ":8081/%a\u{e9}",
+            "host/%\u{e9}",
+            "http://h/%1\u{e9}",
+            "/%",
+            "/%\u{1f600}",
+        ] {
+            assert!(e(raw).contains("invalid URL escape"), "{raw}: {}", e(raw));
+        }
+    }
+
+    /// Every variable `load` reads.
+    const VARIABLES: &[&str] = &[
+        "PROXY_PORT",
+        "APP_HOST",
+        "APP_PORT",
+        "APP_NAME",
+        "HEALTH_URLS",
+        "HEALTH_INTERVAL",
+        "CAPTURE_BODY_LIMIT",
+        "LOG_GROUP_NAME",
+        "HEALTH_LOG_GROUP_NAME",
+        "BACKEND_RETRY_MAX_ATTEMPTS",
+        "BACKEND_RETRY_INITIAL_BACKOFF",
+        "BACKEND_RETRY_MAX_BACKOFF",
+        "BACKEND_RETRY_BACKOFF_MULTIPLIER",
+        "BACKEND_RETRY_METHODS",
+        "BACKEND_RETRY_STATUS_CODES",
+        "BACKEND_RETRY_ON_TRANSPORT_ERRORS",
+        "BACKEND_RETRY_BODY_BUFFER_BYTES",
+        "INSPECTOR_DETECT_TIMEOUT",
+        "INSPECTOR_STOP_GRACE",
+        "INSPECTOR_CHILD_STDOUT",
+        "METADATA_DETECT_TIMEOUT",
+    ];
+
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            // Anything at all, multi-byte characters included.
+            "\\PC{0,24}",
+            // The characters the parsers split on, with digits, units and multi-byte letters.
+            "[%:/\\[\\]?#@,.+ a-zA-Z0-9\u{3bc}\u{e9}\u{1f600}-]{0,24}",
+            // Shapes close to valid values.
+            "(https?://)?[a-z\\[\\]:0-9]{0,8}(:[0-9]{0,6})?(/[%a-z0-9\u{3bc}]{0,6}){0,3}",
+            "-?[0-9]{0,22}(\\.[0-9]{0,3})?(ns|us|\u{b5}s|ms|s|m|h)?",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// No configuration input panics, and every error names a variable that was set.
+        #[test]
+        fn any_config_input_gives_a_config_or_named_errors(
+            pairs in proptest::collection::vec(
+                (proptest::sample::select(VARIABLES), value()),
+                0..6,
+            )
+        ) {
+            let env: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
+            if let Err(errors) = load(&env, &names(), None) {
+                proptest::prop_assert!(!errors.0.is_empty());
+                for e in &errors.0 {
+                    proptest::prop_assert!(
+                        pairs.iter().any(|(k, _)| e.0.contains(k)),
+                        "{} names no variable of {:?}", e.0, pairs
+                    );
+                }
+            }
+        }
     }
 }

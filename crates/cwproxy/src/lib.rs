@@ -3,6 +3,7 @@
 //! app itself and finds its port. Configured by environment variables only (see `config`).
 
 pub mod app;
+pub mod check;
 pub mod cloudwatch;
 pub mod config;
 pub mod cwlogs;

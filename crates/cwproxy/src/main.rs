@@ -5,6 +5,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 Usage: cwproxy                 proxy PROXY_PORT to APP_HOST:APP_PORT (normal mode)
        cwproxy COMMAND [ARGS…] start COMMAND, detect its listening port, proxy to it (inspector mode)
+       cwproxy --check         validate the configuration, print it resolved; exit 0, or 1 with every error
        cwproxy --help | --version
 
 Configuration is read from the environment only:
@@ -15,10 +16,12 @@ Configuration is read from the environment only:
   BACKEND_RETRY_BACKOFF_MULTIPLIER (2)  BACKEND_RETRY_METHODS (GET,HEAD,OPTIONS)
   BACKEND_RETRY_STATUS_CODES (500-599)  BACKEND_RETRY_ON_TRANSPORT_ERRORS (false)
   BACKEND_RETRY_BODY_BUFFER_BYTES (65536)
-  INSPECTOR_DETECT_TIMEOUT (60s)  INSPECTOR_STOP_GRACE (10s)
+  INSPECTOR_DETECT_TIMEOUT (60s: port detection, or with APP_PORT the wait until the app accepts)
+  INSPECTOR_STOP_GRACE (10s)  INSPECTOR_CHILD_STDOUT (inherit | stderr: keep stdout JSON lines only)
   METADATA_DETECT_TIMEOUT (200ms)  CWPROXY_SERVICEACCOUNT_DIR (/var/run/secrets/kubernetes.io/serviceaccount)
   AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
-  (IMDS only on EC2 hosts or with AWS_EC2_METADATA_SERVICE_ENDPOINT; AWS_EC2_METADATA_DISABLED=true)
+  (environment, AWS_PROFILE with credential_process/SSO/assume-role, web identity (EKS IRSA), ECS,
+  IMDS only on EC2 hosts or with AWS_EC2_METADATA_SERVICE_ENDPOINT; AWS_EC2_METADATA_DISABLED=true)
 
 Every exchange becomes one JSON line with CloudWatch EMF metrics on stdout. With a region, the same
 events also go to CloudWatch Logs (LOG_GROUP_NAME, HEALTH_LOG_GROUP_NAME) from bounded queues.
@@ -26,7 +29,7 @@ events also go to CloudWatch Logs (LOG_GROUP_NAME, HEALTH_LOG_GROUP_NAME) from b
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    // Only these two exact flags are reserved; anything else is a command to launch.
+    // Only these three exact flags are reserved; anything else is a command to launch.
     if args.len() == 1 && (args[0] == "--help" || args[0] == "--version") {
         if args[0] == "--help" {
             print!("{USAGE}");
@@ -46,7 +49,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        if args.is_empty() {
+        if args.len() == 1 && args[0] == "--check" {
+            let report = cwproxy::app::check().await?;
+            print!("{report}");
+            Ok(0)
+        } else if args.is_empty() {
             cwproxy::app::run_normal().await
         } else {
             let command = args.remove(0);
@@ -58,8 +65,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(fatal) => {
-            if !fatal.message.is_empty() {
-                eprintln!("cwproxy: {}", fatal.message);
+            // One line per error (configuration errors come all at once), each in the
+            // original's `cwproxy: <error>` form.
+            for line in fatal.message.lines() {
+                eprintln!("cwproxy: {line}");
             }
             ExitCode::from(u8::try_from(fatal.code).unwrap_or(1))
         }

@@ -180,28 +180,23 @@ impl HostProbe {
     }
 }
 
-/// The detection budget: `METADATA_DETECT_TIMEOUT` or [`DETECT_BUDGET`]; an invalid value
-/// falls back to the default and is returned as the error text to report.
-pub fn detect_budget(env: &dyn Env) -> (Duration, Option<String>) {
+/// The detection budget: `METADATA_DETECT_TIMEOUT` or [`DETECT_BUDGET`]. An invalid value is a
+/// configuration error, reported by [`crate::config::load`] with the others.
+pub fn detect_budget(env: &dyn Env) -> Result<Duration, String> {
     let raw = env.get(DETECT_TIMEOUT_ENV).unwrap_or_default();
     let raw = raw.trim();
     if raw.is_empty() {
-        return (DETECT_BUDGET, None);
+        return Ok(DETECT_BUDGET);
     }
     match gosyntax::parse_go_duration_nonneg(raw) {
-        Ok(d) if d <= Duration::from_secs(60) => (d, None),
-        Ok(_) => (
-            DETECT_BUDGET,
-            Some(format!(
-                "{DETECT_TIMEOUT_ENV} must be at most 1m, got {raw:?}; using 200ms"
-            )),
-        ),
-        Err(e) => (
-            DETECT_BUDGET,
-            Some(format!(
-                "{DETECT_TIMEOUT_ENV} must be a valid duration: {e}; using 200ms"
-            )),
-        ),
+        Ok(d) if d <= Duration::from_secs(60) => Ok(d),
+        Ok(_) => Err(format!(
+            "{DETECT_TIMEOUT_ENV} must be at most 1m, got {}",
+            gosyntax::go_quote(raw)
+        )),
+        Err(e) => Err(format!(
+            "{DETECT_TIMEOUT_ENV} must be a valid duration: {e}"
+        )),
     }
 }
 

@@ -587,3 +587,182 @@ fn invalid_log_group_name_turns_only_that_sink_off_with_a_clear_line() {
     }));
     assert!(!events.is_empty(), "stderr: {}", stderr(&proxy));
 }
+
+/// cwproxy delivering to `endpoint` with no credentials but what `extra` provides: no keys in
+/// the environment and no profile files unless `extra` names one (later entries win).
+fn start_without_keys(up: &Upstream, endpoint: &str, extra: &[(&str, &str)]) -> Proxy {
+    let port = up.addr.port().to_string();
+    let mut env = vec![
+        ("APP_PORT", port.as_str()),
+        ("HEALTH_URLS", "/health"),
+        ("HEALTH_INTERVAL", "1h"),
+        ("LOG_GROUP_NAME", TRAFFIC),
+        ("HEALTH_LOG_GROUP_NAME", HEALTH),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", "/nonexistent/cwproxy-test-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/cwproxy-test-credentials",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    Proxy::start(&env, &[])
+}
+
+/// cwproxy with credentials from profile `profile` of a config file holding `config`.
+fn start_with_profile(
+    up: &Upstream,
+    endpoint: &str,
+    config: &str,
+    profile: &str,
+) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config");
+    std::fs::write(&config_path, config).unwrap();
+    let config_path = config_path.to_str().unwrap().to_owned();
+    let proxy = start_without_keys(
+        up,
+        endpoint,
+        &[("AWS_CONFIG_FILE", &config_path), ("AWS_PROFILE", profile)],
+    );
+    (proxy, dir)
+}
+
+#[test]
+fn credential_process_profile_delivers_to_moto() {
+    let moto = Moto::start();
+    let up = Upstream::start();
+    let config = "[profile proc]\n\
+        credential_process = echo '{\"Version\":1,\"AccessKeyId\":\"testing\",\"SecretAccessKey\":\"testing\"}'\n";
+    let (proxy, _dir) = start_with_profile(&up, &moto.url(), config, "proc");
+    get_all(proxy.port, (0..3).map(|i| format!("/proc/{i}")).collect());
+    wait_lines(&proxy, 3);
+    let cw = client(&moto.url(), "us-east-1");
+    let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
+        e.len() >= 3
+    }));
+    assert_eq!(events.len(), 3, "stderr: {}", stderr(&proxy));
+    assert!(
+        !stderr(&proxy).contains("credentials"),
+        "{}",
+        stderr(&proxy)
+    );
+}
+
+#[test]
+fn broken_profile_is_one_permanent_error_and_nothing_queues() {
+    let moto = Moto::start();
+    let up = Upstream::start();
+    // Role assumption from a source profile that does not exist: no retry can fix that.
+    let config = "[profile broken]\n\
+        role_arn = arn:aws:iam::123456789012:role/cwproxy\n\
+        source_profile = nowhere\n";
+    let (mut proxy, _dir) = start_with_profile(&up, &moto.url(), config, "broken");
+    let line =
+        "CloudWatch Logs disabled: AWS credentials cannot be loaded, and retrying will not fix it";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stderr(&proxy).contains(line) {
+        assert!(Instant::now() < deadline, "stderr: {}", stderr(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    get_all(
+        proxy.port,
+        (0..20).map(|i| format!("/broken/{i}")).collect(),
+    );
+    wait_lines(&proxy, 20);
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
+    let err = stderr(&proxy);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("credentials")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("source profile nowhere"),
+        "names the cause: {err}"
+    );
+    assert!(!err.contains("retrying in the background"), "{err}");
+    assert!(!err.contains("not delivered"), "nothing was queued: {err}");
+    // Nothing reached CloudWatch: no group was even created.
+    let cw = client(&moto.url(), "us-east-1");
+    assert!(rt().block_on(read_group(&cw, TRAFFIC)).is_empty());
+}
+
+/// Starts cwproxy with `extra` as its only credentials source and checks 3 events reach moto.
+fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) {
+    let up = Upstream::start();
+    let proxy = start_without_keys(&up, &moto.url(), extra);
+    get_all(proxy.port, (0..3).map(|i| format!("/chain/{i}")).collect());
+    wait_lines(&proxy, 3);
+    let cw = client(&moto.url(), "us-east-1");
+    let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
+        e.len() >= 3
+    }));
+    assert_eq!(events.len(), 3, "stderr: {}", stderr(&proxy));
+}
+
+const CREDS_JSON: &str = r#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"testing","SecretAccessKey":"testing","Token":"testing","Expiration":"2099-01-01T00:00:00Z"}"#;
+
+#[test]
+fn ecs_container_credentials_deliver_to_moto() {
+    let ecs = FakeHttp::start(|_, path, _| match path {
+        "/creds" => (200, CREDS_JSON.into()),
+        _ => (404, String::new()),
+    });
+    let moto = Moto::start();
+    let uri = format!("{}/creds", ecs.url());
+    delivers_with(
+        &moto,
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-secret"),
+        ],
+    );
+    let asked = ecs.requests.lock().unwrap();
+    let creds = asked.iter().find(|(_, p, _)| p == "/creds").unwrap();
+    assert_eq!(creds.2["authorization"], "ecs-secret");
+}
+
+#[test]
+fn ec2_instance_profile_credentials_deliver_to_moto() {
+    let imds = FakeHttp::start(|method, path, _| match (method, path) {
+        ("PUT", "/latest/api/token") => (200, "imds-token".into()),
+        ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "app-role".into()),
+        ("GET", "/latest/meta-data/iam/security-credentials/app-role") => (200, CREDS_JSON.into()),
+        _ => (404, String::new()),
+    });
+    let moto = Moto::start();
+    let endpoint = imds.url();
+    delivers_with(
+        &moto,
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+        ],
+    );
+    let asked = imds.requests.lock().unwrap();
+    assert!(asked.iter().any(|(_, p, _)| p.ends_with("/app-role")));
+}
+
+#[test]
+fn web_identity_credentials_for_eks_irsa_deliver_to_moto() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let token = token.to_str().unwrap().to_owned();
+    delivers_with(
+        &moto,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/cwproxy-irsa",
+            ),
+            ("AWS_ROLE_SESSION_NAME", "cwproxy-test"),
+        ],
+    );
+}

@@ -182,11 +182,14 @@ fn config_errors_exit_1_with_the_original_messages() {
         (&[("APP_HOST", "example.com:8080")], "APP_HOST must not include a port"),
         (&[("APP_HOST", "http://example.com")], "APP_HOST must be a bare host without scheme, path, query, or user info"),
         (&[("HEALTH_URLS", "/a,,/b")], "HEALTH_URLS contains an empty entry"),
-        (&[("HEALTH_URLS", "ftp://x/y")], "unsupported scheme \"ftp\""),
+        (&[("HEALTH_URLS", "ftp://x/y")], "unsupported scheme \"ftp\" in HEALTH_URLS"),
         (&[("HEALTH_URLS", ":99999")], "parse HEALTH_URLS entry \":99999\": invalid port \"99999\""),
         (&[("HEALTH_INTERVAL", "100ms")], "HEALTH_INTERVAL must be at least 1s"),
         (&[("CAPTURE_BODY_LIMIT", "0")], "CAPTURE_BODY_LIMIT must be at least 1"),
         (&[("BACKEND_RETRY_MAX_ATTEMPTS", "x")], "BACKEND_RETRY_MAX_ATTEMPTS must be a valid integer: strconv.Atoi: parsing \"x\": invalid syntax"),
+        (&[("METADATA_DETECT_TIMEOUT", "junk")], "METADATA_DETECT_TIMEOUT must be a valid duration: time: invalid duration \"junk\""),
+        (&[("METADATA_DETECT_TIMEOUT", "2m")], "METADATA_DETECT_TIMEOUT must be at most 1m, got \"2m\""),
+        (&[("BACKEND_RETRY_METHODS", " , ")], "BACKEND_RETRY_METHODS lists no method in \",\": name at least one, or set BACKEND_RETRY_MAX_ATTEMPTS=1 to disable retries"),
     ];
     for (env, message) in cases {
         let out = cwproxy_cmd(env, &[]).output().unwrap();
@@ -218,7 +221,15 @@ fn bind_failure_exits_1() {
 fn help_and_version_are_the_only_reserved_flags() {
     let out = cwproxy_cmd(&[], &["--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("PROXY_PORT"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for documented in [
+        "PROXY_PORT",
+        "--check",
+        "INSPECTOR_CHILD_STDOUT",
+        "credential_process",
+    ] {
+        assert!(help.contains(documented), "{documented}: {help}");
+    }
     let out = cwproxy_cmd(&[], &["--version"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("cwproxy "));
 }
@@ -414,4 +425,104 @@ fn sigterm_during_a_slow_request_completes_it() {
         .any(|v| v["request"]["path"] == "/slow" && v["response"]["status"] == 200));
     // New connections are refused once shutdown started.
     assert!(TcpStream::connect(("127.0.0.1", proxy.port)).is_err());
+}
+
+#[test]
+fn every_config_error_is_listed_at_once_first_as_the_original() {
+    let out = cwproxy_cmd(
+        &[
+            ("PROXY_PORT", "abc"),
+            ("HEALTH_URLS", "/%x\u{3bc}"),
+            ("BACKEND_RETRY_METHODS", " , "),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(
+        lines[0],
+        "cwproxy: PROXY_PORT must be a valid integer port: strconv.Atoi: parsing \"abc\": invalid syntax"
+    );
+    // A `%` escape cut inside a multi-byte character: an error naming the variable, no panic.
+    assert_eq!(
+        lines[1],
+        "cwproxy: parse HEALTH_URLS entry \"/%x\u{3bc}\": parse \"/%x\u{3bc}\": invalid URL escape \"%x\\xce\""
+    );
+    assert!(
+        lines[2].starts_with("cwproxy: BACKEND_RETRY_METHODS lists no method"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_the_resolved_configuration_or_every_error() {
+    let out = cwproxy_cmd(
+        &[
+            ("APP_NAME", "orders"),
+            ("HEALTH_URLS", "/healthz,https://some.alb.example.com"),
+            ("BACKEND_RETRY_STATUS_CODES", "502,503-504"),
+            ("INSPECTOR_CHILD_STDOUT", "stderr"),
+        ],
+        &["--check"],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in {stdout}"));
+        line.split_whitespace().skip(1).map(str::to_owned).collect()
+    };
+    assert_eq!(
+        row("HEALTH_URLS"),
+        [
+            "http://127.0.0.1:8080/healthz,https://some.alb.example.com:443/healthz",
+            "(set)"
+        ]
+    );
+    assert_eq!(row("LOG_GROUP_NAME"), ["/app/log/orders", "(default)"]);
+    assert_eq!(
+        row("HEALTH_LOG_GROUP_NAME"),
+        ["/app/log/orders/health", "(default)"]
+    );
+    assert_eq!(row("BACKEND_RETRY_STATUS_CODES"), ["502-504", "(set)"]);
+    assert_eq!(
+        row("BACKEND_RETRY_METHODS"),
+        ["GET,HEAD,OPTIONS", "(default)"]
+    );
+    assert_eq!(row("BACKEND_RETRY_MAX_ATTEMPTS"), ["2", "(default)"]);
+    assert_eq!(row("BACKEND_RETRY_INITIAL_BACKOFF"), ["50ms", "(default)"]);
+    assert_eq!(row("METADATA_DETECT_TIMEOUT"), ["200ms", "(default)"]);
+    assert_eq!(row("INSPECTOR_CHILD_STDOUT"), ["stderr", "(set)"]);
+    assert!(
+        stdout.contains("CloudWatch Logs off: stdout only"),
+        "{stdout}"
+    );
+
+    let out = cwproxy_cmd(
+        &[("CAPTURE_BODY_LIMIT", "0"), ("HEALTH_INTERVAL", "30")],
+        &["--check"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "cwproxy: HEALTH_INTERVAL must be a valid duration: time: missing unit in duration \"30\"\n\
+         cwproxy: CAPTURE_BODY_LIMIT must be at least 1\n"
+    );
 }

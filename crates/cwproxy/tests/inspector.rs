@@ -213,3 +213,143 @@ fn unknown_command_fails_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("cwproxy: start inspector target: start \"/nonexistent/app\""));
 }
+
+/// A Python child that prints `banner` on stdout, waits `delay` seconds, then serves 200 on
+/// 127.0.0.1:`port` (and stays up).
+fn late_server(port: u16, delay: &str, banner: &str) -> Vec<String> {
+    let code = format!(
+        r#"
+import http.server, sys, time
+print("{banner}", flush=True)
+time.sleep({delay})
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"up"
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+    );
+    vec!["python3".into(), "-c".into(), code]
+}
+
+#[test]
+fn explicit_app_port_waits_until_the_app_listens_before_probing() {
+    let app_port = free_port();
+    let port_text = app_port.to_string();
+    let started = Instant::now();
+    let mut proxy = start_inspector(
+        &late_server(app_port, "2", "starting"),
+        &[
+            ("APP_PORT", &port_text),
+            ("HEALTH_URLS", "/health"),
+            ("INSPECTOR_CHILD_STDOUT", "stderr"),
+        ],
+    );
+    // cwproxy listens only once the app does.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let first = proxy.wait_line(|v| v["_t"] == "HEALTH");
+    assert_eq!(first["response"]["status"], 200, "{first}");
+    let r = get(proxy.port);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let stderr = proxy.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains("accepts connections on 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("health check failed"), "{stderr}");
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
+}
+
+#[test]
+fn child_stdout_goes_to_stderr_on_request_and_to_stdout_by_default() {
+    for (mode, on_stdout) in [("stderr", false), ("inherit", true)] {
+        let app_port = free_port();
+        let port_text = app_port.to_string();
+        let banner = format!("plain text from the child ({mode})");
+        let mut proxy = start_inspector(
+            &late_server(app_port, "0", &banner),
+            &[
+                ("APP_PORT", &port_text),
+                ("HEALTH_URLS", "/health"),
+                ("INSPECTOR_CHILD_STDOUT", mode),
+            ],
+        );
+        let r = get(proxy.port);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy
+            .raw_lines()
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .count()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "{:?}", proxy.raw_lines());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines = proxy.raw_lines();
+        assert_eq!(lines.contains(&banner), on_stdout, "{mode}: {lines:?}");
+        if !on_stdout {
+            for l in &lines {
+                assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "{l}");
+            }
+            assert!(proxy.stderr.lock().unwrap().contains(&banner));
+        }
+        proxy.signal(libc::SIGTERM);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
+    }
+}
+
+#[test]
+fn explicit_app_port_never_answering_is_served_anyway_after_the_timeout() {
+    let app_port = free_port().to_string();
+    let started = Instant::now();
+    let mut proxy = start_inspector(
+        &["sleep".to_owned(), "30".to_owned()],
+        &[
+            ("APP_PORT", &app_port),
+            ("HEALTH_URLS", "/health"),
+            ("INSPECTOR_DETECT_TIMEOUT", "1s"),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let stderr = proxy.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains(&format!(
+            "did not accept connections on 127.0.0.1:{app_port} within 1s (INSPECTOR_DETECT_TIMEOUT)"
+        )),
+        "{stderr}"
+    );
+    // Serving, and the probe tells the truth.
+    assert!(get(proxy.port).starts_with("HTTP/1.1 502"));
+    let health = proxy.wait_line(|v| v["_t"] == "HEALTH");
+    assert_eq!(health["HealthStatus"], 0);
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(15)), Some(128 + 15));
+}
+
+#[test]
+fn child_exiting_while_waiting_for_app_port_fails_startup_with_its_code() {
+    let out = cwproxy_cmd(
+        &[
+            ("PROXY_PORT", &free_port().to_string()),
+            ("APP_PORT", &free_port().to_string()),
+        ],
+        &["sh", "-c", "sleep 0.3; exit 4"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("cwproxy: inspector child \"sh\" exited with exit code 4 before 127.0.0.1:"),
+        "{stderr}"
+    );
+}

@@ -152,12 +152,27 @@ pub fn parse_go_duration(text: &str) -> Result<i64, String> {
     Ok(total as i64)
 }
 
-/// Formats a duration the way Go's `time.Duration.String` does for whole seconds and above (`1m0s`, `5s`).
+/// Formats a duration the way Go's `time.Duration.String` does (`1m0s`, `5s`, `1.5s`, `50ms`, `2µs`).
 pub fn format_go_duration(d: Duration) -> String {
     let total = d.as_secs();
     let frac = d.subsec_nanos();
     if total == 0 && frac == 0 {
         return "0s".into();
+    }
+    if total == 0 {
+        // Below one second Go switches to the largest unit that keeps an integer part.
+        let (unit, per) = match frac {
+            0..1_000 => return format!("{frac}ns"),
+            1_000..1_000_000 => ("\u{b5}s", 1_000),
+            _ => ("ms", 1_000_000),
+        };
+        let (int, rest) = (frac / per, frac % per);
+        if rest == 0 {
+            return format!("{int}{unit}");
+        }
+        let width = per.ilog10() as usize;
+        let digits = format!("{rest:0width$}");
+        return format!("{int}.{}{unit}", digits.trim_end_matches('0'));
     }
     let (h, m, s) = (total / 3600, (total / 60) % 60, total % 60);
     let secs = if frac == 0 {
@@ -274,6 +289,15 @@ mod tests {
             Err("time: invalid duration \"9999999999h\"".into())
         );
         assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_go_duration(Duration::from_millis(50)), "50ms");
+        assert_eq!(format_go_duration(Duration::from_micros(1500)), "1.5ms");
+        assert_eq!(format_go_duration(Duration::from_nanos(2_000)), "2\u{b5}s");
+        assert_eq!(
+            format_go_duration(Duration::from_nanos(1_001)),
+            "1.001\u{b5}s"
+        );
+        assert_eq!(format_go_duration(Duration::from_nanos(999)), "999ns");
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_go_duration(Duration::from_secs(3600)), "1h0m0s");
     }
 

@@ -32,15 +32,21 @@ pub enum Stdio {
     Null,
     /// A pipe the caller reads with [`Child::take_stdout`] / [`Child::take_stderr`] (gateway daemon log).
     Piped,
+    /// The parent's stderr (for the child's stdout: cwproxy keeps its own stdout to JSON lines).
+    ParentStderr,
 }
 
 impl Stdio {
-    fn to_std(self) -> std::process::Stdio {
-        match self {
+    fn to_std(self) -> io::Result<std::process::Stdio> {
+        Ok(match self {
             Stdio::Inherit => std::process::Stdio::inherit(),
             Stdio::Null => std::process::Stdio::null(),
             Stdio::Piped => std::process::Stdio::piped(),
-        }
+            Stdio::ParentStderr => {
+                use std::os::fd::AsFd;
+                std::io::stderr().as_fd().try_clone_to_owned()?.into()
+            }
+        })
     }
 }
 
@@ -298,15 +304,22 @@ impl Child {
         }
         // The original trims argv[1]; only a UTF-8 name can be trimmed without guessing at its encoding.
         let program = command.to_str().map_or(command, |s| OsStr::new(s.trim()));
+        let start_error = |source| SpawnError::Start {
+            command: display.clone(),
+            source,
+        };
+        let stdin = match opts.stdin {
+            Stdio::Piped => std::process::Stdio::null(),
+            other => other.to_std().map_err(start_error)?,
+        };
+        let stdout = opts.stdout.to_std().map_err(start_error)?;
+        let stderr = opts.stderr.to_std().map_err(start_error)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(opts.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(match opts.stdin {
-                Stdio::Piped => std::process::Stdio::null(),
-                other => other.to_std(),
-            })
-            .stdout(opts.stdout.to_std())
-            .stderr(opts.stderr.to_std())
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0);
         if let Some(dir) = &opts.current_dir {
             cmd.current_dir(dir);
