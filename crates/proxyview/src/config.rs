@@ -216,6 +216,10 @@ pub fn peer_allowed(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_none_or(|l| l.allows(ip))
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn secs(field: &str, v: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
         return Err(invalid(
@@ -294,6 +298,8 @@ struct RawExternal {
     trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     legacy_errors: bool,
+    #[serde(default = "yes")]
+    bearer_token: bool,
     #[serde(default)]
     response_timeout_secs: Option<f64>,
     #[serde(default)]
@@ -342,6 +348,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Option<Allowlist>,
     /// Answer every failure with Proxyview's exact 404 page.
     pub legacy_errors: bool,
+    /// A caller without `auth-token` may present the external token as `Authorization: Bearer`
+    /// (`external.bearerToken`, default true); false is Proxyview's rule: only `auth-token`,
+    /// and every `Authorization` reaches the backend.
+    pub external_bearer: bool,
     /// How long the server waits for a response head through the tunnel (→ 504).
     pub response_timeout: Duration,
     /// How long a caller may take to send request headers.
@@ -427,6 +437,7 @@ impl ServerConfig {
             external_allow: opt_list("external.whitelistedIps", &raw.external.whitelisted_ips)?,
             trusted_proxies: opt_list("external.trustedProxies", &raw.external.trusted_proxies)?,
             legacy_errors: raw.external.legacy_errors,
+            external_bearer: raw.external.bearer_token,
             response_timeout: d(
                 "external.responseTimeoutSecs",
                 raw.external.response_timeout_secs,

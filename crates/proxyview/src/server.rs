@@ -193,6 +193,7 @@ impl Server {
         let presented = presented_token(
             || map_pairs(req.headers()),
             protocol::AUTH_TOKEN_HEADER.as_str(),
+            true,
         );
         let header_client = req
             .headers()
@@ -457,9 +458,11 @@ fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 
-/// The proxy token a request presents: the first `Authorization` field when it is a bearer
-/// token, else the first legacy token field (`legacy`). One rule for both ports.
-fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str) -> Option<&'a [u8]>
+/// The proxy token a request presents: the first legacy token field (`legacy`) when there is
+/// one, else (when `bearer` allows it) the token of a bearer `Authorization`. The legacy field
+/// wins so that a caller which authenticates with it can still send its own
+/// `Authorization: Bearer` to the backend. One rule for both ports.
+fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str, bearer: bool) -> Option<&'a [u8]>
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
@@ -468,9 +471,11 @@ where
             .find(|(n, _)| n.eq_ignore_ascii_case(want))
             .map(|(_, v)| v.trim_ascii())
     };
-    first(b"authorization")
-        .and_then(bearer_token)
-        .or_else(|| first(legacy.as_bytes()))
+    first(legacy.as_bytes()).or_else(|| {
+        bearer
+            .then(|| first(b"authorization").and_then(bearer_token))
+            .flatten()
+    })
 }
 
 /// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).
@@ -497,8 +502,9 @@ fn logged_headers(h: &HeaderMap, credential: Option<Credentials>) -> HeaderMap {
 }
 
 /// The fields of one request that carry the caller's proxy token: `auth-token` always, and
-/// `Authorization` when it is a bearer token (ours; other schemes belong to the backend). One
-/// rule for what the agent and the access log never see.
+/// `Authorization` only when it is the bearer token [`presented_token`] read (no `auth-token`
+/// present, bearer accepted); any other `Authorization` belongs to the backend. One rule for
+/// what the agent and the access log never see.
 #[derive(Debug, Clone, Copy)]
 struct Credentials {
     bearer: bool,
@@ -601,8 +607,9 @@ mod tests {
     fn token_sources_and_stripping() {
         let mut h = HeaderMap::new();
         h.insert("auth-token", HeaderValue::from_static("legacy"));
+        let legacy = "auth-token";
         assert_eq!(
-            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            presented_token(|| map_pairs(&h), legacy, true),
             Some(&b"legacy"[..])
         );
         h.insert(
@@ -610,9 +617,17 @@ mod tests {
             HeaderValue::from_static("Bearer  tok "),
         );
         assert_eq!(
-            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            presented_token(|| map_pairs(&h), legacy, true),
+            Some(&b"legacy"[..]),
+            "auth-token wins; the bearer is the backend's"
+        );
+        h.remove("auth-token");
+        assert_eq!(
+            presented_token(|| map_pairs(&h), legacy, true),
             Some(&b"tok"[..])
         );
+        assert_eq!(presented_token(|| map_pairs(&h), legacy, false), None);
+        h.insert("auth-token", HeaderValue::from_static("legacy"));
         h.insert("x-other", HeaderValue::from_static("1"));
         let kept = |h: &HeaderMap, bearer: bool| {
             let c = Credentials { bearer };

@@ -129,6 +129,52 @@ async fn token_is_checked_stripped_and_forwarded_headers_set() {
     );
 }
 
+/// The caller's own credentials reach the backend: with `auth-token` present, a bearer
+/// `Authorization` is the backend's and passes untouched; without it a bearer is the proxy
+/// token (stripped), and a wrong one is 401. `bearerToken: false` is Proxyview's rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_bearer_reaches_the_backend_when_auth_token_is_present() {
+    let headers = |server: std::net::SocketAddr, auth: Option<&'static str>, bearer: &str| {
+        let mut r = request("GET", "route1", "/headers", full(Bytes::new()));
+        if auth.is_none() {
+            r.headers_mut().remove("auth-token");
+        }
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        async move {
+            let resp = send(server, r).await.unwrap();
+            let status = resp.status();
+            let seen = if status == StatusCode::OK {
+                serde_json::from_slice(&body_bytes(resp).await).unwrap()
+            } else {
+                serde_json::Value::Null
+            };
+            (status, seen)
+        }
+    };
+    let (server, _agent, _) = setup("", "").await;
+    let (status, seen) = headers(server.external, Some(TOKEN_OUT), "svc-token").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["authorization"], "Bearer svc-token", "{seen}");
+    assert!(seen.get("auth-token").is_none(), "{seen}");
+    let (status, seen) = headers(server.external, None, TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    let (status, _) = headers(server.external, None, "svc-token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (server, _agent, _) = setup("  bearerToken: false\n", "").await;
+    let (status, _) = headers(server.external, None, TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "only auth-token counts");
+    let (status, seen) = headers(server.external, Some(TOKEN_OUT), TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {TOKEN_OUT}"),
+        "{seen}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_bodies_stream_both_ways_with_flat_rss() {
     let (server, agent, _) = setup("", "").await;

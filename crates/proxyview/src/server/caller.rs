@@ -65,8 +65,11 @@ enum BodyKind {
 struct Framing {
     fields: HeadFields,
     expect_continue: bool,
-    /// `Authorization` carries a bearer token (the caller's proxy token, not the backend's).
+    /// `Authorization` carries a bearer token.
     bearer: bool,
+    /// An `auth-token` field is present (then it is the proxy token, and a bearer
+    /// `Authorization` is the backend's).
+    legacy_token: bool,
 }
 
 /// Why a head is refused before it is routed (answered, then the connection is closed).
@@ -81,12 +84,14 @@ impl Framing {
             status: StatusCode::BAD_REQUEST,
             msg,
         };
-        let (mut expect_continue, mut bearer) = (false, false);
+        let (mut expect_continue, mut bearer, mut legacy_token) = (false, false, false);
         let f = HeadFields::read(pairs(fields), |name, value| {
             if name.eq_ignore_ascii_case(b"expect") {
                 expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             } else if name.eq_ignore_ascii_case(b"authorization") {
                 bearer = bearer_token(value).is_some();
+            } else if name.eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str().as_bytes()) {
+                legacy_token = true;
             }
         })
         .map_err(bad)?;
@@ -100,6 +105,7 @@ impl Framing {
             fields: f,
             expect_continue,
             bearer,
+            legacy_token,
         })
     }
 
@@ -281,8 +287,9 @@ impl Server {
             BodyKind::Length(_) | BodyKind::Chunked => (false, 0),
         };
         // Which fields hold the caller's proxy token: kept from both the log and the agent.
+        // A bearer is ours only when it is what `presented_token` reads: no `auth-token`.
         let credential = self.cfg.external_token.is_some().then_some(Credentials {
-            bearer: framing.bearer,
+            bearer: self.cfg.external_bearer && framing.bearer && !framing.legacy_token,
         });
         let log = self.sink.as_ref().map(|sink| LogCtx {
             sink: sink.clone(),
@@ -320,7 +327,11 @@ impl Server {
         };
         let (host, path, original_host) = (routed.host, routed.path, routed.authority);
         if let Some(token) = &self.cfg.external_token {
-            let presented = presented_token(|| pairs(fields), protocol::AUTH_TOKEN_HEADER.as_str());
+            let presented = presented_token(
+                || pairs(fields),
+                protocol::AUTH_TOKEN_HEADER.as_str(),
+                self.cfg.external_bearer,
+            );
             if !presented.is_some_and(|t| token.matches(t)) {
                 return Step::Answer {
                     bytes: self.fail_unauthorized(log, !answer_keep, http10),
@@ -1004,15 +1015,25 @@ mod tests {
         let head = "GET / HTTP/1.1\r\nauth-token: legacy\r\nAuthorization: Bearer  tok \r\n\r\n";
         with_fields(head, |f| {
             assert_eq!(
-                presented_token(|| pairs(f), "auth-token"),
+                presented_token(|| pairs(f), "auth-token", true),
+                Some(&b"legacy"[..])
+            );
+            let fr = Framing::read(f).ok().unwrap();
+            assert!(fr.bearer && fr.legacy_token);
+        });
+        let head = "GET / HTTP/1.1\r\nAuthorization: Bearer  tok \r\n\r\n";
+        with_fields(head, |f| {
+            assert_eq!(
+                presented_token(|| pairs(f), "auth-token", true),
                 Some(&b"tok"[..])
             );
-            assert!(Framing::read(f).ok().unwrap().bearer);
+            let fr = Framing::read(f).ok().unwrap();
+            assert!(fr.bearer && !fr.legacy_token);
         });
         let head = "GET / HTTP/1.1\r\nAUTH-TOKEN: legacy\r\nAuthorization: Basic abc\r\n\r\n";
         with_fields(head, |f| {
             assert_eq!(
-                presented_token(|| pairs(f), "auth-token"),
+                presented_token(|| pairs(f), "auth-token", true),
                 Some(&b"legacy"[..])
             );
             assert!(!Framing::read(f).ok().unwrap().bearer);
