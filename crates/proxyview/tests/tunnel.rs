@@ -592,7 +592,7 @@ async fn backend_errors_are_502_and_504_or_legacy_404() {
         l.local_addr().unwrap()
     };
     let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _agent = start_agent(&agent_yaml(
+    let agent = start_agent(&agent_yaml(
         "agent-1",
         server.internal,
         TOKEN_IN,
@@ -600,14 +600,23 @@ async fn backend_errors_are_502_and_504_or_legacy_404() {
         "responseTimeoutSecs: 0.5\n",
     ));
     wait_route(server.external, "route1", T).await;
-    assert_eq!(
-        get_text(server.external, "gone", "/").await.0,
-        StatusCode::BAD_GATEWAY
+    // Each cause once, and the agent's private backend address only in the agent's log.
+    let (status, body) = get_text(server.external, "gone", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body.matches("Connection refused").count(), 1, "{body}");
+    assert!(!body.contains(&dead.port().to_string()), "{body}");
+    let (status, body) = get_text(server.external, "route1", "/sleep/3000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(!body.contains(&be.port().to_string()), "{body}");
+    assert!(
+        agent.wait_log(&dead.to_string(), T).await,
+        "{}",
+        agent.stderr_text()
     );
-    assert_eq!(
-        get_text(server.external, "route1", "/sleep/3000").await.0,
-        StatusCode::GATEWAY_TIMEOUT
-    );
+    // Logs that go to a file (not a terminal) carry no ANSI colour codes.
+    for log in [agent.stderr_text(), server.proc.stderr_text()] {
+        assert!(log.contains("INFO") && !log.contains('\x1b'), "{log:?}");
+    }
 
     let legacy = start_server(&server_yaml(
         "127.0.0.1",
@@ -864,4 +873,41 @@ async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> Vec<u8> {
             Ok(n) => got.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Colour codes only on a terminal, and never with `NO_COLOR`: an agent whose server is down
+/// logs a warning at once; run under `script` (util-linux) its stderr is a pseudo-terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_colour_only_on_a_terminal_and_never_with_no_color() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(&cfg, agent_yaml("a", dead, TOKEN_IN, &[("r", dead)], "")).unwrap();
+    let run = |no_color: Option<&str>| {
+        let cmd = format!(
+            "timeout -s INT 1.5 {} client --config {}",
+            env!("CARGO_BIN_EXE_proxyview"),
+            cfg.display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.output().expect("script (util-linux) runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = run(None);
+    assert!(
+        tty.contains("tunnel down") && tty.contains('\x1b'),
+        "{tty:?}"
+    );
+    let plain = run(Some("1"));
+    assert!(
+        plain.contains("tunnel down") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
 }

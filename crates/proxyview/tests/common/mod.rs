@@ -118,7 +118,6 @@ fn spawn_with_config(kind: &str, cfg: &Path, dir: tempfile::TempDir, args: &[&st
         .arg(cfg)
         .args(args)
         .env("PROXYVIEW_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
