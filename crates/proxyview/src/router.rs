@@ -12,6 +12,10 @@
 //!   that route by the `agents:` section, in which case they share it.
 //! - A session going away removes only its own entries (keyed by session id), so a late
 //!   disconnect of an old session never removes a newer session's routes.
+//! - A route refused because another clientId served it is remembered for the refused session:
+//!   when the last session serving the route goes away, the route passes at once to the
+//!   sessions of the longest-waiting clientId, without a reconnect. The agent routes by the
+//!   route name of each request, so it needs no message to start serving it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -48,6 +52,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct State {
     routes: HashMap<String, Entry>,
+    /// Route → live sessions refused it because another clientId served it, oldest first.
+    waiting: HashMap<String, Vec<Arc<Session>>>,
 }
 
 /// Route name → sessions, plus the claim policy.
@@ -100,16 +106,20 @@ impl Router {
         let mut evicted: Vec<Arc<Session>> = Vec::new();
         let own_policy = self.policy(&session.client_id);
         let mut st = self.lock();
+        let replaced = |s: &Arc<Session>| {
+            s.client_id == session.client_id && s.instance == session.instance && s.id != session.id
+        };
         for entry in st.routes.values_mut() {
             entry.sessions.retain(|s| {
-                let same = s.client_id == session.client_id
-                    && s.instance == session.instance
-                    && s.id != session.id;
+                let same = replaced(s);
                 if same && !evicted.iter().any(|e| e.id == s.id) {
                     evicted.push(s.clone());
                 }
                 !same
             });
+        }
+        for w in st.waiting.values_mut() {
+            w.retain(|s| !replaced(s));
         }
         for route in routes {
             let reserved: Vec<&AgentPolicy> = self.reserved_by(route).collect();
@@ -141,9 +151,13 @@ impl Router {
                     && reserved.iter().any(|p| p.client_id == session.client_id);
                 if !shared {
                     out.rejected.push(reject(format!(
-                        "route {route:?} is already served by clientId {:?}",
+                        "route {route:?} is already served by clientId {:?}; this agent gets it when that one leaves",
                         other.client_id
                     )));
+                    st.waiting
+                        .entry(route.clone())
+                        .or_default()
+                        .push(session.clone());
                     continue;
                 }
             }
@@ -153,6 +167,7 @@ impl Router {
             out.accepted.push(route.clone());
         }
         st.routes.retain(|_, e| !e.sessions.is_empty());
+        st.waiting.retain(|_, w| !w.is_empty());
         drop(st);
         for e in evicted {
             e.evicted.notify_one();
@@ -160,13 +175,40 @@ impl Router {
         out
     }
 
-    /// Drops every entry of session `id` (and only of it).
-    pub fn remove_session(&self, id: u64) {
+    /// Drops every entry of session `id` (and only of it), then hands each route it left
+    /// unserved to the sessions waiting for it. Returns the handovers as (route, clientId).
+    pub fn remove_session(&self, id: u64) -> Vec<(String, String)> {
         let mut st = self.lock();
         for entry in st.routes.values_mut() {
             entry.sessions.retain(|s| s.id != id);
         }
         st.routes.retain(|_, e| !e.sessions.is_empty());
+        for w in st.waiting.values_mut() {
+            w.retain(|s| s.id != id);
+        }
+        st.waiting.retain(|_, w| !w.is_empty());
+        let free: Vec<String> = st
+            .waiting
+            .keys()
+            .filter(|r| !st.routes.contains_key(*r))
+            .cloned()
+            .collect();
+        let mut handed = Vec::new();
+        for route in free {
+            let Some(mut waiting) = st.waiting.remove(&route) else {
+                continue;
+            };
+            // The longest-waiting clientId takes it, with all its sessions (they share).
+            let client = waiting[0].client_id.clone();
+            let (takers, rest): (Vec<_>, Vec<_>) =
+                waiting.drain(..).partition(|s| s.client_id == client);
+            if !rest.is_empty() {
+                st.waiting.insert(route.clone(), rest);
+            }
+            st.routes.entry(route.clone()).or_default().sessions = takers;
+            handed.push((route, client));
+        }
+        handed
     }
 
     /// The sessions serving `route`, starting with the next one in round-robin order.
@@ -253,6 +295,37 @@ mod tests {
         router.remove_session(4);
         assert!(router.candidates("y").is_empty());
         assert_eq!(router.candidates("x")[0].id, 3);
+    }
+
+    #[test]
+    fn a_refused_route_passes_to_the_waiting_client_when_its_owner_leaves() {
+        let router = Router::new(vec![]);
+        let a = session(1, "a", "i");
+        router.register(&a, &r(&["x"]));
+        let (b1, b2, c) = (
+            session(2, "b", "i1"),
+            session(3, "b", "i2"),
+            session(4, "c", "i"),
+        );
+        for s in [&b1, &b2, &c] {
+            assert_eq!(router.register(s, &r(&["x"])).accepted, r(&[]));
+        }
+        // Removing a waiter hands over nothing; removing the owner hands "x" to both of b's.
+        router.remove_session(3);
+        assert_eq!(
+            router.remove_session(1),
+            [("x".to_string(), "b".to_string())]
+        );
+        assert_eq!(router.candidates("x").len(), 1, "session 3 left before");
+        assert_eq!(router.candidates("x")[0].id, 2);
+        // c still waits behind b.
+        assert_eq!(
+            router.remove_session(2),
+            [("x".to_string(), "c".to_string())]
+        );
+        assert_eq!(router.candidates("x")[0].id, 4);
+        assert!(router.remove_session(4).is_empty());
+        assert!(router.candidates("x").is_empty());
     }
 
     #[test]

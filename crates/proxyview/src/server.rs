@@ -309,7 +309,7 @@ impl Server {
         };
         if let Err(e) = sent {
             warn!(session = id, error = %e, "cannot acknowledge agent");
-            self.router.remove_session(id);
+            self.drop_session(id);
             return;
         }
         ws.limits_mut()
@@ -333,7 +333,15 @@ impl Server {
                 tunnel.close("replaced by a newer session of the same agent");
             }
         }
-        self.router.remove_session(id);
+        self.drop_session(id);
+    }
+
+    /// Removes a session's routes; a route it leaves unserved goes to an agent that was refused
+    /// it (logged here, the one place sessions end).
+    fn drop_session(&self, id: u64) {
+        for (route, client) in self.router.remove_session(id) {
+            info!(%route, %client, "route handed to a waiting agent");
+        }
     }
 
     fn check_hello(&self, h: Hello, header_client: Option<&str>) -> Result<Hello, String> {

@@ -518,10 +518,10 @@ async fn bad_agent_token_is_fatal_with_a_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_client_id_cannot_take_a_route() {
+async fn second_client_id_cannot_take_a_route_until_the_owner_leaves() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
     let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _a = start_agent(&agent_yaml(
+    let mut a = start_agent(&agent_yaml(
         "agent-a",
         server.internal,
         TOKEN_IN,
@@ -546,6 +546,31 @@ async fn second_client_id_cannot_take_a_route() {
     for _ in 0..10 {
         assert_eq!(get_text(server.external, "route1", "/name").await.1, "b1");
     }
+    // The owner leaves: the agent refused route1 serves it within one heartbeat (15 s by
+    // default; here well under a second), on the same session.
+    a.kill();
+    let t0 = Instant::now();
+    loop {
+        let (s, name) = get_text(server.external, "route1", "/name").await;
+        if (s, name.as_str()) == (StatusCode::OK, "b2") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{s} {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .proc
+            .wait_log("route handed to a waiting agent", T)
+            .await,
+        "{}",
+        server.proc.stderr_text()
+    );
+    assert_eq!(
+        b.stderr_text().matches("tunnel up").count(),
+        1,
+        "no reconnect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

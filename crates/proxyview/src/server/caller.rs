@@ -436,7 +436,7 @@ impl Server {
                 Err(e) => {
                     // Nothing reached the agent: drop the dead session, try the next one.
                     debug!(session = s.id, error = %e, "session not usable, failing over");
-                    self.router.remove_session(s.id);
+                    self.drop_session(s.id);
                 }
             }
         }
