@@ -223,6 +223,12 @@ impl Agent {
             client_id: self.cfg.client_id.clone(),
             instance: self.instance.clone(),
             routes: self.cfg.routes.iter().map(|r| r.name.clone()).collect(),
+            targets: self
+                .cfg
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.fingerprint()))
+                .collect(),
         };
         let text = serde_json::to_string(&hello).map_err(|e| SessionError::Fatal(e.to_string()))?;
         wsio::send_control(&mut ws, text)
@@ -246,6 +252,9 @@ impl Agent {
             };
         for r in &ack.rejected {
             warn!(route = %r.route, reason = %r.reason, "route rejected by the server");
+        }
+        for w in &ack.warnings {
+            warn!(warning = %w, "server warning");
         }
         if ack.accepted.is_empty() {
             return Err(SessionError::Retry(

@@ -571,6 +571,17 @@ pub struct Route {
 }
 
 impl Route {
+    /// A short digest of where this route goes (`value:port`, kind, Host rule): equal for two
+    /// agents that serve the route alike, different when they would send callers to different
+    /// backends. A digest, so the server learns whether targets match, not what they are.
+    pub fn fingerprint(&self) -> String {
+        let mut sha = sha1_smol::Sha1::new();
+        sha.update(self.authority().to_ascii_lowercase().as_bytes());
+        sha.update(format!("|{:?}|{}", self.kind, self.preserve_host).as_bytes());
+        let hex = sha.digest().to_string();
+        hex[..12].to_string()
+    }
+
     /// `value:port` as an HTTP authority (IPv6 literals bracketed).
     pub fn authority(&self) -> String {
         if self.value.contains(':') && !self.value.starts_with('[') {

@@ -55,6 +55,11 @@ pub struct Hello {
     pub instance: String,
     /// Route names the agent serves, normalised (lowercase, no trailing dot).
     pub routes: Vec<String>,
+    /// Route name → fingerprint of its target (backend and Host rule; see
+    /// `config::Route::fingerprint`), so the server can tell two processes of one `clientId`
+    /// that send one route to different backends. Absent from older agents.
+    #[serde(default)]
+    pub targets: std::collections::BTreeMap<String, String>,
 }
 
 /// Server's answer to [`Hello`] (JSON text message); the tunnel starts right after it.
@@ -73,6 +78,9 @@ pub struct HelloAck {
     pub heartbeat_interval_ms: u64,
     /// PING answer timeout the agent should use too.
     pub heartbeat_timeout_ms: u64,
+    /// Problems the agent should log (e.g. a shared route with a different target).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One refused route in [`HelloAck`].

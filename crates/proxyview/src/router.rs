@@ -41,6 +41,8 @@ pub struct Session {
     pub sender: OnceLock<Sender>,
     /// Notified when the router drops this session in favour of a newer one.
     pub evicted: Notify,
+    /// Route name → fingerprint of the agent's target for it (from its Hello).
+    pub targets: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,8 @@ pub struct Registration {
     pub accepted: Vec<String>,
     /// Routes refused with reasons.
     pub rejected: Vec<Rejected>,
+    /// Accepted, but worth a warning on both sides (server log and agent log).
+    pub warnings: Vec<String>,
 }
 
 impl Router {
@@ -160,6 +164,23 @@ impl Router {
                         .push(session.clone());
                     continue;
                 }
+            }
+            // Another process of this clientId serving the route elsewhere: callers would
+            // alternate between two backends. Shared all the same (that is the rule for one
+            // clientId), but said out loud.
+            let mine = session.targets.get(route);
+            if let Some(other) = entry.sessions.iter().find(|s| {
+                s.id != session.id
+                    && s.client_id == session.client_id
+                    && matches!((mine, s.targets.get(route)), (Some(a), Some(b)) if a != b)
+            }) {
+                out.warnings.push(format!(
+                    "route {route:?}: another process of clientId {:?} (session {}) serves it with a different target; callers alternate between both backends (fingerprints {} and {})",
+                    session.client_id,
+                    other.id,
+                    mine.map_or("", String::as_str),
+                    other.targets.get(route).map_or("", String::as_str),
+                ));
             }
             if !entry.sessions.iter().any(|s| s.id == session.id) {
                 entry.sessions.push(session.clone());
@@ -256,6 +277,7 @@ mod tests {
             instance: instance.into(),
             sender: OnceLock::new(),
             evicted: Notify::new(),
+            targets: Default::default(),
         })
     }
 
@@ -326,6 +348,29 @@ mod tests {
         assert_eq!(router.candidates("x")[0].id, 4);
         assert!(router.remove_session(4).is_empty());
         assert!(router.candidates("x").is_empty());
+    }
+
+    #[test]
+    fn same_client_with_a_different_target_is_warned_but_shares() {
+        let router = Router::new(vec![]);
+        let with = |id, inst: &str, fp: &str| {
+            let mut s = Arc::try_unwrap(session(id, "a", inst)).unwrap();
+            s.targets.insert("x".into(), fp.into());
+            Arc::new(s)
+        };
+        assert!(router
+            .register(&with(1, "i1", "f1"), &r(&["x"]))
+            .warnings
+            .is_empty());
+        assert!(router
+            .register(&with(2, "i2", "f1"), &r(&["x"]))
+            .warnings
+            .is_empty());
+        let reg = router.register(&with(3, "i3", "f2"), &r(&["x"]));
+        assert_eq!(reg.accepted, r(&["x"]));
+        assert_eq!(reg.warnings.len(), 1, "{:?}", reg.warnings);
+        assert!(reg.warnings[0].contains("f1") && reg.warnings[0].contains("f2"));
+        assert_eq!(router.candidates("x").len(), 3);
     }
 
     #[test]

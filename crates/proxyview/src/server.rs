@@ -281,6 +281,7 @@ impl Server {
             instance: hello.instance.clone(),
             sender: OnceLock::new(),
             evicted: Notify::new(),
+            targets: hello.targets.clone(),
         });
         let mut routes = Vec::new();
         let mut rejected = Vec::new();
@@ -302,7 +303,11 @@ impl Server {
             rejected: rejected.clone(),
             heartbeat_interval_ms: millis(self.cfg.heartbeat_interval),
             heartbeat_timeout_ms: millis(self.cfg.heartbeat_timeout),
+            warnings: reg.warnings.clone(),
         };
+        for w in &reg.warnings {
+            warn!(session = id, client = %hello.client_id, %peer, warning = %w, "agent registration");
+        }
         let sent = match serde_json::to_string(&ack) {
             Ok(t) => wsio::send_control(&mut ws, t).await,
             Err(e) => Err(e.to_string()),

@@ -593,6 +593,15 @@ async fn same_client_id_shares_round_robin_and_fails_over() {
         "",
     ));
     assert!(_a2.wait_log("tunnel up", T).await);
+    // Same clientId, different backend for route1: warned in the server's and the agent's log.
+    for log in [&server.proc, &_a2] {
+        assert!(
+            log.wait_log("serves it with a different target", T).await,
+            "{}",
+            log.stderr_text()
+        );
+    }
+    assert!(!a1.stderr_text().contains("different target"));
     let mut names = Vec::new();
     for _ in 0..10 {
         names.push(get_text(server.external, "route1", "/name").await.1);
