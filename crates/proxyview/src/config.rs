@@ -284,6 +284,27 @@ struct RawInternal {
     heartbeat_interval_secs: Option<f64>,
     #[serde(default)]
     heartbeat_timeout_secs: Option<f64>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTls {
+    certificates: Vec<RawCert>,
+    #[serde(default)]
+    reload_secs: Option<f64>,
+    #[serde(default)]
+    redirect_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCert {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +327,8 @@ struct RawExternal {
     header_read_timeout_secs: Option<f64>,
     #[serde(default)]
     send_timeout_secs: Option<f64>,
+    #[serde(default)]
+    tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +348,83 @@ pub struct AgentPolicy {
     pub token: Secret,
     /// Normalised route names it may serve (and that agents without an entry may not).
     pub routes: Vec<String>,
+}
+
+/// One certificate of a TLS port: a PEM chain (leaf first) and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// Dotted config path, for messages (`external.tls.certificates[0]`).
+    pub field: String,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names it serves (`*.example.com` allowed); `None` = the DNS names in the certificate.
+    pub hosts: Option<Vec<String>>,
+}
+
+/// TLS on one port (`internal.tls` / `external.tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    /// Dotted config path of the block, for messages.
+    pub field: String,
+    /// Certificates; the first also answers a ClientHello whose SNI no other one serves.
+    pub certificates: Vec<CertFiles>,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    pub reload: Duration,
+    /// Plain-HTTP port answering every request with a redirect to https (external only).
+    pub redirect_port: Option<u16>,
+}
+
+fn tls_settings(field: &str, raw: Option<RawTls>) -> Result<Option<TlsSettings>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.certificates.is_empty() {
+        return Err(invalid(
+            format!("{field}.certificates"),
+            "list at least one {cert, key}; the first is the default",
+        ));
+    }
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (i, c) in raw.certificates.into_iter().enumerate() {
+        let f = format!("{field}.certificates[{i}]");
+        let hosts = match c.hosts {
+            None => None,
+            Some(h) if h.is_empty() => {
+                return Err(invalid(
+                    format!("{f}.hosts"),
+                    "empty list; remove it to use the certificate's own names",
+                ))
+            }
+            Some(h) => Some(
+                h.iter()
+                    .map(|n| {
+                        let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+                        if n.is_empty() {
+                            Err(invalid(format!("{f}.hosts"), "empty host name"))
+                        } else {
+                            Ok(n)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        certificates.push(CertFiles {
+            field: f,
+            cert: c.cert,
+            key: c.key,
+            hosts,
+        });
+    }
+    Ok(Some(TlsSettings {
+        field: field.to_string(),
+        certificates,
+        reload: raw
+            .reload_secs
+            .map_or(Ok(protocol::TLS_RELOAD_INTERVAL), |v| {
+                secs(&format!("{field}.reloadSecs"), v)
+            })?,
+        redirect_port: raw.redirect_port,
+    }))
 }
 
 /// Validated server configuration.
@@ -366,6 +466,10 @@ pub struct ServerConfig {
     pub agents: Vec<AgentPolicy>,
     /// Write one JSON access-log line per proxied request.
     pub access_log: bool,
+    /// TLS on the agents' port (`internal.tls`).
+    pub internal_tls: Option<TlsSettings>,
+    /// TLS on the callers' port (`external.tls`), with its optional redirect port.
+    pub external_tls: Option<TlsSettings>,
 }
 
 impl ServerConfig {
@@ -465,7 +569,27 @@ impl ServerConfig {
             )?,
             agents,
             access_log: raw.access_log,
+            internal_tls: tls_settings("internal.tls", raw.internal.tls)?,
+            external_tls: tls_settings("external.tls", raw.external.tls)?,
         };
+        if cfg
+            .internal_tls
+            .as_ref()
+            .is_some_and(|t| t.redirect_port.is_some())
+        {
+            return Err(invalid(
+                "internal.tls.redirectPort",
+                "only the external port has a redirect port",
+            ));
+        }
+        if let Some(p) = cfg.external_tls.as_ref().and_then(|t| t.redirect_port) {
+            if p != 0 && (p == cfg.external_port || p == cfg.internal_port) {
+                return Err(invalid(
+                    "external.tls.redirectPort",
+                    format!("{p} is also external.port or internal.port"),
+                ));
+            }
+        }
         if cfg.internal_port != 0 && cfg.internal_port == cfg.external_port {
             return Err(invalid(
                 "external.port",

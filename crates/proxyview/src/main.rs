@@ -102,8 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = rt.block_on(async move {
                 let server = proxyview::server::Server::new(cfg, sink);
                 let bound = server.start().await?;
+                let redirect = bound
+                    .redirect
+                    .map(|a| format!(" redirect={a}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "proxyview server listening internal={} external={}",
+                    "proxyview server listening internal={} external={}{redirect}",
                     bound.internal, bound.external
                 );
                 shutdown_signal().await;

@@ -42,6 +42,9 @@ pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("auth-token");
 /// Agent header carrying its `clientId`.
 pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("client-id");
 
+/// How often TLS certificate files are checked for changes by default (`tls.reloadSecs`).
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// First message of a session, agent → server (JSON text message).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

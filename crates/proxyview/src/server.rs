@@ -27,7 +27,9 @@ use crate::protocol::{self, Hello, HelloAck, Rejected};
 use crate::router::{Router, Session};
 
 mod caller;
+pub mod tls;
 use crate::wsio;
+use caller::CallerIo;
 
 /// Proxyview's exact error page, used for every failure in legacy mode.
 pub const LEGACY_404_BODY: &str = "Resource was not found.";
@@ -49,6 +51,8 @@ pub struct Bound {
     pub internal: SocketAddr,
     /// Caller-facing listener.
     pub external: SocketAddr,
+    /// Plain-HTTP port that redirects to the external TLS port (`external.tls.redirectPort`).
+    pub redirect: Option<SocketAddr>,
 }
 
 impl Server {
@@ -81,9 +85,14 @@ impl Server {
             .is_ok()
     }
 
-    /// Binds both listeners and spawns their accept loops.
+    /// Loads the TLS certificates, binds the listeners and spawns their accept loops.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<Bound> {
         use anyhow::Context as _;
+        let load = |t: &Option<crate::config::TlsSettings>| {
+            t.as_ref().map(tls::ServerTls::load).transpose()
+        };
+        let internal_tls = load(&self.cfg.internal_tls)?;
+        let external_tls = load(&self.cfg.external_tls)?;
         let internal = TcpListener::bind(self.cfg.internal_addr())
             .await
             .with_context(|| {
@@ -100,21 +109,45 @@ impl Server {
                     self.cfg.external_addr()
                 )
             })?;
+        let redirect_port = self.cfg.external_tls.as_ref().and_then(|t| t.redirect_port);
+        let redirect = match redirect_port {
+            Some(p) => {
+                let addr = SocketAddr::new(self.cfg.host, p);
+                Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on external.tls.redirectPort {addr}")
+                })?)
+            }
+            None => None,
+        };
         let bound = Bound {
             internal: internal.local_addr()?,
             external: external.local_addr()?,
+            redirect: redirect.as_ref().map(TcpListener::local_addr).transpose()?,
         };
+        for t in internal_tls.iter().chain(external_tls.iter()) {
+            t.spawn_reloader(self.stopping.subscribe());
+        }
         let s = self.clone();
-        tokio::spawn(async move { s.accept_loop(internal, Port::Internal).await });
+        tokio::spawn(async move { s.accept_loop(internal, Port::Internal, internal_tls).await });
         let s = self.clone();
-        tokio::spawn(async move { s.accept_loop(external, Port::External).await });
+        tokio::spawn(async move { s.accept_loop(external, Port::External, external_tls).await });
+        if let Some(l) = redirect {
+            let s = self.clone();
+            let https_port = bound.external.port();
+            tokio::spawn(async move { s.accept_loop(l, Port::Redirect(https_port), None).await });
+        }
         Ok(bound)
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: Port) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        port: Port,
+        tls: Option<tls::ServerTls>,
+    ) {
         let allow = match port {
             Port::Internal => self.cfg.internal_allow.clone(),
-            Port::External => self.cfg.external_allow.clone(),
+            Port::External | Port::Redirect(_) => self.cfg.external_allow.clone(),
         };
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -142,14 +175,32 @@ impl Server {
             }
             let _ = tcp.set_nodelay(true);
             let s = self.clone();
-            self.connections
-                .spawn(async move { s.serve_connection(tcp, peer, port).await });
+            let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
+            self.connections.spawn(async move {
+                match acceptor {
+                    None => s.serve_connection(tcp, peer, port).await,
+                    Some(acc) => {
+                        // Bounded like a request head: a silent or half-open client costs
+                        // this task until then, nothing more.
+                        match tokio::time::timeout(s.cfg.header_read_timeout, acc.accept(tcp)).await
+                        {
+                            Ok(Ok(io)) => s.serve_connection(io, peer, port).await,
+                            Ok(Err(e)) => debug!(%peer, ?port, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, ?port, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, port: Port) {
-        if port == Port::External {
-            return self.serve_caller(tcp, peer).await;
+    async fn serve_connection<S: CallerIo>(self: Arc<Self>, tcp: S, peer: SocketAddr, port: Port) {
+        match port {
+            Port::External => return self.serve_caller(tcp, peer).await,
+            Port::Redirect(https) => {
+                return tls::redirect(tcp, https, self.cfg.header_read_timeout).await
+            }
+            Port::Internal => {}
         }
         // The agents' port stays on hyper: it sees one upgrade per agent session.
         let s = self.clone();
@@ -383,6 +434,8 @@ impl Server {
 enum Port {
     Internal,
     External,
+    /// The plain port that redirects to the external TLS port (its number here).
+    Redirect(u16),
 }
 
 /// What the server remembers about a request until its log record is written.
@@ -398,6 +451,7 @@ struct LogCtx {
     endpoint: Option<String>,
     client_id: Option<String>,
     session: Option<u64>,
+    tls: bool,
 }
 
 impl LogCtx {
@@ -434,7 +488,7 @@ impl LogCtx {
                 elapsed: self.t0.elapsed(),
                 method: self.method.clone(),
                 uri: std::mem::take(&mut self.uri),
-                tls: false,
+                tls: self.tls,
                 request_headers: std::mem::take(&mut self.headers),
                 request_body,
                 status,

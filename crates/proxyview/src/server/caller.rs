@@ -28,6 +28,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use telemetry::Capture;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -161,10 +162,46 @@ enum Next {
     Upgrade(SendHalf, RecvHalf),
 }
 
+/// A caller's connection: plain TCP, or TLS over it. Split into halves for the duration of one
+/// exchange: TCP's borrowed halves cost nothing; TLS has one state for both directions, so its
+/// halves share it through tokio's split (an uncontended lock per poll).
+pub(super) trait CallerIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection is TLS (the agent then sends `X-Forwarded-Proto: https`).
+    const TLS: bool;
+    /// Read half for one exchange.
+    type Rd<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// Write half for one exchange.
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Both halves, borrowed.
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+}
+
+impl CallerIo for TcpStream {
+    const TLS: bool = false;
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+}
+
+impl CallerIo for tokio_rustls::server::TlsStream<TcpStream> {
+    const TLS: bool = true;
+    type Rd<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Wr<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        tokio::io::split(self)
+    }
+}
+
 impl Server {
     /// Serves one caller connection until it closes, fails, times out, upgrades, or the server
     /// drains.
-    pub(super) async fn serve_caller(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
+    pub(super) async fn serve_caller<S: CallerIo>(self: Arc<Self>, mut tcp: S, peer: SocketAddr) {
         let peer_ip = peer.ip().to_string();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut stopping = self.stopping.subscribe();
@@ -182,7 +219,10 @@ impl Server {
             let (step, len) = loop {
                 if !buf.is_empty() {
                     match parse_request(&buf, |req, len| {
-                        (self.prepare(req, peer, &peer_ip, buf.len() - len), len)
+                        (
+                            self.prepare(req, peer, &peer_ip, buf.len() - len, S::TLS),
+                            len,
+                        )
                     }) {
                         Ok(Some(x)) => break x,
                         Ok(None) if buf.len() < MAX_REQUEST_HEAD => {}
@@ -262,6 +302,7 @@ impl Server {
         peer: SocketAddr,
         peer_ip: &str,
         buffered: usize,
+        tls: bool,
     ) -> Step {
         let method = req.method.unwrap_or("GET");
         let target = req.path.unwrap_or("/");
@@ -303,6 +344,7 @@ impl Server {
             endpoint: None,
             client_id: None,
             session: None,
+            tls,
         });
         let answer = |log: Option<LogCtx>, status: StatusCode, msg: &str| Step::Answer {
             bytes: self.fail(log, status, msg, !answer_keep, http10),
@@ -379,7 +421,14 @@ impl Server {
                         || n.eq_ignore_ascii_case(b"forwarded")));
             !dropped
         };
+        // Over TLS the agent must say https; a trusted proxy's own X-Forwarded-Proto is kept.
+        let https = tls
+            && (drop_forwarded
+                || !fields
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("x-forwarded-proto")));
         let meta = [
+            ("x-forwarded-proto", if https { "https" } else { "" }),
             (protocol::ROUTE_FIELD, host.as_str()),
             (protocol::PEER_FIELD, peer_ip),
             (protocol::HOST_FIELD, original_host),
@@ -448,9 +497,9 @@ impl Server {
     }
 
     /// Sends the request body up while the answer is awaited, then writes the answer.
-    async fn forward(
+    async fn forward<S: CallerIo>(
         &self,
-        tcp: &mut TcpStream,
+        tcp: &mut S,
         buf: &mut BytesMut,
         fwd: Forward,
         mut timer: Pin<&mut tokio::time::Sleep>,
@@ -467,7 +516,7 @@ impl Server {
             upgrade,
             mut log,
         } = fwd;
-        let (mut rd, wr) = tcp.split();
+        let (mut rd, wr) = tcp.halves();
         let mut wr = SendLimit::new(wr, self.cfg.send_timeout);
         if expect_continue
             && body != BodyKind::None
@@ -835,7 +884,11 @@ fn refused(status: StatusCode, msg: &'static str) -> Refused {
 }
 
 /// Answers a head that could not be taken (parse error, too large) and closes.
-async fn finish_with(mut tcp: TcpStream, r: &Refused, send_timeout: std::time::Duration) {
+async fn finish_with<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    r: &Refused,
+    send_timeout: std::time::Duration,
+) {
     let b = local(false, r.status, r.msg, true, false);
     if SendLimit::new(&mut tcp, send_timeout)
         .write_all(&b)
@@ -857,7 +910,7 @@ async fn write_local<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, b: &[u8], kee
 /// Closes after an answer: a FIN first, then what the caller still sends is read and dropped
 /// for a moment, so the kernel does not turn the close into an RST that destroys the answer
 /// before the caller read it.
-async fn linger_close(mut tcp: TcpStream) {
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut tcp: S) {
     let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
         tcp.shutdown().await?;
         let mut sink = [0u8; 4096];
