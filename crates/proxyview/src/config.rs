@@ -271,6 +271,14 @@ struct RawServer {
     agents: Option<Vec<RawAgent>>,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAdmin {
+    token: Secret,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +476,8 @@ pub struct ServerConfig {
     pub access_log: bool,
     /// TLS on the agents' port (`internal.tls`).
     pub internal_tls: Option<TlsSettings>,
+    /// Token of the operator page (`admin.token`); `None` = `internal.token`.
+    pub admin_token: Option<Secret>,
     /// TLS on the callers' port (`external.tls`), with its optional redirect port.
     pub external_tls: Option<TlsSettings>,
 }
@@ -570,6 +580,15 @@ impl ServerConfig {
             agents,
             access_log: raw.access_log,
             internal_tls: tls_settings("internal.tls", raw.internal.tls)?,
+            admin_token: match raw.admin {
+                Some(a) if a.token.expose().is_empty() => {
+                    return Err(invalid(
+                        "admin.token",
+                        "must not be empty (remove admin: to use internal.token)",
+                    ))
+                }
+                a => a.map(|a| a.token),
+            },
             external_tls: tls_settings("external.tls", raw.external.tls)?,
         };
         if cfg

@@ -36,6 +36,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const CONNECT_PATH: &str = "/connect";
 /// Path of the liveness endpoint on the internal port (200 `ok`).
 pub const HEALTH_PATH: &str = "/health";
+/// Internal port: the operator page's JSON (`/` is the page itself).
+pub const STATUS_PATH: &str = "/api/status";
 
 /// Legacy agent header carrying the token (Proxyview's only form).
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("auth-token");

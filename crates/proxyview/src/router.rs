@@ -18,12 +18,15 @@
 //!   route name of each request, so it needs no message to start serving it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
 use crate::config::AgentPolicy;
 use crate::protocol::Rejected;
+use crate::stats::{LastMinute, RouteStats};
 
 /// The tunnel session handle the server opens streams on.
 pub type Sender = crate::mux::Session;
@@ -43,12 +46,17 @@ pub struct Session {
     pub evicted: Notify,
     /// Route name → fingerprint of the agent's target for it (from its Hello).
     pub targets: std::collections::BTreeMap<String, String>,
+    /// The agent's address as the server saw it.
+    pub peer: SocketAddr,
+    /// When the session was accepted.
+    pub since: SystemTime,
 }
 
 #[derive(Debug, Default)]
 struct Entry {
     sessions: Vec<Arc<Session>>,
     next: usize,
+    stats: Arc<RouteStats>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +64,54 @@ struct State {
     routes: HashMap<String, Entry>,
     /// Route → live sessions refused it because another clientId served it, oldest first.
     waiting: HashMap<String, Vec<Arc<Session>>>,
+    /// Every registered, live session (for the operator page).
+    sessions: HashMap<u64, Arc<Session>>,
+}
+
+/// A snapshot of the table for the operator page.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Live agent sessions, oldest first.
+    pub agents: Vec<AgentStatus>,
+    /// Served routes by name.
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One agent session in [`Status`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Server-side session id.
+    pub session: u64,
+    /// The agent's `clientId`.
+    pub client_id: String,
+    /// The agent's address.
+    pub remote_addr: String,
+    /// Connected since, seconds since the Unix epoch.
+    pub connected_since: u64,
+    /// Routes this session serves.
+    pub routes: Vec<String>,
+    /// Routes it waits for (refused: another clientId serves them).
+    pub waiting_for: Vec<String>,
+    /// Streams open now.
+    pub in_flight: usize,
+    /// Tunnel bytes server → agent.
+    pub bytes_to_agent: u64,
+    /// Tunnel bytes agent → server.
+    pub bytes_from_agent: u64,
+}
+
+/// One route in [`Status`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// Route name.
+    pub route: String,
+    /// clientIds of the sessions serving it (one per session).
+    pub agents: Vec<String>,
+    /// Requests over the last minute.
+    pub last_minute: LastMinute,
 }
 
 /// Route name → sessions, plus the claim policy.
@@ -125,6 +181,8 @@ impl Router {
         for w in st.waiting.values_mut() {
             w.retain(|s| !replaced(s));
         }
+        st.sessions.retain(|_, s| !replaced(s));
+        st.sessions.insert(session.id, session.clone());
         for route in routes {
             let reserved: Vec<&AgentPolicy> = self.reserved_by(route).collect();
             let reject = |reason: String| Rejected {
@@ -204,6 +262,7 @@ impl Router {
             entry.sessions.retain(|s| s.id != id);
         }
         st.routes.retain(|_, e| !e.sessions.is_empty());
+        st.sessions.remove(&id);
         for w in st.waiting.values_mut() {
             w.retain(|s| s.id != id);
         }
@@ -232,18 +291,79 @@ impl Router {
         handed
     }
 
-    /// The sessions serving `route`, starting with the next one in round-robin order.
-    pub fn candidates(&self, route: &str) -> Vec<Arc<Session>> {
+    /// The sessions serving `route`, starting with the next one in round-robin order, and the
+    /// route's request figures.
+    pub fn candidates(&self, route: &str) -> (Vec<Arc<Session>>, Option<Arc<RouteStats>>) {
         let mut st = self.lock();
         let Some(entry) = st.routes.get_mut(route) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let n = entry.sessions.len();
         let start = entry.next % n;
         entry.next = entry.next.wrapping_add(1);
-        (0..n)
+        let sessions = (0..n)
             .map(|i| entry.sessions[(start + i) % n].clone())
-            .collect()
+            .collect();
+        (sessions, Some(entry.stats.clone()))
+    }
+
+    /// The table as the operator page shows it.
+    pub fn status(&self) -> Status {
+        let st = self.lock();
+        let mut agents: Vec<AgentStatus> = st
+            .sessions
+            .values()
+            .map(|s| {
+                let sorted = |mut v: Vec<String>| {
+                    v.sort();
+                    v
+                };
+                let routes = sorted(
+                    st.routes
+                        .iter()
+                        .filter(|(_, e)| e.sessions.iter().any(|x| x.id == s.id))
+                        .map(|(r, _)| r.clone())
+                        .collect(),
+                );
+                let waiting_for = sorted(
+                    st.waiting
+                        .iter()
+                        .filter(|(_, w)| w.iter().any(|x| x.id == s.id))
+                        .map(|(r, _)| r.clone())
+                        .collect(),
+                );
+                let (in_flight, (bytes_to_agent, bytes_from_agent)) = s
+                    .sender
+                    .get()
+                    .map_or((0, (0, 0)), |t| (t.open_streams(), t.bytes()));
+                AgentStatus {
+                    session: s.id,
+                    client_id: s.client_id.clone(),
+                    remote_addr: s.peer.to_string(),
+                    connected_since: s
+                        .since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    routes,
+                    waiting_for,
+                    in_flight,
+                    bytes_to_agent,
+                    bytes_from_agent,
+                }
+            })
+            .collect();
+        agents.sort_by_key(|a| a.session);
+        let mut routes: Vec<RouteStatus> = st
+            .routes
+            .iter()
+            .map(|(r, e)| RouteStatus {
+                route: r.clone(),
+                agents: e.sessions.iter().map(|s| s.client_id.clone()).collect(),
+                last_minute: e.stats.last_minute(),
+            })
+            .collect();
+        routes.sort_by(|a, b| a.route.cmp(&b.route));
+        Status { agents, routes }
     }
 
     /// Route names currently served (for diagnostics and tests).
@@ -278,6 +398,8 @@ mod tests {
             sender: OnceLock::new(),
             evicted: Notify::new(),
             targets: Default::default(),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            since: SystemTime::now(),
         })
     }
 
@@ -303,20 +425,20 @@ mod tests {
         );
         let a2 = session(3, "a", "i2");
         router.register(&a2, &r(&["x"]));
-        let ids: Vec<u64> = (0..4).map(|_| router.candidates("x")[0].id).collect();
+        let ids: Vec<u64> = (0..4).map(|_| router.candidates("x").0[0].id).collect();
         assert!(ids.contains(&1) && ids.contains(&3), "round robin: {ids:?}");
         // Reconnect of instance i1 replaces session 1 everywhere.
         let a1b = session(4, "a", "i1");
         router.register(&a1b, &r(&["x", "y"]));
-        let mut ids: Vec<u64> = router.candidates("x").iter().map(|s| s.id).collect();
+        let mut ids: Vec<u64> = router.candidates("x").0.iter().map(|s| s.id).collect();
         ids.sort();
         assert_eq!(ids, vec![3, 4]);
         // Late disconnect of the replaced session removes nothing of the new one.
         router.remove_session(1);
-        assert_eq!(router.candidates("y")[0].id, 4);
+        assert_eq!(router.candidates("y").0[0].id, 4);
         router.remove_session(4);
-        assert!(router.candidates("y").is_empty());
-        assert_eq!(router.candidates("x")[0].id, 3);
+        assert!(router.candidates("y").0.is_empty());
+        assert_eq!(router.candidates("x").0[0].id, 3);
     }
 
     #[test]
@@ -338,16 +460,16 @@ mod tests {
             router.remove_session(1),
             [("x".to_string(), "b".to_string())]
         );
-        assert_eq!(router.candidates("x").len(), 1, "session 3 left before");
-        assert_eq!(router.candidates("x")[0].id, 2);
+        assert_eq!(router.candidates("x").0.len(), 1, "session 3 left before");
+        assert_eq!(router.candidates("x").0[0].id, 2);
         // c still waits behind b.
         assert_eq!(
             router.remove_session(2),
             [("x".to_string(), "c".to_string())]
         );
-        assert_eq!(router.candidates("x")[0].id, 4);
+        assert_eq!(router.candidates("x").0[0].id, 4);
         assert!(router.remove_session(4).is_empty());
-        assert!(router.candidates("x").is_empty());
+        assert!(router.candidates("x").0.is_empty());
     }
 
     #[test]
@@ -370,7 +492,7 @@ mod tests {
         assert_eq!(reg.accepted, r(&["x"]));
         assert_eq!(reg.warnings.len(), 1, "{:?}", reg.warnings);
         assert!(reg.warnings[0].contains("f1") && reg.warnings[0].contains("f2"));
-        assert_eq!(router.candidates("x").len(), 3);
+        assert_eq!(router.candidates("x").0.len(), 3);
     }
 
     #[test]
@@ -393,6 +515,6 @@ mod tests {
             router.register(&b, &r(&["shared", "pay"])).accepted,
             r(&["shared"])
         );
-        assert_eq!(router.candidates("shared").len(), 2);
+        assert_eq!(router.candidates("shared").0.len(), 2);
     }
 }

@@ -239,6 +239,7 @@ impl Server {
         match req.uri().path() {
             protocol::HEALTH_PATH => return text(StatusCode::OK, "ok\n"),
             protocol::CONNECT_PATH => {}
+            p @ (protocol::STATUS_PATH | "/") => return self.admin(p, &req),
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
         }
         let presented = presented_token(
@@ -333,6 +334,8 @@ impl Server {
             sender: OnceLock::new(),
             evicted: Notify::new(),
             targets: hello.targets.clone(),
+            peer,
+            since: SystemTime::now(),
         });
         let mut routes = Vec::new();
         let mut rejected = Vec::new();
@@ -390,6 +393,52 @@ impl Server {
             }
         }
         self.drop_session(id);
+    }
+
+    /// The operator page (`/`) and its data (`/api/status`), behind `admin.token` (else the
+    /// internal token): as a bearer, `auth-token`, or the password of HTTP Basic auth (any user
+    /// name), which is what a browser sends after its login prompt, for the page and its fetches.
+    fn admin(&self, path: &str, req: &Request<Incoming>) -> Response<PvBody> {
+        let token = self
+            .cfg
+            .admin_token
+            .as_ref()
+            .unwrap_or(&self.cfg.internal_token);
+        let basic = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| basic_password(v.as_bytes()));
+        let presented = basic.as_deref().or_else(|| {
+            presented_token(
+                || map_pairs(req.headers()),
+                protocol::AUTH_TOKEN_HEADER.as_str(),
+                true,
+            )
+        });
+        if !presented.is_some_and(|t| token.matches(t)) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "proxyview: admin token required\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"proxyview admin\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
+        let (body, kind) = if path == "/" {
+            (ADMIN_PAGE.to_string(), "text/html; charset=utf-8")
+        } else {
+            match serde_json::to_string(&self.router.status()) {
+                Ok(j) => (j, "application/json"),
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        };
+        let mut r = Response::new(full(body));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
     }
 
     /// Removes a session's routes; a route it leaves unserved goes to an agent that was refused
@@ -543,6 +592,18 @@ where
             .then(|| first(b"authorization").and_then(bearer_token))
             .flatten()
     })
+}
+
+/// The operator page: one self-contained file (inline CSS and JS, no external assets).
+const ADMIN_PAGE: &str = include_str!("server/admin.html");
+
+/// The password of a Basic `Authorization` value (`Basic base64(user:password)`).
+fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
+    let b64 = (value.len() > 6 && value[..6].eq_ignore_ascii_case(b"basic "))
+        .then(|| value[6..].trim_ascii())?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let colon = raw.iter().position(|&c| c == b':')?;
+    Some(raw[colon + 1..].to_vec())
 }
 
 /// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).

@@ -67,7 +67,7 @@ async fn readme_worked_example() {
         .filter(|l| l.starts_with("curl "))
         .map(ports)
         .collect();
-    assert_eq!(curls.len(), 5, "{curls:?}");
+    assert!(curls.len() >= 5, "{curls:?}");
     let run = |line: &str| run_in(dir.path(), line);
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while !run(&curls[0]).ends_with("200") {

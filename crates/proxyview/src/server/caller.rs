@@ -44,6 +44,7 @@ use crate::http_util;
 use crate::mux::{self, CopyError, RecvHalf, SendHalf};
 use crate::protocol::{self, RawResponseHead};
 use crate::router::Session;
+use crate::stats::Probe;
 
 /// Largest request head accepted (hyper's limit here was its 256 KiB read buffer).
 pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
@@ -144,6 +145,7 @@ struct Forward {
     head_method: bool,
     upgrade: Option<String>,
     log: Option<LogCtx>,
+    probe: Probe,
 }
 
 /// Why the caller's side of an exchange stopped being read.
@@ -382,14 +384,15 @@ impl Server {
                 };
             }
         }
-        let candidates = self.router.candidates(&host);
-        if candidates.is_empty() {
+        let (candidates, stats) = self.router.candidates(&host);
+        let Some(stats) = stats else {
             return answer(
                 log,
                 StatusCode::NOT_FOUND,
                 &format!("no agent serves host {host:?}"),
             );
-        }
+        };
+        let probe = Probe::start(stats);
         let mut log = log;
         if let Some(l) = log.as_mut() {
             l.endpoint = Some(host.clone());
@@ -480,6 +483,7 @@ impl Server {
                         head_method: method == "HEAD",
                         upgrade,
                         log,
+                        probe,
                     }));
                 }
                 Err(e) => {
@@ -489,6 +493,7 @@ impl Server {
                 }
             }
         }
+        probe.answered(502);
         answer(
             log,
             StatusCode::BAD_GATEWAY,
@@ -515,6 +520,7 @@ impl Server {
             head_method,
             upgrade,
             mut log,
+            probe,
         } = fwd;
         let (mut rd, wr) = tcp.halves();
         let mut wr = SendLimit::new(wr, self.cfg.send_timeout);
@@ -597,7 +603,10 @@ impl Server {
         };
         // After a local answer the connection stays only if the request was read in full.
         let keep = keep_alive && uploaded.load(Ordering::Relaxed);
-        let fail = |log, status, msg: &str| self.fail(log, status, msg, !keep, http10);
+        let fail = |log, status: StatusCode, msg: &str| {
+            probe.answered(status.as_u16());
+            self.fail(log, status, msg, !keep, http10)
+        };
         let (block, resp_end) = match answer {
             Err(_) => {
                 let b = fail(
@@ -635,6 +644,7 @@ impl Server {
             }
         };
         let status = head.status;
+        probe.answered(status);
         let switching = status == 101;
         if switching && upgrade.is_none() {
             let b = fail(
