@@ -42,7 +42,7 @@ wait_port "$P_BE"
 start_pair() {
   local name=$1 extra=$2 pin pex
   pin=$(port); pex=$(port)
-  printf 'host: "127.0.0.1"\ninternal: {port: %s, token: "bench"}\nexternal:\n  port: %s\n  token: "bench"\n%s' \
+  printf 'host: "127.0.0.1"\ninternal: {port: %s, token: "bench"}\nexternal:\n  port: %s\n  token: "bench"\n%b' \
     "$pin" "$pex" "$extra" > "$WORK/$name-server.yaml"
   printf 'clientId: "bench"\nroutes: [{name: "svc", value: "127.0.0.1", port: %s, type: "ip"}]\nproxyview: {url: "127.0.0.1:%s", token: "bench"}\n' \
     "$P_BE" "$pin" > "$WORK/$name-agent.yaml"

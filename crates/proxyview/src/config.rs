@@ -299,11 +299,33 @@ struct RawInternal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawTls {
+    #[serde(default)]
     certificates: Vec<RawCert>,
+    #[serde(default)]
+    acme: Option<RawAcme>,
     #[serde(default)]
     reload_secs: Option<f64>,
     #[serde(default)]
     redirect_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAcme {
+    directory: String,
+    state_dir: PathBuf,
+    #[serde(default)]
+    contact: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default = "yes")]
+    routes: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    renew_before_days: Option<f64>,
+    #[serde(default)]
+    check_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,16 +404,77 @@ pub struct TlsSettings {
     pub reload: Duration,
     /// Plain-HTTP port answering every request with a redirect to https (external only).
     pub redirect_port: Option<u16>,
+    /// Automatic certificates (external only).
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `external.tls.acme`: certificates from an ACME CA by TLS-ALPN-01 on the TLS port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    /// Directory URL (Let's Encrypt: `https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// Account key and certificates are kept here.
+    pub state_dir: PathBuf,
+    /// Account contacts (`mailto:…`).
+    pub contact: Vec<String>,
+    /// Names to hold certificates for besides the registered routes.
+    pub hosts: Vec<String>,
+    /// Also every route name an agent registered (never an arbitrary SNI name).
+    pub routes: bool,
+    /// Extra root certificate for the directory's own TLS (a test CA such as pebble's).
+    pub ca_file: Option<PathBuf>,
+    /// Renew when a certificate has less than this left.
+    pub renew_before: Duration,
+    /// How often the wanted names and expiry dates are checked; the first retry delay.
+    pub check: Duration,
 }
 
 fn tls_settings(field: &str, raw: Option<RawTls>) -> Result<Option<TlsSettings>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    if raw.certificates.is_empty() {
+    if raw.certificates.is_empty() && raw.acme.is_none() {
         return Err(invalid(
             format!("{field}.certificates"),
-            "list at least one {cert, key}; the first is the default",
+            "list at least one {cert, key} (the first is the default), or configure acme",
         ));
     }
+    let acme = match raw.acme {
+        None => None,
+        Some(a) => {
+            let f = format!("{field}.acme");
+            if !a.directory.starts_with("https://") {
+                return Err(invalid(
+                    format!("{f}.directory"),
+                    format!("{:?} is not an https:// URL", a.directory),
+                ));
+            }
+            let hosts = a
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| normalize_route_name(&format!("{f}.hosts[{i}]"), h))
+                .collect::<Result<Vec<_>, _>>()?;
+            let days = a.renew_before_days.unwrap_or(30.0);
+            if !(days.is_finite() && (0.0..=100_000.0).contains(&days)) {
+                return Err(invalid(
+                    format!("{f}.renewBeforeDays"),
+                    format!("{days} is not a number of days in [0, 100000]"),
+                ));
+            }
+            let renew_before = Duration::from_secs_f64(days * 86_400.0);
+            Some(AcmeSettings {
+                directory: a.directory,
+                state_dir: a.state_dir,
+                contact: a.contact,
+                hosts,
+                routes: a.routes,
+                ca_file: a.ca_file,
+                renew_before,
+                check: a.check_secs.map_or(Ok(Duration::from_secs(60)), |v| {
+                    secs(&format!("{f}.checkSecs"), v)
+                })?,
+            })
+        }
+    };
     let mut certificates = Vec::with_capacity(raw.certificates.len());
     for (i, c) in raw.certificates.into_iter().enumerate() {
         let f = format!("{field}.certificates[{i}]");
@@ -432,6 +515,7 @@ fn tls_settings(field: &str, raw: Option<RawTls>) -> Result<Option<TlsSettings>,
                 secs(&format!("{field}.reloadSecs"), v)
             })?,
         redirect_port: raw.redirect_port,
+        acme,
     }))
 }
 
@@ -594,11 +678,11 @@ impl ServerConfig {
         if cfg
             .internal_tls
             .as_ref()
-            .is_some_and(|t| t.redirect_port.is_some())
+            .is_some_and(|t| t.redirect_port.is_some() || t.acme.is_some())
         {
             return Err(invalid(
-                "internal.tls.redirectPort",
-                "only the external port has a redirect port",
+                "internal.tls",
+                "redirectPort and acme are for the external port only",
             ));
         }
         if let Some(p) = cfg.external_tls.as_ref().and_then(|t| t.redirect_port) {

@@ -26,6 +26,7 @@ use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, Hello, HelloAck, Rejected};
 use crate::router::{Router, Session};
 
+mod acme;
 mod caller;
 pub mod tls;
 use crate::wsio;
@@ -126,6 +127,18 @@ impl Server {
         };
         for t in internal_tls.iter().chain(external_tls.iter()) {
             t.spawn_reloader(self.stopping.subscribe());
+        }
+        if let (Some(t), Some(a)) = (
+            &external_tls,
+            self.cfg.external_tls.as_ref().and_then(|t| t.acme.clone()),
+        ) {
+            let s = self.clone();
+            acme::spawn(
+                a,
+                t.store().clone(),
+                move || s.router.routes().into_iter().map(|(r, _)| r).collect(),
+                self.stopping.subscribe(),
+            );
         }
         let s = self.clone();
         tokio::spawn(async move { s.accept_loop(internal, Port::Internal, internal_tls).await });

@@ -8,12 +8,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -43,44 +42,6 @@ fn write_pair(
     std::fs::write(&tmp, c.pem()).unwrap();
     std::fs::rename(&tmp, &cp).unwrap();
     (cp, kp, c.der().clone())
-}
-
-/// A rustls client trusting exactly `roots`, offering h2 and http/1.1.
-fn client(roots: &[&CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add((*r).clone()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Every dial a full handshake: a resumed session reports the certificate of the first.
-    cfg.resumption = rustls::client::Resumption::disabled();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn dial(
-    addr: std::net::SocketAddr,
-    c: &tokio_rustls::TlsConnector,
-    sni: &str,
-) -> Result<Tls, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), c.connect(name, tcp))
-        .await
-        .map_err(|_| "handshake hung".to_string())?
-        .map_err(|e| e.to_string())
-}
-
-fn peer_cert(s: &Tls) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 /// One keep-alive GET on an open TLS connection; returns status and body.

@@ -34,7 +34,8 @@ use crate::config::{CertFiles, TlsSettings};
 /// Certificates of one port, chosen by SNI.
 #[derive(Debug)]
 struct CertSet {
-    default: Arc<CertifiedKey>,
+    /// The first configured certificate; `None` with ACME only (unknown SNI → handshake alert).
+    default: Option<Arc<CertifiedKey>>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `example.com` for a `*.example.com` name.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -43,18 +44,21 @@ struct CertSet {
 }
 
 impl CertSet {
-    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = sni else {
+    fn pick(
+        &self,
+        name: Option<&str>,
+        acme: &HashMap<String, Arc<CertifiedKey>>,
+    ) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = name else {
             return self.default.clone();
         };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(c) = self.exact.get(&name) {
-            return c.clone();
+        if let Some(c) = self.exact.get(name).or_else(|| acme.get(name)) {
+            return Some(c.clone());
         }
         name.split_once('.')
             .and_then(|(_, parent)| self.wildcard.get(parent))
-            .unwrap_or(&self.default)
-            .clone()
+            .or(self.default.as_ref())
+            .cloned()
     }
 }
 
@@ -63,11 +67,30 @@ impl CertSet {
 pub struct CertStore {
     settings: TlsSettings,
     current: RwLock<Arc<CertSet>>,
+    /// Certificates obtained by ACME, by host name.
+    pub(super) acme: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 challenge certificates being validated, by host name.
+    pub(super) challenges: std::sync::Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub(super) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current().pick(hello.server_name()))
+        let name = hello
+            .server_name()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+        if validating {
+            // Only a pending challenge answers acme-tls/1; nothing else is served on it.
+            let c = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
+            return name.and_then(|n| c.get(&n).cloned());
+        }
+        let acme = self.acme.read().unwrap_or_else(|p| p.into_inner());
+        self.current().pick(name.as_deref(), &acme)
     }
 }
 
@@ -122,6 +145,8 @@ impl ServerTls {
         let store = Arc::new(CertStore {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(set)),
+            acme: RwLock::default(),
+            challenges: std::sync::Mutex::default(),
         });
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -130,10 +155,18 @@ impl ServerTls {
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if settings.acme.is_some() {
+            cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
             store,
         })
+    }
+
+    /// The certificate store (ACME adds to it).
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
     }
 
     /// The acceptor for new connections.
@@ -183,7 +216,7 @@ fn load_set(settings: &TlsSettings) -> anyhow::Result<CertSet> {
     let mut wildcard = HashMap::new();
     let mut default = None;
     for c in &settings.certificates {
-        let (key, names) = load_one(c)?;
+        let Loaded { key, names, .. } = load_one(c)?;
         let key = Arc::new(key);
         for n in c.hosts.clone().unwrap_or(names) {
             match n.strip_prefix("*.") {
@@ -194,7 +227,6 @@ fn load_set(settings: &TlsSettings) -> anyhow::Result<CertSet> {
         }
         default.get_or_insert(key);
     }
-    let default = default.context("no certificate")?;
     Ok(CertSet {
         default,
         exact,
@@ -203,9 +235,17 @@ fn load_set(settings: &TlsSettings) -> anyhow::Result<CertSet> {
     })
 }
 
-/// One chain and key, checked: the key matches the leaf, and the leaf is valid now. Returns
-/// the leaf's DNS names too.
-fn load_one(c: &CertFiles) -> anyhow::Result<(CertifiedKey, Vec<String>)> {
+/// A checked certificate and what the store needs to know about it.
+pub(super) struct Loaded {
+    pub key: CertifiedKey,
+    /// DNS names of the leaf.
+    pub names: Vec<String>,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// One chain and key, checked: the key matches the leaf, and the leaf is valid now.
+pub(super) fn load_one(c: &CertFiles) -> anyhow::Result<Loaded> {
     let name = |p: &Path| format!("{}.{} {}", c.field, field_of(c, p), p.display());
     let chain = CertificateDer::pem_file_iter(&c.cert)
         .with_context(|| format!("{}: cannot read", name(&c.cert)))?
@@ -255,7 +295,13 @@ fn load_one(c: &CertFiles) -> anyhow::Result<(CertifiedKey, Vec<String>)> {
             }
         }
     }
-    Ok((ck, names))
+    let not_after = v.not_after.timestamp();
+    drop(leaf);
+    Ok(Loaded {
+        key: ck,
+        names,
+        not_after,
+    })
 }
 
 fn field_of(c: &CertFiles, p: &Path) -> &'static str {
