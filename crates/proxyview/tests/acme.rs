@@ -19,22 +19,6 @@ use rustls::pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_port(port: u16) {
     let end = Instant::now() + T;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -112,17 +112,7 @@ pub fn spawn(
                 match r {
                     Ok(l) => {
                         info!(%host, not_after = l.not_after, "ACME certificate issued");
-                        held.insert(
-                            host.clone(),
-                            Held {
-                                not_after: l.not_after,
-                            },
-                        );
-                        store
-                            .acme
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(host.clone(), Arc::new(l.key));
+                        hold(&store, &mut held, &host, l);
                         retry.remove(&host);
                     }
                     Err(e) => {
@@ -144,6 +134,21 @@ pub fn spawn(
             }
         }
     });
+}
+
+/// Serves `l` for `host` from now on, and remembers when it ends.
+fn hold(store: &CertStore, held: &mut HashMap<String, Held>, host: &str, l: Loaded) {
+    held.insert(
+        host.to_string(),
+        Held {
+            not_after: l.not_after,
+        },
+    );
+    store
+        .acme
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(host.to_string(), Arc::new(l.key));
 }
 
 fn unix_now() -> i64 {
@@ -176,19 +181,7 @@ fn load_saved(settings: &AcmeSettings, store: &CertStore, held: &mut HashMap<Str
             continue;
         };
         match load_one(&files(settings, host)) {
-            Ok(l) => {
-                held.insert(
-                    host.to_string(),
-                    Held {
-                        not_after: l.not_after,
-                    },
-                );
-                store
-                    .acme
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(host.to_string(), Arc::new(l.key));
-            }
+            Ok(l) => hold(store, held, host, l),
             Err(e) => warn!(%host, error = %format!("{e:#}"), "ACME: saved certificate not used"),
         }
     }

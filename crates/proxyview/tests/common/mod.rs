@@ -529,3 +529,24 @@ pub async fn dial(
 pub fn peer_cert(s: &Tls) -> rustls::pki_types::CertificateDer<'static> {
     s.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Other processes
+
+/// A port free on 127.0.0.1 right now (for a process that must be told its port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
