@@ -14,7 +14,7 @@ use http_body::Body as _;
 use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
 use crate::config::{ClientConfig, Route};
@@ -223,6 +223,12 @@ impl Agent {
             client_id: self.cfg.client_id.clone(),
             instance: self.instance.clone(),
             routes: self.cfg.routes.iter().map(|r| r.name.clone()).collect(),
+            targets: self
+                .cfg
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.fingerprint()))
+                .collect(),
         };
         let text = serde_json::to_string(&hello).map_err(|e| SessionError::Fatal(e.to_string()))?;
         wsio::send_control(&mut ws, text)
@@ -246,6 +252,9 @@ impl Agent {
             };
         for r in &ack.rejected {
             warn!(route = %r.route, reason = %r.reason, "route rejected by the server");
+        }
+        for w in &ack.warnings {
+            warn!(warning = %w, "server warning");
         }
         if ack.accepted.is_empty() {
             return Err(SessionError::Retry(
@@ -332,18 +341,17 @@ impl Agent {
             Ok(Outcome::Upgraded(tcp, recv)) => return mux::pipe(tcp, send, recv).await,
             // Dropping the stream's send half (our caller does) resets it.
             Err(ExchangeError::Broken) => return,
-            Err(ExchangeError::Failed(e @ BackendError::Timeout { .. })) => agent_fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                agent_error::BACKEND_TIMEOUT,
-                &e.to_string(),
-            ),
             Err(ExchangeError::Failed(e)) => {
-                debug!(route = %backend.route.name, error = ?e, "backend request failed");
-                agent_fail(
-                    StatusCode::BAD_GATEWAY,
-                    agent_error::BACKEND_UNREACHABLE,
-                    &error_chain(&e),
-                )
+                // The detail (with the backend's address) stays in this log; the caller gets
+                // the cause only.
+                warn!(route = %backend.route.name, error = %e, "backend request failed");
+                let (status, kind) = match e {
+                    BackendError::Timeout { .. } => {
+                        (StatusCode::GATEWAY_TIMEOUT, agent_error::BACKEND_TIMEOUT)
+                    }
+                    _ => (StatusCode::BAD_GATEWAY, agent_error::BACKEND_UNREACHABLE),
+                };
+                agent_fail(status, kind, &e.public())
             }
         };
         let _ = respond(r, send).await;
@@ -595,17 +603,6 @@ fn agent_fail(status: StatusCode, kind: &'static str, msg: &str) -> Response<PvB
     r.headers_mut()
         .insert(protocol::ERROR_HEADER, HeaderValue::from_static(kind));
     r
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn classify_handshake_error(uri: &str, e: tokio_websockets::Error) -> SessionError {

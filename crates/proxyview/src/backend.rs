@@ -81,6 +81,26 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The cause as the caller may read it: each cause once, and never the backend's address
+    /// (the agent's private network is none of the caller's business; the agent logs the
+    /// [`Display`](std::fmt::Display) form, which names it).
+    pub fn public(&self) -> String {
+        match self {
+            Self::ConnectTimeout(_) => "connecting to the backend timed out".into(),
+            Self::Connect { source, .. } => format!("cannot connect to the backend: {source}"),
+            Self::Io { source, .. } => format!("the backend connection failed: {source}"),
+            Self::Closed(_) => {
+                "the backend closed the connection before a complete response".into()
+            }
+            Self::Malformed { what, .. } => format!("the backend sent an invalid response: {what}"),
+            Self::Timeout { timeout, .. } => {
+                format!("the backend sent no response within {timeout:?}")
+            }
+        }
+    }
+}
+
 /// How the request body goes to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestBody {

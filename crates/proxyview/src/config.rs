@@ -216,6 +216,10 @@ pub fn peer_allowed(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_none_or(|l| l.allows(ip))
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn secs(field: &str, v: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
         return Err(invalid(
@@ -267,6 +271,14 @@ struct RawServer {
     agents: Option<Vec<RawAgent>>,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAdmin {
+    token: Secret,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +292,49 @@ struct RawInternal {
     heartbeat_interval_secs: Option<f64>,
     #[serde(default)]
     heartbeat_timeout_secs: Option<f64>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTls {
+    #[serde(default)]
+    certificates: Vec<RawCert>,
+    #[serde(default)]
+    acme: Option<RawAcme>,
+    #[serde(default)]
+    reload_secs: Option<f64>,
+    #[serde(default)]
+    redirect_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAcme {
+    directory: String,
+    state_dir: PathBuf,
+    #[serde(default)]
+    contact: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default = "yes")]
+    routes: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    renew_before_days: Option<f64>,
+    #[serde(default)]
+    check_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCert {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,12 +349,16 @@ struct RawExternal {
     trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     legacy_errors: bool,
+    #[serde(default = "yes")]
+    bearer_token: bool,
     #[serde(default)]
     response_timeout_secs: Option<f64>,
     #[serde(default)]
     header_read_timeout_secs: Option<f64>,
     #[serde(default)]
     send_timeout_secs: Option<f64>,
+    #[serde(default)]
+    tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +378,145 @@ pub struct AgentPolicy {
     pub token: Secret,
     /// Normalised route names it may serve (and that agents without an entry may not).
     pub routes: Vec<String>,
+}
+
+/// One certificate of a TLS port: a PEM chain (leaf first) and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// Dotted config path, for messages (`external.tls.certificates[0]`).
+    pub field: String,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names it serves (`*.example.com` allowed); `None` = the DNS names in the certificate.
+    pub hosts: Option<Vec<String>>,
+}
+
+/// TLS on one port (`internal.tls` / `external.tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    /// Dotted config path of the block, for messages.
+    pub field: String,
+    /// Certificates; the first also answers a ClientHello whose SNI no other one serves.
+    pub certificates: Vec<CertFiles>,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    pub reload: Duration,
+    /// Plain-HTTP port answering every request with a redirect to https (external only).
+    pub redirect_port: Option<u16>,
+    /// Automatic certificates (external only).
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `external.tls.acme`: certificates from an ACME CA by TLS-ALPN-01 on the TLS port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    /// Directory URL (Let's Encrypt: `https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// Account key and certificates are kept here.
+    pub state_dir: PathBuf,
+    /// Account contacts (`mailto:…`).
+    pub contact: Vec<String>,
+    /// Names to hold certificates for besides the registered routes.
+    pub hosts: Vec<String>,
+    /// Also every route name an agent registered (never an arbitrary SNI name).
+    pub routes: bool,
+    /// Extra root certificate for the directory's own TLS (a test CA such as pebble's).
+    pub ca_file: Option<PathBuf>,
+    /// Renew when a certificate has less than this left.
+    pub renew_before: Duration,
+    /// How often the wanted names and expiry dates are checked; the first retry delay.
+    pub check: Duration,
+}
+
+fn tls_settings(field: &str, raw: Option<RawTls>) -> Result<Option<TlsSettings>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.certificates.is_empty() && raw.acme.is_none() {
+        return Err(invalid(
+            format!("{field}.certificates"),
+            "list at least one {cert, key} (the first is the default), or configure acme",
+        ));
+    }
+    let acme = match raw.acme {
+        None => None,
+        Some(a) => {
+            let f = format!("{field}.acme");
+            if !a.directory.starts_with("https://") {
+                return Err(invalid(
+                    format!("{f}.directory"),
+                    format!("{:?} is not an https:// URL", a.directory),
+                ));
+            }
+            let hosts = a
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| normalize_route_name(&format!("{f}.hosts[{i}]"), h))
+                .collect::<Result<Vec<_>, _>>()?;
+            let days = a.renew_before_days.unwrap_or(30.0);
+            if !(days.is_finite() && (0.0..=100_000.0).contains(&days)) {
+                return Err(invalid(
+                    format!("{f}.renewBeforeDays"),
+                    format!("{days} is not a number of days in [0, 100000]"),
+                ));
+            }
+            let renew_before = Duration::from_secs_f64(days * 86_400.0);
+            Some(AcmeSettings {
+                directory: a.directory,
+                state_dir: a.state_dir,
+                contact: a.contact,
+                hosts,
+                routes: a.routes,
+                ca_file: a.ca_file,
+                renew_before,
+                check: a.check_secs.map_or(Ok(Duration::from_secs(60)), |v| {
+                    secs(&format!("{f}.checkSecs"), v)
+                })?,
+            })
+        }
+    };
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (i, c) in raw.certificates.into_iter().enumerate() {
+        let f = format!("{field}.certificates[{i}]");
+        let hosts = match c.hosts {
+            None => None,
+            Some(h) if h.is_empty() => {
+                return Err(invalid(
+                    format!("{f}.hosts"),
+                    "empty list; remove it to use the certificate's own names",
+                ))
+            }
+            Some(h) => Some(
+                h.iter()
+                    .map(|n| {
+                        let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+                        if n.is_empty() {
+                            Err(invalid(format!("{f}.hosts"), "empty host name"))
+                        } else {
+                            Ok(n)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        certificates.push(CertFiles {
+            field: f,
+            cert: c.cert,
+            key: c.key,
+            hosts,
+        });
+    }
+    Ok(Some(TlsSettings {
+        field: field.to_string(),
+        certificates,
+        reload: raw
+            .reload_secs
+            .map_or(Ok(protocol::TLS_RELOAD_INTERVAL), |v| {
+                secs(&format!("{field}.reloadSecs"), v)
+            })?,
+        redirect_port: raw.redirect_port,
+        acme,
+    }))
 }
 
 /// Validated server configuration.
@@ -342,6 +540,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Option<Allowlist>,
     /// Answer every failure with Proxyview's exact 404 page.
     pub legacy_errors: bool,
+    /// A caller without `auth-token` may present the external token as `Authorization: Bearer`
+    /// (`external.bearerToken`, default true); false is Proxyview's rule: only `auth-token`,
+    /// and every `Authorization` reaches the backend.
+    pub external_bearer: bool,
     /// How long the server waits for a response head through the tunnel (→ 504).
     pub response_timeout: Duration,
     /// How long a caller may take to send request headers.
@@ -356,6 +558,12 @@ pub struct ServerConfig {
     pub agents: Vec<AgentPolicy>,
     /// Write one JSON access-log line per proxied request.
     pub access_log: bool,
+    /// TLS on the agents' port (`internal.tls`).
+    pub internal_tls: Option<TlsSettings>,
+    /// Token of the operator page (`admin.token`); `None` = `internal.token`.
+    pub admin_token: Option<Secret>,
+    /// TLS on the callers' port (`external.tls`), with its optional redirect port.
+    pub external_tls: Option<TlsSettings>,
 }
 
 impl ServerConfig {
@@ -427,6 +635,7 @@ impl ServerConfig {
             external_allow: opt_list("external.whitelistedIps", &raw.external.whitelisted_ips)?,
             trusted_proxies: opt_list("external.trustedProxies", &raw.external.trusted_proxies)?,
             legacy_errors: raw.external.legacy_errors,
+            external_bearer: raw.external.bearer_token,
             response_timeout: d(
                 "external.responseTimeoutSecs",
                 raw.external.response_timeout_secs,
@@ -454,7 +663,36 @@ impl ServerConfig {
             )?,
             agents,
             access_log: raw.access_log,
+            internal_tls: tls_settings("internal.tls", raw.internal.tls)?,
+            admin_token: match raw.admin {
+                Some(a) if a.token.expose().is_empty() => {
+                    return Err(invalid(
+                        "admin.token",
+                        "must not be empty (remove admin: to use internal.token)",
+                    ))
+                }
+                a => a.map(|a| a.token),
+            },
+            external_tls: tls_settings("external.tls", raw.external.tls)?,
         };
+        if cfg
+            .internal_tls
+            .as_ref()
+            .is_some_and(|t| t.redirect_port.is_some() || t.acme.is_some())
+        {
+            return Err(invalid(
+                "internal.tls",
+                "redirectPort and acme are for the external port only",
+            ));
+        }
+        if let Some(p) = cfg.external_tls.as_ref().and_then(|t| t.redirect_port) {
+            if p != 0 && (p == cfg.external_port || p == cfg.internal_port) {
+                return Err(invalid(
+                    "external.tls.redirectPort",
+                    format!("{p} is also external.port or internal.port"),
+                ));
+            }
+        }
         if cfg.internal_port != 0 && cfg.internal_port == cfg.external_port {
             return Err(invalid(
                 "external.port",
@@ -560,6 +798,17 @@ pub struct Route {
 }
 
 impl Route {
+    /// A short digest of where this route goes (`value:port`, kind, Host rule): equal for two
+    /// agents that serve the route alike, different when they would send callers to different
+    /// backends. A digest, so the server learns whether targets match, not what they are.
+    pub fn fingerprint(&self) -> String {
+        let mut sha = sha1_smol::Sha1::new();
+        sha.update(self.authority().to_ascii_lowercase().as_bytes());
+        sha.update(format!("|{:?}|{}", self.kind, self.preserve_host).as_bytes());
+        let hex = sha.digest().to_string();
+        hex[..12].to_string()
+    }
+
     /// `value:port` as an HTTP authority (IPv6 literals bracketed).
     pub fn authority(&self) -> String {
         if self.value.contains(':') && !self.value.starts_with('[') {

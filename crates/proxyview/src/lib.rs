@@ -14,6 +14,7 @@ pub mod mux;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod stats;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wsio;

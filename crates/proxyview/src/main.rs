@@ -1,5 +1,6 @@
 //! `proxyview server` and `proxyview client`: the two halves of the tunnel.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -51,8 +52,13 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour only for a person at a terminal: files, journald and `docker logs` get plain text,
+    // and NO_COLOR (set and not empty, no-color.org) turns it off even there.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log_level)
                 .unwrap_or_else(|_| "info".into()),
@@ -96,8 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = rt.block_on(async move {
                 let server = proxyview::server::Server::new(cfg, sink);
                 let bound = server.start().await?;
+                let redirect = bound
+                    .redirect
+                    .map(|a| format!(" redirect={a}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "proxyview server listening internal={} external={}",
+                    "proxyview server listening internal={} external={}{redirect}",
                     bound.internal, bound.external
                 );
                 shutdown_signal().await;

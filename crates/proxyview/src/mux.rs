@@ -56,7 +56,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -298,6 +298,9 @@ struct Shared {
     reason: OnceLock<Arc<str>>,
     /// Where the acceptor's new streams go; dropped when the session ends.
     accept: Mutex<Option<OnAccept>>,
+    /// Tunnel bytes written and read (WebSocket payloads), for the operator page.
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
 }
 
 /// Locks `m`; a panic elsewhere while it was held leaves data that is still usable here.
@@ -615,6 +618,8 @@ impl Session {
             closed: CancellationToken::new(),
             reason: OnceLock::new(),
             accept: Mutex::new(on_accept),
+            tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
         });
         // Checked a few times per interval, so a ping leaves soon after `interval` of silence
         // (checking once per interval would send it only after up to twice that).
@@ -710,6 +715,14 @@ impl Session {
     /// Streams currently open (diagnostics, tests).
     pub fn open_streams(&self) -> usize {
         lock(&self.shared.streams).map.len()
+    }
+
+    /// Tunnel payload bytes (sent, received) so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.shared.tx_bytes.load(Ordering::Relaxed),
+            self.shared.rx_bytes.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -1146,7 +1159,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 Poll::Ready(Some(Ok(msg))) => {
                     self.last_rx = Instant::now();
                     if msg.is_binary() {
-                        self.feed(Bytes::from(msg.into_payload()))?;
+                        let payload = Bytes::from(msg.into_payload());
+                        self.shared
+                            .rx_bytes
+                            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                        self.feed(payload)?;
                     } else if let Some((code, reason)) = msg.as_close() {
                         return Poll::Ready(Err(format!(
                             "the peer closed the tunnel ({}){}{reason}",
@@ -1199,6 +1216,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 let n = out.len().min(MAX_WS_MESSAGE);
                 out.split_to(n).freeze()
             };
+            self.shared
+                .tx_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if let Err(e) = Pin::new(&mut self.ws).start_send(Message::binary(chunk)) {
                 return Poll::Ready(Err(format!("tunnel write failed: {e}")));
             }

@@ -36,11 +36,16 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const CONNECT_PATH: &str = "/connect";
 /// Path of the liveness endpoint on the internal port (200 `ok`).
 pub const HEALTH_PATH: &str = "/health";
+/// Internal port: the operator page's JSON (`/` is the page itself).
+pub const STATUS_PATH: &str = "/api/status";
 
 /// Legacy agent header carrying the token (Proxyview's only form).
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("auth-token");
 /// Agent header carrying its `clientId`.
 pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("client-id");
+
+/// How often TLS certificate files are checked for changes by default (`tls.reloadSecs`).
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// First message of a session, agent → server (JSON text message).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +60,11 @@ pub struct Hello {
     pub instance: String,
     /// Route names the agent serves, normalised (lowercase, no trailing dot).
     pub routes: Vec<String>,
+    /// Route name → fingerprint of its target (backend and Host rule; see
+    /// `config::Route::fingerprint`), so the server can tell two processes of one `clientId`
+    /// that send one route to different backends. Absent from older agents.
+    #[serde(default)]
+    pub targets: std::collections::BTreeMap<String, String>,
 }
 
 /// Server's answer to [`Hello`] (JSON text message); the tunnel starts right after it.
@@ -73,6 +83,9 @@ pub struct HelloAck {
     pub heartbeat_interval_ms: u64,
     /// PING answer timeout the agent should use too.
     pub heartbeat_timeout_ms: u64,
+    /// Problems the agent should log (e.g. a shared route with a different target).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One refused route in [`HelloAck`].

@@ -26,8 +26,11 @@ use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, Hello, HelloAck, Rejected};
 use crate::router::{Router, Session};
 
+mod acme;
 mod caller;
+pub mod tls;
 use crate::wsio;
+use caller::CallerIo;
 
 /// Proxyview's exact error page, used for every failure in legacy mode.
 pub const LEGACY_404_BODY: &str = "Resource was not found.";
@@ -49,6 +52,8 @@ pub struct Bound {
     pub internal: SocketAddr,
     /// Caller-facing listener.
     pub external: SocketAddr,
+    /// Plain-HTTP port that redirects to the external TLS port (`external.tls.redirectPort`).
+    pub redirect: Option<SocketAddr>,
 }
 
 impl Server {
@@ -81,9 +86,14 @@ impl Server {
             .is_ok()
     }
 
-    /// Binds both listeners and spawns their accept loops.
+    /// Loads the TLS certificates, binds the listeners and spawns their accept loops.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<Bound> {
         use anyhow::Context as _;
+        let load = |t: &Option<crate::config::TlsSettings>| {
+            t.as_ref().map(tls::ServerTls::load).transpose()
+        };
+        let internal_tls = load(&self.cfg.internal_tls)?;
+        let external_tls = load(&self.cfg.external_tls)?;
         let internal = TcpListener::bind(self.cfg.internal_addr())
             .await
             .with_context(|| {
@@ -100,21 +110,57 @@ impl Server {
                     self.cfg.external_addr()
                 )
             })?;
+        let redirect_port = self.cfg.external_tls.as_ref().and_then(|t| t.redirect_port);
+        let redirect = match redirect_port {
+            Some(p) => {
+                let addr = SocketAddr::new(self.cfg.host, p);
+                Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on external.tls.redirectPort {addr}")
+                })?)
+            }
+            None => None,
+        };
         let bound = Bound {
             internal: internal.local_addr()?,
             external: external.local_addr()?,
+            redirect: redirect.as_ref().map(TcpListener::local_addr).transpose()?,
         };
+        for t in internal_tls.iter().chain(external_tls.iter()) {
+            t.spawn_reloader(self.stopping.subscribe());
+        }
+        if let (Some(t), Some(a)) = (
+            &external_tls,
+            self.cfg.external_tls.as_ref().and_then(|t| t.acme.clone()),
+        ) {
+            let s = self.clone();
+            acme::spawn(
+                a,
+                t.store().clone(),
+                move || s.router.routes().into_iter().map(|(r, _)| r).collect(),
+                self.stopping.subscribe(),
+            );
+        }
         let s = self.clone();
-        tokio::spawn(async move { s.accept_loop(internal, Port::Internal).await });
+        tokio::spawn(async move { s.accept_loop(internal, Port::Internal, internal_tls).await });
         let s = self.clone();
-        tokio::spawn(async move { s.accept_loop(external, Port::External).await });
+        tokio::spawn(async move { s.accept_loop(external, Port::External, external_tls).await });
+        if let Some(l) = redirect {
+            let s = self.clone();
+            let https_port = bound.external.port();
+            tokio::spawn(async move { s.accept_loop(l, Port::Redirect(https_port), None).await });
+        }
         Ok(bound)
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: Port) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        port: Port,
+        tls: Option<tls::ServerTls>,
+    ) {
         let allow = match port {
             Port::Internal => self.cfg.internal_allow.clone(),
-            Port::External => self.cfg.external_allow.clone(),
+            Port::External | Port::Redirect(_) => self.cfg.external_allow.clone(),
         };
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -142,14 +188,32 @@ impl Server {
             }
             let _ = tcp.set_nodelay(true);
             let s = self.clone();
-            self.connections
-                .spawn(async move { s.serve_connection(tcp, peer, port).await });
+            let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
+            self.connections.spawn(async move {
+                match acceptor {
+                    None => s.serve_connection(tcp, peer, port).await,
+                    Some(acc) => {
+                        // Bounded like a request head: a silent or half-open client costs
+                        // this task until then, nothing more.
+                        match tokio::time::timeout(s.cfg.header_read_timeout, acc.accept(tcp)).await
+                        {
+                            Ok(Ok(io)) => s.serve_connection(io, peer, port).await,
+                            Ok(Err(e)) => debug!(%peer, ?port, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, ?port, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, port: Port) {
-        if port == Port::External {
-            return self.serve_caller(tcp, peer).await;
+    async fn serve_connection<S: CallerIo>(self: Arc<Self>, tcp: S, peer: SocketAddr, port: Port) {
+        match port {
+            Port::External => return self.serve_caller(tcp, peer).await,
+            Port::Redirect(https) => {
+                return tls::redirect(tcp, https, self.cfg.header_read_timeout).await
+            }
+            Port::Internal => {}
         }
         // The agents' port stays on hyper: it sees one upgrade per agent session.
         let s = self.clone();
@@ -188,11 +252,13 @@ impl Server {
         match req.uri().path() {
             protocol::HEALTH_PATH => return text(StatusCode::OK, "ok\n"),
             protocol::CONNECT_PATH => {}
+            p @ (protocol::STATUS_PATH | "/") => return self.admin(p, &req),
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
         }
         let presented = presented_token(
             || map_pairs(req.headers()),
             protocol::AUTH_TOKEN_HEADER.as_str(),
+            true,
         );
         let header_client = req
             .headers()
@@ -280,6 +346,9 @@ impl Server {
             instance: hello.instance.clone(),
             sender: OnceLock::new(),
             evicted: Notify::new(),
+            targets: hello.targets.clone(),
+            peer,
+            since: SystemTime::now(),
         });
         let mut routes = Vec::new();
         let mut rejected = Vec::new();
@@ -301,14 +370,18 @@ impl Server {
             rejected: rejected.clone(),
             heartbeat_interval_ms: millis(self.cfg.heartbeat_interval),
             heartbeat_timeout_ms: millis(self.cfg.heartbeat_timeout),
+            warnings: reg.warnings.clone(),
         };
+        for w in &reg.warnings {
+            warn!(session = id, client = %hello.client_id, %peer, warning = %w, "agent registration");
+        }
         let sent = match serde_json::to_string(&ack) {
             Ok(t) => wsio::send_control(&mut ws, t).await,
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {
             warn!(session = id, error = %e, "cannot acknowledge agent");
-            self.router.remove_session(id);
+            self.drop_session(id);
             return;
         }
         ws.limits_mut()
@@ -332,7 +405,61 @@ impl Server {
                 tunnel.close("replaced by a newer session of the same agent");
             }
         }
-        self.router.remove_session(id);
+        self.drop_session(id);
+    }
+
+    /// The operator page (`/`) and its data (`/api/status`), behind `admin.token` (else the
+    /// internal token): as a bearer, `auth-token`, or the password of HTTP Basic auth (any user
+    /// name), which is what a browser sends after its login prompt, for the page and its fetches.
+    fn admin(&self, path: &str, req: &Request<Incoming>) -> Response<PvBody> {
+        let token = self
+            .cfg
+            .admin_token
+            .as_ref()
+            .unwrap_or(&self.cfg.internal_token);
+        let basic = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| basic_password(v.as_bytes()));
+        let presented = basic.as_deref().or_else(|| {
+            presented_token(
+                || map_pairs(req.headers()),
+                protocol::AUTH_TOKEN_HEADER.as_str(),
+                true,
+            )
+        });
+        if !presented.is_some_and(|t| token.matches(t)) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "proxyview: admin token required\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"proxyview admin\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
+        let (body, kind) = if path == "/" {
+            (ADMIN_PAGE.to_string(), "text/html; charset=utf-8")
+        } else {
+            match serde_json::to_string(&self.router.status()) {
+                Ok(j) => (j, "application/json"),
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        };
+        let mut r = Response::new(full(body));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+
+    /// Removes a session's routes; a route it leaves unserved goes to an agent that was refused
+    /// it (logged here, the one place sessions end).
+    fn drop_session(&self, id: u64) {
+        for (route, client) in self.router.remove_session(id) {
+            info!(%route, %client, "route handed to a waiting agent");
+        }
     }
 
     fn check_hello(&self, h: Hello, header_client: Option<&str>) -> Result<Hello, String> {
@@ -369,6 +496,8 @@ impl Server {
 enum Port {
     Internal,
     External,
+    /// The plain port that redirects to the external TLS port (its number here).
+    Redirect(u16),
 }
 
 /// What the server remembers about a request until its log record is written.
@@ -384,6 +513,7 @@ struct LogCtx {
     endpoint: Option<String>,
     client_id: Option<String>,
     session: Option<u64>,
+    tls: bool,
 }
 
 impl LogCtx {
@@ -420,7 +550,7 @@ impl LogCtx {
                 elapsed: self.t0.elapsed(),
                 method: self.method.clone(),
                 uri: std::mem::take(&mut self.uri),
-                tls: false,
+                tls: self.tls,
                 request_headers: std::mem::take(&mut self.headers),
                 request_body,
                 status,
@@ -457,9 +587,11 @@ fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 
-/// The proxy token a request presents: the first `Authorization` field when it is a bearer
-/// token, else the first legacy token field (`legacy`). One rule for both ports.
-fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str) -> Option<&'a [u8]>
+/// The proxy token a request presents: the first legacy token field (`legacy`) when there is
+/// one, else (when `bearer` allows it) the token of a bearer `Authorization`. The legacy field
+/// wins so that a caller which authenticates with it can still send its own
+/// `Authorization: Bearer` to the backend. One rule for both ports.
+fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str, bearer: bool) -> Option<&'a [u8]>
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
@@ -468,9 +600,23 @@ where
             .find(|(n, _)| n.eq_ignore_ascii_case(want))
             .map(|(_, v)| v.trim_ascii())
     };
-    first(b"authorization")
-        .and_then(bearer_token)
-        .or_else(|| first(legacy.as_bytes()))
+    first(legacy.as_bytes()).or_else(|| {
+        bearer
+            .then(|| first(b"authorization").and_then(bearer_token))
+            .flatten()
+    })
+}
+
+/// The operator page: one self-contained file (inline CSS and JS, no external assets).
+const ADMIN_PAGE: &str = include_str!("server/admin.html");
+
+/// The password of a Basic `Authorization` value (`Basic base64(user:password)`).
+fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
+    let b64 = (value.len() > 6 && value[..6].eq_ignore_ascii_case(b"basic "))
+        .then(|| value[6..].trim_ascii())?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let colon = raw.iter().position(|&c| c == b':')?;
+    Some(raw[colon + 1..].to_vec())
 }
 
 /// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).
@@ -497,8 +643,9 @@ fn logged_headers(h: &HeaderMap, credential: Option<Credentials>) -> HeaderMap {
 }
 
 /// The fields of one request that carry the caller's proxy token: `auth-token` always, and
-/// `Authorization` when it is a bearer token (ours; other schemes belong to the backend). One
-/// rule for what the agent and the access log never see.
+/// `Authorization` only when it is the bearer token [`presented_token`] read (no `auth-token`
+/// present, bearer accepted); any other `Authorization` belongs to the backend. One rule for
+/// what the agent and the access log never see.
 #[derive(Debug, Clone, Copy)]
 struct Credentials {
     bearer: bool,
@@ -601,8 +748,9 @@ mod tests {
     fn token_sources_and_stripping() {
         let mut h = HeaderMap::new();
         h.insert("auth-token", HeaderValue::from_static("legacy"));
+        let legacy = "auth-token";
         assert_eq!(
-            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            presented_token(|| map_pairs(&h), legacy, true),
             Some(&b"legacy"[..])
         );
         h.insert(
@@ -610,9 +758,17 @@ mod tests {
             HeaderValue::from_static("Bearer  tok "),
         );
         assert_eq!(
-            presented_token(|| map_pairs(&h), protocol::AUTH_TOKEN_HEADER.as_str()),
+            presented_token(|| map_pairs(&h), legacy, true),
+            Some(&b"legacy"[..]),
+            "auth-token wins; the bearer is the backend's"
+        );
+        h.remove("auth-token");
+        assert_eq!(
+            presented_token(|| map_pairs(&h), legacy, true),
             Some(&b"tok"[..])
         );
+        assert_eq!(presented_token(|| map_pairs(&h), legacy, false), None);
+        h.insert("auth-token", HeaderValue::from_static("legacy"));
         h.insert("x-other", HeaderValue::from_static("1"));
         let kept = |h: &HeaderMap, bearer: bool| {
             let c = Credentials { bearer };

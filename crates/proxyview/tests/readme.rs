@@ -15,22 +15,6 @@ fn heredoc<'a>(readme: &'a str, file: &str) -> &'a str {
     &readme[start..start + len]
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_worked_example() {
     let readme =
@@ -67,16 +51,8 @@ async fn readme_worked_example() {
         .filter(|l| l.starts_with("curl "))
         .map(ports)
         .collect();
-    assert_eq!(curls.len(), 3, "{curls:?}");
-    let run = |line: &str| {
-        let cmd = line.split("   #").next().unwrap().replacen(
-            "curl ",
-            "curl -s -w '\\n%{http_code}' ",
-            1,
-        );
-        let out = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    assert!(curls.len() >= 5, "{curls:?}");
+    let run = |line: &str| run_in(dir.path(), line);
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while !run(&curls[0]).ends_with("200") {
         assert!(
@@ -98,4 +74,63 @@ async fn readme_worked_example() {
         out.contains("no agent serves host \"nope\"") && out.ends_with("404"),
         "{out}"
     );
+
+    // The TLS example: its openssl line, its server config (certificate paths made absolute),
+    // the same agent, and its two curl lines.
+    let tls_port = free_port();
+    let tls_ports = |s: &str| ports(&s.replace("8443", &tls_port.to_string()));
+    let openssl = readme
+        .split("```sh\nopenssl ")
+        .nth(1)
+        .and_then(|r| r.split("\n\n").next())
+        .unwrap()
+        .replace("\\\n", " ");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl {openssl}"))
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {openssl}");
+    let yaml = tls_ports(heredoc(&readme, "server-tls.yaml"))
+        .replace("\"files.", &format!("\"{}/files.", dir.path().display()));
+    drop(_agent);
+    drop(server);
+    let tls_server = start_server(&yaml).await;
+    assert_eq!(tls_server.external.port(), tls_port);
+    let _agent = start_agent(&ports(heredoc(&readme, "agent.yaml")));
+    let https = tls_ports(&curls[3]);
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = run(&https);
+        if out.contains("hello.txt") && out.ends_with("200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{https}: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = run(&tls_ports(&curls[4]));
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    assert!(
+        out.contains(&format!("location: https://files:{tls_port}/some/path")),
+        "{out}"
+    );
+}
+
+/// Runs one README curl line in `dir` (its `# comment` cut off) and returns the body and the
+/// status code on the last line.
+fn run_in(dir: &std::path::Path, line: &str) -> String {
+    let cmd =
+        line.split("   #")
+            .next()
+            .unwrap()
+            .replacen("curl ", "curl -s -w '\\n%{http_code}' ", 1);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -129,6 +129,52 @@ async fn token_is_checked_stripped_and_forwarded_headers_set() {
     );
 }
 
+/// The caller's own credentials reach the backend: with `auth-token` present, a bearer
+/// `Authorization` is the backend's and passes untouched; without it a bearer is the proxy
+/// token (stripped), and a wrong one is 401. `bearerToken: false` is Proxyview's rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_bearer_reaches_the_backend_when_auth_token_is_present() {
+    let headers = |server: std::net::SocketAddr, auth: Option<&'static str>, bearer: &str| {
+        let mut r = request("GET", "route1", "/headers", full(Bytes::new()));
+        if auth.is_none() {
+            r.headers_mut().remove("auth-token");
+        }
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        async move {
+            let resp = send(server, r).await.unwrap();
+            let status = resp.status();
+            let seen = if status == StatusCode::OK {
+                serde_json::from_slice(&body_bytes(resp).await).unwrap()
+            } else {
+                serde_json::Value::Null
+            };
+            (status, seen)
+        }
+    };
+    let (server, _agent, _) = setup("", "").await;
+    let (status, seen) = headers(server.external, Some(TOKEN_OUT), "svc-token").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["authorization"], "Bearer svc-token", "{seen}");
+    assert!(seen.get("auth-token").is_none(), "{seen}");
+    let (status, seen) = headers(server.external, None, TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    let (status, _) = headers(server.external, None, "svc-token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (server, _agent, _) = setup("  bearerToken: false\n", "").await;
+    let (status, _) = headers(server.external, None, TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "only auth-token counts");
+    let (status, seen) = headers(server.external, Some(TOKEN_OUT), TOKEN_OUT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {TOKEN_OUT}"),
+        "{seen}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_bodies_stream_both_ways_with_flat_rss() {
     let (server, agent, _) = setup("", "").await;
@@ -472,10 +518,10 @@ async fn bad_agent_token_is_fatal_with_a_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_client_id_cannot_take_a_route() {
+async fn second_client_id_cannot_take_a_route_until_the_owner_leaves() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
     let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _a = start_agent(&agent_yaml(
+    let mut a = start_agent(&agent_yaml(
         "agent-a",
         server.internal,
         TOKEN_IN,
@@ -500,6 +546,31 @@ async fn second_client_id_cannot_take_a_route() {
     for _ in 0..10 {
         assert_eq!(get_text(server.external, "route1", "/name").await.1, "b1");
     }
+    // The owner leaves: the agent refused route1 serves it within one heartbeat (15 s by
+    // default; here well under a second), on the same session.
+    a.kill();
+    let t0 = Instant::now();
+    loop {
+        let (s, name) = get_text(server.external, "route1", "/name").await;
+        if (s, name.as_str()) == (StatusCode::OK, "b2") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{s} {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .proc
+            .wait_log("route handed to a waiting agent", T)
+            .await,
+        "{}",
+        server.proc.stderr_text()
+    );
+    assert_eq!(
+        b.stderr_text().matches("tunnel up").count(),
+        1,
+        "no reconnect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,6 +593,15 @@ async fn same_client_id_shares_round_robin_and_fails_over() {
         "",
     ));
     assert!(_a2.wait_log("tunnel up", T).await);
+    // Same clientId, different backend for route1: warned in the server's and the agent's log.
+    for log in [&server.proc, &_a2] {
+        assert!(
+            log.wait_log("serves it with a different target", T).await,
+            "{}",
+            log.stderr_text()
+        );
+    }
+    assert!(!a1.stderr_text().contains("different target"));
     let mut names = Vec::new();
     for _ in 0..10 {
         names.push(get_text(server.external, "route1", "/name").await.1);
@@ -546,7 +626,7 @@ async fn backend_errors_are_502_and_504_or_legacy_404() {
         l.local_addr().unwrap()
     };
     let server = start_server(&server_yaml("127.0.0.1", 0, 0, "", "", "")).await;
-    let _agent = start_agent(&agent_yaml(
+    let agent = start_agent(&agent_yaml(
         "agent-1",
         server.internal,
         TOKEN_IN,
@@ -554,14 +634,23 @@ async fn backend_errors_are_502_and_504_or_legacy_404() {
         "responseTimeoutSecs: 0.5\n",
     ));
     wait_route(server.external, "route1", T).await;
-    assert_eq!(
-        get_text(server.external, "gone", "/").await.0,
-        StatusCode::BAD_GATEWAY
+    // Each cause once, and the agent's private backend address only in the agent's log.
+    let (status, body) = get_text(server.external, "gone", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body.matches("Connection refused").count(), 1, "{body}");
+    assert!(!body.contains(&dead.port().to_string()), "{body}");
+    let (status, body) = get_text(server.external, "route1", "/sleep/3000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(!body.contains(&be.port().to_string()), "{body}");
+    assert!(
+        agent.wait_log(&dead.to_string(), T).await,
+        "{}",
+        agent.stderr_text()
     );
-    assert_eq!(
-        get_text(server.external, "route1", "/sleep/3000").await.0,
-        StatusCode::GATEWAY_TIMEOUT
-    );
+    // Logs that go to a file (not a terminal) carry no ANSI colour codes.
+    for log in [agent.stderr_text(), server.proc.stderr_text()] {
+        assert!(log.contains("INFO") && !log.contains('\x1b'), "{log:?}");
+    }
 
     let legacy = start_server(&server_yaml(
         "127.0.0.1",
@@ -818,4 +907,41 @@ async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> Vec<u8> {
             Ok(n) => got.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Colour codes only on a terminal, and never with `NO_COLOR`: an agent whose server is down
+/// logs a warning at once; run under `script` (util-linux) its stderr is a pseudo-terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_colour_only_on_a_terminal_and_never_with_no_color() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(&cfg, agent_yaml("a", dead, TOKEN_IN, &[("r", dead)], "")).unwrap();
+    let run = |no_color: Option<&str>| {
+        let cmd = format!(
+            "timeout -s INT 1.5 {} client --config {}",
+            env!("CARGO_BIN_EXE_proxyview"),
+            cfg.display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.output().expect("script (util-linux) runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = run(None);
+    assert!(
+        tty.contains("tunnel down") && tty.contains('\x1b'),
+        "{tty:?}"
+    );
+    let plain = run(Some("1"));
+    assert!(
+        plain.contains("tunnel down") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
 }

@@ -28,6 +28,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use telemetry::Capture;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -43,6 +44,7 @@ use crate::http_util;
 use crate::mux::{self, CopyError, RecvHalf, SendHalf};
 use crate::protocol::{self, RawResponseHead};
 use crate::router::Session;
+use crate::stats::Probe;
 
 /// Largest request head accepted (hyper's limit here was its 256 KiB read buffer).
 pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
@@ -65,8 +67,11 @@ enum BodyKind {
 struct Framing {
     fields: HeadFields,
     expect_continue: bool,
-    /// `Authorization` carries a bearer token (the caller's proxy token, not the backend's).
+    /// `Authorization` carries a bearer token.
     bearer: bool,
+    /// An `auth-token` field is present (then it is the proxy token, and a bearer
+    /// `Authorization` is the backend's).
+    legacy_token: bool,
 }
 
 /// Why a head is refused before it is routed (answered, then the connection is closed).
@@ -81,12 +86,14 @@ impl Framing {
             status: StatusCode::BAD_REQUEST,
             msg,
         };
-        let (mut expect_continue, mut bearer) = (false, false);
+        let (mut expect_continue, mut bearer, mut legacy_token) = (false, false, false);
         let f = HeadFields::read(pairs(fields), |name, value| {
             if name.eq_ignore_ascii_case(b"expect") {
                 expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             } else if name.eq_ignore_ascii_case(b"authorization") {
                 bearer = bearer_token(value).is_some();
+            } else if name.eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str().as_bytes()) {
+                legacy_token = true;
             }
         })
         .map_err(bad)?;
@@ -100,6 +107,7 @@ impl Framing {
             fields: f,
             expect_continue,
             bearer,
+            legacy_token,
         })
     }
 
@@ -137,6 +145,7 @@ struct Forward {
     head_method: bool,
     upgrade: Option<String>,
     log: Option<LogCtx>,
+    probe: Probe,
 }
 
 /// Why the caller's side of an exchange stopped being read.
@@ -155,10 +164,46 @@ enum Next {
     Upgrade(SendHalf, RecvHalf),
 }
 
+/// A caller's connection: plain TCP, or TLS over it. Split into halves for the duration of one
+/// exchange: TCP's borrowed halves cost nothing; TLS has one state for both directions, so its
+/// halves share it through tokio's split (an uncontended lock per poll).
+pub(super) trait CallerIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection is TLS (the agent then sends `X-Forwarded-Proto: https`).
+    const TLS: bool;
+    /// Read half for one exchange.
+    type Rd<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// Write half for one exchange.
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Both halves, borrowed.
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+}
+
+impl CallerIo for TcpStream {
+    const TLS: bool = false;
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+}
+
+impl CallerIo for tokio_rustls::server::TlsStream<TcpStream> {
+    const TLS: bool = true;
+    type Rd<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Wr<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        tokio::io::split(self)
+    }
+}
+
 impl Server {
     /// Serves one caller connection until it closes, fails, times out, upgrades, or the server
     /// drains.
-    pub(super) async fn serve_caller(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
+    pub(super) async fn serve_caller<S: CallerIo>(self: Arc<Self>, mut tcp: S, peer: SocketAddr) {
         let peer_ip = peer.ip().to_string();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut stopping = self.stopping.subscribe();
@@ -176,7 +221,10 @@ impl Server {
             let (step, len) = loop {
                 if !buf.is_empty() {
                     match parse_request(&buf, |req, len| {
-                        (self.prepare(req, peer, &peer_ip, buf.len() - len), len)
+                        (
+                            self.prepare(req, peer, &peer_ip, buf.len() - len, S::TLS),
+                            len,
+                        )
                     }) {
                         Ok(Some(x)) => break x,
                         Ok(None) if buf.len() < MAX_REQUEST_HEAD => {}
@@ -256,6 +304,7 @@ impl Server {
         peer: SocketAddr,
         peer_ip: &str,
         buffered: usize,
+        tls: bool,
     ) -> Step {
         let method = req.method.unwrap_or("GET");
         let target = req.path.unwrap_or("/");
@@ -281,8 +330,9 @@ impl Server {
             BodyKind::Length(_) | BodyKind::Chunked => (false, 0),
         };
         // Which fields hold the caller's proxy token: kept from both the log and the agent.
+        // A bearer is ours only when it is what `presented_token` reads: no `auth-token`.
         let credential = self.cfg.external_token.is_some().then_some(Credentials {
-            bearer: framing.bearer,
+            bearer: self.cfg.external_bearer && framing.bearer && !framing.legacy_token,
         });
         let log = self.sink.as_ref().map(|sink| LogCtx {
             sink: sink.clone(),
@@ -296,6 +346,7 @@ impl Server {
             endpoint: None,
             client_id: None,
             session: None,
+            tls,
         });
         let answer = |log: Option<LogCtx>, status: StatusCode, msg: &str| Step::Answer {
             bytes: self.fail(log, status, msg, !answer_keep, http10),
@@ -320,7 +371,11 @@ impl Server {
         };
         let (host, path, original_host) = (routed.host, routed.path, routed.authority);
         if let Some(token) = &self.cfg.external_token {
-            let presented = presented_token(|| pairs(fields), protocol::AUTH_TOKEN_HEADER.as_str());
+            let presented = presented_token(
+                || pairs(fields),
+                protocol::AUTH_TOKEN_HEADER.as_str(),
+                self.cfg.external_bearer,
+            );
             if !presented.is_some_and(|t| token.matches(t)) {
                 return Step::Answer {
                     bytes: self.fail_unauthorized(log, !answer_keep, http10),
@@ -329,14 +384,15 @@ impl Server {
                 };
             }
         }
-        let candidates = self.router.candidates(&host);
-        if candidates.is_empty() {
+        let (candidates, stats) = self.router.candidates(&host);
+        let Some(stats) = stats else {
             return answer(
                 log,
                 StatusCode::NOT_FOUND,
                 &format!("no agent serves host {host:?}"),
             );
-        }
+        };
+        let probe = Probe::start(stats);
         let mut log = log;
         if let Some(l) = log.as_mut() {
             l.endpoint = Some(host.clone());
@@ -368,7 +424,14 @@ impl Server {
                         || n.eq_ignore_ascii_case(b"forwarded")));
             !dropped
         };
+        // Over TLS the agent must say https; a trusted proxy's own X-Forwarded-Proto is kept.
+        let https = tls
+            && (drop_forwarded
+                || !fields
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("x-forwarded-proto")));
         let meta = [
+            ("x-forwarded-proto", if https { "https" } else { "" }),
             (protocol::ROUTE_FIELD, host.as_str()),
             (protocol::PEER_FIELD, peer_ip),
             (protocol::HOST_FIELD, original_host),
@@ -420,15 +483,17 @@ impl Server {
                         head_method: method == "HEAD",
                         upgrade,
                         log,
+                        probe,
                     }));
                 }
                 Err(e) => {
                     // Nothing reached the agent: drop the dead session, try the next one.
                     debug!(session = s.id, error = %e, "session not usable, failing over");
-                    self.router.remove_session(s.id);
+                    self.drop_session(s.id);
                 }
             }
         }
+        probe.answered(502);
         answer(
             log,
             StatusCode::BAD_GATEWAY,
@@ -437,9 +502,9 @@ impl Server {
     }
 
     /// Sends the request body up while the answer is awaited, then writes the answer.
-    async fn forward(
+    async fn forward<S: CallerIo>(
         &self,
-        tcp: &mut TcpStream,
+        tcp: &mut S,
         buf: &mut BytesMut,
         fwd: Forward,
         mut timer: Pin<&mut tokio::time::Sleep>,
@@ -455,8 +520,9 @@ impl Server {
             head_method,
             upgrade,
             mut log,
+            probe,
         } = fwd;
-        let (mut rd, wr) = tcp.split();
+        let (mut rd, wr) = tcp.halves();
         let mut wr = SendLimit::new(wr, self.cfg.send_timeout);
         if expect_continue
             && body != BodyKind::None
@@ -537,7 +603,10 @@ impl Server {
         };
         // After a local answer the connection stays only if the request was read in full.
         let keep = keep_alive && uploaded.load(Ordering::Relaxed);
-        let fail = |log, status, msg: &str| self.fail(log, status, msg, !keep, http10);
+        let fail = |log, status: StatusCode, msg: &str| {
+            probe.answered(status.as_u16());
+            self.fail(log, status, msg, !keep, http10)
+        };
         let (block, resp_end) = match answer {
             Err(_) => {
                 let b = fail(
@@ -575,6 +644,7 @@ impl Server {
             }
         };
         let status = head.status;
+        probe.answered(status);
         let switching = status == 101;
         if switching && upgrade.is_none() {
             let b = fail(
@@ -824,7 +894,11 @@ fn refused(status: StatusCode, msg: &'static str) -> Refused {
 }
 
 /// Answers a head that could not be taken (parse error, too large) and closes.
-async fn finish_with(mut tcp: TcpStream, r: &Refused, send_timeout: std::time::Duration) {
+async fn finish_with<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    r: &Refused,
+    send_timeout: std::time::Duration,
+) {
     let b = local(false, r.status, r.msg, true, false);
     if SendLimit::new(&mut tcp, send_timeout)
         .write_all(&b)
@@ -846,7 +920,7 @@ async fn write_local<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, b: &[u8], kee
 /// Closes after an answer: a FIN first, then what the caller still sends is read and dropped
 /// for a moment, so the kernel does not turn the close into an RST that destroys the answer
 /// before the caller read it.
-async fn linger_close(mut tcp: TcpStream) {
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut tcp: S) {
     let _ = tokio::time::timeout(protocol::REJECT_DRAIN, async {
         tcp.shutdown().await?;
         let mut sink = [0u8; 4096];
@@ -1004,15 +1078,25 @@ mod tests {
         let head = "GET / HTTP/1.1\r\nauth-token: legacy\r\nAuthorization: Bearer  tok \r\n\r\n";
         with_fields(head, |f| {
             assert_eq!(
-                presented_token(|| pairs(f), "auth-token"),
+                presented_token(|| pairs(f), "auth-token", true),
+                Some(&b"legacy"[..])
+            );
+            let fr = Framing::read(f).ok().unwrap();
+            assert!(fr.bearer && fr.legacy_token);
+        });
+        let head = "GET / HTTP/1.1\r\nAuthorization: Bearer  tok \r\n\r\n";
+        with_fields(head, |f| {
+            assert_eq!(
+                presented_token(|| pairs(f), "auth-token", true),
                 Some(&b"tok"[..])
             );
-            assert!(Framing::read(f).ok().unwrap().bearer);
+            let fr = Framing::read(f).ok().unwrap();
+            assert!(fr.bearer && !fr.legacy_token);
         });
         let head = "GET / HTTP/1.1\r\nAUTH-TOKEN: legacy\r\nAuthorization: Basic abc\r\n\r\n";
         with_fields(head, |f| {
             assert_eq!(
-                presented_token(|| pairs(f), "auth-token"),
+                presented_token(|| pairs(f), "auth-token", true),
                 Some(&b"legacy"[..])
             );
             assert!(!Framing::read(f).ok().unwrap().bearer);

@@ -118,7 +118,6 @@ fn spawn_with_config(kind: &str, cfg: &Path, dir: tempfile::TempDir, args: &[&st
         .arg(cfg)
         .args(args)
         .env("PROXYVIEW_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -488,4 +487,66 @@ pub async fn setup_from(
     let agent = start_agent_args(&yaml, args);
     wait_route(server.external, "route1", Duration::from_secs(15)).await;
     (server, agent, be)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS callers
+
+/// A rustls client trusting exactly `roots`, offering h2 and http/1.1.
+pub fn client(roots: &[&rustls::pki_types::CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add((*r).clone()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Every dial a full handshake: a resumed session reports the certificate of the first.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+pub async fn dial(
+    addr: std::net::SocketAddr,
+    c: &tokio_rustls::TlsConnector,
+    sni: &str,
+) -> Result<Tls, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), c.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake hung".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+pub fn peer_cert(s: &Tls) -> rustls::pki_types::CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other processes
+
+/// A port free on 127.0.0.1 right now (for a process that must be told its port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
