@@ -264,7 +264,10 @@ async fn serve(
     };
     let (sinks, activator, router) = Sinks::new(DIAG);
     let pipeline = Pipeline::start(
-        PipelineConfig::default(),
+        PipelineConfig {
+            output: config.output.clone(),
+            ..PipelineConfig::default()
+        },
         context,
         stdout_writer(),
         vec![router],

@@ -103,6 +103,8 @@ pub struct Config {
     pub detect_timeout: Duration,
     /// `INSPECTOR_STOP_GRACE`.
     pub stop_grace: Duration,
+    /// `LOG_COMPAT`, `LOG_REDACT`, `ENDPOINT_TEMPLATES`, … (see [`crate::output`]).
+    pub output: telemetry::output::OutputOptions,
 }
 
 /// Reads variables; tests pass a map instead of the process environment.
@@ -364,6 +366,13 @@ pub fn load(
         DEFAULT_STOP_GRACE,
         Duration::ZERO,
     )?;
+    let output = crate::output::load(env).map_err(|errors| {
+        err(errors
+            .into_iter()
+            .map(|e| e.0)
+            .collect::<Vec<_>>()
+            .join("; "))
+    })?;
     Ok(Config {
         proxy_port,
         app_host,
@@ -378,6 +387,7 @@ pub fn load(
         retry,
         detect_timeout,
         stop_grace,
+        output,
     })
 }
 

@@ -117,6 +117,7 @@ fn stuck_stdout_never_blocks_callers_and_drops_are_counted_and_reported_once() {
         capacity: 16,
         max_queued_bytes: 1 << 20,
         report_interval: Duration::from_secs(3600),
+        ..PipelineConfig::default()
     };
     let p = Pipeline::start(
         cfg,
