@@ -13,6 +13,33 @@ use std::borrow::Cow;
 use crate::parse::form::query_unescape;
 use crate::value::Value;
 
+/// The next `>` at or after a position, remembered so that the lexical scan over text such as
+/// `<token <token <token …` searches each byte once (the scan only moves forward).
+#[derive(Default)]
+struct NextGt {
+    valid: bool,
+    searched_from: usize,
+    found: Option<usize>,
+}
+
+impl NextGt {
+    fn at_or_after(&mut self, text: &[u8], from: usize) -> Option<usize> {
+        // The remembered answer holds for any `from` between the last search start and the `>`
+        // it found (or the end of the text when there was none).
+        let holds =
+            self.valid && from >= self.searched_from && self.found.is_none_or(|at| at >= from);
+        if !holds {
+            self.found = text[from..]
+                .iter()
+                .position(|&b| b == b'>')
+                .map(|p| from + p);
+            self.searched_from = from;
+            self.valid = true;
+        }
+        self.found
+    }
+}
+
 /// What every redacted value becomes.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -165,6 +192,14 @@ impl Redaction {
                     }
                 }
                 Value::Array(items) => stack.extend(items.iter_mut()),
+                // Text inside a value (a JSON or form body held in a string field).
+                Value::Str(text) => {
+                    let (redacted, n) = self.redact_text(text);
+                    if let Cow::Owned(t) = redacted {
+                        *text = Cow::Owned(t);
+                    }
+                    count += n;
+                }
                 _ => {}
             }
         }
@@ -228,6 +263,7 @@ impl Redaction {
         let mut copied = 0;
         let mut count = 0;
         let mut i = 0;
+        let mut gt = NextGt::default();
         while i < text.len() {
             if !is_word(text[i]) {
                 i += 1;
@@ -241,7 +277,7 @@ impl Redaction {
             if word.len() > self.longest_key + 8 || !self.is_sensitive_key(word) {
                 continue;
             }
-            let Some((from, to)) = value_span(text, start, i) else {
+            let Some((from, to)) = value_span(text, start, i, &mut gt) else {
                 continue;
             };
             let buf = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
@@ -279,10 +315,10 @@ fn skip_ws(text: &[u8], mut i: usize) -> usize {
 
 /// The byte range of the value that follows a sensitive word at `text[start..end]`, if the word is
 /// used as a name there.
-fn value_span(text: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
+fn value_span(text: &[u8], start: usize, end: usize, gt: &mut NextGt) -> Option<(usize, usize)> {
     // `<name attr="…">value</name>`: the element's text up to the next `<`.
     if start > 0 && text[start - 1] == b'<' {
-        let close = end + text[end..].iter().position(|&b| b == b'>')?;
+        let close = gt.at_or_after(text, end)?;
         if text[close - 1] == b'/' {
             return None;
         }
@@ -294,16 +330,27 @@ fn value_span(text: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
                 .unwrap_or(text.len() - from);
         return (to > from).then_some((from, to));
     }
-    // `"name": value`, `name=value`, `'name' = value`.
+    // `"name": value`, `name=value`, `'name' = value`, and JSON inside a JSON string
+    // (`\"name\":\"value\"`, e.g. an app echoing a request body).
     let mut i = end;
     if matches!(text.get(i), Some(b'"' | b'\'')) {
         i += 1;
+    } else if text.get(i) == Some(&b'\\') && text.get(i + 1) == Some(&b'"') {
+        i += 2;
     }
     i = skip_ws(text, i);
     if !matches!(text.get(i), Some(b':' | b'=')) {
         return None;
     }
     i = skip_ws(text, i + 1);
+    if text.get(i) == Some(&b'\\') && text.get(i + 1) == Some(&b'"') {
+        let from = i + 2;
+        let to = text[from..]
+            .windows(2)
+            .position(|w| w == b"\\\"")
+            .map_or(text.len(), |p| from + p);
+        return Some((from, to));
+    }
     match text.get(i)? {
         &q @ (b'"' | b'\'') => {
             let from = i + 1;
@@ -428,6 +475,11 @@ mod tests {
                 1,
             ),
             ("no secrets here: tokens=1", "no secrets here: tokens=1", 0),
+            (
+                r#"{"body":"{\"password\":\"hunter2\",\"u\":1}"}"#,
+                r#"{"body":"{\"password\":\"[REDACTED]\",\"u\":1}"}"#,
+                1,
+            ),
         ];
         for (input, want, n) in cases {
             let (got, count) = r().redact_text(input.as_bytes());
