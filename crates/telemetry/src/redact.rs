@@ -88,8 +88,11 @@ pub const DEFAULT_KEYS: &[&str] = &[
 pub struct Redaction {
     headers: Vec<Box<[u8]>>,
     keys: Vec<Box<[u8]>>,
-    /// Longest key, so the lexical scan skips longer words without normalising them.
+    /// Longest and shortest key, so the lexical scan skips other words without normalising.
     longest_key: usize,
+    shortest_key: usize,
+    /// 1 for every byte a key (or a word normalising to one) may start with.
+    first_bytes: [u8; 256],
 }
 
 fn normalise(name: &[u8]) -> Box<[u8]> {
@@ -99,20 +102,25 @@ fn normalise(name: &[u8]) -> Box<[u8]> {
         .collect()
 }
 
-/// `name` equals the normalised `norm`, ignoring case, `-` and `_`; no allocation.
-fn matches_normalised(name: &[u8], norm: &[u8]) -> bool {
-    let mut it = name.iter().filter(|&&b| b != b'-' && b != b'_');
-    for &want in norm {
-        match it.next() {
-            Some(&b) if b.to_ascii_lowercase() == want => {}
-            _ => return false,
-        }
-    }
-    it.next().is_none()
-}
+/// Longest name compared; longer names are never on a list (checked when the lists are built).
+const MAX_NAME: usize = 64;
 
+/// Whether `name`, normalised into a stack buffer, is on the sorted `list`: a binary search,
+/// no allocation. Called for every word of a body's raw text, so kept cheap.
 fn on_list(list: &[Box<[u8]>], name: &[u8]) -> bool {
-    list.iter().any(|n| matches_normalised(name, n))
+    let mut buf = [0u8; MAX_NAME];
+    let mut n = 0;
+    for &b in name {
+        if b == b'-' || b == b'_' {
+            continue;
+        }
+        if n == MAX_NAME {
+            return false;
+        }
+        buf[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    list.binary_search_by(|k| k.as_ref().cmp(&buf[..n])).is_ok()
 }
 
 impl Redaction {
@@ -127,7 +135,7 @@ impl Redaction {
                     .iter()
                     .map(|h| normalise(h.as_ref().as_bytes())),
             )
-            .filter(|n| !n.is_empty())
+            .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
             .collect();
         headers.sort();
         headers.dedup();
@@ -135,15 +143,25 @@ impl Redaction {
             .iter()
             .map(|k| normalise(k.as_bytes()))
             .chain(extra_keys.iter().map(|k| normalise(k.as_ref().as_bytes())))
-            .filter(|n| !n.is_empty())
+            .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
             .collect();
         keys.sort();
         keys.dedup();
         let longest_key = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+        let shortest_key = keys.iter().map(|k| k.len()).min().unwrap_or(0);
+        let mut first_bytes = [0u8; 256];
+        for k in &keys {
+            first_bytes[usize::from(k[0])] = 1;
+        }
+        // A word may start with the characters normalisation drops.
+        first_bytes[usize::from(b'-')] = 1;
+        first_bytes[usize::from(b'_')] = 1;
         Self {
             headers,
             keys,
             longest_key,
+            shortest_key,
+            first_bytes,
         }
     }
 
@@ -170,15 +188,29 @@ impl Redaction {
     /// attribute's leading `@` is ignored).
     pub fn is_sensitive_key(&self, name: &[u8]) -> bool {
         let name = name.strip_prefix(b"@").unwrap_or(name);
-        on_list(&self.keys, name)
+        // Most names (every key of a body, every word of its raw text) are shorter than every
+        // key on the list, far longer, or start with a letter none starts with: rejected before
+        // normalising.
+        match name.first() {
+            None => false,
+            Some(&first) => {
+                name.len() >= self.shortest_key
+                    && name.len() <= self.longest_key + 8
+                    && self.first_bytes[usize::from(first.to_ascii_lowercase())] != 0
+                    && on_list(&self.keys, name)
+            }
+        }
     }
 
     /// Replaces, at any depth, the value of every object member whose key is sensitive.
     /// Returns how many values were replaced. Iterative: bodies may be 10,000 levels deep.
     pub fn redact_value(&self, value: &mut Value<'_>) -> usize {
         let mut count = 0;
-        let mut stack: Vec<&mut Value<'_>> = vec![value];
-        while let Some(v) = stack.pop() {
+        // Scalars are handled in place and only containers are pushed, so a flat body needs no
+        // allocation here.
+        let mut stack: Vec<&mut Value<'_>> = Vec::new();
+        let mut next = Some(value);
+        while let Some(v) = next.take().or_else(|| stack.pop()) {
             match v {
                 Value::Object(members) => {
                     for (key, child) in members.iter_mut() {
@@ -186,24 +218,37 @@ impl Redaction {
                             let old = std::mem::replace(child, marker());
                             old.drop_iteratively();
                             count += 1;
-                        } else {
+                        } else if let Value::Str(text) = child {
+                            count += self.redact_str(text);
+                        } else if matches!(child, Value::Object(_) | Value::Array(_)) {
                             stack.push(child);
                         }
                     }
                 }
-                Value::Array(items) => stack.extend(items.iter_mut()),
-                // Text inside a value (a JSON or form body held in a string field).
-                Value::Str(text) => {
-                    let (redacted, n) = self.redact_text(text);
-                    if let Cow::Owned(t) = redacted {
-                        *text = Cow::Owned(t);
+                Value::Array(items) => {
+                    for item in items.iter_mut() {
+                        if let Value::Str(text) = item {
+                            count += self.redact_str(text);
+                        } else if matches!(item, Value::Object(_) | Value::Array(_)) {
+                            stack.push(item);
+                        }
                     }
-                    count += n;
                 }
+                // Text inside a value (a JSON or form body held in a string field).
+                Value::Str(text) => count += self.redact_str(text),
                 _ => {}
             }
         }
         count
+    }
+
+    /// Lexical redaction of one string value in place.
+    fn redact_str(&self, text: &mut Cow<'_, [u8]>) -> usize {
+        let (redacted, n) = self.redact_text(text);
+        if let Cow::Owned(t) = redacted {
+            *text = Cow::Owned(t);
+        }
+        n
     }
 
     /// Redacts the values of sensitive parameters in a raw query string (`a=1&token=x`); keys
@@ -274,7 +319,7 @@ impl Redaction {
                 i += 1;
             }
             let word = &text[start..i];
-            if word.len() > self.longest_key + 8 || !self.is_sensitive_key(word) {
+            if !self.is_sensitive_key(word) {
                 continue;
             }
             let Some((from, to)) = value_span(text, start, i, &mut gt) else {
