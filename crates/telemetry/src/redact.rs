@@ -1,8 +1,9 @@
 //! Redaction of credentials in a log entry: header values, cookies, query parameters and body
 //! fields whose name is on a deny-list are replaced by one fixed marker.
 //!
-//! Names are compared case-insensitively with `-` and `_` ignored, so `api_key`, `Api-Key` and
-//! `APIKEY` are one name. Parsed values (query map, JSON/form/XML body trees) are redacted by key;
+//! Header names are compared case-insensitively. Query and body field names are compared
+//! case-insensitively with `-` and `_` ignored, so `api_key`, `Api-Key` and `APIKEY` are one
+//! name. Parsed values (query map, JSON/form/XML body trees) are redacted by key;
 //! raw text (`body_raw`, an unparseable or truncated `body`, the query inside `url`) is redacted
 //! by a lexical scan for `name` followed by `:`/`=` or an XML element `<name>`. When the scan finds
 //! fewer secrets in a body's raw text than the tree redaction found in the parsed body, the raw
@@ -129,13 +130,15 @@ impl Redaction {
     pub fn new<S: AsRef<str>>(extra_headers: &[S], extra_keys: &[S]) -> Self {
         let mut headers: Vec<Box<[u8]>> = DEFAULT_HEADERS
             .iter()
-            .map(|h| normalise(h.as_bytes()))
-            .chain(
-                extra_headers
-                    .iter()
-                    .map(|h| normalise(h.as_ref().as_bytes())),
-            )
-            .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
+            .copied()
+            .chain(extra_headers.iter().map(AsRef::as_ref))
+            .map(|h| {
+                h.trim()
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
+            .filter(|n| !n.is_empty())
             .collect();
         headers.sort();
         headers.dedup();
@@ -165,7 +168,7 @@ impl Redaction {
         }
     }
 
-    /// The header deny-list, normalised.
+    /// The header deny-list, lowercase.
     pub fn headers(&self) -> impl Iterator<Item = &str> {
         self.headers
             .iter()
@@ -181,7 +184,10 @@ impl Redaction {
 
     /// Whether a header of this name has its values redacted.
     pub fn is_sensitive_header(&self, name: &[u8]) -> bool {
-        on_list(&self.headers, name)
+        // Every header of every line is checked: the length comparison rejects most at once.
+        self.headers
+            .iter()
+            .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
     }
 
     /// Whether a query parameter or body field of this name has its value redacted (an XML
