@@ -353,6 +353,37 @@ impl Flood {
         }
     }
 
+    /// Waits until `n` lines arrived or none arrived for 5 s; returns the count and the values.
+    fn wait_settled(&self, n: usize) -> (usize, HashSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            let e = self.endpoints.lock().unwrap();
+            if e.0 >= n || since.elapsed() > Duration::from_secs(5) || Instant::now() > deadline {
+                return (e.0, e.1.clone());
+            }
+            if e.0 != last {
+                (last, since) = (e.0, Instant::now());
+            }
+            drop(e);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The highest "total dropped: N" the pipeline reported on stderr.
+    fn reported_drops(&self) -> usize {
+        let stderr = self.stderr.lock().unwrap();
+        stderr
+            .split("total dropped: ")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
@@ -396,14 +427,14 @@ fn five_thousand_user_ids_are_one_endpoint_and_the_raw_path_is_kept() {
 fn one_hundred_thousand_random_paths_stay_under_the_cap_with_flat_memory() {
     let up = RawUpstream::start(users_reply);
     let flood = Flood::start(up.port, &[]);
-    // Four concurrent keep-alive clients, each with its own random words.
+    // Two concurrent keep-alive clients, each with its own random words.
     let send = |count: usize| {
         std::thread::scope(|s| {
-            for t in 0..4u64 {
+            for t in 0..2u64 {
                 s.spawn(move || {
                     let mut c = Client::new(flood.port);
                     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t << 32) ^ count as u64;
-                    for _ in 0..count / 4 {
+                    for _ in 0..count / 2 {
                         // Lowercase letters only: never an identifier, so each path is its own
                         // template.
                         let word: String = (0..12)
@@ -422,10 +453,23 @@ fn one_hundred_thousand_random_paths_stay_under_the_cap_with_flat_memory() {
     };
     let total = 100_000;
     send(20_000);
-    flood.wait_lines(20_000);
+    flood.wait_settled(20_000);
     let rss_at_20k = flood.rss_kib();
     send(total - 20_000);
-    let endpoints = flood.wait_lines(total);
+    // On a loaded machine the telemetry queue may overflow: drops are allowed, but each one
+    // must be counted on stderr (the pipeline reports them at most every 10 s, and at exit).
+    let (lines, endpoints) = flood.wait_settled(total);
+    if lines < total {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lines + flood.reported_drops() < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            lines + flood.reported_drops(),
+            total,
+            "lines lost without a report"
+        );
+    }
     let rss_end = flood.rss_kib();
     assert!(
         endpoints.len() <= 201,
