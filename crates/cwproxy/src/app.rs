@@ -272,7 +272,10 @@ async fn serve(
     };
     let (sinks, activator, router) = Sinks::new(DIAG);
     let pipeline = Pipeline::start(
-        PipelineConfig::default(),
+        PipelineConfig {
+            output: config.output.clone(),
+            ..PipelineConfig::default()
+        },
         context,
         stdout_writer(),
         vec![router],

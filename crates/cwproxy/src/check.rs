@@ -140,6 +140,11 @@ pub fn rows(env: &dyn Env, config: &Config) -> Vec<Row> {
             duration(config.metadata_timeout),
         ),
     ];
+    rows.extend(
+        crate::output::describe(&config.output)
+            .into_iter()
+            .map(|(name, value)| Row::new(env, name, value)),
+    );
     if retry.max_attempts <= 1 {
         rows.push(Row::derived(
             "retries",

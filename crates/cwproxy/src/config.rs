@@ -36,6 +36,14 @@ impl Errors {
         })
     }
 
+    /// The value, or `fallback` with every error of a loader that reports several kept.
+    pub fn all<T>(&mut self, result: Result<T, Vec<ConfigError>>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.0.extend(e);
+            fallback
+        })
+    }
+
     /// `value` when nothing was collected, else every error.
     pub fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.0.is_empty() {
@@ -137,6 +145,8 @@ pub struct Config {
     pub child_stdout: ChildStdout,
     /// `METADATA_DETECT_TIMEOUT`.
     pub metadata_timeout: Duration,
+    /// `LOG_COMPAT`, `LOG_REDACT`, `ENDPOINT_TEMPLATES`, … (see [`crate::output`]).
+    pub output: telemetry::output::OutputOptions,
 }
 
 /// Where the inspector child's stdout goes (`INSPECTOR_CHILD_STDOUT`).
@@ -516,6 +526,10 @@ pub fn load(
         crate::metadata::detect_budget(env).map_err(err),
         crate::metadata::DETECT_BUDGET,
     );
+    let output = errors.all(
+        crate::output::load(env),
+        telemetry::output::OutputOptions::ORIGINAL,
+    );
     errors.finish(Config {
         proxy_port,
         app_host,
@@ -532,6 +546,7 @@ pub fn load(
         stop_grace,
         child_stdout,
         metadata_timeout,
+        output,
     })
 }
 

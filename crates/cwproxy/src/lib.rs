@@ -9,3 +9,4 @@ pub mod config;
 pub mod cwlogs;
 pub mod health;
 pub mod metadata;
+pub mod output;

@@ -332,7 +332,12 @@ fn shutdown_flushes_queued_events() {
 fn oversized_events_are_trimmed_not_dropped() {
     let moto = Moto::start();
     let up = Upstream::start();
-    let proxy = start(&up, &moto.url(), &[("CAPTURE_BODY_LIMIT", "1000000")]);
+    // Unbounded stdout lines, so only the CloudWatch path trims here.
+    let proxy = start(
+        &up,
+        &moto.url(),
+        &[("CAPTURE_BODY_LIMIT", "1000000"), ("LOG_LINE_LIMIT", "0")],
+    );
     let body = "a".repeat(300_000);
     let resp = http(
         proxy.port,

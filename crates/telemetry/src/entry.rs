@@ -4,12 +4,17 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::capture::Capture;
+use crate::decode::{self, Decoded, Encoding};
 use crate::emf::{self, Datum, EmfError, MetricEventKind};
 use crate::hash::{EntryHashes, Scratch};
 use crate::json;
 use crate::multimap::Multimap;
-use crate::parse::{self, raw_text};
+use crate::output::{is_binary, BinaryBodies, OutputOptions};
+use crate::parse::{self, raw_text, TRUNCATED_SUFFIX};
 use crate::record::{unix_millis, Exchange, HealthProbe};
+use crate::redact::{self, Redaction};
+use crate::route;
 use crate::value::{Parsed, Value};
 
 /// Namespace of traffic metrics.
@@ -62,10 +67,67 @@ impl<'a> BodyPart<'a> {
         truncated: bool,
         with_raw: bool,
     ) -> Self {
+        Self::parse_as(
+            content_type,
+            bytes,
+            truncated,
+            with_raw,
+            BinaryBodies::Escape,
+        )
+    }
+
+    /// [`Self::parse`] with a choice of form for binary bodies: a compact body is one short
+    /// string of the same shape (so `body_hash` is unchanged) and has no `body_raw`.
+    pub fn parse_as(
+        content_type: Option<&[u8]>,
+        bytes: &'a [u8],
+        truncated: bool,
+        with_raw: bool,
+        binary: BinaryBodies,
+    ) -> Self {
+        let value = parse::parse_body(content_type, bytes, truncated);
+        if binary == BinaryBodies::Compact
+            && matches!(value.value(), Value::Str(_))
+            && is_binary(bytes, truncated)
+        {
+            let mut text = format!("[binary {} bytes]", bytes.len());
+            if truncated {
+                text.push_str(TRUNCATED_SUFFIX);
+            }
+            return Self {
+                value: Parsed::new(Value::Str(Cow::Owned(text.into_bytes())), 0),
+                raw: None,
+            };
+        }
         let raw = (with_raw && !bytes.is_empty()).then(|| raw_text(bytes, truncated));
-        Self {
-            value: parse::parse_body(content_type, bytes, truncated),
-            raw,
+        Self { value, raw }
+    }
+
+    /// Redacts sensitive fields of the parsed body by key, and the raw text lexically; when the
+    /// lexical pass finds fewer secrets than the parsed body held, the raw text is replaced as a
+    /// whole, so nothing redacted in `body` survives in `body_raw`.
+    fn redact(&mut self, r: &Redaction) {
+        let value = self.value.value_mut();
+        let in_tree = if let Value::Str(text) = value {
+            let (redacted, n) = r.redact_text(text);
+            if let Cow::Owned(t) = redacted {
+                *text = Cow::Owned(t);
+            }
+            n
+        } else {
+            r.redact_value(value)
+        };
+        if let Some(raw) = self.raw.as_mut() {
+            let (redacted, n) = r.redact_text(raw);
+            let redacted = match redacted {
+                Cow::Owned(t) => Some(t),
+                Cow::Borrowed(_) => None,
+            };
+            if n < in_tree {
+                *raw = Cow::Borrowed(redact::REDACTED.as_bytes());
+            } else if let Some(t) = redacted {
+                *raw = Cow::Owned(t);
+            }
         }
     }
 }
@@ -148,7 +210,28 @@ impl Entry<'_> {
     /// Appends the entry as one JSON object (no newline). `scratch` is reused for signatures.
     pub fn write_json(&self, out: &mut Vec<u8>, scratch: &mut Scratch) {
         let hashes = self.hashes(scratch);
+        self.write_json_hashed(out, &hashes);
+    }
 
+    /// Replaces sensitive values everywhere in the entry: header values on the lists, every
+    /// cookie and set-cookie value, sensitive query parameters (in `queries` and `url`) and body
+    /// fields. Hashes describe shapes, which redaction keeps, but callers compute them first
+    /// anyway ([`Self::hashes`]) so they stay identical whatever redaction does.
+    pub fn redact(&mut self, r: &Redaction) {
+        let rq = &mut self.request;
+        rq.headers.redact(|k| r.is_sensitive_header(k));
+        rq.cookies.redact(|_| true);
+        rq.queries.redact(|k| r.is_sensitive_key(k));
+        rq.url = r.redact_url(std::mem::take(&mut rq.url));
+        rq.body.redact(r);
+        let rs = &mut self.response;
+        rs.headers.redact(|k| r.is_sensitive_header(k));
+        rs.set_cookies.redact(|_| true);
+        rs.body.redact(r);
+    }
+
+    /// Appends the entry as one JSON object with hashes computed beforehand.
+    pub fn write_json_hashed(&self, out: &mut Vec<u8>, hashes: &EntryHashes) {
         out.push(b'{');
         if self.category == Category::Traffic {
             out.extend_from_slice(b"\"_q\":\"");
@@ -234,7 +317,8 @@ impl Entry<'_> {
         out.extend_from_slice(b"}}");
     }
 
-    fn hashes(&self, scratch: &mut Scratch) -> EntryHashes {
+    /// The entry's structural hashes.
+    pub fn hashes(&self, scratch: &mut Scratch) -> EntryHashes {
         EntryHashes::compute(
             |out| self.request.queries.signature(out),
             !self.request.queries.is_empty(),
@@ -253,8 +337,20 @@ impl Entry<'_> {
         scratch: &mut Scratch,
         data: &[Datum<'_>],
     ) -> Result<(), EmfError> {
+        let hashes = self.hashes(scratch);
+        self.write_with_metrics_hashed(out, scratch, data, &hashes)
+    }
+
+    /// [`Self::write_with_metrics`] with hashes computed beforehand.
+    pub fn write_with_metrics_hashed(
+        &self,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
+        data: &[Datum<'_>],
+        hashes: &EntryHashes,
+    ) -> Result<(), EmfError> {
         let start = out.len();
-        self.write_json(out, scratch);
+        self.write_json_hashed(out, hashes);
         let (namespace, kind) = match self.category {
             Category::Traffic => (
                 TRAFFIC_NAMESPACE,
@@ -280,7 +376,7 @@ impl Entry<'_> {
         if result.is_err() {
             // Never lose the log line because its metrics were unencodable: write it plain.
             out.truncate(start);
-            self.write_json(out, scratch);
+            self.write_json_hashed(out, hashes);
             out.push(b'\n');
         }
         result
@@ -432,9 +528,43 @@ fn content_type(headers: &http::HeaderMap) -> Option<&[u8]> {
         .map(|v| v.as_bytes())
 }
 
-/// Renders one proxied exchange as its stdout line(s) with `app/traffic` EMF.
+/// Renders one proxied exchange as its stdout line(s) with `app/traffic` EMF, as the original.
 pub fn render_traffic(
     ctx: &Context,
+    ex: &Exchange,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) -> Result<(), EmfError> {
+    render_traffic_with(ctx, &OutputOptions::ORIGINAL, ex, out, scratch)
+}
+
+/// A captured body decoded per its `Content-Encoding`, when `decode` is on and it decodes.
+fn decoded(headers: &http::HeaderMap, capture: &Capture, decode: bool) -> Option<Decoded> {
+    if !decode {
+        return None;
+    }
+    let encoding = Encoding::from_header(headers.get(http::header::CONTENT_ENCODING)?.as_bytes())?;
+    decode::decode(
+        encoding,
+        capture.bytes(),
+        capture.truncated(),
+        capture.limit(),
+    )
+}
+
+/// The bytes to parse: decoded ones when there are, else the capture's.
+fn body_source<'a>(capture: &'a Capture, decoded: Option<&'a Decoded>) -> (&'a [u8], bool) {
+    match decoded {
+        Some(d) => (&d.bytes, d.truncated),
+        None => (capture.bytes(), capture.truncated()),
+    }
+}
+
+/// Renders one proxied exchange with `opts` (redaction, templates, decoding, binary form).
+/// The line bound is applied by the caller over the whole rendered text ([`crate::trim`]).
+pub fn render_traffic_with(
+    ctx: &Context,
+    opts: &OutputOptions,
     ex: &Exchange,
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
@@ -472,16 +602,27 @@ pub fn render_traffic(
         &["host"]
     };
 
+    let request_decoded = decoded(&ex.request_headers, &ex.request_body, opts.decode_bodies);
+    let (request_bytes, request_truncated) =
+        body_source(&ex.request_body, request_decoded.as_ref());
+    let response_decoded = ex
+        .response_body
+        .as_ref()
+        .and_then(|c| decoded(&ex.response_headers, c, opts.decode_bodies));
     let response_body = match &ex.response_body {
-        Some(c) => BodyPart::parse(
-            content_type(&ex.response_headers),
-            c.bytes(),
-            c.truncated(),
-            true,
-        ),
+        Some(c) => {
+            let (bytes, truncated) = body_source(c, response_decoded.as_ref());
+            BodyPart::parse_as(
+                content_type(&ex.response_headers),
+                bytes,
+                truncated,
+                true,
+                opts.binary_bodies,
+            )
+        }
         None => BodyPart::null(),
     };
-    let entry = Entry {
+    let mut entry = Entry {
         category: Category::Traffic,
         app_name: &ctx.app_name,
         client_id: ex.client_id.as_deref(),
@@ -497,11 +638,12 @@ pub fn render_traffic(
             queries: Multimap::from_query(raw_query),
             cookies: Multimap::from_cookie_headers(&ex.request_headers),
             headers: Multimap::from_headers(&ex.request_headers, request_skip),
-            body: BodyPart::parse(
+            body: BodyPart::parse_as(
                 content_type(&ex.request_headers),
-                ex.request_body.bytes(),
-                ex.request_body.truncated(),
+                request_bytes,
+                request_truncated,
                 true,
+                opts.binary_bodies,
             ),
         },
         response: ResponsePart {
@@ -529,10 +671,22 @@ pub fn render_traffic(
             _ => None,
         },
     };
-    let endpoint: &[u8] = ex
-        .endpoint
-        .as_deref()
-        .map_or(entry.request.path.as_ref(), str::as_bytes);
+    let hashes = entry.hashes(scratch);
+    if let Some(r) = &opts.redaction {
+        entry.redact(r);
+    }
+    let templated;
+    let endpoint: &[u8] = match ex.endpoint.as_deref() {
+        Some(e) => e.as_bytes(),
+        None => match route::template(&entry.request.path, &opts.templates) {
+            Some(t) => {
+                templated = t.template;
+                templated.as_bytes()
+            }
+            None => entry.request.path.as_ref(),
+        },
+    };
+    let endpoint = scratch.endpoints.admit(endpoint, opts.endpoint_limit);
     let app_dims: [(&str, &[u8]); 1] = [("AppName", ctx.app_name.as_bytes())];
     let route_dims: [(&str, &[u8]); 3] = [
         ("AppName", ctx.app_name.as_bytes()),
@@ -571,16 +725,30 @@ pub fn render_traffic(
             n += 1;
         }
     }
-    entry.write_with_metrics(out, scratch, &data[..n])
+    entry.write_with_metrics_hashed(out, scratch, &data[..n], &hashes)
 }
 
-/// Renders one health probe as its stdout line(s) with `app/health` EMF.
+/// Renders one health probe as its stdout line(s) with `app/health` EMF, as the original.
 pub fn render_health(
     ctx: &Context,
     probe: &HealthProbe,
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
 ) -> Result<(), EmfError> {
+    render_health_with(ctx, &OutputOptions::ORIGINAL, probe, out, scratch)
+}
+
+/// Renders one health probe with `opts` (redaction, decoding, binary form; the `Endpoint` of
+/// a health metric is its configured URL, never templated).
+pub fn render_health_with(
+    ctx: &Context,
+    opts: &OutputOptions,
+    probe: &HealthProbe,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) -> Result<(), EmfError> {
+    let probe_decoded = decoded(&probe.headers, &probe.body, opts.decode_bodies);
+    let (probe_bytes, probe_truncated) = body_source(&probe.body, probe_decoded.as_ref());
     let body = if probe.body.bytes().is_empty() {
         match &probe.error {
             Some(err) => BodyPart {
@@ -590,14 +758,15 @@ pub fn render_health(
             None => BodyPart::null(),
         }
     } else {
-        BodyPart::parse(
+        BodyPart::parse_as(
             content_type(&probe.headers),
-            probe.body.bytes(),
-            probe.body.truncated(),
+            probe_bytes,
+            probe_truncated,
             false,
+            opts.binary_bodies,
         )
     };
-    let entry = Entry {
+    let mut entry = Entry {
         category: Category::Health,
         app_name: &ctx.app_name,
         client_id: None,
@@ -650,5 +819,9 @@ pub fn render_health(
             dims: &dims,
         },
     ];
-    entry.write_with_metrics(out, scratch, &data)
+    let hashes = entry.hashes(scratch);
+    if let Some(r) = &opts.redaction {
+        entry.redact(r);
+    }
+    entry.write_with_metrics_hashed(out, scratch, &data, &hashes)
 }

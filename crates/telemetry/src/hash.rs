@@ -149,6 +149,8 @@ pub struct Scratch {
     pub cache: HashCache,
     /// EMF index buffers.
     pub emf: crate::emf::EmfScratch,
+    /// Distinct `Endpoint` values seen by this renderer (the `ENDPOINT_LIMIT` cap).
+    pub endpoints: crate::route::EndpointCap,
 }
 
 impl Scratch {
@@ -158,6 +160,7 @@ impl Scratch {
             signature: Vec::with_capacity(1024),
             cache: HashCache::new(),
             emf: Default::default(),
+            endpoints: Default::default(),
         }
     }
 }

@@ -10,8 +10,11 @@
 //! - [`emf`]: Embedded Metric Format assembly (dimension sets, 100-metric split).
 //! - [`pipeline`]: the bounded queue and writer thread; [`diag`]: Go-format stderr diagnostics.
 //! - [`meta`]: the `aws_meta` object.
+//! - [`output`]: what the line contains beyond the original's format: [`redact`]ion, [`route`]
+//!   templates and their cap, [`decode`]d bodies, the line bound ([`trim`]) and binary bodies.
 
 pub mod capture;
+pub mod decode;
 pub mod diag;
 pub mod emf;
 pub mod entry;
@@ -19,9 +22,13 @@ pub mod hash;
 pub mod json;
 pub mod meta;
 pub mod multimap;
+pub mod output;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod redact;
+pub mod route;
+pub mod trim;
 pub mod value;
 
 pub use capture::Capture;

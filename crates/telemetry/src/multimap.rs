@@ -84,6 +84,19 @@ impl<'a> Multimap<'a> {
         Self::from_pairs(pairs)
     }
 
+    /// Replaces the value of every pair whose key is `sensitive` with the redaction marker;
+    /// returns how many were replaced. Order stays sorted: equal keys get equal values.
+    pub fn redact(&mut self, mut sensitive: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        for (key, value) in &mut self.pairs {
+            if sensitive(key) {
+                *value = Cow::Borrowed(crate::redact::REDACTED.as_bytes());
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()

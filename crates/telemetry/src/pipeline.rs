@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::diag::Diag;
 use crate::entry::{self, Category, Context};
+use crate::output::OutputOptions;
 use crate::record::{Exchange, HealthProbe};
 
 /// Receives every rendered event in its stdout form (without the newline), after stdout.
@@ -68,6 +69,8 @@ pub struct PipelineConfig {
     pub max_queued_bytes: usize,
     /// Least time between two stderr reports about drops or write failures.
     pub report_interval: Duration,
+    /// What lines contain and how long they may be (default: the original's line).
+    pub output: OutputOptions,
 }
 
 impl Default for PipelineConfig {
@@ -76,6 +79,7 @@ impl Default for PipelineConfig {
             capacity: 1024,
             max_queued_bytes: 64 << 20,
             report_interval: Duration::from_secs(10),
+            output: OutputOptions::ORIGINAL,
         }
     }
 }
@@ -171,11 +175,15 @@ impl Pipeline {
         let counters = Arc::new(Counters::default());
         let worker_counters = Arc::clone(&counters);
         let interval = config.report_interval;
+        let output = config.output;
         let worker = std::thread::Builder::new()
             .name("telemetry".into())
             .spawn(move || {
-                Worker::new(context, out, sinks, diag, worker_counters, interval).run(&rx)
+                let mut worker = Worker::new(context, out, sinks, diag, worker_counters, interval);
+                worker.output = output;
+                worker.run(&rx)
             })?;
+
         Ok(Self {
             emitter: Emitter {
                 tx,
@@ -258,6 +266,7 @@ impl Write for RawStdout {
 
 struct Worker {
     context: Context,
+    output: OutputOptions,
     out: Box<dyn Write + Send>,
     sinks: Vec<Arc<dyn EventSink>>,
     diag: Diag,
@@ -285,6 +294,7 @@ impl Worker {
     ) -> Self {
         Self {
             context,
+            output: OutputOptions::ORIGINAL,
             out,
             sinks,
             diag,
@@ -365,13 +375,33 @@ impl Worker {
         let (category, result) = match record {
             Record::Traffic(ex) => (
                 Category::Traffic,
-                entry::render_traffic(&self.context, ex, &mut self.buf, &mut self.scratch),
+                entry::render_traffic_with(
+                    &self.context,
+                    &self.output,
+                    ex,
+                    &mut self.buf,
+                    &mut self.scratch,
+                ),
             ),
             Record::Health(p) => (
                 Category::Health,
-                entry::render_health(&self.context, p, &mut self.buf, &mut self.scratch),
+                entry::render_health_with(
+                    &self.context,
+                    &self.output,
+                    p,
+                    &mut self.buf,
+                    &mut self.scratch,
+                ),
             ),
         };
+        if self.scratch.endpoints.take_notice() {
+            self.diag.log(format_args!(
+                "the Endpoint metric dimension reached its limit of {} distinct values; new paths are reported as Endpoint \"{}\" (raise ENDPOINT_LIMIT or add ENDPOINT_TEMPLATES patterns)",
+                self.output.endpoint_limit,
+                crate::route::OVERFLOW_ENDPOINT
+            ));
+        }
+        self.bound_lines(start);
         if let Err(e) = result {
             // The line was still written without EMF; say why once per occurrence.
             self.diag.log(format_args!(
@@ -392,6 +422,38 @@ impl Worker {
         {
             for sink in &self.sinks {
                 sink.deliver(category, timestamp, line);
+            }
+        }
+    }
+
+    /// Trims each line rendered since `start` to `output.line_limit` bytes with the CloudWatch
+    /// rule ([`crate::trim::trim_event`]); a line that cannot be trimmed (no body left to
+    /// shorten) is replaced by nothing and reported.
+    fn bound_lines(&mut self, start: usize) {
+        let limit = self.output.line_limit;
+        if limit == 0 || self.buf.len() - start <= limit {
+            return;
+        }
+        let rendered = self.buf.split_off(start);
+        for line in rendered.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if line.len() <= limit {
+                self.buf.extend_from_slice(line);
+                self.buf.push(b'\n');
+                continue;
+            }
+            // Rendered lines are UTF-8 (the JSON writer escapes invalid bytes).
+            let text = String::from_utf8_lossy(line).into_owned();
+            match crate::trim::trim_event(text, limit) {
+                Ok(trimmed) => {
+                    self.buf.extend_from_slice(trimmed.as_bytes());
+                    self.buf.push(b'\n');
+                }
+                Err(e) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.reported_drops += 1;
+                    self.diag
+                        .log(format_args!("dropped a log line: {e} (LOG_LINE_LIMIT)"));
+                }
             }
         }
     }

@@ -134,6 +134,11 @@ impl<'a> Parsed<'a> {
     pub fn value(&self) -> &Value<'a> {
         &self.value
     }
+
+    /// The parsed value, for redaction in place.
+    pub fn value_mut(&mut self) -> &mut Value<'a> {
+        &mut self.value
+    }
 }
 
 impl Drop for Parsed<'_> {

@@ -162,3 +162,71 @@ fn oversized_body_truncated_and_marked() {
     assert_eq!(raw.len(), LIMIT + "...(truncated)".len());
     assert_eq!(v["RequestBodySize"], (LIMIT * 2) as u64);
 }
+
+/// The fuzz review's slow XML shapes (F4): distinct child names, many attributes, and the
+/// lexical redaction scan over hostile text. Each must be linear in its input: four times the
+/// input may cost about four times the time, below ten with noise (a quadratic shape costs
+/// sixteen; the
+/// distinct-children shape did before the fix: 104 ms for 64 KiB, 1.2 s for 256 KiB).
+#[test]
+fn adversarial_xml_and_redaction_inputs_are_linear() {
+    use std::time::{Duration, Instant};
+    use telemetry::output::OutputOptions;
+    type Shape = fn(usize) -> String;
+    let shapes: [(&str, &str, Shape); 4] = [
+        ("distinct children", "application/xml", |n| {
+            std::iter::once("<a>".to_owned())
+                .chain((0..n / 8).map(|i| format!("<b{i}/>")))
+                .chain(std::iter::once("</a>".to_owned()))
+                .collect()
+        }),
+        ("distinct attributes", "application/xml", |n| {
+            let attrs: Vec<String> = (0..n / 10).map(|i| format!("k{i}=\"v\"")).collect();
+            format!("<a {}/>", attrs.join(" "))
+        }),
+        ("unclosed sensitive tags", "application/xml", |n| {
+            "<token ".repeat(n / 7) + ">"
+        }),
+        (
+            "sensitive names",
+            "application/x-www-form-urlencoded",
+            |n| "password=".repeat(n / 9),
+        ),
+    ];
+    let cost = |ct: &str, body: &str| {
+        let ex = exchange(ct, body.as_bytes());
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let mut out = Vec::new();
+            entry::render_traffic_with(
+                &Context::default(),
+                &OutputOptions::recommended(),
+                &ex,
+                &mut out,
+                &mut telemetry::hash::Scratch::new(),
+            )
+            .expect("renders");
+            best = best.min(started.elapsed());
+        }
+        best
+    };
+    for (name, ct, shape) in shapes {
+        let small = cost(ct, &shape(32 << 10));
+        let big = cost(ct, &shape(128 << 10));
+        let ratio = big.as_secs_f64() / small.as_secs_f64().max(1e-6);
+        assert!(
+            ratio < 10.0,
+            "{name}: 32 KiB {small:?}, 128 KiB {big:?} (x{ratio:.1}): not linear"
+        );
+    }
+    let distinct = shapes[0].2(256 << 10);
+    let parsed = telemetry::parse::xml::parse(distinct.as_bytes()).expect("parses");
+    let telemetry::value::Value::Object(root) = parsed.value() else {
+        panic!("object")
+    };
+    let telemetry::value::Value::Object(children) = &root[0].1 else {
+        panic!("children")
+    };
+    assert_eq!(children.len(), (256 << 10) / 8);
+}

@@ -421,3 +421,61 @@ fn bad_gateway_without_upstream_response() {
     );
     assert!(!line.contains("2XXStatusCode"));
 }
+
+/// `LOG_COMPAT=original` resolves to `OutputOptions::ORIGINAL` (cwproxy's `output` tests); through
+/// the pipeline that cwproxy runs, those options give the spec's line byte for byte, and the
+/// production options differ from it only where they must (here: the cookie values).
+#[test]
+fn full_traffic_line_through_the_pipeline_with_original_options() {
+    use std::sync::{Arc, Mutex};
+    use telemetry::output::OutputOptions;
+    use telemetry::pipeline::{Pipeline, PipelineConfig, Record};
+
+    #[derive(Clone, Default)]
+    struct Out(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Out {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let run = |output: OutputOptions| {
+        let out = Out::default();
+        let p = Pipeline::start(
+            PipelineConfig {
+                output,
+                ..PipelineConfig::default()
+            },
+            ecs_context("orders-api"),
+            Box::new(out.clone()),
+            vec![],
+            telemetry::diag::Diag::new("test"),
+        )
+        .expect("start");
+        p.emitter()
+            .emit(Record::Traffic(Box::new(example_exchange())));
+        assert!(p.shutdown(std::time::Duration::from_secs(5)));
+        let bytes = out.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("utf8")
+    };
+    assert_eq!(
+        run(OutputOptions::ORIGINAL),
+        format!("{FULL_TRAFFIC_LINE}\n")
+    );
+    let production = run(OutputOptions::recommended());
+    assert_ne!(production, format!("{FULL_TRAFFIC_LINE}\n"));
+    let redacted = FULL_TRAFFIC_LINE
+        .replace(
+            r#""cookies":{"session":"abc"}"#,
+            r#""cookies":{"session":"[REDACTED]"}"#,
+        )
+        .replace(r#""Cookie":"session=abc""#, r#""Cookie":"[REDACTED]""#)
+        .replace(
+            r#""set_cookies":{"session":"xyz"}"#,
+            r#""set_cookies":{"session":"[REDACTED]"}"#,
+        );
+    assert_eq!(production, format!("{redacted}\n"));
+}

@@ -117,6 +117,7 @@ fn stuck_stdout_never_blocks_callers_and_drops_are_counted_and_reported_once() {
         capacity: 16,
         max_queued_bytes: 1 << 20,
         report_interval: Duration::from_secs(3600),
+        ..PipelineConfig::default()
     };
     let p = Pipeline::start(
         cfg,
@@ -256,4 +257,66 @@ fn sinks_get_every_event_after_stdout() {
         assert!(*ts > 0);
         assert_eq!(ev, line);
     }
+}
+
+/// The CloudWatch path receives the very event written to stdout: redacted, templated and
+/// bounded by the production options.
+#[test]
+fn sinks_get_the_redacted_templated_bounded_line() {
+    let sink = Arc::new(Collect::default());
+    let rec = Recorder::default();
+    let cfg = PipelineConfig {
+        output: telemetry::output::OutputOptions {
+            line_limit: 8192,
+            ..telemetry::output::OutputOptions::recommended()
+        },
+        ..PipelineConfig::default()
+    };
+    let p = Pipeline::start(
+        cfg,
+        Context::default(),
+        Box::new(rec.clone()),
+        vec![sink.clone() as Arc<dyn EventSink>],
+        Diag::new("test"),
+    )
+    .expect("start");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        "Bearer SinkSecret1".parse().expect("value"),
+    );
+    headers.insert("content-type", "text/plain".parse().expect("value"));
+    let body = "x".repeat(20_000);
+    p.emitter().emit(Record::Traffic(Box::new(Exchange {
+        start: SystemTime::now(),
+        end: SystemTime::now(),
+        elapsed: Duration::from_micros(250),
+        method: Method::POST,
+        uri: "/users/42?token=SinkSecret2".parse().expect("uri"),
+        tls: false,
+        request_headers: headers,
+        request_body: Capture::from_bytes(65536, body.as_bytes()),
+        status: 200,
+        response_headers: HeaderMap::new(),
+        response_body: Some(Capture::from_bytes(1024, b"ok")),
+        local_response_bytes: 0,
+        endpoint: None,
+        client_id: None,
+    })));
+    assert!(p.shutdown(Duration::from_secs(5)));
+    let got = sink.0.lock().expect("lock");
+    let written = rec.0.lock().expect("lock").concat();
+    assert_eq!(got.len(), 1);
+    let event = &got[0].2;
+    assert_eq!(written, [event.as_slice(), b"\n"].concat());
+    let text = String::from_utf8_lossy(event);
+    assert!(event.len() <= 8192, "{}", event.len());
+    assert!(!text.contains("SinkSecret"), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(event).expect("json");
+    assert_eq!(v["Endpoint"], "/users/{userId}");
+    assert_eq!(v["request"]["path"], "/users/42");
+    assert!(v["request"]["body_raw"]
+        .as_str()
+        .expect("string")
+        .ends_with("...(truncated)"));
 }

@@ -37,7 +37,11 @@ pub enum XmlError {
 
 struct Element {
     name: Vec<u8>,
+    /// Attributes, sorted by key, later duplicates dropped.
     fields: Vec<(Cow<'static, [u8]>, Value<'static>)>,
+    /// Child elements in document order; grouped by name only in `close`, so an element with
+    /// many distinct children costs O(n log n), not a scan of every earlier child per child.
+    children: Vec<(Vec<u8>, Value<'static>)>,
     text: Vec<String>,
     run: String,
 }
@@ -68,6 +72,7 @@ impl Element {
         Ok(Self {
             name: start.local_name().as_ref().to_vec(),
             fields,
+            children: Vec::new(),
             text: Vec::new(),
             run: String::new(),
         })
@@ -83,29 +88,30 @@ impl Element {
     }
 
     fn add_child(&mut self, name: Vec<u8>, value: Value<'static>) {
-        if let Some((_, existing)) = self
-            .fields
-            .iter_mut()
-            .find(|(k, _)| k.as_ref() == name.as_slice())
-        {
-            match existing {
-                Value::Array(items) => items.push(value),
-                other => {
-                    let first = std::mem::replace(other, Value::Null);
-                    *other = Value::Array(vec![first, value]);
-                }
-            }
-            return;
-        }
-        let at = self
-            .fields
-            .partition_point(|(k, _)| k.as_ref() < name.as_slice());
-        self.fields.insert(at, (Cow::Owned(name), value));
+        self.children.push((name, value));
     }
 
     fn close(mut self) -> (Vec<u8>, Value<'static>) {
         self.flush_text();
         let text = self.text.join(" ");
+        if !self.children.is_empty() {
+            // A stable sort keeps repeated names in document order inside their array.
+            self.children.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut iter = std::mem::take(&mut self.children).into_iter().peekable();
+            while let Some((name, value)) = iter.next() {
+                if iter.peek().is_some_and(|(n, _)| *n == name) {
+                    let mut items = vec![value];
+                    while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
+                        items.push(v);
+                    }
+                    self.fields.push((Cow::Owned(name), Value::Array(items)));
+                } else {
+                    self.fields.push((Cow::Owned(name), value));
+                }
+            }
+            // Attribute keys start with `@`, which no element name can, so keys stay unique.
+            self.fields.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         let value = if self.fields.is_empty() {
             if text.is_empty() {
                 Value::Object(Vec::new())
