@@ -105,6 +105,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// `LOG_COMPAT`, `LOG_REDACT`, `ENDPOINT_TEMPLATES`, … (see [`crate::output`]).
     pub output: telemetry::output::OutputOptions,
+    /// `ADMIN_ADDR`, `DRIFT_LEARN`, `MODEL_MEMORY_LIMIT`, `STATE_DIR` (see [`crate::admin`]).
+    pub model: crate::admin::Settings,
 }
 
 /// Reads variables; tests pass a map instead of the process environment.
@@ -373,6 +375,13 @@ pub fn load(
             .collect::<Vec<_>>()
             .join("; "))
     })?;
+    let model = crate::admin::load(env, proxy_port).map_err(|errors| {
+        err(errors
+            .into_iter()
+            .map(|e| e.0)
+            .collect::<Vec<_>>()
+            .join("; "))
+    })?;
     Ok(Config {
         proxy_port,
         app_host,
@@ -388,6 +397,7 @@ pub fn load(
         detect_timeout,
         stop_grace,
         output,
+        model,
     })
 }
 

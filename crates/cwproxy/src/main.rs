@@ -17,7 +17,7 @@ Configuration is read from the environment only:
   BACKEND_RETRY_BODY_BUFFER_BYTES (65536)
   INSPECTOR_DETECT_TIMEOUT (60s)  INSPECTOR_STOP_GRACE (10s)
   METADATA_DETECT_TIMEOUT (200ms)  CWPROXY_SERVICEACCOUNT_DIR (/var/run/secrets/kubernetes.io/serviceaccount)
-{OUTPUT_HELP}  AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
+{OUTPUT_HELP}{ADMIN_HELP}  AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
   (IMDS only on EC2 hosts or with AWS_EC2_METADATA_SERVICE_ENDPOINT; AWS_EC2_METADATA_DISABLED=true)
 
 Every exchange becomes one JSON line with CloudWatch EMF metrics on stdout. With a region, the same
@@ -29,7 +29,12 @@ fn main() -> ExitCode {
     // Only these two exact flags are reserved; anything else is a command to launch.
     if args.len() == 1 && (args[0] == "--help" || args[0] == "--version") {
         if args[0] == "--help" {
-            print!("{}", USAGE.replace("{OUTPUT_HELP}", cwproxy::output::HELP));
+            print!(
+                "{}",
+                USAGE
+                    .replace("{OUTPUT_HELP}", cwproxy::output::HELP)
+                    .replace("{ADMIN_HELP}", cwproxy::admin::HELP)
+            );
         } else {
             println!("cwproxy {}", env!("CARGO_PKG_VERSION"));
         }
