@@ -31,9 +31,9 @@ pub struct DriftLine<'a> {
     /// `changes` (at most [`MAX_CHANGES`]; `more` counts the rest).
     pub changes: &'a [Change],
     /// `old_hash`: the body hash of this part in the route's previous exchange.
-    pub old_hash: Option<&'a str>,
+    pub old_hash: Option<&'a [u8]>,
     /// `new_hash`: the body hash of this part now.
-    pub new_hash: Option<&'a str>,
+    pub new_hash: Option<&'a [u8]>,
     /// EMF timestamp.
     pub timestamp_ms: i64,
 }
@@ -66,10 +66,10 @@ pub fn write_line(out: &mut Vec<u8>, d: &DriftLine<'_>, scratch: &mut EmfScratch
         out.extend_from_slice(format!(",\"more\":{}", d.changes.len() - MAX_CHANGES).as_bytes());
     }
     if let Some(h) = d.old_hash {
-        member(out, "old_hash", h.as_bytes());
+        member(out, "old_hash", h);
     }
     if let Some(h) = d.new_hash {
-        member(out, "new_hash", h.as_bytes());
+        member(out, "new_hash", h);
     }
     out.push(b'}');
     let app: [(&str, &[u8]); 1] = [("AppName", d.app_name.as_bytes())];

@@ -88,14 +88,14 @@ pub struct Route {
     /// Responses by status.
     pub responses: Vec<(u16, Response)>,
     /// Distinct exchange shapes (global hash), at most [`MAX_SHAPES`].
-    pub shapes: Vec<String>,
+    pub shapes: Vec<[u8; 6]>,
     /// Most recent latencies in microseconds (a ring).
     #[serde(skip)]
     latencies_us: Vec<u32>,
     #[serde(skip)]
     next_latency: usize,
     /// Body hashes of the last request and response, the `old_hash` of a drift line.
-    pub last_hashes: [Option<String>; 2],
+    pub last_hashes: [Option<[u8; 6]>; 2],
     /// Approximate bytes of this route.
     pub bytes: usize,
 }
@@ -172,16 +172,18 @@ struct Drift {
     changes: Vec<Change>,
 }
 
-fn media_of(content_type: Option<&[u8]>) -> String {
+/// The media type of a `Content-Type` value, trimmed (compared case-insensitively); `*/*` when
+/// absent, empty or implausibly long.
+fn media_of(content_type: Option<&[u8]>) -> &[u8] {
     let Some(ct) = content_type else {
-        return "*/*".to_owned();
+        return b"*/*";
     };
     let base = ct.split(|&b| b == b';').next().unwrap_or_default();
-    let text = String::from_utf8_lossy(base).trim().to_ascii_lowercase();
-    if text.is_empty() || text.len() > 100 {
-        "*/*".to_owned()
+    let base = base.trim_ascii();
+    if base.is_empty() || base.len() > 100 {
+        b"*/*"
     } else {
-        text
+        base
     }
 }
 
@@ -201,12 +203,17 @@ fn merge_body(
     content.with_body += 1;
     let media = media_of(content_type);
     let mut added = 0;
-    let idx = match content.media.iter().position(|(m, _)| *m == media) {
+    let idx = match content
+        .media
+        .iter()
+        .position(|(m, _)| m.as_bytes().eq_ignore_ascii_case(media))
+    {
         Some(i) => i,
         None => {
             if content.media.len() >= MAX_KEYS {
                 return 0;
             }
+            let media = String::from_utf8_lossy(media).to_ascii_lowercase();
             if learned {
                 changes.push(Change {
                     op: "content-type",
@@ -225,10 +232,6 @@ fn merge_body(
     node.merge(body, 0, &mut m);
     changes.extend(m.changes);
     added + m.added_bytes
-}
-
-fn hex(h: &[u8; 6]) -> String {
-    String::from_utf8_lossy(h).into_owned()
 }
 
 impl Model {
@@ -303,18 +306,21 @@ impl Model {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let rq = &o.entry.request;
-        let template = match o.template {
-            Some(t) => std::borrow::Cow::Borrowed(t.template.as_str()),
-            None => String::from_utf8_lossy(&rq.path),
+        // Paths beyond the `ENDPOINT_LIMIT` cap share one route, as they share one metric; its
+        // shapes are a mix of unrelated paths, so it never reports drift.
+        let template = match (o.endpoint_overflow, o.template) {
+            (true, _) => std::borrow::Cow::Borrowed(telemetry::route::OVERFLOW_ENDPOINT),
+            (false, Some(t)) => std::borrow::Cow::Borrowed(t.template.as_str()),
+            (false, None) => String::from_utf8_lossy(&rq.path),
         };
+        let learn = self.opts.drift_learn.filter(|_| !o.endpoint_overflow);
         inner.key.clear();
         inner.key.push_str(rq.method);
         inner.key.push(' ');
         inner.key.push_str(&template);
-        let learn = self.opts.drift_learn;
         let mut drifts: [Drift; 2] = Default::default();
         if !inner.routes.contains_key(inner.key.as_str()) {
-            if inner.learned > 0 {
+            if learn.is_some() && inner.learned > 0 {
                 drifts[0].changes.push(Change {
                     op: "route",
                     path: template.to_string(),
@@ -420,18 +426,15 @@ impl Model {
                 &mut drifts[1].changes,
             );
         }
-        let global = hex(&o.hashes.global);
+        let global = o.hashes.global;
         if route.shapes.len() < MAX_SHAPES {
             if let Err(at) = route.shapes.binary_search(&global) {
-                added += global.len() + std::mem::size_of::<String>();
+                added += global.len();
                 route.shapes.insert(at, global);
             }
         }
-        let new_hashes = [
-            o.hashes.request_body.as_ref().map(hex),
-            o.hashes.response_body.as_ref().map(hex),
-        ];
-        let old_hashes = std::mem::replace(&mut route.last_hashes, new_hashes.clone());
+        let new_hashes = [o.hashes.request_body, o.hashes.response_body];
+        let old_hashes = std::mem::replace(&mut route.last_hashes, new_hashes);
         route.bytes += added;
         inner.bytes += added;
         for (part, drift) in [Part::Request, Part::Response].into_iter().zip(&drifts) {
@@ -448,8 +451,8 @@ impl Model {
                     status,
                     part: part.name(),
                     changes: &drift.changes,
-                    old_hash: old_hashes[i].as_deref(),
-                    new_hash: new_hashes[i].as_deref(),
+                    old_hash: old_hashes[i].as_ref().map(|h| &h[..]),
+                    new_hash: new_hashes[i].as_ref().map(|h| &h[..]),
                     timestamp_ms: o.timestamp_ms,
                 },
                 &mut inner.emf,

@@ -241,6 +241,20 @@ impl<'v> Merge<'v> {
         }
     }
 
+    /// Enters a position; the path is kept only when changes are reported (it is only needed
+    /// to name them), so a merge of a known shape allocates nothing.
+    fn enter(&mut self, seg: &'v [u8]) {
+        if self.report {
+            self.path.push(seg);
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.report {
+            self.path.pop();
+        }
+    }
+
     /// Takes `bytes` from the budget; false when they do not fit.
     fn take(&mut self, bytes: usize) -> bool {
         if self.added_bytes.saturating_add(bytes) > self.budget {
@@ -386,11 +400,11 @@ impl Node {
                 let Some(node) = self.items.as_mut() else {
                     return;
                 };
-                m.path.push(b"items");
+                m.enter(b"items");
                 for item in items {
                     node.merge(item, depth + 1, m);
                 }
-                m.path.pop();
+                m.leave();
             }
             Value::Object(members) => {
                 if depth >= MAX_DEPTH {
@@ -432,9 +446,9 @@ impl Node {
             }
             let prop = &mut self.props[i];
             prop.1 += 1;
-            m.path.push(key);
+            m.enter(key);
             prop.2.merge(value, depth + 1, m);
-            m.path.pop();
+            m.leave();
             i += 1;
         }
         while i < self.props.len() {

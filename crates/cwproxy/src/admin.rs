@@ -25,7 +25,7 @@ use crate::config::{ConfigError, Env};
 /// `--help` lines for these variables.
 pub const HELP: &str = "\
   ADMIN_ADDR (unset = no admin listener; e.g. 127.0.0.1:9901: /openapi.json, /routes, /healthz)
-  DRIFT_LEARN (100 observations per route; off = no DRIFT lines; off with LOG_COMPAT=original)
+  DRIFT_LEARN (100 with ADMIN_ADDR, else off; N = DRIFT lines after N exchanges of a route; off)
   MODEL_MEMORY_LIMIT (16777216 bytes)  STATE_DIR (unset = the model is not saved)
 ";
 
@@ -83,8 +83,10 @@ pub fn load(env: &dyn Env, proxy_port: u16) -> Result<Settings, Vec<ConfigError>
         }
     });
     let compat_original = value(env, "LOG_COMPAT").is_some_and(|v| v == "original");
+    // Without ADMIN_ADDR the model runs only when DRIFT_LEARN asks for drift lines, so the
+    // default output stays exactly what it is without this feature.
     let drift_learn = match value(env, "DRIFT_LEARN") {
-        None if compat_original => None,
+        None if compat_original || admin_addr.is_none() => None,
         None => Some(apimodel::DEFAULT_DRIFT_LEARN),
         Some(v) if v.eq_ignore_ascii_case("off") => None,
         Some(v) => match v.parse::<u64>() {
@@ -290,5 +292,51 @@ async fn answer(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "not found", "paths": ["/openapi.json", "/routes", "/healthz"]}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_keep_the_model_off_and_compat_turns_drift_off() {
+        let off = load(&[("PROXY_PORT", "8081")], 8081).expect("valid");
+        assert!(!off.enabled());
+        let admin = load(&[("ADMIN_ADDR", "127.0.0.1:9901")], 8081).expect("valid");
+        assert_eq!(admin.drift_learn, Some(apimodel::DEFAULT_DRIFT_LEARN));
+        assert_eq!(admin.memory_limit, apimodel::DEFAULT_MEMORY_LIMIT);
+        let compat = load(
+            &[("ADMIN_ADDR", "127.0.0.1:9901"), ("LOG_COMPAT", "original")],
+            8081,
+        )
+        .expect("valid");
+        assert_eq!(compat.drift_learn, None);
+        let drift_only = load(&[("DRIFT_LEARN", "5")], 8081).expect("valid");
+        assert!(drift_only.enabled());
+        assert_eq!(drift_only.drift_learn, Some(5));
+    }
+
+    #[test]
+    fn every_bad_variable_is_named() {
+        let errors = load(
+            &[
+                ("ADMIN_ADDR", "nowhere"),
+                ("DRIFT_LEARN", "0"),
+                ("MODEL_MEMORY_LIMIT", "10"),
+                ("STATE_DIR", "/nonexistent/waygate-state"),
+            ],
+            8081,
+        )
+        .expect_err("all invalid");
+        let text: Vec<String> = errors.into_iter().map(|e| e.0).collect();
+        for var in [
+            "ADMIN_ADDR",
+            "DRIFT_LEARN",
+            "MODEL_MEMORY_LIMIT",
+            "STATE_DIR",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(var)), "{var}: {text:?}");
+        }
     }
 }

@@ -690,6 +690,15 @@ pub fn render_traffic_observed(
         Some(_) => None,
         None => route::template(&entry.request.path, &opts.templates),
     };
+    // The `ENDPOINT_LIMIT` cap decides before the observer runs, so both see one bounded set.
+    let overflow = {
+        let endpoint: &[u8] = match (ex.endpoint.as_deref(), &templated) {
+            (Some(e), _) => e.as_bytes(),
+            (None, Some(t)) => t.template.as_bytes(),
+            (None, None) => entry.request.path.as_ref(),
+        };
+        scratch.endpoints.admit(endpoint, opts.endpoint_limit) != endpoint
+    };
     if let Some(observer) = observer {
         // Before redaction, so the observer sees real types; it stores no values.
         observer.observe(
@@ -697,6 +706,7 @@ pub fn render_traffic_observed(
                 entry: &entry,
                 hashes: &hashes,
                 template: templated.as_ref(),
+                endpoint_overflow: overflow,
                 request_content_type: content_type(&ex.request_headers),
                 response_content_type: content_type(&ex.response_headers),
                 elapsed: ex.elapsed,
@@ -709,12 +719,12 @@ pub fn render_traffic_observed(
     if let Some(r) = &opts.redaction {
         entry.redact(r);
     }
-    let endpoint: &[u8] = match (ex.endpoint.as_deref(), &templated) {
-        (Some(e), _) => e.as_bytes(),
-        (None, Some(t)) => t.as_bytes(),
-        (None, None) => entry.request.path.as_ref(),
+    let endpoint: &[u8] = match (overflow, ex.endpoint.as_deref(), &templated) {
+        (true, _, _) => route::OVERFLOW_ENDPOINT.as_bytes(),
+        (false, Some(e), _) => e.as_bytes(),
+        (false, None, Some(t)) => t.as_bytes(),
+        (false, None, None) => entry.request.path.as_ref(),
     };
-    let endpoint = scratch.endpoints.admit(endpoint, opts.endpoint_limit);
     let app_dims: [(&str, &[u8]); 1] = [("AppName", ctx.app_name.as_bytes())];
     let route_dims: [(&str, &[u8]); 3] = [
         ("AppName", ctx.app_name.as_bytes()),

@@ -17,6 +17,9 @@ pub struct Observation<'e, 'a> {
     pub hashes: &'e EntryHashes,
     /// The route template of the path, `None` when the path is its own template.
     pub template: Option<&'e Template<'e>>,
+    /// The `Endpoint` cap (`ENDPOINT_LIMIT`) is reached and this path is not among the admitted
+    /// values: it is reported as [`crate::route::OVERFLOW_ENDPOINT`].
+    pub endpoint_overflow: bool,
     /// Request `Content-Type`, if any.
     pub request_content_type: Option<&'e [u8]>,
     /// Response `Content-Type`, if any.
