@@ -113,6 +113,7 @@ fn model() -> Timed {
             app_name: "orders-api".into(),
             memory_limit: apimodel::DEFAULT_MEMORY_LIMIT,
             drift_learn: Some(apimodel::DEFAULT_DRIFT_LEARN),
+            examples: false,
         }),
         nanos: AtomicU64::new(0),
         allocs: AtomicU64::new(0),

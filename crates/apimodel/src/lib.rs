@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use telemetry::observe::{Observation, Observer};
+use telemetry::redact::Redaction;
 use telemetry::value::Value;
 
 use crate::schema::{Change, Merge, Node};
@@ -46,7 +47,12 @@ pub struct Options {
     pub memory_limit: usize,
     /// Observations of a route before drift is reported (`DRIFT_LEARN`); `None`: no drift lines.
     pub drift_learn: Option<u64>,
+    /// Keep one redacted example per body schema (`OPENAPI_EXAMPLES=on`).
+    pub examples: bool,
 }
+
+/// Most bytes of one example body; larger bodies get no example.
+pub const MAX_EXAMPLE_BYTES: usize = 2048;
 
 /// One body schema per content type.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -55,6 +61,9 @@ pub struct Content {
     pub media: Vec<(String, Node)>,
     /// Messages of this part that had a body.
     pub with_body: u64,
+    /// One redacted example per media type (`OPENAPI_EXAMPLES=on`), as JSON text.
+    #[serde(default)]
+    pub examples: Vec<(String, String)>,
 }
 
 /// What was seen of one status code.
@@ -133,6 +142,8 @@ impl Route {
 #[derive(Debug)]
 pub struct Model {
     opts: Options,
+    /// Redaction for examples when the line has none (`LOG_REDACT=off`).
+    default_redaction: Redaction,
     inner: Mutex<Inner>,
 }
 
@@ -189,12 +200,48 @@ fn media_of(content_type: Option<&[u8]>) -> &[u8] {
 
 /// Merges a body into its content type's schema; a new content type on a learned route is a
 /// change of its own (its properties are not reported one by one).
+/// A redacted copy of an object or array body as JSON text: the same key rule as the log
+/// line's redaction (the default lists when `LOG_REDACT=off`), so an example never shows more
+/// than a redacted line would. Scalars and raw text get none (no key to judge them by).
+fn example_of(body: &Value<'_>, redaction: &Redaction) -> Option<String> {
+    if !matches!(body, Value::Object(_) | Value::Array(_)) {
+        return None;
+    }
+    let mut raw = Vec::new();
+    body.write_json(&mut raw);
+    if raw.len() > MAX_EXAMPLE_BYTES {
+        return None;
+    }
+    // serde_json's recursion limit (128) bounds the depth; deeper bodies get no example.
+    let mut v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    redact_json(&mut v, redaction);
+    Some(v.to_string())
+}
+
+fn redact_json(v: &mut serde_json::Value, r: &Redaction) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if r.is_sensitive_key(k.as_bytes()) {
+                    *child = serde_json::Value::from(telemetry::redact::REDACTED);
+                } else {
+                    redact_json(child, r);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|c| redact_json(c, r)),
+        _ => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn merge_body(
     content: &mut Content,
     content_type: Option<&[u8]>,
     body: &Value<'_>,
     learned: bool,
     budget: usize,
+    examples: Option<&Redaction>,
     changes: &mut Vec<Change>,
 ) -> usize {
     if matches!(body, Value::Null) {
@@ -226,6 +273,17 @@ fn merge_body(
             content.media.len() - 1
         }
     };
+    if let Some(r) = examples {
+        let media = &content.media[idx].0;
+        if !content.examples.iter().any(|(m, _)| m == media) {
+            if let Some(ex) = example_of(body, r) {
+                if added + ex.len() + media.len() <= budget {
+                    added += ex.len() + media.len() + std::mem::size_of::<(String, String)>();
+                    content.examples.push((media.clone(), ex));
+                }
+            }
+        }
+    }
     let node = &mut content.media[idx].1;
     let report = learned && !node.is_empty();
     let mut m = Merge::new(report, budget.saturating_sub(added));
@@ -239,6 +297,7 @@ impl Model {
     pub fn new(opts: Options) -> Self {
         Self {
             opts,
+            default_redaction: Redaction::new::<&str>(&[], &[]),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -319,6 +378,10 @@ impl Model {
         inner.key.push(' ');
         inner.key.push_str(&template);
         let mut drifts: [Drift; 2] = Default::default();
+        let examples = self
+            .opts
+            .examples
+            .then(|| o.redaction.unwrap_or(&self.default_redaction));
         if !inner.routes.contains_key(inner.key.as_str()) {
             if learn.is_some() && inner.learned > 0 {
                 drifts[0].changes.push(Change {
@@ -392,6 +455,7 @@ impl Model {
             rq.body.value.value(),
             learned,
             budget.saturating_sub(added),
+            examples,
             &mut drifts[0].changes,
         );
         let status = o.entry.response.status;
@@ -423,6 +487,7 @@ impl Model {
                 o.entry.response.body.value.value(),
                 body_learned,
                 budget.saturating_sub(added),
+                examples,
                 &mut drifts[1].changes,
             );
         }

@@ -29,7 +29,13 @@ fn path_key(template: &str) -> String {
 fn content(c: &Content) -> Json {
     let mut m = Map::new();
     for (media, node) in &c.media {
-        m.insert(media.clone(), json!({ "schema": node.to_schema() }));
+        let mut entry = Map::new();
+        entry.insert("schema".into(), node.to_schema());
+        let example = c.examples.iter().find(|(m, _)| m == media);
+        if let Some(ex) = example.and_then(|(_, ex)| serde_json::from_str::<Json>(ex).ok()) {
+            entry.insert("example".into(), ex);
+        }
+        m.insert(media.clone(), Json::Object(entry));
     }
     Json::Object(m)
 }

@@ -67,6 +67,7 @@ impl Feeder {
                 app_name: "shop".into(),
                 memory_limit,
                 drift_learn,
+                examples: false,
             }),
             opts: OutputOptions::recommended(),
             ctx: Context {
@@ -306,9 +307,49 @@ fn state_round_trip_keeps_learning_and_rejects_foreign_files() {
         app_name: "other".into(),
         memory_limit: 1 << 20,
         drift_learn: Some(2),
+        examples: false,
     });
     f.model.save(dir.path()).expect("save");
     let err = other.load(dir.path()).expect_err("foreign app");
     assert!(err.to_string().contains("APP_NAME"), "{err}");
     assert!(other.is_empty());
+}
+
+#[test]
+fn examples_are_off_by_default_and_redacted_when_on() {
+    let login = || {
+        exchange(
+            Method::POST,
+            "/login",
+            Some((JSON, r#"{"user":"ann","password":"hunter2"}"#)),
+            200,
+            Some((JSON, r#"{"token":"abc123","id":1}"#)),
+        )
+    };
+    let mut off = Feeder::new(16 << 20, None);
+    off.feed(&login());
+    let text = off.model.openapi().to_string();
+    assert!(!text.contains("example") && !text.contains("ann"), "{text}");
+
+    let mut on = Feeder::new(16 << 20, None);
+    on.model = Model::new(Options {
+        app_name: "shop".into(),
+        memory_limit: 16 << 20,
+        drift_learn: None,
+        examples: true,
+    });
+    // LOG_REDACT=off: examples still use the default lists.
+    on.opts.redaction = None;
+    on.feed(&login());
+    let doc = on.model.openapi();
+    let op = &doc["paths"]["/login"]["post"];
+    assert_eq!(
+        op["requestBody"]["content"][JSON]["example"],
+        serde_json::json!({"user": "ann", "password": "[REDACTED]"})
+    );
+    assert_eq!(
+        op["responses"]["200"]["content"][JSON]["example"],
+        serde_json::json!({"token": "[REDACTED]", "id": 1})
+    );
+    assert!(!doc.to_string().contains("hunter2"));
 }

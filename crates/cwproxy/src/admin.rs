@@ -27,6 +27,7 @@ pub const HELP: &str = "\
   ADMIN_ADDR (unset = no admin listener; e.g. 127.0.0.1:9901: /openapi.json, /routes, /healthz)
   DRIFT_LEARN (100 with ADMIN_ADDR, else off; N = DRIFT lines after N exchanges of a route; off)
   MODEL_MEMORY_LIMIT (16777216 bytes)  STATE_DIR (unset = the model is not saved)
+  OPENAPI_EXAMPLES (on|off; off: on adds one example per body, redacted as log lines are)
 ";
 
 /// Smallest accepted `MODEL_MEMORY_LIMIT`.
@@ -48,6 +49,8 @@ pub struct Settings {
     pub memory_limit: usize,
     /// `STATE_DIR`.
     pub state_dir: Option<PathBuf>,
+    /// `OPENAPI_EXAMPLES`.
+    pub examples: bool,
 }
 
 impl Settings {
@@ -122,8 +125,20 @@ pub fn load(env: &dyn Env, proxy_port: u16) -> Result<Settings, Vec<ConfigError>
             None
         }
     });
+    let examples = match value(env, "OPENAPI_EXAMPLES") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("on") => true,
+        Some(v) if v.eq_ignore_ascii_case("off") => false,
+        Some(v) => {
+            errors.push(ConfigError(format!(
+                "OPENAPI_EXAMPLES must be on or off, got {v:?}"
+            )));
+            false
+        }
+    };
     if errors.is_empty() {
         Ok(Settings {
+            examples,
             admin_addr,
             drift_learn,
             memory_limit,
@@ -157,6 +172,7 @@ pub async fn start(
         app_name: app_name.to_owned(),
         memory_limit: settings.memory_limit,
         drift_learn: settings.drift_learn,
+        examples: settings.examples,
     }));
     if let Some(dir) = &settings.state_dir {
         if let Err(e) = model.load(dir) {
@@ -325,6 +341,7 @@ mod tests {
                 ("DRIFT_LEARN", "0"),
                 ("MODEL_MEMORY_LIMIT", "10"),
                 ("STATE_DIR", "/nonexistent/waygate-state"),
+                ("OPENAPI_EXAMPLES", "yes"),
             ],
             8081,
         )

@@ -707,6 +707,7 @@ pub fn render_traffic_observed(
                 hashes: &hashes,
                 template: templated.as_ref(),
                 endpoint_overflow: overflow,
+                redaction: opts.redaction.as_ref(),
                 request_content_type: content_type(&ex.request_headers),
                 response_content_type: content_type(&ex.response_headers),
                 elapsed: ex.elapsed,

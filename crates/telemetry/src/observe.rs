@@ -20,6 +20,9 @@ pub struct Observation<'e, 'a> {
     /// The `Endpoint` cap (`ENDPOINT_LIMIT`) is reached and this path is not among the admitted
     /// values: it is reported as [`crate::route::OVERFLOW_ENDPOINT`].
     pub endpoint_overflow: bool,
+    /// The redaction lists of the line (`None` when `LOG_REDACT=off`), for anything the
+    /// observer shows of values.
+    pub redaction: Option<&'e crate::redact::Redaction>,
     /// Request `Content-Type`, if any.
     pub request_content_type: Option<&'e [u8]>,
     /// Response `Content-Type`, if any.
