@@ -23,12 +23,12 @@ use tokio::task::JoinHandle;
 use crate::config::{ConfigError, Env};
 
 /// `--help` lines for these variables.
-pub const HELP: &str = "\
-  ADMIN_ADDR (unset = no admin listener; e.g. 127.0.0.1:9901: /openapi.json, /routes, /healthz)
-  DRIFT_LEARN (100 with ADMIN_ADDR, else off; N = DRIFT lines after N exchanges of a route; off)
-  MODEL_MEMORY_LIMIT (16777216 bytes)  STATE_DIR (unset = the model is not saved)
-  OPENAPI_EXAMPLES (on|off; off: on adds one example per body, redacted as log lines are)
-";
+pub const HELP: &str = concat!(
+    "  ADMIN_ADDR (unset = no admin listener; e.g. 127.0.0.1:9901: /openapi.json, /routes, /healthz)\n",
+    "  DRIFT_LEARN (100 with ADMIN_ADDR, else off; N = DRIFT lines after N exchanges of a route; off)\n",
+    "  MODEL_MEMORY_LIMIT (16777216 bytes)  STATE_DIR (unset = the model is not saved)\n",
+    "  OPENAPI_EXAMPLES (on|off; off: on adds one example per body, redacted as log lines are)\n",
+);
 
 /// Smallest accepted `MODEL_MEMORY_LIMIT`.
 pub const MIN_MEMORY_LIMIT: usize = 64 << 10;
