@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin;
 use crate::cloudwatch::{self, Activation, Activator, Kind, Sinks, Target};
 use crate::config::{self, ChildStdout, Config, Env, NameSources, ProcessEnv};
 use crate::health::HealthRunner;
@@ -248,6 +249,7 @@ impl httpproxy::ExchangeSink for TrafficSink {
 
 /// Everything that runs while serving, shared by both modes.
 struct Running {
+    model: Option<admin::Running>,
     pipeline: Pipeline,
     sinks: Sinks,
     cloudwatch_setup: JoinHandle<()>,
@@ -271,9 +273,21 @@ async fn serve(
         aws_meta,
     };
     let (sinks, activator, router) = Sinks::new(DIAG);
+    let upstream_target = match &upstream {
+        Upstream::Addr(a) => (a.ip().to_string(), a.port()),
+        Upstream::Host { host, port } => (host.clone(), *port),
+    };
+    let model = admin::start(&config.model, &config.app_name, upstream_target, |m| {
+        DIAG.log(m)
+    })
+    .await
+    .map_err(Fatal::new)?;
     let pipeline = Pipeline::start(
         PipelineConfig {
             output: config.output.clone(),
+            observer: model
+                .as_ref()
+                .map(|m| m.model() as Arc<dyn telemetry::observe::Observer>),
             ..PipelineConfig::default()
         },
         context,
@@ -320,6 +334,7 @@ async fn serve(
     let result = httpproxy::serve(listener, proxy, sink, shutdown).await;
     Ok((
         Running {
+            model,
             pipeline,
             sinks,
             cloudwatch_setup,
@@ -345,6 +360,9 @@ impl Running {
             .unwrap_or(false);
         let rest = FLUSH_BUDGET.saturating_sub(started.elapsed());
         let delivered = self.sinks.close(rest).await;
+        if let Some(model) = self.model {
+            model.stop(|m| DIAG.log(m)).await;
+        }
         flushed && delivered
     }
 }

@@ -143,6 +143,7 @@ pub fn rows(env: &dyn Env, config: &Config) -> Vec<Row> {
     rows.extend(
         crate::output::describe(&config.output)
             .into_iter()
+            .chain(crate::admin::describe(&config.model))
             .map(|(name, value)| Row::new(env, name, value)),
     );
     if retry.max_attempts <= 1 {

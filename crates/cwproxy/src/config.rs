@@ -147,6 +147,8 @@ pub struct Config {
     pub metadata_timeout: Duration,
     /// `LOG_COMPAT`, `LOG_REDACT`, `ENDPOINT_TEMPLATES`, … (see [`crate::output`]).
     pub output: telemetry::output::OutputOptions,
+    /// `ADMIN_ADDR`, `DRIFT_LEARN`, `MODEL_MEMORY_LIMIT`, `STATE_DIR` (see [`crate::admin`]).
+    pub model: crate::admin::Settings,
 }
 
 /// Where the inspector child's stdout goes (`INSPECTOR_CHILD_STDOUT`).
@@ -530,6 +532,10 @@ pub fn load(
         crate::output::load(env),
         telemetry::output::OutputOptions::ORIGINAL,
     );
+    let model = errors.all(
+        crate::admin::load(env, proxy_port),
+        crate::admin::Settings::off(),
+    );
     errors.finish(Config {
         proxy_port,
         app_host,
@@ -547,6 +553,7 @@ pub fn load(
         child_stdout,
         metadata_timeout,
         output,
+        model,
     })
 }
 

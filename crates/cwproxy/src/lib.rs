@@ -2,6 +2,7 @@
 //! with CloudWatch EMF metrics per exchange, probes health URLs, and in inspector mode launches the
 //! app itself and finds its port. Configured by environment variables only (see `config`).
 
+pub mod admin;
 pub mod app;
 pub mod check;
 pub mod cloudwatch;

@@ -19,7 +19,7 @@ Configuration is read from the environment only:
   INSPECTOR_DETECT_TIMEOUT (60s: port detection, or with APP_PORT the wait until the app accepts)
   INSPECTOR_STOP_GRACE (10s)  INSPECTOR_CHILD_STDOUT (inherit | stderr: keep stdout JSON lines only)
   METADATA_DETECT_TIMEOUT (200ms)  CWPROXY_SERVICEACCOUNT_DIR (/var/run/secrets/kubernetes.io/serviceaccount)
-{OUTPUT_HELP}  AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
+{OUTPUT_HELP}{ADMIN_HELP}  AWS_REGION, AWS_DEFAULT_REGION (else runtime metadata), AWS credentials: the SDK default chain
   (environment, AWS_PROFILE with credential_process/SSO/assume-role, web identity (EKS IRSA), ECS,
   IMDS only on EC2 hosts or with AWS_EC2_METADATA_SERVICE_ENDPOINT; AWS_EC2_METADATA_DISABLED=true)
   Kubernetes metadata (for aws_meta, e.g. from the downward API): POD_NAME, POD_NAMESPACE (K8S_NAMESPACE),
@@ -35,7 +35,12 @@ fn main() -> ExitCode {
     // Only these three exact flags are reserved; anything else is a command to launch.
     if args.len() == 1 && (args[0] == "--help" || args[0] == "--version") {
         if args[0] == "--help" {
-            print!("{}", USAGE.replace("{OUTPUT_HELP}", cwproxy::output::HELP));
+            print!(
+                "{}",
+                USAGE
+                    .replace("{OUTPUT_HELP}", cwproxy::output::HELP)
+                    .replace("{ADMIN_HELP}", cwproxy::admin::HELP)
+            );
         } else {
             println!("cwproxy {}", env!("CARGO_PKG_VERSION"));
         }

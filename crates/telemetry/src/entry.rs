@@ -10,6 +10,7 @@ use crate::emf::{self, Datum, EmfError, MetricEventKind};
 use crate::hash::{EntryHashes, Scratch};
 use crate::json;
 use crate::multimap::Multimap;
+use crate::observe::{Observation, Observer};
 use crate::output::{is_binary, BinaryBodies, OutputOptions};
 use crate::parse::{self, raw_text, TRUNCATED_SUFFIX};
 use crate::record::{unix_millis, Exchange, HealthProbe};
@@ -569,6 +570,19 @@ pub fn render_traffic_with(
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
 ) -> Result<(), EmfError> {
+    render_traffic_observed(ctx, opts, ex, out, scratch, None)
+}
+
+/// [`render_traffic_with`] that also hands the parsed exchange to `observer` (before redaction),
+/// which may append lines of its own before the traffic line.
+pub fn render_traffic_observed(
+    ctx: &Context,
+    opts: &OutputOptions,
+    ex: &Exchange,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+    observer: Option<&dyn Observer>,
+) -> Result<(), EmfError> {
     // Go's r.Host: the absolute-form authority wins over the Host header.
     let host_value: &[u8] = match ex.uri.authority() {
         Some(a) => a.as_str().as_bytes(),
@@ -672,21 +686,46 @@ pub fn render_traffic_with(
         },
     };
     let hashes = entry.hashes(scratch);
+    let templated = match ex.endpoint {
+        Some(_) => None,
+        None => route::template(&entry.request.path, &opts.templates),
+    };
+    // The `ENDPOINT_LIMIT` cap decides before the observer runs, so both see one bounded set.
+    let overflow = {
+        let endpoint: &[u8] = match (ex.endpoint.as_deref(), &templated) {
+            (Some(e), _) => e.as_bytes(),
+            (None, Some(t)) => t.template.as_bytes(),
+            (None, None) => entry.request.path.as_ref(),
+        };
+        scratch.endpoints.admit(endpoint, opts.endpoint_limit) != endpoint
+    };
+    if let Some(observer) = observer {
+        // Before redaction, so the observer sees real types; it stores no values.
+        observer.observe(
+            &Observation {
+                entry: &entry,
+                hashes: &hashes,
+                template: templated.as_ref(),
+                endpoint_overflow: overflow,
+                redaction: opts.redaction.as_ref(),
+                request_content_type: content_type(&ex.request_headers),
+                response_content_type: content_type(&ex.response_headers),
+                elapsed: ex.elapsed,
+                timestamp_ms: unix_millis(ex.end),
+            },
+            out,
+        );
+    }
+    let templated = templated.map(|t| t.template);
     if let Some(r) = &opts.redaction {
         entry.redact(r);
     }
-    let templated;
-    let endpoint: &[u8] = match ex.endpoint.as_deref() {
-        Some(e) => e.as_bytes(),
-        None => match route::template(&entry.request.path, &opts.templates) {
-            Some(t) => {
-                templated = t.template;
-                templated.as_bytes()
-            }
-            None => entry.request.path.as_ref(),
-        },
+    let endpoint: &[u8] = match (overflow, ex.endpoint.as_deref(), &templated) {
+        (true, _, _) => route::OVERFLOW_ENDPOINT.as_bytes(),
+        (false, Some(e), _) => e.as_bytes(),
+        (false, None, Some(t)) => t.as_bytes(),
+        (false, None, None) => entry.request.path.as_ref(),
     };
-    let endpoint = scratch.endpoints.admit(endpoint, opts.endpoint_limit);
     let app_dims: [(&str, &[u8]); 1] = [("AppName", ctx.app_name.as_bytes())];
     let route_dims: [(&str, &[u8]); 3] = [
         ("AppName", ctx.app_name.as_bytes()),

@@ -22,6 +22,7 @@ pub mod hash;
 pub mod json;
 pub mod meta;
 pub mod multimap;
+pub mod observe;
 pub mod output;
 pub mod parse;
 pub mod pipeline;

@@ -97,6 +97,11 @@ impl<'a> Multimap<'a> {
         n
     }
 
+    /// The pairs, sorted by key then value.
+    pub fn pairs(&self) -> &[Pair<'a>] {
+        &self.pairs
+    }
+
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()

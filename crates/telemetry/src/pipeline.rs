@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::diag::Diag;
 use crate::entry::{self, Category, Context};
+use crate::observe::Observer;
 use crate::output::OutputOptions;
 use crate::record::{Exchange, HealthProbe};
 
@@ -71,6 +72,8 @@ pub struct PipelineConfig {
     pub report_interval: Duration,
     /// What lines contain and how long they may be (default: the original's line).
     pub output: OutputOptions,
+    /// Learns from each traffic exchange on the worker thread (default: none).
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for PipelineConfig {
@@ -80,6 +83,7 @@ impl Default for PipelineConfig {
             max_queued_bytes: 64 << 20,
             report_interval: Duration::from_secs(10),
             output: OutputOptions::ORIGINAL,
+            observer: None,
         }
     }
 }
@@ -176,11 +180,13 @@ impl Pipeline {
         let worker_counters = Arc::clone(&counters);
         let interval = config.report_interval;
         let output = config.output;
+        let observer = config.observer;
         let worker = std::thread::Builder::new()
             .name("telemetry".into())
             .spawn(move || {
                 let mut worker = Worker::new(context, out, sinks, diag, worker_counters, interval);
                 worker.output = output;
+                worker.observer = observer;
                 worker.run(&rx)
             })?;
 
@@ -267,6 +273,7 @@ impl Write for RawStdout {
 struct Worker {
     context: Context,
     output: OutputOptions,
+    observer: Option<Arc<dyn Observer>>,
     out: Box<dyn Write + Send>,
     sinks: Vec<Arc<dyn EventSink>>,
     diag: Diag,
@@ -295,6 +302,7 @@ impl Worker {
         Self {
             context,
             output: OutputOptions::ORIGINAL,
+            observer: None,
             out,
             sinks,
             diag,
@@ -375,12 +383,13 @@ impl Worker {
         let (category, result) = match record {
             Record::Traffic(ex) => (
                 Category::Traffic,
-                entry::render_traffic_with(
+                entry::render_traffic_observed(
                     &self.context,
                     &self.output,
                     ex,
                     &mut self.buf,
                     &mut self.scratch,
+                    self.observer.as_deref(),
                 ),
             ),
             Record::Health(p) => (
