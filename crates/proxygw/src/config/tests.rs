@@ -261,6 +261,11 @@ fn schema_is_enforced_with_field_paths() {
     assert_eq!(e, "targets[0].name: expected a scalar, found a list");
     let e = mutated("  level: INFO", "  level: LOUD");
     assert_eq!(e, "log.level: slog: level string \"LOUD\": unknown name");
+    let e = mutated("  level: INFO", "  level: ERROR+2147483647");
+    assert_eq!(
+        e,
+        "log.level: slog: level string \"ERROR+2147483647\": offset out of range"
+    );
     let e = mutated(
         "    options:\n      command",
         "    options: 5\n    x_options:\n      command",
