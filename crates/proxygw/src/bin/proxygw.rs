@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use proxygw::dataplane::conntrack::Subscription;
 use proxygw::dataplane::nft::{NftDataplane, DEFAULT_TABLE};
+use proxygw::instance::{runtime_dir, InstanceLock};
 use proxygw::log::Logger;
 
 const USAGE: &str = "usage: proxygw [--config PATH]\n\nProxy gateway daemon.\n\nFlags:\n  --help         Show help.\n  --config=/etc/proxygw.yaml  path to runtime configuration\n";
@@ -33,6 +34,12 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
     let log = Logger::open(&cfg.log.output, cfg.log.level)
         .with_context(|| format!("open log output {:?}", cfg.log.output))?;
     let _ = startup;
+    // Refuse a second daemon before anything touches the kernel: creating the dataplane replaces the table.
+    let socket = match cfg.plugins.get("ctl").and_then(|c| c.get("socket")) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+        _ => None,
+    };
+    let _lock = InstanceLock::acquire(&runtime_dir(), DEFAULT_TABLE, socket.as_deref())?;
     let dp = NftDataplane::new(DEFAULT_TABLE)
         .await
         .context("create dataplane")?;

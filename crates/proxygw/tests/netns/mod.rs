@@ -289,6 +289,9 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap();
+        // The runtime directory (instance lock, backend records) sits next to the config, so daemons of one
+        // test share it and tests do not leave files in /run.
+        let run_dir = config.parent().unwrap().join("run");
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -298,6 +301,7 @@ impl Daemon {
                 "--config",
             ])
             .arg(config)
+            .env("RUNTIME_DIRECTORY", run_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)

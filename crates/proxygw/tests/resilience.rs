@@ -1,0 +1,111 @@
+//! The gateway keeps routing whatever happens to the host: a second daemon, a firewall reload, a deleted chain.
+//! Real kernel, real `proxygw`, in namespaces each test creates (root only, like `tests/kernel.rs`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod netns;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use netns::*;
+
+struct Env {
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+fn env(body: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let cfg = dir.path().join("proxygw.yaml");
+    let log = dir.path().join("proxygw.log");
+    let text = format!(
+        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
+        sock.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    Env {
+        dir,
+        cfg,
+        sock,
+        log,
+    }
+}
+
+/// One static:none target behind a wildcard v4 frontend on :8080.
+fn web_config() -> String {
+    format!(
+        "targets:
+  - name: web
+    kind: static:none
+    idle_timeout: 60s
+    endpoints:
+      - {{name: http, protocol: tcp, address: \"{BACKEND4}:8080\"}}
+frontends:
+  - name: web
+    kind: static:http
+    protocol: tcp
+    listen: 0.0.0.0:8080
+    flow_timeout: 30s
+    target: web:http
+    options:
+      content: \"<html>warming up</html>\"
+"
+    )
+}
+
+/// A warm gateway: daemon started, target active, DNAT reaching the backend.
+fn warm_gateway(t: &Topo, e: &Env) -> Daemon {
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    warm(&e.sock, "web");
+    wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
+    assert!(routed(t), "not routed after warm:\n{}", d.log_text());
+    d
+}
+
+/// True if a request from the client reaches the backend through DNAT.
+fn routed(t: &Topo) -> bool {
+    get(&t.client, &format!("{GW4}:8080"), "/")
+        .map(|r| r.contains(&format!("peer={CLIENT4}:")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_second_daemon_is_refused_before_touching_the_table_and_the_first_keeps_routing() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config());
+    let d = warm_gateway(&t, &e);
+    let rules_before = ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]);
+
+    let second_log = e.dir.path().join("second.log");
+    let mut second = Daemon::start(&t.gw, &e.cfg, &second_log);
+    assert_eq!(second.wait(Duration::from_secs(10)), Some(1));
+    let text = second.log_text();
+    let pid = d.child.id();
+    // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+    assert!(
+        text.contains(&format!(
+            "another proxygw is running in this network namespace (pid {pid}, ctl socket {}, table inet proxygw); lock ",
+            e.sock.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
+        rules_before
+    );
+    assert!(
+        routed(&t),
+        "first daemon stopped routing:\n{}",
+        d.log_text()
+    );
+    assert_eq!(state(&e.sock, "web"), "active");
+}
