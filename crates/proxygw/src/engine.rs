@@ -159,6 +159,8 @@ enum Event {
         result: Result<(), String>,
     },
     Flow(FlowEvent),
+    /// Compare the dataplane with the kernel and re-apply what is missing.
+    Heal,
     Ctl(Request, oneshot::Sender<Result<Reply, String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -252,6 +254,13 @@ impl EngineHandle {
         }
     }
 
+    /// A sender of heal requests (the nftables monitor).
+    pub fn heal_sink(&self) -> HealSink {
+        HealSink {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Shuts the engine down (frontends, then targets, then the dataplane) and waits until it is done.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -276,6 +285,19 @@ impl FlowSink {
     /// Like [`FlowSink::send`], from a plain thread (the conntrack reader).
     pub fn blocking_send(&self, ev: FlowEvent) -> bool {
         self.tx.blocking_send(Event::Flow(ev)).is_ok()
+    }
+}
+
+/// Asks the engine to compare its dataplane with the kernel (see [`Dataplane::heal`]).
+#[derive(Clone, Debug)]
+pub struct HealSink {
+    tx: mpsc::Sender<Event>,
+}
+
+impl HealSink {
+    /// From a plain thread; false once the engine is gone.
+    pub fn blocking_send(&self) -> bool {
+        self.tx.blocking_send(Event::Heal).is_ok()
     }
 }
 
@@ -580,6 +602,15 @@ impl<D: Dataplane> Engine<D> {
                 Op::Start | Op::Stop => self.on_frontend_done(&name, epoch, op, result),
             },
             Event::Flow(fe) => self.on_flow(fe),
+            Event::Heal if !self.closed => match self.dp.heal().await {
+                Ok(None) => {}
+                Ok(Some(missing)) => self.log.warn(
+                    "dataplane state was removed or changed outside proxygw; re-applied",
+                    &[("missing", &missing)],
+                ),
+                Err(e) => self.log.warn("dataplane heal failed", &[("err", &e)]),
+            },
+            Event::Heal => {}
             Event::Ctl(req, reply) => {
                 let r = self.on_ctl(req).await;
                 let _ = reply.send(r);

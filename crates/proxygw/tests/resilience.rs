@@ -109,3 +109,67 @@ fn a_second_daemon_is_refused_before_touching_the_table_and_the_first_keeps_rout
     );
     assert_eq!(state(&e.sock, "web"), "active");
 }
+
+/// Polls until a new client connection is routed again; returns how long it took.
+fn time_to_route(t: &Topo, d: &Daemon, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    while !routed(t) {
+        assert!(
+            start.elapsed() < limit,
+            "not routed again within {limit:?}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config());
+    let d = warm_gateway(&t, &e);
+    let rules_before = ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]);
+
+    // What a Debian firewall reload does first.
+    // (The heal can be done before a check of the empty ruleset could run; the log below proves it happened.)
+    ns_output(&t.gw, &["nft", "flush", "ruleset"]);
+    let took = time_to_route(&t, &d, Duration::from_secs(2));
+    eprintln!("routed again {took:?} after nft flush ruleset");
+    assert_eq!(
+        ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
+        rules_before
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("msg=\"dataplane state was removed or changed outside proxygw; re-applied\" missing=\"table inet proxygw\""),
+        "{log}"
+    );
+    assert_eq!(state(&e.sock, "web"), "active");
+
+    // Deleting only our prerouting chain: restored, and the log names it.
+    ns_output(
+        &t.gw,
+        &["nft", "delete", "chain", "inet", "proxygw", "prerouting"],
+    );
+    eventually(Duration::from_secs(2), "prerouting chain restored", || {
+        ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]) == rules_before
+    });
+    let log = d.log_text();
+    assert!(log.contains("missing=\"chain prerouting {"), "{log}");
+    assert!(routed(&t));
+
+    // The drain still works on the healed table (a flushed table used to fail every disable).
+    ns_output(&t.gw, &["nft", "flush", "ruleset"]);
+    ctl(&e.sock, "drain", "web");
+    assert_eq!(state(&e.sock, "web"), "inactive");
+    eventually(Duration::from_secs(2), "table back after the drain", || {
+        proxygw_tables(&t.gw) == 1
+    });
+    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+}

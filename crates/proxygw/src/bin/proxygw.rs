@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use proxygw::dataplane::conntrack::Subscription;
+use proxygw::dataplane::monitor::Monitor;
 use proxygw::dataplane::nft::{NftDataplane, DEFAULT_TABLE};
 use proxygw::instance::{runtime_dir, InstanceLock};
 use proxygw::log::Logger;
@@ -43,10 +44,17 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
     let dp = NftDataplane::new(DEFAULT_TABLE)
         .await
         .context("create dataplane")?;
-    let mut sub: Option<Subscription> = None;
+    let mut sub: Option<(Subscription, Monitor)> = None;
     let mut sub_err = None;
     let daemon = proxygw::daemon::Daemon::start_with(&cfg, &reg, dp, log.clone(), |h| {
-        match Subscription::start(h.flow_sink(), log.clone()) {
+        let subs = Subscription::start(h.flow_sink(), log.clone())
+            .map_err(|e| format!("subscribe to conntrack events: {e}"))
+            .and_then(|s| {
+                Monitor::start(h.heal_sink(), log.clone())
+                    .map(|m| (s, m))
+                    .map_err(|e| format!("subscribe to nftables events: {e}"))
+            });
+        match subs {
             Ok(s) => sub = Some(s),
             Err(e) => sub_err = Some(e),
         }
@@ -55,7 +63,7 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     if let Some(e) = sub_err {
         daemon.stop().await;
-        anyhow::bail!("subscribe to conntrack events: {e}");
+        anyhow::bail!("{e}");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -43,7 +43,7 @@ fn kernel(e: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Kernel(format!("conntrack: {e}"))
 }
 
-fn open(groups: &[u32]) -> Result<Socket, DataplaneError> {
+pub(super) fn open(groups: &[u32]) -> Result<Socket, DataplaneError> {
     let mut s = Socket::new(NETLINK_NETFILTER).map_err(kernel)?;
     s.bind_auto().map_err(kernel)?;
     s.connect(&NlAddr::new(0, 0)).map_err(kernel)?;

@@ -9,6 +9,7 @@ use crate::config::Protocol;
 
 pub mod conntrack;
 pub mod memory;
+pub mod monitor;
 pub mod nft;
 
 /// One frontend's DNAT: new flows to `listen` go to `backend`.
@@ -108,6 +109,11 @@ pub trait Dataplane: Send + 'static {
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Current DNATed and host-bound flows (for rebuild after a restart and periodic resync).
     fn dump_flows(&mut self) -> impl Future<Output = Result<Vec<Flow>, DataplaneError>> + Send;
+    /// Compares the kernel's state with what this dataplane has applied and, if anyone removed or changed any of
+    /// it, re-applies the whole state in one transaction. Returns what was missing or changed, `None` if intact.
+    fn heal(&mut self) -> impl Future<Output = Result<Option<String>, DataplaneError>> + Send {
+        async { Ok(None) }
+    }
     /// Removes everything this dataplane created (the nft table).
     fn close(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 }
