@@ -60,6 +60,15 @@ pub fn instance_key(table: &str) -> Result<String, InstanceError> {
     Ok(format!("net{}-{table}", meta.ino()))
 }
 
+/// Set by the first [`InstanceLock::acquire`]: where this instance records its backends.
+static BACKENDS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The directory of this instance's backend records; `None` in a process that holds no instance lock (the
+/// engine embedded in tests), which then neither records nor reclaims backends.
+pub fn backends_dir() -> Option<PathBuf> {
+    BACKENDS_DIR.get().cloned()
+}
+
 /// The held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -111,6 +120,8 @@ impl InstanceLock {
         lock.rewind().map_err(|e| io("write lock", e))?;
         lock.write_all(about.as_bytes())
             .map_err(|e| io("write lock", e))?;
+        // Only the lock holder may act on backend records: they are the records of this very instance.
+        let _ = BACKENDS_DIR.set(dir.join(format!("{}.backends", instance_key(table)?)));
         Ok(Self { _lock: lock, path })
     }
 
@@ -161,5 +172,110 @@ mod tests {
             .path()
             .ends_with(format!("{}.lock", instance_key("t1").unwrap())));
         drop((other, again));
+    }
+
+    #[test]
+    fn a_backend_record_matches_only_the_process_it_was_written_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let me = std::process::id();
+        backends::record(dir, "a b/c", me).unwrap();
+        assert!(backends::record_path(dir, "a b/c").ends_with("a%20b%2fc"));
+        assert_eq!(backends::left_running(dir, "a b/c"), Some(me));
+        // Same pid, another start time: a reused pid, never reported (and the stale record goes).
+        let path = backends::record_path(dir, "a b/c");
+        let started = backends::start_time(me).unwrap();
+        std::fs::write(&path, format!("{me} {}\n", started + 1)).unwrap();
+        assert_eq!(backends::left_running(dir, "a b/c"), None);
+        assert!(!path.exists());
+        backends::record(dir, "x", me).unwrap();
+        backends::forget_if(dir, "x", me + 1);
+        assert_eq!(backends::left_running(dir, "x"), Some(me));
+        backends::forget_if(dir, "x", me);
+        assert_eq!(backends::left_running(dir, "x"), None);
+    }
+}
+
+/// Backends a daemon started, recorded in the runtime directory as `pid start-time` so that the next daemon can
+/// stop one left running by a predecessor that died without stopping it. The start time (field 22 of
+/// `/proc/<pid>/stat`, clock ticks since boot) tells a reused pid apart: a record whose pid now belongs to a
+/// process started at another time is stale and only deleted.
+pub mod backends {
+    use std::path::{Path, PathBuf};
+
+    use super::InstanceError;
+
+    /// The record file of `target`: `<dir>/<target, %-escaped>`; `dir` is [`super::backends_dir`].
+    pub fn record_path(dir: &Path, target: &str) -> PathBuf {
+        let mut name = String::with_capacity(target.len());
+        for b in target.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                name.push(char::from(b));
+            } else {
+                name.push_str(&format!("%{b:02x}"));
+            }
+        }
+        dir.join(name)
+    }
+
+    /// Start time of `pid` in clock ticks since boot, `None` if there is no such process.
+    pub fn start_time(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // comm (field 2) may hold spaces and parentheses; the fields after its last ')' start at field 3.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    }
+
+    /// Records `pid` (a process-group leader) as `target`'s running backend.
+    pub fn record(dir: &Path, target: &str, pid: u32) -> Result<(), InstanceError> {
+        let path = record_path(dir, target);
+        if let Some(dir) = path.parent() {
+            super::create_dir(dir)?;
+        }
+        let io = |err| InstanceError::Io {
+            what: "write backend record",
+            path: path.clone(),
+            err,
+        };
+        let started = start_time(pid).ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+        std::fs::write(&path, format!("{pid} {started}\n")).map_err(io)
+    }
+
+    /// The pid of `target`'s backend left by a previous daemon, if that very process still runs; a record of
+    /// a process that is gone (or whose pid was reused) is deleted.
+    pub fn left_running(dir: &Path, target: &str) -> Option<u32> {
+        let path = record_path(dir, target);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mut it = text.split_ascii_whitespace();
+        let parsed = (|| {
+            Some((
+                it.next()?.parse::<u32>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        })();
+        let alive = match parsed {
+            Some((pid, started)) if pid > 1 => match start_time(pid) {
+                Some(t) => (t == started).then_some(pid),
+                // The leader is gone (a kill -9'd daemon's SIGKILL reached only it), but processes it forked
+                // may still hold its group; the kernel reuses no pid while a group still carries it.
+                None => process::ProcessGroup::new(pid).is_alive().then_some(pid),
+            },
+            _ => None,
+        };
+        if alive.is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        alive
+    }
+
+    /// Deletes `target`'s record if it still names `pid` (a newer backend's record is kept).
+    pub fn forget_if(dir: &Path, target: &str, pid: u32) {
+        let path = record_path(dir, target);
+        let named = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.split_ascii_whitespace().next()?.parse::<u32>().ok());
+        if named == Some(pid) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

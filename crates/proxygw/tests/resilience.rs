@@ -173,3 +173,118 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
     let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
     assert!(page.contains("warming up"), "{page}");
 }
+
+/// Pids of the processes in process group `pgid` (from /proc).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+        // Fields 3 (state) and 5 (pgrp); zombies are gone for our purpose.
+        if f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[test]
+fn after_kill_9_the_backend_dies_and_what_it_forked_is_stopped_by_the_next_daemon() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "served by the backend").unwrap();
+    // No `exec`: the shell stays the group leader with python as its child, the case a parent-death signal
+    // alone cannot cover.
+    let e = env(&format!(
+        "targets:
+  - name: app
+    kind: static:cmd
+    idle_timeout: 60s
+    endpoints:
+      - {{name: http, protocol: tcp, address: \"{GW4_BACK}:8081\"}}
+    options:
+      command: \"python3 -m http.server 8081 --bind {GW4_BACK} --directory {}; exit 0\"
+      ready_timeout: 20s
+      stop_timeout: 2s
+frontends:
+  - name: web
+    kind: static:http
+    protocol: tcp
+    listen: 0.0.0.0:8080
+    flow_timeout: 30s
+    target: app:http
+    options:
+      content: \"<html>warming up</html>\"
+",
+        www.path().display()
+    ));
+    let served = |t: &Topo| {
+        get(&t.client, &format!("{GW4}:8080"), "/")
+            .map(|r| r.contains("served by the backend"))
+            .unwrap_or(false)
+    };
+    let mut d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    warm(&e.sock, "app");
+    wait_state(&d, &e.sock, "app", "active", Duration::from_secs(20));
+    assert!(served(&t), "{}", d.log_text());
+    let records = e.dir.path().join("run");
+    let record = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .find(|p| p.file_name().to_string_lossy().ends_with(".backends"))
+        .map(|p| p.path().join("app"))
+        .expect("backend record directory");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let leader: u32 = text.split_whitespace().next().unwrap().parse().unwrap();
+    let members = group_members(leader);
+    assert!(members.len() >= 2, "shell and python: {members:?}");
+
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait(Duration::from_secs(5)).is_some());
+    // The parent-death signal takes the shell at once; python, its child, is still in the group.
+    eventually(
+        Duration::from_secs(2),
+        "the shell gone with the daemon",
+        || !alive(leader),
+    );
+    let orphans: Vec<u32> = members.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(
+        !orphans.is_empty(),
+        "python should still run before the restart"
+    );
+
+    let d2 = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d2, &e.sock, Duration::from_secs(10));
+    warm(&e.sock, "app");
+    wait_state(&d2, &e.sock, "app", "active", Duration::from_secs(20));
+    let log = d2.log_text();
+    assert!(
+        log.contains(&format!(
+            "msg=\"stopping a backend left running by a previous daemon\" target=app pid={leader}"
+        )),
+        "{log}"
+    );
+    for p in &orphans {
+        assert!(!alive(*p), "orphan {p} still running");
+    }
+    assert!(served(&t), "{}", d2.log_text());
+    assert!(!log.contains("address in use"), "{log}");
+}

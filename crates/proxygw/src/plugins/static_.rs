@@ -625,6 +625,10 @@ struct Cmd {
     log: Logger,
     exited: crate::engine::ExitNotifier,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// Where the backend record goes ([`crate::instance::backends`]); `None` without an instance lock.
+    run_dir: Option<std::path::PathBuf>,
+    /// Set once a backend left running by a previous daemon has been looked for (and stopped).
+    reclaimed: tokio::sync::OnceCell<()>,
 }
 
 fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
@@ -651,6 +655,8 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
         log: c.log.clone(),
         exited: c.exited.clone(),
         running: tokio::sync::Mutex::new(None),
+        run_dir: crate::instance::backends_dir(),
+        reclaimed: tokio::sync::OnceCell::new(),
     }))
 }
 
@@ -677,6 +683,9 @@ impl Cmd {
             stdin: process::Stdio::Null,
             stdout: process::Stdio::Piped,
             stderr: process::Stdio::Piped,
+            // A daemon killed with SIGKILL takes its backend along (the rest of the group, if the command
+            // forked instead of `exec`, is stopped by the next daemon through the backend record).
+            parent_death_signal: Some(process::Signal::SIGKILL),
             ..Default::default()
         };
         let mut child = process::Child::spawn(
@@ -686,6 +695,14 @@ impl Cmd {
         )
         .map_err(|e| e.to_string())?;
         let pid = child.pid();
+        if let Some(dir) = &self.run_dir {
+            if let Err(e) = crate::instance::backends::record(dir, &self.target, pid) {
+                self.log.warn(
+                    "cannot record the backend; a successor could not stop it after a crash",
+                    &[("target", &self.target), ("err", &e)],
+                );
+            }
+        }
         if let Some(o) = child.take_stdout() {
             forward_output(o, self.log.clone(), self.target.clone(), "stdout");
         }
@@ -694,13 +711,15 @@ impl Cmd {
         }
         let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
         let (exit_tx, exit_rx) = watch::channel(None);
-        let (grace, notifier, log, target) = (
+        let (grace, notifier, log, target, run_dir) = (
             self.stop_timeout,
             self.exited.clone(),
             self.log.clone(),
             self.target.clone(),
+            self.run_dir.clone(),
         );
         tokio::spawn(async move {
+            let _forget = ForgetOnDrop(run_dir, target.clone(), pid);
             tokio::select! {
                 status = child.wait() => {
                     let reason = match status {
@@ -758,6 +777,33 @@ impl Cmd {
         }
     }
 
+    /// Stops the backend a previous daemon left running (it died without stopping it), so the new one can
+    /// bind its ports: SIGINT to its process group, `stop_timeout`, then SIGKILL.
+    async fn reclaim_predecessor(&self) {
+        let Some(dir) = &self.run_dir else { return };
+        let Some(pid) = crate::instance::backends::left_running(dir, &self.target) else {
+            return;
+        };
+        self.log.warn(
+            "stopping a backend left running by a previous daemon",
+            &[("target", &self.target), ("pid", &pid)],
+        );
+        let group = process::ProcessGroup::new(pid);
+        let _ = group.signal(process::Signal::SIGINT);
+        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+        while group.is_alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(READY_POLL).await;
+        }
+        if group.is_alive() {
+            let _ = group.signal(process::Signal::SIGKILL);
+            let limit = tokio::time::Instant::now() + Duration::from_secs(1);
+            while group.is_alive() && tokio::time::Instant::now() < limit {
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+        crate::instance::backends::forget_if(dir, &self.target, pid);
+    }
+
     async fn stop_running(&self, guard: &mut Option<Running>) {
         let Some(mut r) = guard.take() else { return };
         if let Some(stop) = r.stop.take() {
@@ -773,6 +819,17 @@ impl Cmd {
         }
         // The monitor already saw the exit; wait for it to finish cleaning the group.
         let _ = r.exited.wait_for(|e| e.is_some()).await;
+    }
+}
+
+/// Deletes a backend's record when its monitor task ends (the backend has exited or been stopped).
+struct ForgetOnDrop(Option<std::path::PathBuf>, String, u32);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            crate::instance::backends::forget_if(dir, &self.1, self.2);
+        }
     }
 }
 
@@ -802,6 +859,9 @@ impl TargetHandler for Cmd {
                 // It died on its own: forget it and start afresh (the original said "already started").
                 self.stop_running(&mut guard).await;
             }
+            self.reclaimed
+                .get_or_init(|| self.reclaim_predecessor())
+                .await;
             let running = self.spawn()?;
             let exited = running.exited.clone();
             *guard = Some(running);
