@@ -288,3 +288,34 @@ frontends:
     assert!(served(&t), "{}", d2.log_text());
     assert!(!log.contains("address in use"), "{log}");
 }
+
+#[test]
+fn a_drain_removes_time_wait_entries_of_the_mapping_too() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config());
+    let d = warm_gateway(&t, &e);
+    // A finished exchange: its entry lingers in TIME_WAIT, DNATed to the backend.
+    assert!(routed(&t));
+    let mapped = |state: &str| {
+        ns_output(&t.gw, &["conntrack", "-L", "-p", "tcp"])
+            .lines()
+            .filter(|l| {
+                l.contains(state)
+                    && l.contains("dport=8080")
+                    && l.contains(&format!("src={BACKEND4}"))
+            })
+            .count()
+    };
+    eventually(Duration::from_secs(2), "a TIME_WAIT entry", || {
+        mapped("TIME_WAIT") > 0
+    });
+    ctl(&e.sock, "drain", "web");
+    assert_eq!(state(&e.sock, "web"), "inactive", "{}", d.log_text());
+    let left = ns_output(&t.gw, &["conntrack", "-L", "-p", "tcp"]);
+    assert_eq!(mapped("TIME_WAIT"), 0, "{left}");
+    assert_eq!(mapped(""), 0, "{left}");
+}
