@@ -125,7 +125,15 @@ pub enum Request {
     Start(String),
     /// Stop a frontend.
     Stop(String),
+    /// Re-read the config and apply what changed (targets and frontends; plugins and log need a restart).
+    Reload,
 }
+
+/// Loads and checks the config again for [`Request::Reload`] (the daemon reads its `--config` file).
+pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+type TargetKinds = BTreeMap<String, (crate::plugins::TargetCtor, usize)>;
+type FrontendKinds = BTreeMap<String, (crate::plugins::FrontendCtor, usize)>;
 
 /// Reply to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +348,9 @@ pub struct Engine<D: Dataplane> {
     targets: BTreeMap<String, Target>,
     frontends: BTreeMap<String, Frontend>,
     closed: bool,
+    target_kinds: TargetKinds,
+    frontend_kinds: FrontendKinds,
+    reloader: Option<Reloader>,
 }
 
 /// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
@@ -367,105 +378,16 @@ impl<D: Dataplane> Engine<D> {
         let EngineInbox { tx, rx } = inbox;
         let mut targets = BTreeMap::new();
         for t in &cfg.targets {
-            let kind = t.kind.to_string();
-            let (ctor, _) = reg
-                .targets
-                .get(&kind)
-                .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
-            let ctx = TargetCtx {
-                name: t.name.clone(),
-                endpoints: t.endpoints.clone(),
-                log: log.clone(),
-                exited: ExitNotifier {
-                    tx: tx.clone(),
-                    target: t.name.clone(),
-                },
-            };
-            let handler = ctor(&ctx, &t.options).map_err(|e| {
-                format!("create target {:?}: handler for kind {kind:?}: {e}", t.name)
-            })?;
-            let (state_tx, _) = watch::channel(TargetState::Inactive);
-            targets.insert(
-                t.name.clone(),
-                Target {
-                    cfg: t.clone(),
-                    kind,
-                    handler,
-                    state: TargetState::Inactive,
-                    state_tx,
-                    last_error: String::new(),
-                    epoch: 0,
-                    op: None,
-                    mappings: Vec::new(),
-                    flows: HashSet::new(),
-                    idle_since: Instant::now(),
-                    warm_pending: false,
-                    rollback_error: None,
-                    retry_disable_at: None,
-                },
-            );
+            targets.insert(t.name.clone(), new_target(t, &reg.targets, &log, &tx, 0)?);
         }
         let mut frontends = BTreeMap::new();
         for f in &cfg.frontends {
-            let kind = f.kind.to_string();
             let target = targets
                 .get_mut(&f.target_name)
                 .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
-            let ep = target
-                .cfg
-                .endpoints
-                .iter()
-                .find(|e| e.name == f.endpoint_name)
-                .ok_or_else(|| {
-                    format!(
-                        "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
-                        f.name, f.endpoint_name, f.target_name
-                    )
-                })?;
-            let backend = ep.address;
-            let (ctor, _) = reg.frontends.get(&kind).ok_or_else(|| {
-                format!("create frontend {:?}: frontend kind not registered", f.name)
-            })?;
-            let ctx = FrontendCtx {
-                name: f.name.clone(),
-                target: f.target_name.clone(),
-                protocol: f.protocol,
-                listen: f.listen,
-                backend,
-                log: log.clone(),
-                waker: Waker {
-                    tx: tx.clone(),
-                    target: f.target_name.clone(),
-                    frontend: f.name.clone(),
-                },
-                target_state: target.state_tx.subscribe(),
-            };
-            let handler = ctor(&ctx, &f.options).map_err(|e| {
-                format!(
-                    "create frontend {:?}: handler for kind {kind:?}: {e}",
-                    f.name
-                )
-            })?;
-            target.mappings.push(Mapping {
-                protocol: f.protocol,
-                listen: f.listen,
-                backend,
-                flow_timeout: f.flow_timeout,
-                masquerade: f.masquerade,
-            });
-            frontends.insert(
-                f.name.clone(),
-                Frontend {
-                    cfg: f.clone(),
-                    kind,
-                    handler,
-                    state: FrontendState::Stopped,
-                    last_error: String::new(),
-                    epoch: 0,
-                    op: None,
-                    backend,
-                },
-            );
+            let (front, mapping) = new_frontend(f, target, &reg.frontends, &log, &tx)?;
+            target.mappings.push(mapping);
+            frontends.insert(f.name.clone(), front);
         }
         for (name, t) in &targets {
             dp.add_group(name, &t.mappings)
@@ -480,7 +402,15 @@ impl<D: Dataplane> Engine<D> {
             targets,
             frontends,
             closed: false,
+            target_kinds: reg.targets.clone(),
+            frontend_kinds: reg.frontends.clone(),
+            reloader: None,
         })
+    }
+
+    /// Lets [`Request::Reload`] (SIGHUP, `proxygwctl reload`) read the config again.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
     }
 
     /// Runs until shutdown: rebuilds state from existing flows, starts every frontend, then serves events.
@@ -628,6 +558,20 @@ impl<D: Dataplane> Engine<D> {
         }
         match req {
             Request::Status => Ok(Reply::Status(self.status())),
+            Request::Reload => {
+                let Some(load) = self.reloader.clone() else {
+                    return Err("reload: this engine has no config file to read".into());
+                };
+                let result = match load() {
+                    Ok(cfg) => self.reload(&cfg).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    self.log
+                        .error("reload failed; the running config stays", &[("err", e)]);
+                }
+                result
+            }
             Request::Warm(name) => {
                 if !self.targets.contains_key(&name) {
                     return Err(format!("target {name:?}: target not registered"));
@@ -1090,59 +1034,316 @@ impl<D: Dataplane> Engine<D> {
         self.closed = true;
         let names: Vec<String> = self.frontends.keys().cloned().collect();
         for n in &names {
-            let Some(f) = self.frontends.get_mut(n) else {
-                continue;
-            };
-            if let Some(op) = f.op.take() {
-                op.abort();
-            }
-            f.state = FrontendState::Closed;
-            let h = f.handler.clone();
-            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.log
-                        .warn("frontend close failed", &[("frontend", n), ("err", &e)]);
-                    if let Some(f) = self.frontends.get_mut(n) {
-                        f.last_error = e;
-                    }
-                }
-                Err(_) => self
-                    .log
-                    .warn("frontend close timed out", &[("frontend", n)]),
-            }
+            self.close_frontend(n).await;
         }
         let names: Vec<String> = self.targets.keys().cloned().collect();
         for n in &names {
-            if let Err(e) = self.dp.set_enabled(n, false).await {
-                self.log
-                    .warn("disable DNAT failed", &[("target", n), ("err", &e)]);
-            }
-            let _ = self.dp.flush_flows(n, false).await;
-            let Some(t) = self.targets.get_mut(n) else {
-                continue;
-            };
-            if let Some(op) = t.op.take() {
-                op.abort();
-            }
-            let h = t.handler.clone();
-            self.set_state(n, TargetState::Closed);
-            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.log
-                        .warn("target close failed", &[("target", n), ("err", &e)]);
-                    if let Some(t) = self.targets.get_mut(n) {
-                        t.last_error = e;
-                    }
-                }
-                Err(_) => self.log.warn("target close timed out", &[("target", n)]),
-            }
+            self.close_target(n).await;
         }
         if let Err(e) = self.dp.close().await {
             self.log.error("dataplane close failed", &[("err", &e)]);
         }
     }
+
+    /// Stops a frontend for good (shutdown, or removed by a reload); it stays listed as `closed`.
+    async fn close_frontend(&mut self, n: &str) {
+        let Some(f) = self.frontends.get_mut(n) else {
+            return;
+        };
+        if let Some(op) = f.op.take() {
+            op.abort();
+        }
+        f.state = FrontendState::Closed;
+        let h = f.handler.clone();
+        match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.log
+                    .warn("frontend close failed", &[("frontend", &n), ("err", &e)]);
+                if let Some(f) = self.frontends.get_mut(n) {
+                    f.last_error = e;
+                }
+            }
+            Err(_) => self
+                .log
+                .warn("frontend close timed out", &[("frontend", &n)]),
+        }
+    }
+
+    /// DNAT off, flows flushed, handler closed (shutdown, or removed by a reload); it stays listed as `closed`.
+    async fn close_target(&mut self, n: &str) {
+        if let Err(e) = self.dp.set_enabled(n, false).await {
+            self.log
+                .warn("disable DNAT failed", &[("target", &n), ("err", &e)]);
+        }
+        let _ = self.dp.flush_flows(n, false).await;
+        let Some(t) = self.targets.get_mut(n) else {
+            return;
+        };
+        if let Some(op) = t.op.take() {
+            op.abort();
+        }
+        let h = t.handler.clone();
+        self.set_state(n, TargetState::Closed);
+        match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.log
+                    .warn("target close failed", &[("target", &n), ("err", &e)]);
+                if let Some(t) = self.targets.get_mut(n) {
+                    t.last_error = e;
+                }
+            }
+            Err(_) => self.log.warn("target close timed out", &[("target", &n)]),
+        }
+    }
+
+    /// Applies a new config: targets and frontends that are new or changed are built first (any failure
+    /// changes nothing), then removed and changed ones are closed, and the new ones registered and started.
+    /// Unchanged targets keep their state, backend and flows; their DNAT group only gains or loses the
+    /// mappings of added or removed frontends.
+    async fn reload(&mut self, cfg: &Config) -> Result<Reply, String> {
+        let keep_target = |t: &TargetConfig| {
+            self.targets
+                .get(&t.name)
+                .is_some_and(|old| old.cfg == *t && old.state != TargetState::Closed)
+        };
+        // Build everything new before touching anything.
+        let mut new_targets = BTreeMap::new();
+        for t in cfg.targets.iter().filter(|t| !keep_target(t)) {
+            let epoch = self.targets.get(&t.name).map_or(0, |o| o.epoch + 1);
+            new_targets.insert(
+                t.name.clone(),
+                new_target(t, &self.target_kinds, &self.log, &self.tx, epoch)?,
+            );
+        }
+        let mut new_fronts = Vec::new();
+        for f in &cfg.frontends {
+            let unchanged = !new_targets.contains_key(&f.target_name)
+                && self
+                    .frontends
+                    .get(&f.name)
+                    .is_some_and(|old| old.cfg == *f && old.state != FrontendState::Closed);
+            if unchanged {
+                continue;
+            }
+            let target = new_targets
+                .get(&f.target_name)
+                .or_else(|| self.targets.get(&f.target_name))
+                .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
+            let (front, mapping) =
+                new_frontend(f, target, &self.frontend_kinds, &self.log, &self.tx)?;
+            new_fronts.push((front, mapping));
+        }
+        // Close what goes: frontends first (removed, changed, or of a replaced target), then targets.
+        let gone_fronts: Vec<String> = self
+            .frontends
+            .iter()
+            .filter(|(n, f)| {
+                new_targets.contains_key(&f.cfg.target_name)
+                    || !cfg.frontends.iter().any(|c| &c.name == *n && *c == f.cfg)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &gone_fronts {
+            if self
+                .frontends
+                .get(n)
+                .is_some_and(|f| f.state != FrontendState::Closed)
+            {
+                self.close_frontend(n).await;
+            }
+            self.frontends.remove(n);
+        }
+        let gone_targets: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|n| new_targets.contains_key(*n) || !cfg.targets.iter().any(|c| &c.name == *n))
+            .cloned()
+            .collect();
+        for n in &gone_targets {
+            if self
+                .targets
+                .get(n)
+                .is_some_and(|t| t.state != TargetState::Closed)
+            {
+                self.close_target(n).await;
+            }
+            self.targets.remove(n);
+            if let Err(e) = self.dp.remove_group(n).await {
+                self.log
+                    .warn("remove flow group failed", &[("target", n), ("err", &e)]);
+            }
+        }
+        // Register the new, re-map the kept.
+        let added_targets: Vec<String> = new_targets.keys().cloned().collect();
+        self.targets.extend(new_targets);
+        for t in self.targets.values_mut() {
+            t.mappings.clear();
+        }
+        let added_fronts: Vec<String> =
+            new_fronts.iter().map(|(f, _)| f.cfg.name.clone()).collect();
+        for (front, _) in new_fronts {
+            self.frontends.insert(front.cfg.name.clone(), front);
+        }
+        for f in &cfg.frontends {
+            let (Some(front), Some(t)) = (
+                self.frontends.get(&f.name),
+                self.targets.get_mut(&f.target_name),
+            ) else {
+                continue;
+            };
+            t.mappings.push(Mapping {
+                protocol: front.cfg.protocol,
+                listen: front.cfg.listen,
+                backend: front.backend,
+                flow_timeout: front.cfg.flow_timeout,
+                masquerade: front.cfg.masquerade,
+            });
+        }
+        let groups: Vec<(String, Vec<Mapping>)> = self
+            .targets
+            .iter()
+            .map(|(n, t)| (n.clone(), t.mappings.clone()))
+            .collect();
+        for (n, mappings) in groups {
+            self.dp
+                .set_group(&n, &mappings)
+                .await
+                .map_err(|e| format!("reload: target {n:?}: flow group: {e}"))?;
+        }
+        for n in &added_fronts {
+            self.start_frontend(n);
+        }
+        let removed: Vec<&String> = gone_targets
+            .iter()
+            .chain(&gone_fronts)
+            .filter(|n| !added_targets.contains(n) && !added_fronts.contains(n))
+            .collect();
+        self.log.info(
+            "config reloaded",
+            &[
+                ("targets_added_or_changed", &added_targets.join(",")),
+                ("frontends_added_or_changed", &added_fronts.join(",")),
+                (
+                    "removed",
+                    &removed
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
+        );
+        Ok(Reply::Done)
+    }
+}
+
+/// A target from its config, handler built, nothing started; `epoch` continues a replaced target's so results
+/// of the old one's operations are never taken for the new one's.
+fn new_target(
+    t: &TargetConfig,
+    kinds: &TargetKinds,
+    log: &Logger,
+    tx: &mpsc::Sender<Event>,
+    epoch: u64,
+) -> Result<Target, String> {
+    let kind = t.kind.to_string();
+    let (ctor, _) = kinds
+        .get(&kind)
+        .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
+    let ctx = TargetCtx {
+        name: t.name.clone(),
+        endpoints: t.endpoints.clone(),
+        log: log.clone(),
+        exited: ExitNotifier {
+            tx: tx.clone(),
+            target: t.name.clone(),
+        },
+    };
+    let handler = ctor(&ctx, &t.options)
+        .map_err(|e| format!("create target {:?}: handler for kind {kind:?}: {e}", t.name))?;
+    let (state_tx, _) = watch::channel(TargetState::Inactive);
+    Ok(Target {
+        cfg: t.clone(),
+        kind,
+        handler,
+        state: TargetState::Inactive,
+        state_tx,
+        last_error: String::new(),
+        epoch,
+        op: None,
+        mappings: Vec::new(),
+        flows: HashSet::new(),
+        idle_since: Instant::now(),
+        warm_pending: false,
+        rollback_error: None,
+        retry_disable_at: None,
+    })
+}
+
+/// A frontend of `target` from its config, handler built, not started, with its DNAT mapping.
+fn new_frontend(
+    f: &FrontendConfig,
+    target: &Target,
+    kinds: &FrontendKinds,
+    log: &Logger,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(Frontend, Mapping), String> {
+    let kind = f.kind.to_string();
+    let ep = target
+        .cfg
+        .endpoints
+        .iter()
+        .find(|e| e.name == f.endpoint_name)
+        .ok_or_else(|| {
+            format!(
+                "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
+                f.name, f.endpoint_name, f.target_name
+            )
+        })?;
+    let backend = ep.address;
+    let (ctor, _) = kinds
+        .get(&kind)
+        .ok_or_else(|| format!("create frontend {:?}: frontend kind not registered", f.name))?;
+    let ctx = FrontendCtx {
+        name: f.name.clone(),
+        target: f.target_name.clone(),
+        protocol: f.protocol,
+        listen: f.listen,
+        backend,
+        log: log.clone(),
+        waker: Waker {
+            tx: tx.clone(),
+            target: f.target_name.clone(),
+            frontend: f.name.clone(),
+        },
+        target_state: target.state_tx.subscribe(),
+    };
+    let handler = ctor(&ctx, &f.options).map_err(|e| {
+        format!(
+            "create frontend {:?}: handler for kind {kind:?}: {e}",
+            f.name
+        )
+    })?;
+    let mapping = Mapping {
+        protocol: f.protocol,
+        listen: f.listen,
+        backend,
+        flow_timeout: f.flow_timeout,
+        masquerade: f.masquerade,
+    };
+    let front = Frontend {
+        cfg: f.clone(),
+        kind,
+        handler,
+        state: FrontendState::Stopped,
+        last_error: String::new(),
+        epoch: 0,
+        op: None,
+        backend,
+    };
+    Ok((front, mapping))
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -59,6 +59,10 @@ pub mod method {
     pub const CLOSE_FRONTEND_REQUEST: u16 = 20;
     /// Plugin host protocol (not served).
     pub const CLOSE_FRONTEND_RESPONSE: u16 = 21;
+    /// `{}`: re-read the daemon's config and apply it (served; not in the original).
+    pub const RELOAD_REQUEST: u16 = 22;
+    /// `{}`.
+    pub const RELOAD_RESPONSE: u16 = 23;
     /// Notification `{"name"}` from an out-of-process plugin (read and discarded).
     pub const FRONTEND_SHOULD_WARM_NOTIFICATION: u16 = 32768;
 

@@ -140,6 +140,9 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
     ns_output(&t.gw, &["nft", "flush", "ruleset"]);
     let took = time_to_route(&t, &d, Duration::from_secs(2));
     eprintln!("routed again {took:?} after nft flush ruleset");
+    eventually(Duration::from_secs(2), "the heal logged", || {
+        d.log_text().contains("re-applied")
+    });
     assert_eq!(
         ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
         rules_before
@@ -156,11 +159,14 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
         &t.gw,
         &["nft", "delete", "chain", "inet", "proxygw", "prerouting"],
     );
+    // The log line follows the re-applying transaction, so wait for it, not for the table.
     eventually(Duration::from_secs(2), "prerouting chain restored", || {
-        ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]) == rules_before
+        d.log_text().contains("missing=\"chain prerouting {")
     });
-    let log = d.log_text();
-    assert!(log.contains("missing=\"chain prerouting {"), "{log}");
+    assert_eq!(
+        ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
+        rules_before
+    );
     assert!(routed(&t));
 
     // The drain still works on the healed table (a flushed table used to fail every disable).
@@ -318,4 +324,118 @@ fn a_drain_removes_time_wait_entries_of_the_mapping_too() {
     let left = ns_output(&t.gw, &["conntrack", "-L", "-p", "tcp"]);
     assert_eq!(mapped("TIME_WAIT"), 0, "{left}");
     assert_eq!(mapped(""), 0, "{left}");
+}
+
+/// True while `held` is open end to end: a write goes through and the peer has neither closed nor reset it.
+fn still_open(held: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    if held.write_all(b"ping\n").is_err() {
+        return false;
+    }
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    matches!(held.read(&mut b), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+#[test]
+fn sighup_adds_and_removes_a_frontend_while_a_flow_on_another_stays_up_and_an_invalid_reload_is_kept_out(
+) {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config());
+    let d = warm_gateway(&t, &e);
+    let mut held = connect(&t.client, &format!("{GW4}:8080")).unwrap();
+    std::io::Write::write_all(&mut held, b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    read_until(&mut held, "peer=");
+    let original = std::fs::read_to_string(&e.cfg).unwrap();
+    let alt = "  - name: web-alt
+    kind: static:http
+    protocol: tcp
+    listen: 0.0.0.0:7070
+    flow_timeout: 30s
+    target: web:http
+    options:
+      content: \"<html>warming up</html>\"
+";
+    std::fs::write(&e.cfg, format!("{original}{alt}")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    // The target stays active, so the new frontend is DNATed straight away.
+    eventually(Duration::from_secs(5), "the added frontend routed", || {
+        get(&t.client, &format!("{GW4}:7070"), "/")
+            .map(|r| r.contains(&format!("peer={CLIENT4}:")))
+            .unwrap_or(false)
+    });
+    assert_eq!(state(&e.sock, "web"), "active");
+    assert!(
+        still_open(&mut held),
+        "the held flow was cut:\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("msg=\"config reloaded\" targets_added_or_changed=\"\" frontends_added_or_changed=web-alt removed=\"\""),
+        "{log}"
+    );
+
+    // An invalid config is refused with the reason; the running one stays.
+    std::fs::write(
+        &e.cfg,
+        format!("{original}{alt}").replace("idle_timeout: 60s", "idle_timeout: 5 minutes"),
+    )
+    .unwrap();
+    let err = block_on_reload(&e.sock).unwrap_err();
+    assert!(err.contains("time: unknown unit \" minutes\""), "{err}");
+    assert!(d
+        .log_text()
+        .contains("msg=\"reload failed; the running config stays\""));
+    assert!(routed(&t));
+    assert!(get(&t.client, &format!("{GW4}:7070"), "/")
+        .unwrap()
+        .contains("peer="));
+
+    // Removing the frontend again (through proxygwctl): its port is gone, the held flow still up.
+    std::fs::write(&e.cfg, &original).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxygwctl"))
+        .args(["--config"])
+        .arg(&e.cfg)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(get(&t.client, &format!("{GW4}:7070"), "/").is_err());
+    assert!(status(&e.sock)
+        .unwrap()
+        .frontends
+        .iter()
+        .all(|f| f.name != "web-alt"));
+    assert!(
+        still_open(&mut held),
+        "the held flow was cut:\n{}",
+        d.log_text()
+    );
+    assert!(routed(&t));
+}
+
+fn block_on_reload(sock: &std::path::Path) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut c = proxygw::client::Client::dial(
+                sock,
+                proxygw::protocol::Codec::Json,
+                Duration::from_secs(5),
+            )
+            .await?;
+            c.reload().await
+        })
 }

@@ -46,19 +46,31 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
         .context("create dataplane")?;
     let mut sub: Option<(Subscription, Monitor)> = None;
     let mut sub_err = None;
-    let daemon = proxygw::daemon::Daemon::start_with(&cfg, &reg, dp, log.clone(), |h| {
-        let subs = Subscription::start(h.flow_sink(), log.clone())
-            .map_err(|e| format!("subscribe to conntrack events: {e}"))
-            .and_then(|s| {
-                Monitor::start(h.heal_sink(), log.clone())
-                    .map(|m| (s, m))
-                    .map_err(|e| format!("subscribe to nftables events: {e}"))
-            });
-        match subs {
-            Ok(s) => sub = Some(s),
-            Err(e) => sub_err = Some(e),
-        }
-    })
+    let path = config.clone();
+    let reloader: proxygw::engine::Reloader = std::sync::Arc::new(move || {
+        let (cfg, _) = proxygw::plugins::load_checked(&path).map_err(|e| e.0)?;
+        Ok(cfg)
+    });
+    let daemon = proxygw::daemon::Daemon::start_reloadable(
+        &cfg,
+        &reg,
+        dp,
+        log.clone(),
+        Some(reloader),
+        |h| {
+            let subs = Subscription::start(h.flow_sink(), log.clone())
+                .map_err(|e| format!("subscribe to conntrack events: {e}"))
+                .and_then(|s| {
+                    Monitor::start(h.heal_sink(), log.clone())
+                        .map(|m| (s, m))
+                        .map_err(|e| format!("subscribe to nftables events: {e}"))
+                });
+            match subs {
+                Ok(s) => sub = Some(s),
+                Err(e) => sub_err = Some(e),
+            }
+        },
+    )
     .await
     .map_err(anyhow::Error::msg)?;
     if let Some(e) = sub_err {
@@ -67,9 +79,17 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log.info("signal received", &[("signal", &"SIGTERM")]),
-        _ = int.recv() => log.info("signal received", &[("signal", &"SIGINT")]),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log.info("signal received", &[("signal", &"SIGTERM")]); break }
+            _ = int.recv() => { log.info("signal received", &[("signal", &"SIGINT")]); break }
+            _ = hup.recv() => {
+                log.info("signal received", &[("signal", &"SIGHUP")]);
+                // The engine logs the outcome; a failed reload keeps the running config.
+                let _ = daemon.handle().request(proxygw::engine::Request::Reload).await;
+            }
+        }
     }
     let stop = daemon.stop();
     tokio::pin!(stop);

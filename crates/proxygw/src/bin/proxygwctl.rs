@@ -22,6 +22,7 @@ Commands:
   drain TARGET                  Drain a target now
   start FRONTEND                Start a stopped frontend
   stop FRONTEND                 Stop a frontend
+  reload                        Re-read the daemon's config and apply it (like SIGHUP)
 ";
 
 struct Args {
@@ -105,7 +106,7 @@ async fn run(args: Args) -> Result<(), String> {
     let cmd: Vec<&str> = args.command.iter().map(String::as_str).collect();
     // Check the command line before touching the socket.
     match cmd.as_slice() {
-        ["status"] | ["warm", _] | ["drain", _] | ["start", _] | ["stop", _] => {}
+        ["status"] | ["reload"] | ["warm", _] | ["drain", _] | ["start", _] | ["stop", _] => {}
         [] => return Err("expected command but got none, try --help".into()),
         [c, ..] => return Err(format!("unsupported command {}", go_quote(c))),
     }
@@ -123,6 +124,10 @@ async fn run(args: Args) -> Result<(), String> {
             };
             print(&text)
         }
+        ["reload"] => client
+            .reload()
+            .await
+            .map_err(|e| format!("reload request: {e}")),
         ["warm", t] => client
             .warm(t)
             .await

@@ -95,6 +95,17 @@ pub trait Dataplane: Send + 'static {
         group: &str,
         mappings: &[Mapping],
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Registers a group or replaces the mappings of an existing one, keeping its on/off state (a reload).
+    fn set_group(
+        &mut self,
+        group: &str,
+        mappings: &[Mapping],
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Removes a group with its DNAT elements and ct timeouts (a reload removed its target).
+    fn remove_group(
+        &mut self,
+        group: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Turns the group's DNAT elements on or off, all mappings in one batch; a no-op if already so.
     fn set_enabled(
         &mut self,

@@ -353,6 +353,35 @@ impl Dataplane for NftDataplane {
         Ok(())
     }
 
+    async fn set_group(&mut self, group: &str, mappings: &[Mapping]) -> Result<(), DataplaneError> {
+        if self.closed {
+            return Err(DataplaneError::Closed);
+        }
+        let old = match self.groups.get_mut(group) {
+            None => return self.add_group(group, mappings).await,
+            Some(g) if g.0 == mappings => return Ok(()),
+            Some(g) => std::mem::replace(&mut g.0, mappings.to_vec()),
+        };
+        // One transaction replaces the table with the new state; conntrack keeps the NAT of established flows.
+        if let Err(e) = self.reapply().await {
+            if let Some(g) = self.groups.get_mut(group) {
+                g.0 = old;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn remove_group(&mut self, group: &str) -> Result<(), DataplaneError> {
+        if self.closed {
+            return Err(DataplaneError::Closed);
+        }
+        if self.groups.remove(group).is_some() {
+            self.reapply().await?;
+        }
+        Ok(())
+    }
+
     async fn set_enabled(&mut self, group: &str, on: bool) -> Result<(), DataplaneError> {
         let (mappings, enabled) = self.group(group)?;
         if *enabled == on {
