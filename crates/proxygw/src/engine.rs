@@ -23,6 +23,10 @@ use crate::protocol::{EndpointInfo, FrontendStatus, StatusResponse, TargetStatus
 pub const EVENT_QUEUE: usize = 4096;
 /// How long shutdown waits for one handler's close before moving on.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait after a failed start; doubled after each further failure, up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between failed starts; a target that stays active this long starts from [`BACKOFF_BASE`] again.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Retry interval after a failed DNAT disable.
 pub const DISABLE_RETRY: Duration = Duration::from_secs(5);
 
@@ -96,6 +100,8 @@ pub enum WarmOrigin {
     Ctl,
     /// Rebuilt after a restart from live conntrack flows.
     Restart,
+    /// A wake held back by a failed start's backoff, now due.
+    Backoff,
 }
 
 impl std::fmt::Display for WarmOrigin {
@@ -108,6 +114,7 @@ impl std::fmt::Display for WarmOrigin {
             Self::Frontend { name, source: None } => write!(f, "frontend {name}"),
             Self::Ctl => f.write_str("ctl"),
             Self::Restart => f.write_str("restart"),
+            Self::Backoff => f.write_str("backoff ended"),
         }
     }
 }
@@ -160,6 +167,10 @@ enum Event {
         target: String,
         reason: String,
     },
+    /// A frontend refused a client's wake (not in `wake_allow`).
+    Refused {
+        target: String,
+    },
     Done {
         name: String,
         epoch: u64,
@@ -189,6 +200,13 @@ impl std::fmt::Debug for Event {
 }
 
 impl Waker {
+    /// Counts a wake the frontend refused because the client is not in its `wake_allow` (it logs the source).
+    pub fn refused(&self) {
+        let _ = self.tx.try_send(Event::Refused {
+            target: self.target.clone(),
+        });
+    }
+
     /// Signals warm; `source` is the client address, logged with the wake.
     pub fn wake(&self, source: Option<SocketAddr>) {
         let _ = self.tx.try_send(Event::Wake {
@@ -326,6 +344,17 @@ struct Target {
     /// The error to keep when a rollback drain finishes.
     rollback_error: Option<String>,
     retry_disable_at: Option<Instant>,
+    counters: crate::protocol::WakeCounters,
+    /// Failed starts in a row; the backoff doubles with each.
+    failures_in_row: u32,
+    /// No frontend wake starts the target before this (ctl `warm` does).
+    backoff_until: Option<Instant>,
+    /// A frontend wake arrived during the backoff: start when it ends.
+    wake_after_backoff: bool,
+    /// When the target last became active (a long run resets the backoff).
+    active_since: Option<Instant>,
+    /// Start times within the `wake_rate` window, oldest first.
+    recent_starts: std::collections::VecDeque<Instant>,
 }
 
 struct Frontend {
@@ -488,6 +517,7 @@ impl<D: Dataplane> Engine<D> {
                     t.retry_disable_at
                         .unwrap_or(t.idle_since + t.cfg.idle_timeout),
                 ),
+                TargetState::Inactive if t.wake_after_backoff => t.backoff_until,
                 _ => None,
             })
             .min()
@@ -511,6 +541,19 @@ impl<D: Dataplane> Engine<D> {
             self.log.info("target idle; draining", &[("target", &name)]);
             let _ = self.drain(&name).await;
         }
+        let backed_off: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                t.state == TargetState::Inactive
+                    && t.wake_after_backoff
+                    && t.backoff_until.is_none_or(|u| u <= now)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in backed_off {
+            self.warm(&name, WarmOrigin::Backoff);
+        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -521,6 +564,11 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
             Event::Exited { target, reason } => self.on_exited(&target, reason).await,
+            Event::Refused { target } => {
+                if let Some(t) = self.targets.get_mut(&target) {
+                    t.counters.refused_allow += 1;
+                }
+            }
             Event::Done {
                 name,
                 epoch,
@@ -696,6 +744,35 @@ impl<D: Dataplane> Engine<D> {
         }
     }
 
+    /// Counts a failed start (or an active backend that exited by itself) and backs the target off: frontend
+    /// wakes start it no sooner than 1 s, 2 s, 4 s … (up to [`BACKOFF_MAX`]) after the failure.
+    fn failed_start(&mut self, name: &str) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        let now = Instant::now();
+        if t.active_since
+            .take()
+            .is_some_and(|a| now - a >= BACKOFF_MAX)
+        {
+            t.failures_in_row = 0;
+        }
+        t.counters.failed_starts += 1;
+        let wait = BACKOFF_BASE
+            .saturating_mul(1u32 << t.failures_in_row.min(16))
+            .min(BACKOFF_MAX);
+        t.failures_in_row = t.failures_in_row.saturating_add(1);
+        t.backoff_until = Some(now + wait);
+        self.log.warn(
+            "target start failed; backing off",
+            &[
+                ("target", &name),
+                ("failures_in_row", &t.failures_in_row),
+                ("backoff", &crate::syntax::format_go_duration(wait)),
+            ],
+        );
+    }
+
     fn set_state(&mut self, name: &str, state: TargetState) {
         if let Some(t) = self.targets.get_mut(name) {
             if t.state != state {
@@ -717,6 +794,7 @@ impl<D: Dataplane> Engine<D> {
         let Some(t) = self.targets.get_mut(name) else {
             return;
         };
+        let over_rate = t.state == TargetState::Inactive && rate_exceeded(t, &origin);
         match t.state {
             TargetState::Active => {
                 // A warm signal also resets the idle clock.
@@ -741,11 +819,35 @@ impl<D: Dataplane> Engine<D> {
                 );
             }
             TargetState::Closed => {}
+            TargetState::Inactive
+                if !matches!(origin, WarmOrigin::Ctl)
+                    && t.backoff_until.is_some_and(|u| u > Instant::now()) =>
+            {
+                t.counters.deferred_backoff += 1;
+                if !t.wake_after_backoff {
+                    t.wake_after_backoff = true;
+                    self.log.info(
+                        "warm signal received during backoff; will start when it ends",
+                        &[("target", &name), ("origin", &origin)],
+                    );
+                }
+            }
+            TargetState::Inactive if over_rate => {
+                t.counters.refused_rate += 1;
+                t.wake_after_backoff = false;
+                self.log.info(
+                    "wake refused: wake_rate",
+                    &[("target", &name), ("origin", &origin)],
+                );
+            }
             TargetState::Inactive => {
                 self.log.info(
                     "warm signal received",
                     &[("target", &name), ("origin", &origin)],
                 );
+                t.counters.started += 1;
+                t.recent_starts.push_back(Instant::now());
+                t.wake_after_backoff = false;
                 t.last_error.clear();
                 t.rollback_error = None;
                 t.warm_pending = false;
@@ -801,6 +903,7 @@ impl<D: Dataplane> Engine<D> {
             self.log
                 .error("target warm failed", &[("target", &name), ("err", &e)]);
             t.last_error = e;
+            self.failed_start(name);
             self.set_state(name, TargetState::Inactive);
             return;
         }
@@ -814,6 +917,7 @@ impl<D: Dataplane> Engine<D> {
                 if let Some(t) = self.targets.get_mut(name) {
                     t.idle_since = Instant::now();
                     t.retry_disable_at = None;
+                    t.active_since = Some(Instant::now());
                 }
                 self.set_state(name, TargetState::Active);
             }
@@ -826,6 +930,7 @@ impl<D: Dataplane> Engine<D> {
                     t.last_error = msg.clone();
                     t.rollback_error = Some(msg);
                 }
+                self.failed_start(name);
                 self.spawn_drain(name);
             }
         }
@@ -916,6 +1021,7 @@ impl<D: Dataplane> Engine<D> {
         if t.state != TargetState::Active {
             return;
         }
+        self.failed_start(name);
         let msg = format!("backend exited: {reason}");
         if let Err(e) = self.dp.set_enabled(name, false).await {
             if let Some(t) = self.targets.get_mut(name) {
@@ -1008,6 +1114,15 @@ impl<D: Dataplane> Engine<D> {
                         state: t.state.as_str().into(),
                         last_error: t.last_error.clone(),
                         endpoints,
+                        wakes: Some(crate::protocol::WakeCounters {
+                            backoff: t
+                                .backoff_until
+                                .and_then(|u| u.checked_duration_since(Instant::now()))
+                                .filter(|d| !d.is_zero())
+                                .map(crate::syntax::format_go_duration)
+                                .unwrap_or_default(),
+                            ..t.counters.clone()
+                        }),
                     }
                 })
                 .collect(),
@@ -1239,6 +1354,28 @@ impl<D: Dataplane> Engine<D> {
     }
 }
 
+/// True if a start caused by `origin` now would exceed the target's `wake_rate` (ctl and restarts are not
+/// limited); forgets starts older than the window.
+fn rate_exceeded(t: &mut Target, origin: &WarmOrigin) -> bool {
+    let Some(rate) = t.cfg.wake_rate else {
+        return false;
+    };
+    let now = Instant::now();
+    while t
+        .recent_starts
+        .front()
+        .is_some_and(|s| now - *s >= rate.per)
+    {
+        t.recent_starts.pop_front();
+    }
+    // Keep the queue bounded by what the rule can look at.
+    while t.recent_starts.len() > rate.starts as usize {
+        t.recent_starts.pop_front();
+    }
+    matches!(origin, WarmOrigin::Frontend { .. } | WarmOrigin::Backoff)
+        && t.recent_starts.len() >= rate.starts as usize
+}
+
 /// A target from its config, handler built, nothing started; `epoch` continues a replaced target's so results
 /// of the old one's operations are never taken for the new one's.
 fn new_target(
@@ -1279,6 +1416,12 @@ fn new_target(
         warm_pending: false,
         rollback_error: None,
         retry_disable_at: None,
+        counters: Default::default(),
+        failures_in_row: 0,
+        backoff_until: None,
+        wake_after_backoff: false,
+        active_since: None,
+        recent_starts: std::collections::VecDeque::new(),
     })
 }
 

@@ -183,6 +183,28 @@ pub struct TargetStatus {
     /// Sorted by name; omitted when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointInfo>,
+    /// Wake counters (not in the original: its clients ignore the field; `proxygwctl status` prints them only
+    /// with `--counters`, so its default output keeps the original's bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wakes: Option<WakeCounters>,
+}
+
+/// How often a target was woken, failed to start, or had wakes refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeCounters {
+    /// Starts (inactive → warming) caused by a frontend, ctl or a restart.
+    pub started: u64,
+    /// Starts that failed, and active backends that exited by themselves.
+    pub failed_starts: u64,
+    /// Wake signals refused because the client is not in the frontend's `wake_allow`.
+    pub refused_allow: u64,
+    /// Wake signals refused by the target's `wake_rate`.
+    pub refused_rate: u64,
+    /// Wake signals held back while a failed target backs off (it starts when the backoff ends).
+    pub deferred_backoff: u64,
+    /// Time left in the current backoff (Go duration), omitted when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backoff: String,
 }
 
 /// One endpoint in a target status.
@@ -672,6 +694,7 @@ mod tests {
                     protocol: WireProtocol(Protocol::Tcp),
                     address: "127.0.0.1:8080".into(),
                 }],
+                wakes: None,
             }],
             frontends: vec![FrontendStatus {
                 name: "public-http".into(),

@@ -313,6 +313,25 @@ fn wake_allow_refuses_sources_outside_the_list() {
         log.contains(&format!("msg=\"wake refused: source not in wake_allow\" frontend=web4 target=web4 source={CLIENT4}:")),
         "{log}"
     );
+    // Counted in the status (`proxygwctl status --counters`); the default output keeps the original's shape.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxygwctl"))
+        .arg("--config")
+        .arg(&e.cfg)
+        .args(["status", "--counters"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"wakes\": {\n        \"started\": 0,\n        \"failed_starts\": 0,\n        \"refused_allow\": 1,"),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxygwctl"))
+        .arg("--config")
+        .arg(&e.cfg)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("wakes"));
 }
 
 /// A backend command that needs `DELAY_MS` before it listens, behind a static:tcp frontend.

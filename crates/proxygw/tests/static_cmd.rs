@@ -36,6 +36,14 @@ fn free_port() -> u16 {
 }
 
 async fn start(options: &str, port: u16) -> (Daemon, Buf, MemoryDataplane) {
+    start_with_frontends(options, port, "[]").await
+}
+
+async fn start_with_frontends(
+    options: &str,
+    port: u16,
+    frontends: &str,
+) -> (Daemon, Buf, MemoryDataplane) {
     let yaml = format!(
         "version: v1
 log: {{output: stderr}}
@@ -48,7 +56,7 @@ targets:
       - {{name: tcp, protocol: tcp, address: 127.0.0.1:{port}}}
     options:
 {options}
-frontends: []
+frontends: {frontends}
 "
     );
     let cfg = proxygw::config::load_str(&yaml).unwrap();
@@ -234,4 +242,85 @@ async fn shutdown_stops_a_running_command() {
         .unwrap();
     d.stop().await;
     assert!(pids_in_group(pid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_exits_at_once_is_restarted_with_exponential_backoff() {
+    let port = free_port();
+    // static:always wakes the target every second: without backoff, one start per second.
+    let frontends = format!(
+        "
+  - name: keep
+    kind: static:always
+    protocol: tcp
+    listen: 127.0.0.1:{}
+    flow_timeout: 30s
+    target: app:tcp",
+        free_port()
+    );
+    let (d, log, _) = start_with_frontends("      command: \"exit 1\"", port, &frontends).await;
+    let h = d.handle().clone();
+    let t0 = Instant::now();
+    let mut saw_backoff = false;
+    while t0.elapsed() < Duration::from_millis(6500) {
+        let t = h.status().await.unwrap().targets.remove(0);
+        saw_backoff |= t.wakes.as_ref().is_some_and(|w| !w.backoff.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let w = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    // Starts at about 1 s (first tick), then after backoffs of 1 s and 2 s: 3 or 4 in 6.5 s, never 6.
+    assert!((2..=4).contains(&w.started), "{w:?}\n{}", log.text());
+    assert_eq!(w.failed_starts, w.started, "{w:?}");
+    assert!(w.deferred_backoff >= 2, "{w:?}");
+    assert!(saw_backoff, "status never showed a backoff: {w:?}");
+    assert!(
+        log.text().contains(
+            "msg=\"target start failed; backing off\" target=app failures_in_row=2 backoff=2s"
+        ),
+        "{}",
+        log.text()
+    );
+    // An operator's warm is not held back.
+    h.request(Request::Warm("app".into())).await.unwrap();
+    let w2 = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w2.started, w.started + 1, "{w2:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
+    let port = free_port();
+    let frontends = format!(
+        "
+  - name: keep
+    kind: static:always
+    protocol: tcp
+    listen: 127.0.0.1:{}
+    flow_timeout: 30s
+    target: app:tcp",
+        free_port()
+    );
+    // `wake_rate` belongs to the target; the options block above it ends at the indentation change.
+    let (d, log, _) = start_with_frontends(
+        "      command: \"exit 1\"\n    wake_rate: 2/1h",
+        port,
+        &frontends,
+    )
+    .await;
+    let h = d.handle().clone();
+    // Starts at about 1 s and 2 s (after a 1 s backoff); the one due at 4 s is over the rate.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let w = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w.started, 2, "{w:?}\n{}", log.text());
+    assert!(w.refused_rate >= 1, "{w:?}");
+    assert!(
+        log.text()
+            .contains("msg=\"wake refused: wake_rate\" target=app origin="),
+        "{}",
+        log.text()
+    );
+    h.request(Request::Warm("app".into())).await.unwrap();
+    let w2 = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w2.started, 3, "{w2:?}");
+    d.stop().await;
 }

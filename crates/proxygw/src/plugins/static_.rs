@@ -390,6 +390,7 @@ impl HttpCore {
                     ("source", &peer),
                 ],
             );
+            self.waker.refused();
         }
         http::Response::builder()
             .status(200)
@@ -560,6 +561,7 @@ impl FrontendHandler for Tcp {
                             "wake refused: source not in wake_allow",
                             &[("frontend", &name), ("target", &target), ("source", &peer)],
                         );
+                        waker.refused();
                         drop(stream);
                         continue;
                     }
