@@ -524,3 +524,23 @@ pub fn eventually(limit: Duration, what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A TCP counter of namespace `ns` from /proc/net/snmp (`Tcp`) or /proc/net/netstat (`TcpExt`), e.g.
+/// `("Tcp", "RetransSegs")`, `("TcpExt", "TCPSynRetrans")`.
+pub fn tcp_counter(ns: &str, group: &str, name: &str) -> u64 {
+    let file = if group == "Tcp" {
+        "/proc/net/snmp"
+    } else {
+        "/proc/net/netstat"
+    };
+    let text = ns_output(ns, &["cat", file]);
+    let prefix = format!("{group}:");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+    // Each group is a header line of names followed by a line of values.
+    let (names, values) = (rows[0], rows[1]);
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {group} {name} in {file}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
