@@ -324,3 +324,82 @@ async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
     assert_eq!(w2.started, 3, "{w2:?}");
     d.stop().await;
 }
+
+/// Process state letter of `pid` (`T` = stopped), if it exists.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+    let port = free_port();
+    // The server answers each connection with a line, so a frozen one is visible as no answer.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("srv.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('127.0.0.1', {port}))\ns.listen(8)\nwhile True:\n    c, _ = s.accept()\n    \
+             c.sendall(b'hi\\n')\n    c.close()\n"
+        ),
+    )
+    .unwrap();
+    let cmd = format!(
+        "      command: \"exec python3 {}\"\n      idle: freeze",
+        script.display()
+    );
+    let (d, log, dp) = start(&cmd, port).await;
+    let h = d.handle().clone();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    let text = log.text();
+    let pid: i32 = text
+        .split("msg=\"command started\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    let answer = || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        std::io::Read::read(&mut c, &mut b)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+    };
+    assert!(answer());
+
+    h.request(Request::Drain("app".into())).await.unwrap();
+    wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    assert!(!dp.is_enabled("app"));
+    assert_eq!(
+        proc_state(pid),
+        Some('T'),
+        "frozen, not stopped:\n{}",
+        log.text()
+    );
+    assert!(!answer(), "a frozen server must not answer");
+
+    let t0 = Instant::now();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(5)).await;
+    let resume = t0.elapsed();
+    eprintln!("resume to active: {resume:?}");
+    assert!(resume < Duration::from_millis(300), "{resume:?}");
+    assert_ne!(proc_state(pid), Some('T'));
+    assert!(answer(), "the same process answers again");
+    assert_eq!(
+        log.text().matches("msg=\"command started\"").count(),
+        1,
+        "no cold start"
+    );
+
+    // Shutdown ends a frozen process too.
+    h.request(Request::Drain("app".into())).await.unwrap();
+    wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    d.stop().await;
+    assert!(pids_in_group(pid).is_empty(), "{}", log.text());
+}

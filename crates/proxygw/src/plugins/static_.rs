@@ -614,6 +614,8 @@ impl TargetHandler for NoneTarget {
 /// A running command: its monitor task owns the child; drain asks it to stop.
 struct Running {
     pid: u32,
+    /// Stopped with SIGSTOP by a drain (`idle: freeze`); the next warm sends SIGCONT.
+    frozen: bool,
     stop: Option<oneshot::Sender<oneshot::Sender<String>>>,
     exited: watch::Receiver<Option<String>>,
 }
@@ -631,6 +633,8 @@ struct Cmd {
     run_dir: Option<std::path::PathBuf>,
     /// Set once a backend left running by a previous daemon has been looked for (and stopped).
     reclaimed: tokio::sync::OnceCell<()>,
+    /// `idle: freeze`: a drain stops the process group with SIGSTOP instead of ending it.
+    freeze: bool,
 }
 
 fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
@@ -659,6 +663,16 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
         running: tokio::sync::Mutex::new(None),
         run_dir: crate::instance::backends_dir(),
         reclaimed: tokio::sync::OnceCell::new(),
+        freeze: match o.get("idle") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) if s == "stop" => false,
+            Some(Value::String(s)) if s == "freeze" => true,
+            Some(other) => {
+                return Err(format!(
+                    "static cmd target option idle must be \"stop\" or \"freeze\", got {other}"
+                ))
+            }
+        },
     }))
 }
 
@@ -753,6 +767,7 @@ impl Cmd {
         );
         Ok(Running {
             pid,
+            frozen: false,
             stop: Some(stop_tx),
             exited: exit_rx,
         })
@@ -854,9 +869,22 @@ impl TargetHandler for Cmd {
     fn warm(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
-            if let Some(r) = guard.as_ref() {
+            if let Some(r) = guard.as_mut() {
                 if r.exited.borrow().is_none() {
-                    return Ok(());
+                    if !r.frozen {
+                        return Ok(());
+                    }
+                    process::ProcessGroup::new(r.pid)
+                        .signal(process::Signal::SIGCONT)
+                        .map_err(|e| format!("resume process group {}: {e}", r.pid))?;
+                    r.frozen = false;
+                    self.log.info(
+                        "command resumed",
+                        &[("target", &self.target), ("pid", &r.pid)],
+                    );
+                    let exited = r.exited.clone();
+                    drop(guard);
+                    return self.wait_ready(exited).await;
                 }
                 // It died on its own: forget it and start afresh (the original said "already started").
                 self.stop_running(&mut guard).await;
@@ -879,6 +907,31 @@ impl TargetHandler for Cmd {
     fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
+            if self.freeze {
+                if let Some(r) = guard.as_mut().filter(|r| r.exited.borrow().is_none()) {
+                    process::ProcessGroup::new(r.pid)
+                        .signal(process::Signal::SIGSTOP)
+                        .map_err(|e| format!("freeze process group {}: {e}", r.pid))?;
+                    r.frozen = true;
+                    self.log.info(
+                        "command frozen",
+                        &[("target", &self.target), ("pid", &r.pid)],
+                    );
+                    return Ok(());
+                }
+            }
+            self.stop_running(&mut guard).await;
+            Ok(())
+        })
+    }
+    fn close(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut guard = self.running.lock().await;
+            if let Some(r) = guard.as_mut().filter(|r| r.frozen) {
+                // A stopped process would not act on SIGINT before its grace ran out.
+                let _ = process::ProcessGroup::new(r.pid).signal(process::Signal::SIGCONT);
+                r.frozen = false;
+            }
             self.stop_running(&mut guard).await;
             Ok(())
         })
