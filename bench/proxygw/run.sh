@@ -97,6 +97,10 @@ http { access_log off; client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/
   server { listen 10.99.2.1:9000; root $WORK/www; } }
 NGX
 
+# The same server for the freeze tier (idle: freeze), on its own port.
+sed -e "s/10.99.2.1:9000/10.99.2.1:9001/" -e "s/cold-error.log/frz-error.log/" -e "s/cold.pid/frz.pid/" \
+  "$WORK/nginx/cold.conf" > "$WORK/nginx/frz.conf"
+
 cat > "$WORK/proxygw.yaml" <<YAML
 version: v1
 log: {output: $WORK/proxygw.log, level: INFO}
@@ -114,6 +118,13 @@ targets:
     options:
       command: "sleep $(awk "BEGIN{print $COLD_DELAY_MS/1000}"); exec nginx -c $WORK/nginx/cold.conf"
       stop_timeout: 2s
+  - name: frz
+    kind: static:cmd
+    idle_timeout: 1h
+    endpoints: [{name: http, protocol: tcp, address: "10.99.2.1:9001"}]
+    options:
+      command: "exec nginx -c $WORK/nginx/frz.conf"
+      idle: freeze
 frontends:
   - name: web
     kind: static:http
@@ -128,6 +139,12 @@ frontends:
     listen: "10.99.1.1:7000"
     flow_timeout: 30s
     target: cold:http
+  - name: frz
+    kind: static:tcp
+    protocol: tcp
+    listen: "10.99.1.1:7001"
+    flow_timeout: 30s
+    target: frz:http
 YAML
 log "proxygw in $G"
 ip netns exec "$G" "$BIN/proxygw" --config "$WORK/proxygw.yaml" & PIDS+=($!)
@@ -178,6 +195,18 @@ for _ in 1 2 3 4 5; do
   HEALS+=($(( ($(date +%s%N) - t0) / 1000000 )))
   sleep 0.3
 done
+log "freeze tier: frozen backend, first client's SYN to first byte (20 rounds)"
+ctl warm frz
+for _ in $(seq 200); do [ "$(state frz)" = active ] && break; sleep 0.05; done
+FRZ=()
+for _ in $(seq 20); do
+  ctl drain frz
+  for _ in $(seq 200); do [ "$(state frz)" = inactive ] && break; sleep 0.02; done
+  s="$(ip netns exec "$C" curl -s -o /dev/null -w '%{time_starttransfer}' --max-time 10 http://10.99.1.1:7001/)"
+  FRZ+=("$(awk "BEGIN{printf \"%.0f\", $s*1000}")")
+  for _ in $(seq 200); do [ "$(state frz)" = active ] && break; sleep 0.02; done
+done
+FRZ_SORTED=($(printf '%s\n' "${FRZ[@]}" | sort -n))
 HEAL_SORTED="$(printf '%s\n' "${HEALS[@]}" | sort -n | tr '\n' ' ')"
 
 ratio() { awk "BEGIN{ if ($2 > 0) printf \"%.3f\", $1/$2; else print \"n/a\" }"; }
@@ -192,4 +221,5 @@ printf '%-34s %12s %12s %12s %10s %10s\n' "bulk MiB/s (512 MiB)" "${T[a]}" "${T[
 echo
 echo "cold start, SYN to first byte: ${COLD_MS} ms (backend listens after ${COLD_DELAY_MS} ms; overhead $((COLD_MS-COLD_DELAY_MS)) ms, goal <= 50)"
 echo "drain after the last flow: idle_timeout 2s + ${DRAIN_EXTRA_MS} ms (goal <= 1000; poll granularity 20 ms + ctl round trip)"
+echo "freeze tier, frozen -> first byte ms (20 rounds): p50 ${FRZ_SORTED[9]}, p95 ${FRZ_SORTED[18]}, max ${FRZ_SORTED[19]} (goal p99 <= 300)"
 echo "heal after nft flush ruleset, ms to the first routed connection (5 rounds, sorted): ${HEAL_SORTED}(goal <= 2000)"
