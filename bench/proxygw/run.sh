@@ -4,7 +4,8 @@
 #   (b) client -> proxygw frontend (warm, kernel DNAT)
 #   (c) client -> systemd-socket-proxyd in the gateway namespace (user-space copy), same backend
 # wrk req/s and p99, bulk throughput (curl, 512 MiB), cold start of a static:cmd backend that takes a known time
-# to listen, and drain latency after the last flow. Prints a table with ratios. Needs root.
+# to listen, drain latency after the last flow, and heal time after `nft flush ruleset`. Prints a table with
+# ratios. Needs root.
 #
 # Usage: sudo bench/proxygw/run.sh [DURATION_SECONDS]
 set -euo pipefail
@@ -96,6 +97,10 @@ http { access_log off; client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/
   server { listen 10.99.2.1:9000; root $WORK/www; } }
 NGX
 
+# The same server for the freeze tier (idle: freeze), on its own port.
+sed -e "s/10.99.2.1:9000/10.99.2.1:9001/" -e "s/cold-error.log/frz-error.log/" -e "s/cold.pid/frz.pid/" \
+  "$WORK/nginx/cold.conf" > "$WORK/nginx/frz.conf"
+
 cat > "$WORK/proxygw.yaml" <<YAML
 version: v1
 log: {output: $WORK/proxygw.log, level: INFO}
@@ -113,6 +118,13 @@ targets:
     options:
       command: "sleep $(awk "BEGIN{print $COLD_DELAY_MS/1000}"); exec nginx -c $WORK/nginx/cold.conf"
       stop_timeout: 2s
+  - name: frz
+    kind: static:cmd
+    idle_timeout: 1h
+    endpoints: [{name: http, protocol: tcp, address: "10.99.2.1:9001"}]
+    options:
+      command: "exec nginx -c $WORK/nginx/frz.conf"
+      idle: freeze
 frontends:
   - name: web
     kind: static:http
@@ -127,6 +139,12 @@ frontends:
     listen: "10.99.1.1:7000"
     flow_timeout: 30s
     target: cold:http
+  - name: frz
+    kind: static:tcp
+    protocol: tcp
+    listen: "10.99.1.1:7001"
+    flow_timeout: 30s
+    target: frz:http
 YAML
 log "proxygw in $G"
 ip netns exec "$G" "$BIN/proxygw" --config "$WORK/proxygw.yaml" & PIDS+=($!)
@@ -165,6 +183,32 @@ T_CLOSE="$(date +%s.%N)"
 for _ in $(seq 400); do [ "$(state cold)" = inactive ] && break; sleep 0.02; done
 T_DRAIN="$(date +%s.%N)"
 
+log "heal: nft flush ruleset, then time until a new connection is routed again (5 rounds)"
+HEALS=()
+for _ in 1 2 3 4 5; do
+  ip netns exec "$G" nft flush ruleset
+  t0="$(date +%s%N)"
+  until ip netns exec "$C" curl -sf --max-time 0.2 http://10.99.1.1:8080/ 2>/dev/null | grep -qx ok; do
+    [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 10000 ] || { echo "not healed within 10 s" >&2; exit 1; }
+    sleep 0.005
+  done
+  HEALS+=($(( ($(date +%s%N) - t0) / 1000000 )))
+  sleep 0.3
+done
+log "freeze tier: frozen backend, first client's SYN to first byte (20 rounds)"
+ctl warm frz
+for _ in $(seq 200); do [ "$(state frz)" = active ] && break; sleep 0.05; done
+FRZ=()
+for _ in $(seq 20); do
+  ctl drain frz
+  for _ in $(seq 200); do [ "$(state frz)" = inactive ] && break; sleep 0.02; done
+  s="$(ip netns exec "$C" curl -s -o /dev/null -w '%{time_starttransfer}' --max-time 10 http://10.99.1.1:7001/)"
+  FRZ+=("$(awk "BEGIN{printf \"%.0f\", $s*1000}")")
+  for _ in $(seq 200); do [ "$(state frz)" = active ] && break; sleep 0.02; done
+done
+FRZ_SORTED=($(printf '%s\n' "${FRZ[@]}" | sort -n))
+HEAL_SORTED="$(printf '%s\n' "${HEALS[@]}" | sort -n | tr '\n' ' ')"
+
 ratio() { awk "BEGIN{ if ($2 > 0) printf \"%.3f\", $1/$2; else print \"n/a\" }"; }
 COLD_MS="$(awk "BEGIN{printf \"%.0f\", $COLD_S*1000}")"
 DRAIN_EXTRA_MS="$(awk "BEGIN{printf \"%.0f\", ($T_DRAIN-$T_CLOSE-2)*1000}")"
@@ -177,3 +221,5 @@ printf '%-34s %12s %12s %12s %10s %10s\n' "bulk MiB/s (512 MiB)" "${T[a]}" "${T[
 echo
 echo "cold start, SYN to first byte: ${COLD_MS} ms (backend listens after ${COLD_DELAY_MS} ms; overhead $((COLD_MS-COLD_DELAY_MS)) ms, goal <= 50)"
 echo "drain after the last flow: idle_timeout 2s + ${DRAIN_EXTRA_MS} ms (goal <= 1000; poll granularity 20 ms + ctl round trip)"
+echo "freeze tier, frozen -> first byte ms (20 rounds): p50 ${FRZ_SORTED[9]}, p95 ${FRZ_SORTED[18]}, max ${FRZ_SORTED[19]} (goal p99 <= 300)"
+echo "heal after nft flush ruleset, ms to the first routed connection (5 rounds, sorted): ${HEAL_SORTED}(goal <= 2000)"

@@ -68,6 +68,11 @@ pub struct SpawnOptions {
     /// group are still detected, signalled, stopped and reaped. Only for a process that supervises this
     /// one child (cwproxy). Ignored on other platforms.
     pub adopt_orphans: bool,
+    /// Linux: the signal the kernel sends the child when the thread that spawned it dies, even by `kill -9`
+    /// (`PR_SET_PDEATHSIG`), so a supervised child cannot outlive its supervisor. It reaches the child process
+    /// only, not the rest of its group; spawn from a thread that lives as long as the supervisor (a tokio
+    /// worker, not a blocking-pool thread). Ignored on other platforms.
+    pub parent_death_signal: Option<Signal>,
 }
 
 /// How a child process ended.
@@ -323,6 +328,22 @@ impl Child {
             .process_group(0);
         if let Some(dir) = &opts.current_dir {
             cmd.current_dir(dir);
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(sig) = opts.parent_death_signal {
+            let parent = std::process::id();
+            // SAFETY: between fork and exec this runs only prctl and getppid, both async-signal-safe, and
+            // allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)?;
+                    // A parent that died before the prctl would never send the signal.
+                    if std::os::unix::process::parent_id() != parent {
+                        return Err(io::Error::other("parent exited during spawn"));
+                    }
+                    Ok(())
+                });
+            }
         }
         let adopt = opts.adopt_orphans && cfg!(target_os = "linux");
         #[cfg(target_os = "linux")]

@@ -97,6 +97,18 @@ impl Client {
         .await
     }
 
+    /// ReloadRequest: the daemon re-reads its config; an invalid one is refused with the reason.
+    pub async fn reload(&mut self) -> Result<(), String> {
+        let _: EmptyBody = self
+            .call(
+                method::RELOAD_REQUEST,
+                method::RELOAD_RESPONSE,
+                &EmptyBody {},
+            )
+            .await?;
+        Ok(())
+    }
+
     /// WarmTargetRequest.
     pub async fn warm(&mut self, name: &str) -> Result<(), String> {
         let body = NameBody { name: name.into() };

@@ -154,6 +154,43 @@ pub struct TargetConfig {
     pub endpoints: Vec<Endpoint>,
     /// Kind options, checked against the kind's schema.
     pub options: Map<String, Value>,
+    /// Most starts frontend wakes may cause per window (`wake_rate: "5/1m"`); `None`: unlimited.
+    pub wake_rate: Option<WakeRate>,
+}
+
+/// `wake_rate`: at most `starts` starts in any window of `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeRate {
+    /// Starts allowed per window (≥ 1).
+    pub starts: u32,
+    /// The window (≥ 1s).
+    pub per: Duration,
+}
+
+impl WakeRate {
+    /// Parses `N/DURATION`, e.g. `5/1m`, `1/30s`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (n, d) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{} is not N/DURATION (e.g. \"5/1m\")", go_quote(text)))?;
+        let starts: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{}: N must be a whole number ≥ 1", go_quote(text)))?;
+        let ns = crate::syntax::parse_go_duration(d.trim())?;
+        if ns < 1_000_000_000 {
+            return Err(format!(
+                "{}: the window must be at least 1s",
+                go_quote(text)
+            ));
+        }
+        Ok(Self {
+            starts,
+            per: Duration::from_nanos(ns as u64),
+        })
+    }
 }
 
 /// One `frontends[]` entry.
@@ -254,7 +291,14 @@ pub fn load_str(text: &str) -> Result<Config, ConfigError> {
 
 const TOP_KEYS: &[&str] = &["version", "log", "plugins", "targets", "frontends"];
 const LOG_KEYS: &[&str] = &["output", "level"];
-const TARGET_KEYS: &[&str] = &["name", "kind", "idle_timeout", "endpoints", "options"];
+const TARGET_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "idle_timeout",
+    "endpoints",
+    "options",
+    "wake_rate",
+];
 const ENDPOINT_KEYS: &[&str] = &["name", "protocol", "address"];
 const FRONTEND_KEYS: &[&str] = &[
     "name",
@@ -329,6 +373,7 @@ struct RawTarget {
     idle_timeout_text: String,
     endpoints: Vec<RawEndpoint>,
     options: Map<String, Value>,
+    wake_rate: Option<WakeRate>,
 }
 
 #[derive(Default)]
@@ -451,6 +496,16 @@ fn decode(doc: &Value) -> Result<RawConfig, ConfigError> {
                 idle_timeout_ns: with_path(ttl(&idle), &format!("{p}.idle_timeout"))?,
                 idle_timeout_text: idle,
                 options: mapping(t.get("options"), &format!("{p}.options"))?.unwrap_or_default(),
+                wake_rate: match t.get("wake_rate") {
+                    None | Some(Value::Null) => None,
+                    v => {
+                        let rate = text(v, &format!("{p}.wake_rate"))?;
+                        Some(with_path(
+                            WakeRate::parse(&rate),
+                            &format!("{p}.wake_rate"),
+                        )?)
+                    }
+                },
                 ..RawTarget::default()
             };
             for (j, e) in list(t.get("endpoints"), &format!("{p}.endpoints"))?
@@ -715,6 +770,7 @@ fn finish(raw: RawConfig) -> Result<Config, ConfigError> {
             idle_timeout: Duration::from_secs((t.idle_timeout_ns / 1_000_000_000) as u64),
             endpoints,
             options: t.options,
+            wake_rate: t.wake_rate,
         });
     }
     let mut frontends = Vec::new();

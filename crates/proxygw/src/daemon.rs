@@ -34,6 +34,18 @@ impl Daemon {
         log: Logger,
         before_run: impl FnOnce(&EngineHandle),
     ) -> Result<Self, String> {
+        Self::start_reloadable(cfg, reg, dp, log, None, before_run).await
+    }
+
+    /// Like [`Daemon::start_with`]; `reloader` re-reads the config for SIGHUP and `proxygwctl reload`.
+    pub async fn start_reloadable<D: Dataplane>(
+        cfg: &Config,
+        reg: &Registry,
+        dp: D,
+        log: Logger,
+        reloader: Option<engine::Reloader>,
+        before_run: impl FnOnce(&EngineHandle),
+    ) -> Result<Self, String> {
         for m in &reg.missing {
             log.info("plugin not compiled in; skipped", &[("source", m)]);
         }
@@ -54,7 +66,12 @@ impl Daemon {
             }
         }
         let engine = match Engine::build(cfg, reg, dp, inbox, log.clone()).await {
-            Ok(e) => e,
+            Ok(mut e) => {
+                if let Some(r) = reloader {
+                    e.set_reloader(r);
+                }
+                e
+            }
             Err(e) => {
                 unload_all(loaded).await;
                 return Err(e);

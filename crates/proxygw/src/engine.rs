@@ -23,6 +23,10 @@ use crate::protocol::{EndpointInfo, FrontendStatus, StatusResponse, TargetStatus
 pub const EVENT_QUEUE: usize = 4096;
 /// How long shutdown waits for one handler's close before moving on.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait after a failed start; doubled after each further failure, up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between failed starts; a target that stays active this long starts from [`BACKOFF_BASE`] again.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Retry interval after a failed DNAT disable.
 pub const DISABLE_RETRY: Duration = Duration::from_secs(5);
 
@@ -96,6 +100,8 @@ pub enum WarmOrigin {
     Ctl,
     /// Rebuilt after a restart from live conntrack flows.
     Restart,
+    /// A wake held back by a failed start's backoff, now due.
+    Backoff,
 }
 
 impl std::fmt::Display for WarmOrigin {
@@ -108,6 +114,7 @@ impl std::fmt::Display for WarmOrigin {
             Self::Frontend { name, source: None } => write!(f, "frontend {name}"),
             Self::Ctl => f.write_str("ctl"),
             Self::Restart => f.write_str("restart"),
+            Self::Backoff => f.write_str("backoff ended"),
         }
     }
 }
@@ -125,7 +132,15 @@ pub enum Request {
     Start(String),
     /// Stop a frontend.
     Stop(String),
+    /// Re-read the config and apply what changed (targets and frontends; plugins and log need a restart).
+    Reload,
 }
+
+/// Loads and checks the config again for [`Request::Reload`] (the daemon reads its `--config` file).
+pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+type TargetKinds = BTreeMap<String, (crate::plugins::TargetCtor, usize)>;
+type FrontendKinds = BTreeMap<String, (crate::plugins::FrontendCtor, usize)>;
 
 /// Reply to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +167,10 @@ enum Event {
         target: String,
         reason: String,
     },
+    /// A frontend refused a client's wake (not in `wake_allow`).
+    Refused {
+        target: String,
+    },
     Done {
         name: String,
         epoch: u64,
@@ -159,6 +178,8 @@ enum Event {
         result: Result<(), String>,
     },
     Flow(FlowEvent),
+    /// Compare the dataplane with the kernel and re-apply what is missing.
+    Heal,
     Ctl(Request, oneshot::Sender<Result<Reply, String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -179,6 +200,13 @@ impl std::fmt::Debug for Event {
 }
 
 impl Waker {
+    /// Counts a wake the frontend refused because the client is not in its `wake_allow` (it logs the source).
+    pub fn refused(&self) {
+        let _ = self.tx.try_send(Event::Refused {
+            target: self.target.clone(),
+        });
+    }
+
     /// Signals warm; `source` is the client address, logged with the wake.
     pub fn wake(&self, source: Option<SocketAddr>) {
         let _ = self.tx.try_send(Event::Wake {
@@ -252,6 +280,13 @@ impl EngineHandle {
         }
     }
 
+    /// A sender of heal requests (the nftables monitor).
+    pub fn heal_sink(&self) -> HealSink {
+        HealSink {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Shuts the engine down (frontends, then targets, then the dataplane) and waits until it is done.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -279,6 +314,19 @@ impl FlowSink {
     }
 }
 
+/// Asks the engine to compare its dataplane with the kernel (see [`Dataplane::heal`]).
+#[derive(Clone, Debug)]
+pub struct HealSink {
+    tx: mpsc::Sender<Event>,
+}
+
+impl HealSink {
+    /// From a plain thread; false once the engine is gone.
+    pub fn blocking_send(&self) -> bool {
+        self.tx.blocking_send(Event::Heal).is_ok()
+    }
+}
+
 struct Target {
     cfg: TargetConfig,
     kind: String,
@@ -296,6 +344,17 @@ struct Target {
     /// The error to keep when a rollback drain finishes.
     rollback_error: Option<String>,
     retry_disable_at: Option<Instant>,
+    counters: crate::protocol::WakeCounters,
+    /// Failed starts in a row; the backoff doubles with each.
+    failures_in_row: u32,
+    /// No frontend wake starts the target before this (ctl `warm` does).
+    backoff_until: Option<Instant>,
+    /// A frontend wake arrived during the backoff: start when it ends.
+    wake_after_backoff: bool,
+    /// When the target last became active (a long run resets the backoff).
+    active_since: Option<Instant>,
+    /// Start times within the `wake_rate` window, oldest first.
+    recent_starts: std::collections::VecDeque<Instant>,
 }
 
 struct Frontend {
@@ -318,6 +377,9 @@ pub struct Engine<D: Dataplane> {
     targets: BTreeMap<String, Target>,
     frontends: BTreeMap<String, Frontend>,
     closed: bool,
+    target_kinds: TargetKinds,
+    frontend_kinds: FrontendKinds,
+    reloader: Option<Reloader>,
 }
 
 /// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
@@ -345,105 +407,16 @@ impl<D: Dataplane> Engine<D> {
         let EngineInbox { tx, rx } = inbox;
         let mut targets = BTreeMap::new();
         for t in &cfg.targets {
-            let kind = t.kind.to_string();
-            let (ctor, _) = reg
-                .targets
-                .get(&kind)
-                .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
-            let ctx = TargetCtx {
-                name: t.name.clone(),
-                endpoints: t.endpoints.clone(),
-                log: log.clone(),
-                exited: ExitNotifier {
-                    tx: tx.clone(),
-                    target: t.name.clone(),
-                },
-            };
-            let handler = ctor(&ctx, &t.options).map_err(|e| {
-                format!("create target {:?}: handler for kind {kind:?}: {e}", t.name)
-            })?;
-            let (state_tx, _) = watch::channel(TargetState::Inactive);
-            targets.insert(
-                t.name.clone(),
-                Target {
-                    cfg: t.clone(),
-                    kind,
-                    handler,
-                    state: TargetState::Inactive,
-                    state_tx,
-                    last_error: String::new(),
-                    epoch: 0,
-                    op: None,
-                    mappings: Vec::new(),
-                    flows: HashSet::new(),
-                    idle_since: Instant::now(),
-                    warm_pending: false,
-                    rollback_error: None,
-                    retry_disable_at: None,
-                },
-            );
+            targets.insert(t.name.clone(), new_target(t, &reg.targets, &log, &tx, 0)?);
         }
         let mut frontends = BTreeMap::new();
         for f in &cfg.frontends {
-            let kind = f.kind.to_string();
             let target = targets
                 .get_mut(&f.target_name)
                 .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
-            let ep = target
-                .cfg
-                .endpoints
-                .iter()
-                .find(|e| e.name == f.endpoint_name)
-                .ok_or_else(|| {
-                    format!(
-                        "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
-                        f.name, f.endpoint_name, f.target_name
-                    )
-                })?;
-            let backend = ep.address;
-            let (ctor, _) = reg.frontends.get(&kind).ok_or_else(|| {
-                format!("create frontend {:?}: frontend kind not registered", f.name)
-            })?;
-            let ctx = FrontendCtx {
-                name: f.name.clone(),
-                target: f.target_name.clone(),
-                protocol: f.protocol,
-                listen: f.listen,
-                backend,
-                log: log.clone(),
-                waker: Waker {
-                    tx: tx.clone(),
-                    target: f.target_name.clone(),
-                    frontend: f.name.clone(),
-                },
-                target_state: target.state_tx.subscribe(),
-            };
-            let handler = ctor(&ctx, &f.options).map_err(|e| {
-                format!(
-                    "create frontend {:?}: handler for kind {kind:?}: {e}",
-                    f.name
-                )
-            })?;
-            target.mappings.push(Mapping {
-                protocol: f.protocol,
-                listen: f.listen,
-                backend,
-                flow_timeout: f.flow_timeout,
-                masquerade: f.masquerade,
-            });
-            frontends.insert(
-                f.name.clone(),
-                Frontend {
-                    cfg: f.clone(),
-                    kind,
-                    handler,
-                    state: FrontendState::Stopped,
-                    last_error: String::new(),
-                    epoch: 0,
-                    op: None,
-                    backend,
-                },
-            );
+            let (front, mapping) = new_frontend(f, target, &reg.frontends, &log, &tx)?;
+            target.mappings.push(mapping);
+            frontends.insert(f.name.clone(), front);
         }
         for (name, t) in &targets {
             dp.add_group(name, &t.mappings)
@@ -458,7 +431,15 @@ impl<D: Dataplane> Engine<D> {
             targets,
             frontends,
             closed: false,
+            target_kinds: reg.targets.clone(),
+            frontend_kinds: reg.frontends.clone(),
+            reloader: None,
         })
+    }
+
+    /// Lets [`Request::Reload`] (SIGHUP, `proxygwctl reload`) read the config again.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
     }
 
     /// Runs until shutdown: rebuilds state from existing flows, starts every frontend, then serves events.
@@ -536,6 +517,7 @@ impl<D: Dataplane> Engine<D> {
                     t.retry_disable_at
                         .unwrap_or(t.idle_since + t.cfg.idle_timeout),
                 ),
+                TargetState::Inactive if t.wake_after_backoff => t.backoff_until,
                 _ => None,
             })
             .min()
@@ -559,6 +541,19 @@ impl<D: Dataplane> Engine<D> {
             self.log.info("target idle; draining", &[("target", &name)]);
             let _ = self.drain(&name).await;
         }
+        let backed_off: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                t.state == TargetState::Inactive
+                    && t.wake_after_backoff
+                    && t.backoff_until.is_none_or(|u| u <= now)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in backed_off {
+            self.warm(&name, WarmOrigin::Backoff);
+        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -569,6 +564,11 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
             Event::Exited { target, reason } => self.on_exited(&target, reason).await,
+            Event::Refused { target } => {
+                if let Some(t) = self.targets.get_mut(&target) {
+                    t.counters.refused_allow += 1;
+                }
+            }
             Event::Done {
                 name,
                 epoch,
@@ -580,6 +580,15 @@ impl<D: Dataplane> Engine<D> {
                 Op::Start | Op::Stop => self.on_frontend_done(&name, epoch, op, result),
             },
             Event::Flow(fe) => self.on_flow(fe),
+            Event::Heal if !self.closed => match self.dp.heal().await {
+                Ok(None) => {}
+                Ok(Some(missing)) => self.log.warn(
+                    "dataplane state was removed or changed outside proxygw; re-applied",
+                    &[("missing", &missing)],
+                ),
+                Err(e) => self.log.warn("dataplane heal failed", &[("err", &e)]),
+            },
+            Event::Heal => {}
             Event::Ctl(req, reply) => {
                 let r = self.on_ctl(req).await;
                 let _ = reply.send(r);
@@ -597,6 +606,20 @@ impl<D: Dataplane> Engine<D> {
         }
         match req {
             Request::Status => Ok(Reply::Status(self.status())),
+            Request::Reload => {
+                let Some(load) = self.reloader.clone() else {
+                    return Err("reload: this engine has no config file to read".into());
+                };
+                let result = match load() {
+                    Ok(cfg) => self.reload(&cfg).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    self.log
+                        .error("reload failed; the running config stays", &[("err", e)]);
+                }
+                result
+            }
             Request::Warm(name) => {
                 if !self.targets.contains_key(&name) {
                     return Err(format!("target {name:?}: target not registered"));
@@ -721,6 +744,35 @@ impl<D: Dataplane> Engine<D> {
         }
     }
 
+    /// Counts a failed start (or an active backend that exited by itself) and backs the target off: frontend
+    /// wakes start it no sooner than 1 s, 2 s, 4 s … (up to [`BACKOFF_MAX`]) after the failure.
+    fn failed_start(&mut self, name: &str) {
+        let Some(t) = self.targets.get_mut(name) else {
+            return;
+        };
+        let now = Instant::now();
+        if t.active_since
+            .take()
+            .is_some_and(|a| now - a >= BACKOFF_MAX)
+        {
+            t.failures_in_row = 0;
+        }
+        t.counters.failed_starts += 1;
+        let wait = BACKOFF_BASE
+            .saturating_mul(1u32 << t.failures_in_row.min(16))
+            .min(BACKOFF_MAX);
+        t.failures_in_row = t.failures_in_row.saturating_add(1);
+        t.backoff_until = Some(now + wait);
+        self.log.warn(
+            "target start failed; backing off",
+            &[
+                ("target", &name),
+                ("failures_in_row", &t.failures_in_row),
+                ("backoff", &crate::syntax::format_go_duration(wait)),
+            ],
+        );
+    }
+
     fn set_state(&mut self, name: &str, state: TargetState) {
         if let Some(t) = self.targets.get_mut(name) {
             if t.state != state {
@@ -742,6 +794,7 @@ impl<D: Dataplane> Engine<D> {
         let Some(t) = self.targets.get_mut(name) else {
             return;
         };
+        let over_rate = t.state == TargetState::Inactive && rate_exceeded(t, &origin);
         match t.state {
             TargetState::Active => {
                 // A warm signal also resets the idle clock.
@@ -766,11 +819,35 @@ impl<D: Dataplane> Engine<D> {
                 );
             }
             TargetState::Closed => {}
+            TargetState::Inactive
+                if !matches!(origin, WarmOrigin::Ctl)
+                    && t.backoff_until.is_some_and(|u| u > Instant::now()) =>
+            {
+                t.counters.deferred_backoff += 1;
+                if !t.wake_after_backoff {
+                    t.wake_after_backoff = true;
+                    self.log.info(
+                        "warm signal received during backoff; will start when it ends",
+                        &[("target", &name), ("origin", &origin)],
+                    );
+                }
+            }
+            TargetState::Inactive if over_rate => {
+                t.counters.refused_rate += 1;
+                t.wake_after_backoff = false;
+                self.log.info(
+                    "wake refused: wake_rate",
+                    &[("target", &name), ("origin", &origin)],
+                );
+            }
             TargetState::Inactive => {
                 self.log.info(
                     "warm signal received",
                     &[("target", &name), ("origin", &origin)],
                 );
+                t.counters.started += 1;
+                t.recent_starts.push_back(Instant::now());
+                t.wake_after_backoff = false;
                 t.last_error.clear();
                 t.rollback_error = None;
                 t.warm_pending = false;
@@ -826,6 +903,7 @@ impl<D: Dataplane> Engine<D> {
             self.log
                 .error("target warm failed", &[("target", &name), ("err", &e)]);
             t.last_error = e;
+            self.failed_start(name);
             self.set_state(name, TargetState::Inactive);
             return;
         }
@@ -839,6 +917,7 @@ impl<D: Dataplane> Engine<D> {
                 if let Some(t) = self.targets.get_mut(name) {
                     t.idle_since = Instant::now();
                     t.retry_disable_at = None;
+                    t.active_since = Some(Instant::now());
                 }
                 self.set_state(name, TargetState::Active);
             }
@@ -851,6 +930,7 @@ impl<D: Dataplane> Engine<D> {
                     t.last_error = msg.clone();
                     t.rollback_error = Some(msg);
                 }
+                self.failed_start(name);
                 self.spawn_drain(name);
             }
         }
@@ -941,6 +1021,7 @@ impl<D: Dataplane> Engine<D> {
         if t.state != TargetState::Active {
             return;
         }
+        self.failed_start(name);
         let msg = format!("backend exited: {reason}");
         if let Err(e) = self.dp.set_enabled(name, false).await {
             if let Some(t) = self.targets.get_mut(name) {
@@ -1033,6 +1114,15 @@ impl<D: Dataplane> Engine<D> {
                         state: t.state.as_str().into(),
                         last_error: t.last_error.clone(),
                         endpoints,
+                        wakes: Some(crate::protocol::WakeCounters {
+                            backoff: t
+                                .backoff_until
+                                .and_then(|u| u.checked_duration_since(Instant::now()))
+                                .filter(|d| !d.is_zero())
+                                .map(crate::syntax::format_go_duration)
+                                .unwrap_or_default(),
+                            ..t.counters.clone()
+                        }),
                     }
                 })
                 .collect(),
@@ -1059,59 +1149,344 @@ impl<D: Dataplane> Engine<D> {
         self.closed = true;
         let names: Vec<String> = self.frontends.keys().cloned().collect();
         for n in &names {
-            let Some(f) = self.frontends.get_mut(n) else {
-                continue;
-            };
-            if let Some(op) = f.op.take() {
-                op.abort();
-            }
-            f.state = FrontendState::Closed;
-            let h = f.handler.clone();
-            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.log
-                        .warn("frontend close failed", &[("frontend", n), ("err", &e)]);
-                    if let Some(f) = self.frontends.get_mut(n) {
-                        f.last_error = e;
-                    }
-                }
-                Err(_) => self
-                    .log
-                    .warn("frontend close timed out", &[("frontend", n)]),
-            }
+            self.close_frontend(n).await;
         }
         let names: Vec<String> = self.targets.keys().cloned().collect();
         for n in &names {
-            if let Err(e) = self.dp.set_enabled(n, false).await {
-                self.log
-                    .warn("disable DNAT failed", &[("target", n), ("err", &e)]);
-            }
-            let _ = self.dp.flush_flows(n, false).await;
-            let Some(t) = self.targets.get_mut(n) else {
-                continue;
-            };
-            if let Some(op) = t.op.take() {
-                op.abort();
-            }
-            let h = t.handler.clone();
-            self.set_state(n, TargetState::Closed);
-            match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.log
-                        .warn("target close failed", &[("target", n), ("err", &e)]);
-                    if let Some(t) = self.targets.get_mut(n) {
-                        t.last_error = e;
-                    }
-                }
-                Err(_) => self.log.warn("target close timed out", &[("target", n)]),
-            }
+            self.close_target(n).await;
         }
         if let Err(e) = self.dp.close().await {
             self.log.error("dataplane close failed", &[("err", &e)]);
         }
     }
+
+    /// Stops a frontend for good (shutdown, or removed by a reload); it stays listed as `closed`.
+    async fn close_frontend(&mut self, n: &str) {
+        let Some(f) = self.frontends.get_mut(n) else {
+            return;
+        };
+        if let Some(op) = f.op.take() {
+            op.abort();
+        }
+        f.state = FrontendState::Closed;
+        let h = f.handler.clone();
+        match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.log
+                    .warn("frontend close failed", &[("frontend", &n), ("err", &e)]);
+                if let Some(f) = self.frontends.get_mut(n) {
+                    f.last_error = e;
+                }
+            }
+            Err(_) => self
+                .log
+                .warn("frontend close timed out", &[("frontend", &n)]),
+        }
+    }
+
+    /// DNAT off, flows flushed, handler closed (shutdown, or removed by a reload); it stays listed as `closed`.
+    async fn close_target(&mut self, n: &str) {
+        if let Err(e) = self.dp.set_enabled(n, false).await {
+            self.log
+                .warn("disable DNAT failed", &[("target", &n), ("err", &e)]);
+        }
+        let _ = self.dp.flush_flows(n, false).await;
+        let Some(t) = self.targets.get_mut(n) else {
+            return;
+        };
+        if let Some(op) = t.op.take() {
+            op.abort();
+        }
+        let h = t.handler.clone();
+        self.set_state(n, TargetState::Closed);
+        match tokio::time::timeout(CLOSE_TIMEOUT, h.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.log
+                    .warn("target close failed", &[("target", &n), ("err", &e)]);
+                if let Some(t) = self.targets.get_mut(n) {
+                    t.last_error = e;
+                }
+            }
+            Err(_) => self.log.warn("target close timed out", &[("target", &n)]),
+        }
+    }
+
+    /// Applies a new config: targets and frontends that are new or changed are built first (any failure
+    /// changes nothing), then removed and changed ones are closed, and the new ones registered and started.
+    /// Unchanged targets keep their state, backend and flows; their DNAT group only gains or loses the
+    /// mappings of added or removed frontends.
+    async fn reload(&mut self, cfg: &Config) -> Result<Reply, String> {
+        let keep_target = |t: &TargetConfig| {
+            self.targets
+                .get(&t.name)
+                .is_some_and(|old| old.cfg == *t && old.state != TargetState::Closed)
+        };
+        // Build everything new before touching anything.
+        let mut new_targets = BTreeMap::new();
+        for t in cfg.targets.iter().filter(|t| !keep_target(t)) {
+            let epoch = self.targets.get(&t.name).map_or(0, |o| o.epoch + 1);
+            new_targets.insert(
+                t.name.clone(),
+                new_target(t, &self.target_kinds, &self.log, &self.tx, epoch)?,
+            );
+        }
+        let mut new_fronts = Vec::new();
+        for f in &cfg.frontends {
+            let unchanged = !new_targets.contains_key(&f.target_name)
+                && self
+                    .frontends
+                    .get(&f.name)
+                    .is_some_and(|old| old.cfg == *f && old.state != FrontendState::Closed);
+            if unchanged {
+                continue;
+            }
+            let target = new_targets
+                .get(&f.target_name)
+                .or_else(|| self.targets.get(&f.target_name))
+                .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
+            let (front, mapping) =
+                new_frontend(f, target, &self.frontend_kinds, &self.log, &self.tx)?;
+            new_fronts.push((front, mapping));
+        }
+        // Close what goes: frontends first (removed, changed, or of a replaced target), then targets.
+        let gone_fronts: Vec<String> = self
+            .frontends
+            .iter()
+            .filter(|(n, f)| {
+                new_targets.contains_key(&f.cfg.target_name)
+                    || !cfg.frontends.iter().any(|c| &c.name == *n && *c == f.cfg)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &gone_fronts {
+            if self
+                .frontends
+                .get(n)
+                .is_some_and(|f| f.state != FrontendState::Closed)
+            {
+                self.close_frontend(n).await;
+            }
+            self.frontends.remove(n);
+        }
+        let gone_targets: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|n| new_targets.contains_key(*n) || !cfg.targets.iter().any(|c| &c.name == *n))
+            .cloned()
+            .collect();
+        for n in &gone_targets {
+            if self
+                .targets
+                .get(n)
+                .is_some_and(|t| t.state != TargetState::Closed)
+            {
+                self.close_target(n).await;
+            }
+            self.targets.remove(n);
+            if let Err(e) = self.dp.remove_group(n).await {
+                self.log
+                    .warn("remove flow group failed", &[("target", n), ("err", &e)]);
+            }
+        }
+        // Register the new, re-map the kept.
+        let added_targets: Vec<String> = new_targets.keys().cloned().collect();
+        self.targets.extend(new_targets);
+        for t in self.targets.values_mut() {
+            t.mappings.clear();
+        }
+        let added_fronts: Vec<String> =
+            new_fronts.iter().map(|(f, _)| f.cfg.name.clone()).collect();
+        for (front, _) in new_fronts {
+            self.frontends.insert(front.cfg.name.clone(), front);
+        }
+        for f in &cfg.frontends {
+            let (Some(front), Some(t)) = (
+                self.frontends.get(&f.name),
+                self.targets.get_mut(&f.target_name),
+            ) else {
+                continue;
+            };
+            t.mappings.push(Mapping {
+                protocol: front.cfg.protocol,
+                listen: front.cfg.listen,
+                backend: front.backend,
+                flow_timeout: front.cfg.flow_timeout,
+                masquerade: front.cfg.masquerade,
+            });
+        }
+        let groups: Vec<(String, Vec<Mapping>)> = self
+            .targets
+            .iter()
+            .map(|(n, t)| (n.clone(), t.mappings.clone()))
+            .collect();
+        for (n, mappings) in groups {
+            self.dp
+                .set_group(&n, &mappings)
+                .await
+                .map_err(|e| format!("reload: target {n:?}: flow group: {e}"))?;
+        }
+        for n in &added_fronts {
+            self.start_frontend(n);
+        }
+        let removed: Vec<&String> = gone_targets
+            .iter()
+            .chain(&gone_fronts)
+            .filter(|n| !added_targets.contains(n) && !added_fronts.contains(n))
+            .collect();
+        self.log.info(
+            "config reloaded",
+            &[
+                ("targets_added_or_changed", &added_targets.join(",")),
+                ("frontends_added_or_changed", &added_fronts.join(",")),
+                (
+                    "removed",
+                    &removed
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
+        );
+        Ok(Reply::Done)
+    }
+}
+
+/// True if a start caused by `origin` now would exceed the target's `wake_rate` (ctl and restarts are not
+/// limited); forgets starts older than the window.
+fn rate_exceeded(t: &mut Target, origin: &WarmOrigin) -> bool {
+    let Some(rate) = t.cfg.wake_rate else {
+        return false;
+    };
+    let now = Instant::now();
+    while t
+        .recent_starts
+        .front()
+        .is_some_and(|s| now - *s >= rate.per)
+    {
+        t.recent_starts.pop_front();
+    }
+    // Keep the queue bounded by what the rule can look at.
+    while t.recent_starts.len() > rate.starts as usize {
+        t.recent_starts.pop_front();
+    }
+    matches!(origin, WarmOrigin::Frontend { .. } | WarmOrigin::Backoff)
+        && t.recent_starts.len() >= rate.starts as usize
+}
+
+/// A target from its config, handler built, nothing started; `epoch` continues a replaced target's so results
+/// of the old one's operations are never taken for the new one's.
+fn new_target(
+    t: &TargetConfig,
+    kinds: &TargetKinds,
+    log: &Logger,
+    tx: &mpsc::Sender<Event>,
+    epoch: u64,
+) -> Result<Target, String> {
+    let kind = t.kind.to_string();
+    let (ctor, _) = kinds
+        .get(&kind)
+        .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
+    let ctx = TargetCtx {
+        name: t.name.clone(),
+        endpoints: t.endpoints.clone(),
+        log: log.clone(),
+        exited: ExitNotifier {
+            tx: tx.clone(),
+            target: t.name.clone(),
+        },
+    };
+    let handler = ctor(&ctx, &t.options)
+        .map_err(|e| format!("create target {:?}: handler for kind {kind:?}: {e}", t.name))?;
+    let (state_tx, _) = watch::channel(TargetState::Inactive);
+    Ok(Target {
+        cfg: t.clone(),
+        kind,
+        handler,
+        state: TargetState::Inactive,
+        state_tx,
+        last_error: String::new(),
+        epoch,
+        op: None,
+        mappings: Vec::new(),
+        flows: HashSet::new(),
+        idle_since: Instant::now(),
+        warm_pending: false,
+        rollback_error: None,
+        retry_disable_at: None,
+        counters: Default::default(),
+        failures_in_row: 0,
+        backoff_until: None,
+        wake_after_backoff: false,
+        active_since: None,
+        recent_starts: std::collections::VecDeque::new(),
+    })
+}
+
+/// A frontend of `target` from its config, handler built, not started, with its DNAT mapping.
+fn new_frontend(
+    f: &FrontendConfig,
+    target: &Target,
+    kinds: &FrontendKinds,
+    log: &Logger,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(Frontend, Mapping), String> {
+    let kind = f.kind.to_string();
+    let ep = target
+        .cfg
+        .endpoints
+        .iter()
+        .find(|e| e.name == f.endpoint_name)
+        .ok_or_else(|| {
+            format!(
+                "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
+                f.name, f.endpoint_name, f.target_name
+            )
+        })?;
+    let backend = ep.address;
+    let (ctor, _) = kinds
+        .get(&kind)
+        .ok_or_else(|| format!("create frontend {:?}: frontend kind not registered", f.name))?;
+    let ctx = FrontendCtx {
+        name: f.name.clone(),
+        target: f.target_name.clone(),
+        protocol: f.protocol,
+        listen: f.listen,
+        backend,
+        log: log.clone(),
+        waker: Waker {
+            tx: tx.clone(),
+            target: f.target_name.clone(),
+            frontend: f.name.clone(),
+        },
+        target_state: target.state_tx.subscribe(),
+    };
+    let handler = ctor(&ctx, &f.options).map_err(|e| {
+        format!(
+            "create frontend {:?}: handler for kind {kind:?}: {e}",
+            f.name
+        )
+    })?;
+    let mapping = Mapping {
+        protocol: f.protocol,
+        listen: f.listen,
+        backend,
+        flow_timeout: f.flow_timeout,
+        masquerade: f.masquerade,
+    };
+    let front = Frontend {
+        cfg: f.clone(),
+        kind,
+        handler,
+        state: FrontendState::Stopped,
+        last_error: String::new(),
+        epoch: 0,
+        op: None,
+        backend,
+    };
+    Ok((front, mapping))
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

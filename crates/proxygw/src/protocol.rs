@@ -59,6 +59,10 @@ pub mod method {
     pub const CLOSE_FRONTEND_REQUEST: u16 = 20;
     /// Plugin host protocol (not served).
     pub const CLOSE_FRONTEND_RESPONSE: u16 = 21;
+    /// `{}`: re-read the daemon's config and apply it (served; not in the original).
+    pub const RELOAD_REQUEST: u16 = 22;
+    /// `{}`.
+    pub const RELOAD_RESPONSE: u16 = 23;
     /// Notification `{"name"}` from an out-of-process plugin (read and discarded).
     pub const FRONTEND_SHOULD_WARM_NOTIFICATION: u16 = 32768;
 
@@ -179,6 +183,28 @@ pub struct TargetStatus {
     /// Sorted by name; omitted when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointInfo>,
+    /// Wake counters (not in the original: its clients ignore the field; `proxygwctl status` prints them only
+    /// with `--counters`, so its default output keeps the original's bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wakes: Option<WakeCounters>,
+}
+
+/// How often a target was woken, failed to start, or had wakes refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeCounters {
+    /// Starts (inactive → warming) caused by a frontend, ctl or a restart.
+    pub started: u64,
+    /// Starts that failed, and active backends that exited by themselves.
+    pub failed_starts: u64,
+    /// Wake signals refused because the client is not in the frontend's `wake_allow`.
+    pub refused_allow: u64,
+    /// Wake signals refused by the target's `wake_rate`.
+    pub refused_rate: u64,
+    /// Wake signals held back while a failed target backs off (it starts when the backoff ends).
+    pub deferred_backoff: u64,
+    /// Time left in the current backoff (Go duration), omitted when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backoff: String,
 }
 
 /// One endpoint in a target status.
@@ -342,11 +368,20 @@ pub fn go_json<T: Serialize + ?Sized>(v: &T, indent: bool) -> Result<String, Pro
 }
 
 /// Reads packets from a byte stream in either codec, bounded by [`MAX_PACKET_BYTES`].
+///
+/// A packet's end is found by a resumable scan ([`Boundary`]) that looks at each byte once, and the decoder
+/// runs only when a whole value has arrived, so a packet trickled one byte at a time costs linear time. Once a
+/// packet's first byte is in, the rest must arrive within [`PACKET_READ_TIMEOUT`].
 pub struct PacketReader<R> {
     inner: R,
     codec: Codec,
     buf: Vec<u8>,
+    scan: Boundary,
 }
+
+/// Longest a peer may take to send the rest of a packet it has begun; the wait *between* packets is the
+/// caller's (the ctl server's [`CONNECTION_IDLE_TIMEOUT`]).
+pub const PACKET_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// Wraps a stream.
@@ -355,25 +390,31 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             inner,
             codec,
             buf: Vec::new(),
+            scan: Boundary::default(),
         }
     }
 
     /// The next packet, `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Packet>, ProtocolError> {
+        let mut deadline = None;
         loop {
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace() || self.codec == Codec::Cbor);
-            match start {
-                Some(s) => {
-                    self.buf.drain(..s);
+            if self.scan.is_fresh() && self.codec == Codec::Json {
+                // Whitespace between JSON packets is framing, not part of the next one.
+                match self.buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                    Some(s) => drop(self.buf.drain(..s)),
+                    None => self.buf.clear(),
                 }
-                None => self.buf.clear(),
             }
             if !self.buf.is_empty() {
-                if let Some((p, used)) = self.try_parse()? {
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + PACKET_READ_TIMEOUT);
+                if self.scan.complete(self.codec, &self.buf) {
+                    // The scan ends only where a whole value is, so "incomplete" here is garbage, and
+                    // parsing it again after every read would bring back the quadratic cost.
+                    let Some((p, used)) = self.try_parse()? else {
+                        return Err(ProtocolError::Malformed("packet ends early".into()));
+                    };
                     self.buf.drain(..used);
+                    self.scan = Boundary::default();
                     return Ok(Some(p));
                 }
             }
@@ -381,10 +422,25 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 return Err(ProtocolError::TooLarge);
             }
             let mut chunk = [0u8; 8192];
-            let n = self.inner.read(&mut chunk).await?;
+            let n = match deadline {
+                None => self.inner.read(&mut chunk).await?,
+                Some(d) => tokio::time::timeout_at(d, self.inner.read(&mut chunk))
+                    .await
+                    .map_err(|_| {
+                        ProtocolError::Malformed(format!(
+                            "incomplete packet after {PACKET_READ_TIMEOUT:?}"
+                        ))
+                    })??,
+            };
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
+                }
+                // A top-level scalar has no closing byte; the end of the stream closes it.
+                if let Some((p, used)) = self.try_parse()? {
+                    self.buf.drain(..used);
+                    self.scan = Boundary::default();
+                    return Ok(Some(p));
                 }
                 return Err(ProtocolError::Malformed(
                     "connection closed inside a packet".into(),
@@ -444,6 +500,168 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
+/// Deepest CBOR nesting the scan follows; deeper input is handed to the decoder, which rejects it.
+const MAX_SCAN_DEPTH: usize = 256;
+
+/// Resumable search for the end of the first value in a packet buffer: it remembers how far it has looked, so
+/// each byte is examined once however the packet is split into reads. It only finds where a value *could* end;
+/// the decoder still validates it (a wrong guess is an ordinary parse error or "incomplete", never a hang).
+#[derive(Debug, Default)]
+struct Boundary {
+    /// Bytes already examined.
+    pos: usize,
+    /// JSON: open `{`/`[` count; CBOR: unused.
+    depth: u32,
+    /// JSON: inside a string, and after a backslash in one.
+    in_str: bool,
+    esc: bool,
+    /// CBOR: items still expected by each open container (`None`: indefinite, ended by a break byte).
+    open: Vec<Option<u64>>,
+    /// Set once a value's end has been seen.
+    done: bool,
+}
+
+impl Boundary {
+    fn is_fresh(&self) -> bool {
+        self.pos == 0
+    }
+
+    /// True once `buf` holds the end of its first value (or bytes no value can contain).
+    fn complete(&mut self, codec: Codec, buf: &[u8]) -> bool {
+        if !self.done {
+            self.done = match codec {
+                Codec::Json => self.json(buf),
+                Codec::Cbor => self.cbor(buf),
+            };
+        }
+        self.done
+    }
+
+    fn json(&mut self, buf: &[u8]) -> bool {
+        while let Some(&b) = buf.get(self.pos) {
+            self.pos += 1;
+            if self.in_str {
+                if self.esc {
+                    self.esc = false;
+                } else if b == b'\\' {
+                    self.esc = true;
+                } else if b == b'"' {
+                    self.in_str = false;
+                    if self.depth == 0 {
+                        return true;
+                    }
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return true;
+                    }
+                }
+                // A top-level number or literal ends at the first byte that cannot continue it.
+                _ if self.depth == 0 && (b.is_ascii_whitespace() || b",:".contains(&b)) => {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn cbor(&mut self, buf: &[u8]) -> bool {
+        loop {
+            let Some(&ib) = buf.get(self.pos) else {
+                return false;
+            };
+            let (major, ai) = (ib >> 5, ib & 0x1f);
+            if ib == 0xff {
+                if let Some(None) = self.open.last() {
+                    self.pos += 1;
+                    self.open.pop();
+                    if self.item_done() {
+                        return true;
+                    }
+                    continue;
+                }
+                return true; // a stray break: let the decoder say so
+            }
+            let head = match ai {
+                0..=23 => 1,
+                24 => 2,
+                25 => 3,
+                26 => 5,
+                27 => 9,
+                31 if (2..=5).contains(&major) => 1,
+                _ => return true, // reserved or invalid: let the decoder say so
+            };
+            let Some(hdr) = buf.get(self.pos..self.pos + head) else {
+                return false;
+            };
+            let arg = if ai < 24 {
+                u64::from(ai)
+            } else {
+                hdr[1..].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b))
+            };
+            let indefinite = ai == 31;
+            match major {
+                2 | 3 if !indefinite => {
+                    let end = u64::try_from(self.pos + head)
+                        .ok()
+                        .and_then(|p| p.checked_add(arg));
+                    match end.and_then(|e| usize::try_from(e).ok()) {
+                        Some(e) if e <= buf.len() => self.pos = e,
+                        // Wait: a length past the packet limit ends in TooLarge once the buffer passes it.
+                        _ => return false,
+                    }
+                }
+                2..=5 if indefinite || arg > 0 => {
+                    if self.open.len() >= MAX_SCAN_DEPTH {
+                        return true;
+                    }
+                    self.pos += head;
+                    let items = if major == 5 {
+                        arg.saturating_mul(2)
+                    } else {
+                        arg
+                    };
+                    self.open.push((!indefinite).then_some(items));
+                    continue;
+                }
+                // A tag's item follows it and completes it.
+                6 => {
+                    self.pos += head;
+                    continue;
+                }
+                _ => self.pos += head,
+            }
+            if self.item_done() {
+                return true;
+            }
+        }
+    }
+
+    /// Counts one finished CBOR item against the open containers; true when the top-level item is finished.
+    fn item_done(&mut self) -> bool {
+        loop {
+            match self.open.last_mut() {
+                None => return true,
+                Some(None) => return false,
+                Some(Some(n)) => {
+                    *n -= 1;
+                    if *n > 0 {
+                        return false;
+                    }
+                    self.open.pop();
+                }
+            }
+        }
+    }
+}
+
 /// Writes one packet and flushes.
 pub async fn write_packet<W: AsyncWrite + Unpin, B: Serialize>(
     w: &mut W,
@@ -476,6 +694,7 @@ mod tests {
                     protocol: WireProtocol(Protocol::Tcp),
                     address: "127.0.0.1:8080".into(),
                 }],
+                wakes: None,
             }],
             frontends: vec![FrontendStatus {
                 name: "public-http".into(),
@@ -574,6 +793,112 @@ mod tests {
         );
         assert!(r.next().await.unwrap().unwrap().body::<EmptyBody>().is_ok());
         assert!(r.next().await.unwrap().unwrap().body::<EmptyBody>().is_ok());
+    }
+
+    /// Hands out one byte per read, the worst split a peer can choose.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl tokio::io::AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((&b, rest)) = self.0.split_first() {
+                buf.put_slice(&[b]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn packets_split_into_single_bytes_decode_in_linear_time() {
+        // Every split of real packets in both codecs, including nested, indefinite-length and tagged CBOR.
+        let mut cbor_extra = Vec::new();
+        ciborium::into_writer(
+            &ciborium::Value::Map(vec![
+                ("id".into(), 9.into()),
+                ("method".into(), 2.into()),
+                (
+                    "body".into(),
+                    ciborium::Value::Tag(
+                        1,
+                        Box::new(ciborium::Value::Array(vec![
+                            ciborium::Value::Float(1.5),
+                            ciborium::Value::Bytes(vec![1; 300]),
+                            ciborium::Value::Map(vec![]),
+                        ])),
+                    ),
+                ),
+            ]),
+            &mut cbor_extra,
+        )
+        .unwrap();
+        // An indefinite-length map with an indefinite text string: {_ "id": 4, "method": 2, "body": (_ "", "")}.
+        cbor_extra.extend([
+            0xbf, 0x62, b'i', b'd', 0x04, 0x66, b'm', b'e', b't', b'h', b'o', b'd', 0x02, 0x64,
+            b'b', b'o', b'd', b'y', 0x7f, 0x60, 0x60, 0xff, 0xff,
+        ]);
+        for (codec, extra) in [(Codec::Json, b"  7 ".to_vec()), (Codec::Cbor, cbor_extra)] {
+            let mut bytes = encode(codec, 7, method::STATUS_RESPONSE, &sample()).unwrap();
+            bytes.extend(&extra);
+            bytes.extend(encode(codec, 8, method::STATUS_REQUEST, &EmptyBody {}).unwrap());
+            let mut r = PacketReader::new(Trickle(&bytes), codec);
+            let p = r.next().await.unwrap().unwrap();
+            assert_eq!(p.body::<StatusResponse>().unwrap(), sample());
+            if codec == Codec::Cbor {
+                assert_eq!(r.next().await.unwrap().unwrap().id, 9);
+                assert_eq!(r.next().await.unwrap().unwrap().id, 4);
+            } else {
+                // A bare scalar is read whole, then refused as an envelope.
+                assert!(r.next().await.is_err());
+                continue;
+            }
+            assert_eq!(r.next().await.unwrap().unwrap().id, 8);
+            assert!(r.next().await.unwrap().is_none());
+        }
+        // 256 KiB trickled: re-parsing the buffer after every byte took 10 s in a release build.
+        let name = "n".repeat(256 << 10);
+        for codec in [Codec::Json, Codec::Cbor] {
+            let bytes = encode(
+                codec,
+                3,
+                method::WARM_TARGET_REQUEST,
+                &NameBody { name: name.clone() },
+            )
+            .unwrap();
+            let t = std::time::Instant::now();
+            let p = PacketReader::new(Trickle(&bytes), codec)
+                .next()
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.body::<NameBody>().unwrap().name.len(), name.len());
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(3),
+                "{codec:?}: {:?}",
+                t.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_packet_must_finish_within_the_read_deadline() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(b"{\"id\":1,").await.unwrap();
+        let mut r = PacketReader::new(rx, Codec::Json);
+        let t = tokio::time::Instant::now();
+        let e = r.next().await.unwrap_err().to_string();
+        assert!(e.contains("incomplete packet after 10s"), "{e}");
+        assert_eq!(t.elapsed(), PACKET_READ_TIMEOUT);
+        // Before a packet begins, the reader waits as long as the caller lets it.
+        let (_tx, rx) = tokio::io::duplex(64);
+        let mut r = PacketReader::new(rx, Codec::Json);
+        assert!(tokio::time::timeout(PACKET_READ_TIMEOUT * 3, r.next())
+            .await
+            .is_err());
+        drop(tx);
     }
 
     #[tokio::test]

@@ -97,14 +97,16 @@ pub fn parse_slog_level(text: &str) -> Result<i32, String> {
         }
         None => (text, 0),
     };
-    let base = match name.to_ascii_uppercase().as_str() {
+    let base: i32 = match name.to_ascii_uppercase().as_str() {
         "DEBUG" => -4,
         "INFO" => 0,
         "WARN" => 4,
         "ERROR" => 8,
         _ => return Err(err("unknown name")),
     };
-    Ok(base + offset)
+    // Go's level is an `int`; here it is an `i32`, so a sum that leaves it is an error, never a wrap.
+    base.checked_add(offset)
+        .ok_or_else(|| err("offset out of range"))
 }
 
 #[cfg(test)]
@@ -149,5 +151,12 @@ mod tests {
         assert!(parse_slog_level("loud")
             .unwrap_err()
             .contains("unknown name"));
+        assert!(parse_slog_level("ERROR+2147483647")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_slog_level("DEBUG-2147483648")
+            .unwrap_err()
+            .contains("out of range"));
+        assert_eq!(parse_slog_level("INFO-2147483648"), Ok(i32::MIN));
     }
 }

@@ -313,6 +313,25 @@ fn wake_allow_refuses_sources_outside_the_list() {
         log.contains(&format!("msg=\"wake refused: source not in wake_allow\" frontend=web4 target=web4 source={CLIENT4}:")),
         "{log}"
     );
+    // Counted in the status (`proxygwctl status --counters`); the default output keeps the original's shape.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxygwctl"))
+        .arg("--config")
+        .arg(&e.cfg)
+        .args(["status", "--counters"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"wakes\": {\n        \"started\": 0,\n        \"failed_starts\": 0,\n        \"refused_allow\": 1,"),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxygwctl"))
+        .arg("--config")
+        .arg(&e.cfg)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("wakes"));
 }
 
 /// A backend command that needs `DELAY_MS` before it listens, behind a static:tcp frontend.
@@ -377,6 +396,8 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     assert_eq!(state(&e.sock, "game"), "inactive");
 
     // Cold: the first client is held, the command starts, and the client is served once it listens.
+    let syn_retrans = tcp_counter(&t.client, "TcpExt", "TCPSynRetrans");
+    let retrans = tcp_counter(&t.client, "Tcp", "RetransSegs");
     let t0 = Instant::now();
     let mut first = connect(&t.client, &format!("{GW4}:7000")).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -400,6 +421,14 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
         "served before the backend listened?"
     );
     assert!(cold < Duration::from_millis(DELAY_MS + 1500), "{cold:?}");
+    // The first SYN was answered at once (the gateway holds the connection): no retransmission at all.
+    assert_eq!(
+        (
+            tcp_counter(&t.client, "TcpExt", "TCPSynRetrans") - syn_retrans,
+            tcp_counter(&t.client, "Tcp", "RetransSegs") - retrans
+        ),
+        (0, 0)
+    );
     drop(first);
     wait_state(&d, &e.sock, "game", "active", Duration::from_secs(5));
 

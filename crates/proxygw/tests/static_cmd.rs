@@ -36,6 +36,14 @@ fn free_port() -> u16 {
 }
 
 async fn start(options: &str, port: u16) -> (Daemon, Buf, MemoryDataplane) {
+    start_with_frontends(options, port, "[]").await
+}
+
+async fn start_with_frontends(
+    options: &str,
+    port: u16,
+    frontends: &str,
+) -> (Daemon, Buf, MemoryDataplane) {
     let yaml = format!(
         "version: v1
 log: {{output: stderr}}
@@ -48,7 +56,7 @@ targets:
       - {{name: tcp, protocol: tcp, address: 127.0.0.1:{port}}}
     options:
 {options}
-frontends: []
+frontends: {frontends}
 "
     );
     let cfg = proxygw::config::load_str(&yaml).unwrap();
@@ -234,4 +242,164 @@ async fn shutdown_stops_a_running_command() {
         .unwrap();
     d.stop().await;
     assert!(pids_in_group(pid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_exits_at_once_is_restarted_with_exponential_backoff() {
+    let port = free_port();
+    // static:always wakes the target every second: without backoff, one start per second.
+    let frontends = format!(
+        "
+  - name: keep
+    kind: static:always
+    protocol: tcp
+    listen: 127.0.0.1:{}
+    flow_timeout: 30s
+    target: app:tcp",
+        free_port()
+    );
+    let (d, log, _) = start_with_frontends("      command: \"exit 1\"", port, &frontends).await;
+    let h = d.handle().clone();
+    let t0 = Instant::now();
+    let mut saw_backoff = false;
+    while t0.elapsed() < Duration::from_millis(6500) {
+        let t = h.status().await.unwrap().targets.remove(0);
+        saw_backoff |= t.wakes.as_ref().is_some_and(|w| !w.backoff.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let w = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    // Starts at about 1 s (first tick), then after backoffs of 1 s and 2 s: 3 or 4 in 6.5 s, never 6.
+    assert!((2..=4).contains(&w.started), "{w:?}\n{}", log.text());
+    assert_eq!(w.failed_starts, w.started, "{w:?}");
+    assert!(w.deferred_backoff >= 2, "{w:?}");
+    assert!(saw_backoff, "status never showed a backoff: {w:?}");
+    assert!(
+        log.text().contains(
+            "msg=\"target start failed; backing off\" target=app failures_in_row=2 backoff=2s"
+        ),
+        "{}",
+        log.text()
+    );
+    // An operator's warm is not held back.
+    h.request(Request::Warm("app".into())).await.unwrap();
+    let w2 = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w2.started, w.started + 1, "{w2:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
+    let port = free_port();
+    let frontends = format!(
+        "
+  - name: keep
+    kind: static:always
+    protocol: tcp
+    listen: 127.0.0.1:{}
+    flow_timeout: 30s
+    target: app:tcp",
+        free_port()
+    );
+    // `wake_rate` belongs to the target; the options block above it ends at the indentation change.
+    let (d, log, _) = start_with_frontends(
+        "      command: \"exit 1\"\n    wake_rate: 2/1h",
+        port,
+        &frontends,
+    )
+    .await;
+    let h = d.handle().clone();
+    // Starts at about 1 s and 2 s (after a 1 s backoff); the one due at 4 s is over the rate.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let w = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w.started, 2, "{w:?}\n{}", log.text());
+    assert!(w.refused_rate >= 1, "{w:?}");
+    assert!(
+        log.text()
+            .contains("msg=\"wake refused: wake_rate\" target=app origin="),
+        "{}",
+        log.text()
+    );
+    h.request(Request::Warm("app".into())).await.unwrap();
+    let w2 = h.status().await.unwrap().targets.remove(0).wakes.unwrap();
+    assert_eq!(w2.started, 3, "{w2:?}");
+    d.stop().await;
+}
+
+/// Process state letter of `pid` (`T` = stopped), if it exists.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+    let port = free_port();
+    // The server answers each connection with a line, so a frozen one is visible as no answer.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("srv.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('127.0.0.1', {port}))\ns.listen(8)\nwhile True:\n    c, _ = s.accept()\n    \
+             c.sendall(b'hi\\n')\n    c.close()\n"
+        ),
+    )
+    .unwrap();
+    let cmd = format!(
+        "      command: \"exec python3 {}\"\n      idle: freeze",
+        script.display()
+    );
+    let (d, log, dp) = start(&cmd, port).await;
+    let h = d.handle().clone();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(10)).await;
+    let text = log.text();
+    let pid: i32 = text
+        .split("msg=\"command started\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    let answer = || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        std::io::Read::read(&mut c, &mut b)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+    };
+    assert!(answer());
+
+    h.request(Request::Drain("app".into())).await.unwrap();
+    wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    assert!(!dp.is_enabled("app"));
+    assert_eq!(
+        proc_state(pid),
+        Some('T'),
+        "frozen, not stopped:\n{}",
+        log.text()
+    );
+    assert!(!answer(), "a frozen server must not answer");
+
+    let t0 = Instant::now();
+    h.request(Request::Warm("app".into())).await.unwrap();
+    wait_for(&h, "active", Duration::from_secs(5)).await;
+    let resume = t0.elapsed();
+    eprintln!("resume to active: {resume:?}");
+    assert!(resume < Duration::from_millis(300), "{resume:?}");
+    assert_ne!(proc_state(pid), Some('T'));
+    assert!(answer(), "the same process answers again");
+    assert_eq!(
+        log.text().matches("msg=\"command started\"").count(),
+        1,
+        "no cold start"
+    );
+
+    // Shutdown ends a frozen process too.
+    h.request(Request::Drain("app".into())).await.unwrap();
+    wait_for(&h, "inactive", Duration::from_secs(10)).await;
+    d.stop().await;
+    assert!(pids_in_group(pid).is_empty(), "{}", log.text());
 }

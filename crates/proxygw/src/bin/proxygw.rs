@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use proxygw::dataplane::conntrack::Subscription;
+use proxygw::dataplane::monitor::Monitor;
 use proxygw::dataplane::nft::{NftDataplane, DEFAULT_TABLE};
+use proxygw::instance::{runtime_dir, InstanceLock};
 use proxygw::log::Logger;
 
 const USAGE: &str = "usage: proxygw [--config PATH]\n\nProxy gateway daemon.\n\nFlags:\n  --help         Show help.\n  --version      Show the version.\n  --config=/etc/proxygw.yaml  path to runtime configuration\n";
@@ -37,28 +39,61 @@ async fn run(config: PathBuf, startup: &Logger) -> anyhow::Result<()> {
     let log = Logger::open(&cfg.log.output, cfg.log.level)
         .with_context(|| format!("open log output {:?}", cfg.log.output))?;
     let _ = startup;
+    // Refuse a second daemon before anything touches the kernel: creating the dataplane replaces the table.
+    let socket = match cfg.plugins.get("ctl").and_then(|c| c.get("socket")) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+        _ => None,
+    };
+    let _lock = InstanceLock::acquire(&runtime_dir(), DEFAULT_TABLE, socket.as_deref())?;
     let dp = NftDataplane::new(DEFAULT_TABLE)
         .await
         .context("create dataplane")?;
-    let mut sub: Option<Subscription> = None;
+    let mut sub: Option<(Subscription, Monitor)> = None;
     let mut sub_err = None;
-    let daemon = proxygw::daemon::Daemon::start_with(&cfg, &reg, dp, log.clone(), |h| {
-        match Subscription::start(h.flow_sink(), log.clone()) {
-            Ok(s) => sub = Some(s),
-            Err(e) => sub_err = Some(e),
-        }
-    })
+    let path = config.clone();
+    let reloader: proxygw::engine::Reloader = std::sync::Arc::new(move || {
+        let (cfg, _) = proxygw::plugins::load_checked(&path).map_err(|e| e.0)?;
+        Ok(cfg)
+    });
+    let daemon = proxygw::daemon::Daemon::start_reloadable(
+        &cfg,
+        &reg,
+        dp,
+        log.clone(),
+        Some(reloader),
+        |h| {
+            let subs = Subscription::start(h.flow_sink(), log.clone())
+                .map_err(|e| format!("subscribe to conntrack events: {e}"))
+                .and_then(|s| {
+                    Monitor::start(h.heal_sink(), log.clone())
+                        .map(|m| (s, m))
+                        .map_err(|e| format!("subscribe to nftables events: {e}"))
+                });
+            match subs {
+                Ok(s) => sub = Some(s),
+                Err(e) => sub_err = Some(e),
+            }
+        },
+    )
     .await
     .map_err(anyhow::Error::msg)?;
     if let Some(e) = sub_err {
         daemon.stop().await;
-        anyhow::bail!("subscribe to conntrack events: {e}");
+        anyhow::bail!("{e}");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log.info("signal received", &[("signal", &"SIGTERM")]),
-        _ = int.recv() => log.info("signal received", &[("signal", &"SIGINT")]),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log.info("signal received", &[("signal", &"SIGTERM")]); break }
+            _ = int.recv() => { log.info("signal received", &[("signal", &"SIGINT")]); break }
+            _ = hup.recv() => {
+                log.info("signal received", &[("signal", &"SIGHUP")]);
+                // The engine logs the outcome; a failed reload keeps the running config.
+                let _ = daemon.handle().request(proxygw::engine::Request::Reload).await;
+            }
+        }
     }
     let stop = daemon.stop();
     tokio::pin!(stop);

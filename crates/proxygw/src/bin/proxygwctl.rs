@@ -18,17 +18,21 @@ Flags:
   --timeout=10s                how long to wait for the daemon (Go duration)
 
 Commands:
-  status [--format=json|table]  Get proxy gateway status
+  status [--format=json|table] [--counters]
+                                Get proxy gateway status; --counters adds each target's
+                                wake counters (`wakes`) to the JSON
   warm TARGET                   Warm a target now
   drain TARGET                  Drain a target now
   start FRONTEND                Start a stopped frontend
   stop FRONTEND                 Stop a frontend
+  reload                        Re-read the daemon's config and apply it (like SIGHUP)
 ";
 
 struct Args {
     config: PathBuf,
     timeout: Duration,
     table: bool,
+    counters: bool,
     command: Vec<String>,
 }
 
@@ -37,6 +41,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         config: PathBuf::from(proxygw::config::DEFAULT_PATH),
         timeout: DEFAULT_CLIENT_TIMEOUT,
         table: false,
+        counters: false,
         command: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 }
                 a.timeout = Duration::from_nanos(ns as u64);
             }
+            "--counters" => a.counters = true,
             "--format" => match value("--format")?.as_str() {
                 "json" => a.table = false,
                 "table" => a.table = true,
@@ -110,17 +116,23 @@ async fn run(args: Args) -> Result<(), String> {
     let cmd: Vec<&str> = args.command.iter().map(String::as_str).collect();
     // Check the command line before touching the socket.
     match cmd.as_slice() {
-        ["status"] | ["warm", _] | ["drain", _] | ["start", _] | ["stop", _] => {}
+        ["status"] | ["reload"] | ["warm", _] | ["drain", _] | ["start", _] | ["stop", _] => {}
         [] => return Err("expected command but got none, try --help".into()),
         [c, ..] => return Err(format!("unsupported command {}", go_quote(c))),
     }
     let mut client = dial(&args).await?;
     match cmd.as_slice() {
         ["status"] => {
-            let s = client
+            let mut s = client
                 .status()
                 .await
                 .map_err(|e| format!("status request: {e}"))?;
+            if !args.counters {
+                // The original's output, byte for byte.
+                for t in &mut s.targets {
+                    t.wakes = None;
+                }
+            }
             let text = if args.table {
                 status_table(&s)
             } else {
@@ -128,6 +140,10 @@ async fn run(args: Args) -> Result<(), String> {
             };
             print(&text)
         }
+        ["reload"] => client
+            .reload()
+            .await
+            .map_err(|e| format!("reload request: {e}")),
         ["warm", t] => client
             .warm(t)
             .await

@@ -261,6 +261,24 @@ fn schema_is_enforced_with_field_paths() {
     assert_eq!(e, "targets[0].name: expected a scalar, found a list");
     let e = mutated("  level: INFO", "  level: LOUD");
     assert_eq!(e, "log.level: slog: level string \"LOUD\": unknown name");
+    let e = mutated("    idle_timeout:", "    wake_rate: 5\n    idle_timeout:");
+    assert!(e.starts_with("targets[0].wake_rate"), "{e}");
+    for (rate, want) in [
+        ("5/1m", "5 per 60s"),
+        ("0/1m", "N must be a whole number ≥ 1"),
+        ("1/500ms", "the window must be at least 1s"),
+        ("x", "is not N/DURATION"),
+    ] {
+        match crate::config::WakeRate::parse(rate) {
+            Ok(r) => assert_eq!(format!("{} per {:?}", r.starts, r.per), want),
+            Err(e) => assert!(e.contains(want), "{rate}: {e}"),
+        }
+    }
+    let e = mutated("  level: INFO", "  level: ERROR+2147483647");
+    assert_eq!(
+        e,
+        "log.level: slog: level string \"ERROR+2147483647\": offset out of range"
+    );
     let e = mutated(
         "    options:\n      command",
         "    options: 5\n    x_options:\n      command",

@@ -43,7 +43,7 @@ fn kernel(e: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Kernel(format!("conntrack: {e}"))
 }
 
-fn open(groups: &[u32]) -> Result<Socket, DataplaneError> {
+pub(super) fn open(groups: &[u32]) -> Result<Socket, DataplaneError> {
     let mut s = Socket::new(NETLINK_NETFILTER).map_err(kernel)?;
     s.bind_auto().map_err(kernel)?;
     s.connect(&NlAddr::new(0, 0)).map_err(kernel)?;
@@ -151,8 +151,15 @@ fn flow_of(attrs: &[ConntrackAttribute]) -> Option<Flow> {
     })
 }
 
-/// Every TCP/UDP conntrack entry of this network namespace (both families).
+/// Every live TCP/UDP conntrack entry of this network namespace (both families); TCP entries that reached
+/// TIME_WAIT or CLOSE have ended and are left out.
 pub fn dump() -> Result<Vec<Flow>, DataplaneError> {
+    dump_entries(false)
+}
+
+/// Like [`dump`]; `with_ended` keeps the ended TCP entries too (what a flush must remove: a client reusing its
+/// source port within TIME_WAIT would otherwise still be NATed by the old entry).
+fn dump_entries(with_ended: bool) -> Result<Vec<Flow>, DataplaneError> {
     let s = open(&[])?;
     let mut out = Vec::new();
     for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
@@ -190,7 +197,7 @@ pub fn dump() -> Result<Vec<Flow>, DataplaneError> {
                     NetlinkPayload::InnerMessage(NetfilterMessage {
                         inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
                         ..
-                    }) if !ended(&attrs) => out.extend(flow_of(&attrs)),
+                    }) if with_ended || !ended(&attrs) => out.extend(flow_of(&attrs)),
                     _ => {}
                 }
                 if len == 0 {
@@ -205,7 +212,7 @@ pub fn dump() -> Result<Vec<Flow>, DataplaneError> {
 
 /// Deletes the entries for which `pick` is true; returns how many were removed.
 pub fn delete_where(pick: impl Fn(&Flow) -> bool) -> Result<usize, DataplaneError> {
-    let flows = dump()?;
+    let flows = dump_entries(true)?;
     let s = open(&[])?;
     let mut n = 0;
     for f in flows.iter().filter(|f| pick(f)) {

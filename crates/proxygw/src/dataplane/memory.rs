@@ -76,6 +76,29 @@ impl Dataplane for MemoryDataplane {
         })
     }
 
+    async fn set_group(&mut self, group: &str, mappings: &[Mapping]) -> Result<(), DataplaneError> {
+        self.with(|s| {
+            if s.closed {
+                return Err(DataplaneError::Closed);
+            }
+            if s.groups.get(group).is_some_and(|m| m == mappings) {
+                return Ok(());
+            }
+            s.calls.push(format!("set {group} {}", mappings.len()));
+            s.groups.insert(group.into(), mappings.to_vec());
+            Ok(())
+        })
+    }
+
+    async fn remove_group(&mut self, group: &str) -> Result<(), DataplaneError> {
+        self.with(|s| {
+            s.calls.push(format!("remove {group}"));
+            s.groups.remove(group);
+            s.enabled.remove(group);
+            Ok(())
+        })
+    }
+
     async fn set_enabled(&mut self, group: &str, on: bool) -> Result<(), DataplaneError> {
         self.with(|s| {
             if s.closed {

@@ -9,6 +9,7 @@ use crate::config::Protocol;
 
 pub mod conntrack;
 pub mod memory;
+pub mod monitor;
 pub mod nft;
 
 /// One frontend's DNAT: new flows to `listen` go to `backend`.
@@ -94,6 +95,17 @@ pub trait Dataplane: Send + 'static {
         group: &str,
         mappings: &[Mapping],
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Registers a group or replaces the mappings of an existing one, keeping its on/off state (a reload).
+    fn set_group(
+        &mut self,
+        group: &str,
+        mappings: &[Mapping],
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Removes a group with its DNAT elements and ct timeouts (a reload removed its target).
+    fn remove_group(
+        &mut self,
+        group: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Turns the group's DNAT elements on or off, all mappings in one batch; a no-op if already so.
     fn set_enabled(
         &mut self,
@@ -108,6 +120,11 @@ pub trait Dataplane: Send + 'static {
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Current DNATed and host-bound flows (for rebuild after a restart and periodic resync).
     fn dump_flows(&mut self) -> impl Future<Output = Result<Vec<Flow>, DataplaneError>> + Send;
+    /// Compares the kernel's state with what this dataplane has applied and, if anyone removed or changed any of
+    /// it, re-applies the whole state in one transaction. Returns what was missing or changed, `None` if intact.
+    fn heal(&mut self) -> impl Future<Output = Result<Option<String>, DataplaneError>> + Send {
+        async { Ok(None) }
+    }
     /// Removes everything this dataplane created (the nft table).
     fn close(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 }

@@ -205,11 +205,67 @@ pub async fn run_nft(script: &str) -> Result<(), DataplaneError> {
         .map_err(|_| DataplaneError::Kernel(format!("nft: no answer within {NFT_TIMEOUT:?}")))?
 }
 
+/// Most changed lines a heal names in its log line; the rest are counted.
+const HEAL_REPORT_LINES: usize = 8;
+
+/// `nft list table inet <table>`: `None` if the table does not exist.
+async fn list_table(table: &str) -> Result<Option<String>, DataplaneError> {
+    let fut = tokio::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(NFT_TIMEOUT, fut)
+        .await
+        .map_err(|_| DataplaneError::Kernel(format!("nft list: no answer within {NFT_TIMEOUT:?}")))?
+        .map_err(|e| DataplaneError::Kernel(format!("run nft list: {e}")))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(DataplaneError::Kernel(format!(
+        "nft list table inet {table}: {}",
+        err.lines()
+            .find(|l| l.starts_with("Error"))
+            .unwrap_or(err.trim())
+    )))
+}
+
+/// The listing as a sorted multiset of trimmed lines, so element or object order does not count as a change.
+fn listing_lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Lines of `want` that `have` lacks (both sorted), for the heal log: what someone removed or changed.
+fn missing_lines(want: &[String], have: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut h = have.iter().peekable();
+    for w in want {
+        while h.next_if(|x| *x < w).is_some() {}
+        if h.next_if(|x| *x == w).is_none() {
+            out.push(w.clone());
+        }
+    }
+    out
+}
+
 /// The nft + conntrack dataplane.
 pub struct NftDataplane {
     table: String,
     groups: BTreeMap<String, (Vec<Mapping>, bool)>,
     closed: bool,
+    /// The table as listed right after this dataplane's last transaction; what [`Dataplane::heal`] compares to.
+    applied: Vec<String>,
 }
 
 impl NftDataplane {
@@ -221,11 +277,42 @@ impl NftDataplane {
             )));
         }
         run_nft(&table_script(table)).await?;
-        Ok(Self {
+        let mut dp = Self {
             table: table.into(),
             groups: BTreeMap::new(),
             closed: false,
-        })
+            applied: Vec::new(),
+        };
+        dp.record_applied().await?;
+        Ok(dp)
+    }
+
+    /// Everything this dataplane wants in the kernel, as one script that replaces the table atomically:
+    /// the table, every group's ct timeouts, and the DNAT elements of the enabled groups.
+    fn whole_state(&self) -> String {
+        let mut script = table_script(&self.table);
+        for (mappings, enabled) in self.groups.values() {
+            for m in mappings {
+                timeout_cmds(&self.table, m, &mut script);
+                if *enabled {
+                    element_cmds(&self.table, "add", m, &mut script);
+                }
+            }
+        }
+        script
+    }
+
+    /// Lists the table as it is now and keeps it as the state to defend.
+    async fn record_applied(&mut self) -> Result<(), DataplaneError> {
+        let text = list_table(&self.table).await?.unwrap_or_default();
+        self.applied = listing_lines(&text);
+        Ok(())
+    }
+
+    /// Re-applies the whole state in one transaction and records it.
+    async fn reapply(&mut self) -> Result<(), DataplaneError> {
+        run_nft(&self.whole_state()).await?;
+        self.record_applied().await
     }
 
     /// The table name.
@@ -255,10 +342,43 @@ impl Dataplane for NftDataplane {
         for m in mappings {
             timeout_cmds(&self.table, m, &mut script);
         }
-        if !script.is_empty() {
-            run_nft(&script).await?;
-        }
         self.groups.insert(group.into(), (mappings.to_vec(), false));
+        if !script.is_empty() {
+            if let Err(e) = run_nft(&script).await {
+                self.groups.remove(group);
+                return Err(e);
+            }
+            self.record_applied().await?;
+        }
+        Ok(())
+    }
+
+    async fn set_group(&mut self, group: &str, mappings: &[Mapping]) -> Result<(), DataplaneError> {
+        if self.closed {
+            return Err(DataplaneError::Closed);
+        }
+        let old = match self.groups.get_mut(group) {
+            None => return self.add_group(group, mappings).await,
+            Some(g) if g.0 == mappings => return Ok(()),
+            Some(g) => std::mem::replace(&mut g.0, mappings.to_vec()),
+        };
+        // One transaction replaces the table with the new state; conntrack keeps the NAT of established flows.
+        if let Err(e) = self.reapply().await {
+            if let Some(g) = self.groups.get_mut(group) {
+                g.0 = old;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn remove_group(&mut self, group: &str) -> Result<(), DataplaneError> {
+        if self.closed {
+            return Err(DataplaneError::Closed);
+        }
+        if self.groups.remove(group).is_some() {
+            self.reapply().await?;
+        }
         Ok(())
     }
 
@@ -276,13 +396,24 @@ impl Dataplane for NftDataplane {
                 &mut script,
             );
         }
-        if !script.is_empty() {
-            run_nft(&script).await?;
+        if script.is_empty() {
+            return Ok(());
         }
+        let result = run_nft(&script).await;
         if let Some(g) = self.groups.get_mut(group) {
             g.1 = on;
         }
-        Ok(())
+        match result {
+            Ok(()) => self.record_applied().await,
+            // Someone changed the table under us (a flushed ruleset makes every delete fail with ENOENT):
+            // the whole state, with this change, is re-applied instead.
+            Err(e) => self.reapply().await.map_err(|e2| {
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.1 = !on;
+                }
+                DataplaneError::Kernel(format!("{e}; re-applying the whole table: {e2}"))
+            }),
+        }
     }
 
     async fn flush_flows(&mut self, group: &str, udp_only: bool) -> Result<(), DataplaneError> {
@@ -305,6 +436,36 @@ impl Dataplane for NftDataplane {
         tokio::task::spawn_blocking(conntrack::dump)
             .await
             .map_err(|e| DataplaneError::Kernel(format!("conntrack dump task: {e}")))?
+    }
+
+    async fn heal(&mut self) -> Result<Option<String>, DataplaneError> {
+        if self.closed {
+            return Ok(None);
+        }
+        let now = list_table(&self.table).await?;
+        let missing = match &now {
+            None => vec![format!("table inet {}", self.table)],
+            Some(text) => {
+                let have = listing_lines(text);
+                if have == self.applied {
+                    return Ok(None);
+                }
+                missing_lines(&self.applied, &have)
+            }
+        };
+        self.reapply().await?;
+        let mut report = missing
+            .iter()
+            .take(HEAL_REPORT_LINES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if missing.is_empty() {
+            report = "nothing missing; lines added or changed".into();
+        } else if missing.len() > HEAL_REPORT_LINES {
+            let _ = write!(report, "; and {} more", missing.len() - HEAL_REPORT_LINES);
+        }
+        Ok(Some(report))
     }
 
     async fn close(&mut self) -> Result<(), DataplaneError> {
@@ -363,6 +524,15 @@ mod tests {
              delete element inet proxygw dnatSpecific6 { tcp . fd00::1 . 80 : fd00::2 . 8080 }\n\
              delete element inet proxygw masq6 { tcp . fd00::2 . 8080 }\n"
         );
+    }
+
+    #[test]
+    fn missing_lines_are_those_the_kernel_lost() {
+        let want =
+            listing_lines("table inet t {\n  chain a {\n    rule x\n  }\n  chain b {\n  }\n}\n");
+        let have = listing_lines("table inet t {\n  chain b {\n  }\n  extra\n}\n");
+        assert_eq!(missing_lines(&want, &have), ["chain a {", "rule x", "}"]);
+        assert!(missing_lines(&want, &want).is_empty());
     }
 
     #[test]

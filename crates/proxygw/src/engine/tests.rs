@@ -395,10 +395,16 @@ async fn enable_failure_rolls_back_instead_of_active_without_dnat() {
         h.calls(),
         ["handler warm", "enable backend failed", "handler drain"]
     );
+    // A failed start backs off: a wake right after is held, and honoured when the backoff ends.
     h.wake();
+    h.settle().await;
+    assert_eq!(h.target("backend").await.state, "inactive");
+    advance(BACKOFF_BASE).await;
     h.settle().await;
     let t = h.target("backend").await;
     assert_eq!((t.state.as_str(), t.last_error.as_str()), ("active", ""));
+    let w = t.wakes.unwrap();
+    assert_eq!((w.started, w.failed_starts, w.deferred_backoff), (2, 1, 1));
     h.task.abort();
 }
 
@@ -441,6 +447,7 @@ async fn handler_errors_are_kept_as_last_error_and_cleared_on_the_next_attempt()
         ("inactive", "boom")
     );
     h.knobs.lock().unwrap().warm_delay = Duration::from_secs(1);
+    advance(BACKOFF_BASE).await;
     h.wake();
     h.settle().await;
     let t = h.target("backend").await;

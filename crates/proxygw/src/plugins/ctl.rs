@@ -188,6 +188,10 @@ async fn serve(
                 packet.body::<EmptyBody>().map(|_| Request::Status),
                 method::STATUS_RESPONSE,
             ),
+            method::RELOAD_REQUEST => (
+                packet.body::<EmptyBody>().map(|_| Request::Reload),
+                method::RELOAD_RESPONSE,
+            ),
             method::WARM_TARGET_REQUEST => (
                 packet.body::<NameBody>().map(|b| Request::Warm(b.name)),
                 method::WARM_TARGET_RESPONSE,

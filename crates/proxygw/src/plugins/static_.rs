@@ -390,6 +390,7 @@ impl HttpCore {
                     ("source", &peer),
                 ],
             );
+            self.waker.refused();
         }
         http::Response::builder()
             .status(200)
@@ -560,6 +561,7 @@ impl FrontendHandler for Tcp {
                             "wake refused: source not in wake_allow",
                             &[("frontend", &name), ("target", &target), ("source", &peer)],
                         );
+                        waker.refused();
                         drop(stream);
                         continue;
                     }
@@ -612,6 +614,8 @@ impl TargetHandler for NoneTarget {
 /// A running command: its monitor task owns the child; drain asks it to stop.
 struct Running {
     pid: u32,
+    /// Stopped with SIGSTOP by a drain (`idle: freeze`); the next warm sends SIGCONT.
+    frozen: bool,
     stop: Option<oneshot::Sender<oneshot::Sender<String>>>,
     exited: watch::Receiver<Option<String>>,
 }
@@ -625,6 +629,12 @@ struct Cmd {
     log: Logger,
     exited: crate::engine::ExitNotifier,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// Where the backend record goes ([`crate::instance::backends`]); `None` without an instance lock.
+    run_dir: Option<std::path::PathBuf>,
+    /// Set once a backend left running by a previous daemon has been looked for (and stopped).
+    reclaimed: tokio::sync::OnceCell<()>,
+    /// `idle: freeze`: a drain stops the process group with SIGSTOP instead of ending it.
+    freeze: bool,
 }
 
 fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
@@ -651,6 +661,18 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
         log: c.log.clone(),
         exited: c.exited.clone(),
         running: tokio::sync::Mutex::new(None),
+        run_dir: crate::instance::backends_dir(),
+        reclaimed: tokio::sync::OnceCell::new(),
+        freeze: match o.get("idle") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) if s == "stop" => false,
+            Some(Value::String(s)) if s == "freeze" => true,
+            Some(other) => {
+                return Err(format!(
+                    "static cmd target option idle must be \"stop\" or \"freeze\", got {other}"
+                ))
+            }
+        },
     }))
 }
 
@@ -677,6 +699,9 @@ impl Cmd {
             stdin: process::Stdio::Null,
             stdout: process::Stdio::Piped,
             stderr: process::Stdio::Piped,
+            // A daemon killed with SIGKILL takes its backend along (the rest of the group, if the command
+            // forked instead of `exec`, is stopped by the next daemon through the backend record).
+            parent_death_signal: Some(process::Signal::SIGKILL),
             ..Default::default()
         };
         let mut child = process::Child::spawn(
@@ -686,6 +711,14 @@ impl Cmd {
         )
         .map_err(|e| e.to_string())?;
         let pid = child.pid();
+        if let Some(dir) = &self.run_dir {
+            if let Err(e) = crate::instance::backends::record(dir, &self.target, pid) {
+                self.log.warn(
+                    "cannot record the backend; a successor could not stop it after a crash",
+                    &[("target", &self.target), ("err", &e)],
+                );
+            }
+        }
         if let Some(o) = child.take_stdout() {
             forward_output(o, self.log.clone(), self.target.clone(), "stdout");
         }
@@ -694,13 +727,15 @@ impl Cmd {
         }
         let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
         let (exit_tx, exit_rx) = watch::channel(None);
-        let (grace, notifier, log, target) = (
+        let (grace, notifier, log, target, run_dir) = (
             self.stop_timeout,
             self.exited.clone(),
             self.log.clone(),
             self.target.clone(),
+            self.run_dir.clone(),
         );
         tokio::spawn(async move {
+            let _forget = ForgetOnDrop(run_dir, target.clone(), pid);
             tokio::select! {
                 status = child.wait() => {
                     let reason = match status {
@@ -732,6 +767,7 @@ impl Cmd {
         );
         Ok(Running {
             pid,
+            frozen: false,
             stop: Some(stop_tx),
             exited: exit_rx,
         })
@@ -758,6 +794,33 @@ impl Cmd {
         }
     }
 
+    /// Stops the backend a previous daemon left running (it died without stopping it), so the new one can
+    /// bind its ports: SIGINT to its process group, `stop_timeout`, then SIGKILL.
+    async fn reclaim_predecessor(&self) {
+        let Some(dir) = &self.run_dir else { return };
+        let Some(pid) = crate::instance::backends::left_running(dir, &self.target) else {
+            return;
+        };
+        self.log.warn(
+            "stopping a backend left running by a previous daemon",
+            &[("target", &self.target), ("pid", &pid)],
+        );
+        let group = process::ProcessGroup::new(pid);
+        let _ = group.signal(process::Signal::SIGINT);
+        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+        while group.is_alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(READY_POLL).await;
+        }
+        if group.is_alive() {
+            let _ = group.signal(process::Signal::SIGKILL);
+            let limit = tokio::time::Instant::now() + Duration::from_secs(1);
+            while group.is_alive() && tokio::time::Instant::now() < limit {
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+        crate::instance::backends::forget_if(dir, &self.target, pid);
+    }
+
     async fn stop_running(&self, guard: &mut Option<Running>) {
         let Some(mut r) = guard.take() else { return };
         if let Some(stop) = r.stop.take() {
@@ -773,6 +836,17 @@ impl Cmd {
         }
         // The monitor already saw the exit; wait for it to finish cleaning the group.
         let _ = r.exited.wait_for(|e| e.is_some()).await;
+    }
+}
+
+/// Deletes a backend's record when its monitor task ends (the backend has exited or been stopped).
+struct ForgetOnDrop(Option<std::path::PathBuf>, String, u32);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            crate::instance::backends::forget_if(dir, &self.1, self.2);
+        }
     }
 }
 
@@ -795,13 +869,29 @@ impl TargetHandler for Cmd {
     fn warm(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
-            if let Some(r) = guard.as_ref() {
+            if let Some(r) = guard.as_mut() {
                 if r.exited.borrow().is_none() {
-                    return Ok(());
+                    if !r.frozen {
+                        return Ok(());
+                    }
+                    process::ProcessGroup::new(r.pid)
+                        .signal(process::Signal::SIGCONT)
+                        .map_err(|e| format!("resume process group {}: {e}", r.pid))?;
+                    r.frozen = false;
+                    self.log.info(
+                        "command resumed",
+                        &[("target", &self.target), ("pid", &r.pid)],
+                    );
+                    let exited = r.exited.clone();
+                    drop(guard);
+                    return self.wait_ready(exited).await;
                 }
                 // It died on its own: forget it and start afresh (the original said "already started").
                 self.stop_running(&mut guard).await;
             }
+            self.reclaimed
+                .get_or_init(|| self.reclaim_predecessor())
+                .await;
             let running = self.spawn()?;
             let exited = running.exited.clone();
             *guard = Some(running);
@@ -817,6 +907,31 @@ impl TargetHandler for Cmd {
     fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
+            if self.freeze {
+                if let Some(r) = guard.as_mut().filter(|r| r.exited.borrow().is_none()) {
+                    process::ProcessGroup::new(r.pid)
+                        .signal(process::Signal::SIGSTOP)
+                        .map_err(|e| format!("freeze process group {}: {e}", r.pid))?;
+                    r.frozen = true;
+                    self.log.info(
+                        "command frozen",
+                        &[("target", &self.target), ("pid", &r.pid)],
+                    );
+                    return Ok(());
+                }
+            }
+            self.stop_running(&mut guard).await;
+            Ok(())
+        })
+    }
+    fn close(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut guard = self.running.lock().await;
+            if let Some(r) = guard.as_mut().filter(|r| r.frozen) {
+                // A stopped process would not act on SIGINT before its grace ran out.
+                let _ = process::ProcessGroup::new(r.pid).signal(process::Signal::SIGCONT);
+                r.frozen = false;
+            }
             self.stop_running(&mut guard).await;
             Ok(())
         })

@@ -289,6 +289,9 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap();
+        // The runtime directory (instance lock, backend records) sits next to the config, so daemons of one
+        // test share it and tests do not leave files in /run.
+        let run_dir = config.parent().unwrap().join("run");
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -298,6 +301,7 @@ impl Daemon {
                 "--config",
             ])
             .arg(config)
+            .env("RUNTIME_DIRECTORY", run_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)
@@ -519,4 +523,24 @@ pub fn eventually(limit: Duration, what: &str, f: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A TCP counter of namespace `ns` from /proc/net/snmp (`Tcp`) or /proc/net/netstat (`TcpExt`), e.g.
+/// `("Tcp", "RetransSegs")`, `("TcpExt", "TCPSynRetrans")`.
+pub fn tcp_counter(ns: &str, group: &str, name: &str) -> u64 {
+    let file = if group == "Tcp" {
+        "/proc/net/snmp"
+    } else {
+        "/proc/net/netstat"
+    };
+    let text = ns_output(ns, &["cat", file]);
+    let prefix = format!("{group}:");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+    // Each group is a header line of names followed by a line of values.
+    let (names, values) = (rows[0], rows[1]);
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {group} {name} in {file}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
