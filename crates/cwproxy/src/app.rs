@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use httpproxy::{Logger, ProxyConfig, Upstream};
+#[cfg(unix)]
 use process::{
     Child, DetectError, DetectOptions, ExitStatus, ForwardEvent, SignalForwarder, SpawnOptions,
 };
@@ -16,13 +17,14 @@ use telemetry::entry::{decode_path, Context};
 use telemetry::pipeline::{stdout_writer, Emitter, Pipeline, PipelineConfig, Record};
 use telemetry::Exchange;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::cloudwatch::{self, Activation, Activator, Kind, Sinks, Target};
-use crate::config::{self, ChildStdout, Config, Env, NameSources, ProcessEnv};
+#[cfg(unix)]
+use crate::config::ChildStdout;
+use crate::config::{self, Config, Env, NameSources, ProcessEnv};
 use crate::health::HealthRunner;
 use crate::metadata::{self, Detected, HostProbe, RegionSource};
 
@@ -54,6 +56,7 @@ impl Fatal {
     }
 }
 
+#[cfg(unix)]
 fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is valid for writes of its whole length; gethostname NUL-terminates on success
@@ -64,6 +67,11 @@ fn hostname() -> Option<String> {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+#[cfg(not(unix))]
+fn hostname() -> Option<String> {
+    std::env::var("COMPUTERNAME").ok().filter(|h| !h.is_empty())
 }
 
 fn load_config(detected: Option<SocketAddr>, meta: Option<&Detected>) -> Result<Config, Fatal> {
@@ -367,12 +375,32 @@ impl Running {
     }
 }
 
-fn signal_name(kind: i32) -> &'static str {
-    match kind {
-        libc::SIGINT => "interrupt",
-        libc::SIGTERM => "terminated",
-        _ => "signal",
-    }
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM; Ctrl-C where there are no Unix
+/// signals), with the signal's name as Go prints it.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, Fatal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "interrupt",
+            _ = term.recv() => "terminated",
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, Fatal> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No console to wait on: run until the process is ended from outside.
+            std::future::pending::<()>().await;
+        }
+        "interrupt"
+    })
 }
 
 /// `cwproxy --check`: validates the configuration and prints it as cwproxy would run with it
@@ -420,19 +448,10 @@ pub async fn run_normal() -> Result<i32, Fatal> {
     let config = load_config(None, None)?;
     let listener = bind(config.proxy_port)?;
     let (config, meta) = settle(config, meta, None).await?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Fatal::new(format!("install signal handler: {e}")))?;
+    let stop = shutdown_signal()?;
     let shutdown = async move {
-        let which = tokio::select! {
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-        };
-        DIAG.log(format_args!(
-            "received signal {}; shutting down",
-            signal_name(which)
-        ));
+        let name = stop.await;
+        DIAG.log(format_args!("received signal {name}; shutting down"));
     };
     let upstream = Upstream::Host {
         host: config.app_host.clone(),
@@ -452,6 +471,7 @@ pub async fn run_normal() -> Result<i32, Fatal> {
 /// Waits until `host:port` accepts a TCP connection, within `limit`. A name may resolve to several
 /// addresses (`localhost`: `::1` and `127.0.0.1`) and the app may listen on only one of them, so
 /// each is tried at once and the first that connects wins.
+#[cfg(unix)]
 async fn wait_app_ready(host: &str, port: u16, limit: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + limit;
     let addrs: Vec<SocketAddr> =
@@ -476,6 +496,7 @@ async fn wait_app_ready(host: &str, port: u16, limit: Duration) -> Result<(), St
     Err(last)
 }
 
+#[cfg(unix)]
 /// Inspector mode: start `command args…`, find its port, proxy until it exits, exit with its code.
 pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32, Fatal> {
     let shown = command.to_string_lossy().into_owned();
@@ -675,4 +696,13 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
             "inspector child {shown:?}: exit status unknown"
         ))),
     }
+}
+
+/// Inspector mode launches and watches the app through Unix process groups and signals; on other
+/// systems this build runs normal mode only.
+#[cfg(not(unix))]
+pub async fn run_inspector(command: OsString, _args: Vec<OsString>) -> Result<i32, Fatal> {
+    Err(Fatal::new(format!(
+        "inspector mode (starting {command:?}) needs a Unix system; start the app yourself and run cwproxy without arguments (normal mode, APP_PORT)"
+    )))
 }

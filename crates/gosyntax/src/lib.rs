@@ -190,6 +190,32 @@ pub fn format_go_duration(d: Duration) -> String {
     }
 }
 
+/// The UTC calendar time of `secs` seconds since 1970-01-01: `(year, month, day, hour, minute,
+/// second)`, for the timestamps Go's `time` package prints (civil date by Howard Hinnant's algorithm,
+/// exact for every date in the proleptic Gregorian calendar).
+pub fn utc_civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Every value below is in range by construction (day 1..=31, month 1..=12, rem < 86400).
+    let small = |v: i64| u32::try_from(v).unwrap_or(0);
+    (
+        year,
+        small(month),
+        small(day),
+        small(rem / 3600),
+        small((rem / 60) % 60),
+        small(rem % 60),
+    )
+}
+
 /// Go's `strconv.Atoi` with its error text (`strconv.Atoi: parsing "x": invalid syntax`).
 pub fn atoi(text: &str) -> Result<i64, String> {
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
@@ -323,6 +349,14 @@ mod tests {
         assert_eq!(parse_float("1.5"), Ok(1.5));
         assert!(parse_float("x").is_err());
         assert!(parse_float("inf").is_err());
+    }
+
+    #[test]
+    fn utc_civil_dates() {
+        assert_eq!(utc_civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(utc_civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(utc_civil(1_796_586_748), (2026, 12, 6, 19, 52, 28));
+        assert_eq!(utc_civil(-1), (1969, 12, 31, 23, 59, 59));
     }
 
     #[test]

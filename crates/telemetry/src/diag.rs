@@ -61,35 +61,44 @@ impl Diag {
     }
 }
 
-/// `YYYY/MM/DD HH:MM:SS` in the local time zone (UTC when it cannot be determined).
+/// `YYYY/MM/DD HH:MM:SS` in the local time zone (UTC when it cannot be determined, and on
+/// systems other than Unix).
 pub fn local_timestamp() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let t = libc::time_t::try_from(now).unwrap_or(0);
+    let (year, month, day, hour, minute, second) =
+        local_civil(now).unwrap_or_else(|| gosyntax::utc_civil(i64::try_from(now).unwrap_or(0)));
+    format!("{year:04}/{month:02}/{day:02} {hour:02}:{minute:02}:{second:02}")
+}
+
+#[cfg(unix)]
+fn local_civil(now: u64) -> Option<(i64, u32, u32, u32, u32, u32)> {
+    let t = libc::time_t::try_from(now).ok()?;
     // SAFETY: `tm` is plain data that localtime_r fully initialises on success; both pointers are
     // valid for the duration of the call, and localtime_r is the thread-safe variant.
     let tm = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&t, &mut tm).is_null() {
-            None
-        } else {
-            Some(tm)
+            return None;
         }
+        tm
     };
-    match tm {
-        Some(tm) => format!(
-            "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        ),
-        None => "1970/01/01 00:00:00".to_owned(),
-    }
+    let u = |v: libc::c_int| u32::try_from(v).unwrap_or(0);
+    Some((
+        i64::from(tm.tm_year) + 1900,
+        u(tm.tm_mon + 1),
+        u(tm.tm_mday),
+        u(tm.tm_hour),
+        u(tm.tm_min),
+        u(tm.tm_sec),
+    ))
+}
+
+#[cfg(not(unix))]
+fn local_civil(_now: u64) -> Option<(i64, u32, u32, u32, u32, u32)> {
+    None
 }
 
 #[cfg(test)]

@@ -254,6 +254,7 @@ pub fn stdout_writer() -> Box<dyn Write + Send> {
 
 struct RawStdout;
 
+#[cfg(unix)]
 impl Write for RawStdout {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // SAFETY: fd 1 stays open for the life of the process (we never close it); `buf` is a
@@ -267,6 +268,21 @@ impl Write for RawStdout {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Elsewhere std's stdout, written through at once: its line buffer must not hold lines back.
+#[cfg(not(unix))]
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        let n = out.write(buf)?;
+        out.flush()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }
 
