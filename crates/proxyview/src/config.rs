@@ -1237,6 +1237,48 @@ mod tests {
     }
 
     #[test]
+    fn cluster_errors_name_the_field() {
+        let ok = "cluster:\n  registry: \"redis://r:6379/0\"\n  advertise: \"10.0.0.5:8081\"\n  secret: \"0123456789abcdef\"\n";
+        let c = server(&format!("{BASE}{ok}")).unwrap().cluster.unwrap();
+        assert_eq!(c.node_id, "10.0.0.5:8081", "nodeId defaults to advertise");
+        assert!(server(BASE).unwrap().cluster.is_none());
+        for (bad, field) in [
+            (ok.replace("redis://r", "http://r"), "cluster.registry"),
+            (ok.replace("10.0.0.5:8081", "10.0.0.5"), "cluster.advertise"),
+            (ok.replace("0123456789abcdef", "short"), "cluster.secret"),
+            (format!("{ok}  nodeId: \"a b\"\n"), "cluster.nodeId"),
+            (format!("{ok}  heartbeatSecs: 0\n"), "cluster.heartbeatSecs"),
+        ] {
+            let err = server(&format!("{BASE}{bad}")).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn agent_urls_or_url() {
+        let agent = |p: &str| {
+            ClientConfig::from_yaml(
+                Path::new("a.yaml"),
+                &format!("clientId: a\nroutes:\n  - {{name: r, value: h, port: 80}}\nproxyview:\n  token: t\n{p}"),
+            )
+        };
+        let c = agent("  urls: [\"a:1\", \"wss://b\"]\n").unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.server, c.servers[0]);
+        let c = agent("  url: \"a:1\"\n").unwrap();
+        assert_eq!(c.servers, [c.server.clone()]);
+        for (p, field) in [
+            ("  urls: []\n", "proxyview.urls"),
+            ("  urls: [\"a:1\", \"http://b\"]\n", "proxyview.urls[1]"),
+            ("  url: \"a:1\"\n  urls: [\"b:1\"]\n", "not both"),
+            ("", "proxyview.url"),
+        ] {
+            let err = agent(p).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
     fn route_names_are_normalised_and_checked() {
         assert_eq!(normalize_route_name("f", "Route1.").unwrap(), "route1");
         assert!(normalize_route_name("f", "a b").is_err());
