@@ -1266,7 +1266,8 @@ mod tests {
         assert_eq!(c.servers.len(), 2);
         assert_eq!(c.server, c.servers[0]);
         let c = agent("  url: \"a:1\"\n").unwrap();
-        assert_eq!(c.servers, [c.server.clone()]);
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(c.servers[0], c.server);
         for (p, field) in [
             ("  urls: []\n", "proxyview.urls"),
             ("  urls: [\"a:1\", \"http://b\"]\n", "proxyview.urls[1]"),
