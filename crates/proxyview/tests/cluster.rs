@@ -315,3 +315,68 @@ async fn three_nodes_serve_every_host_forward_streams_and_fail_over() {
     drop(a2);
     drop(b2);
 }
+
+/// The README's cluster example: the three node configs and the agent config of
+/// `examples/proxyview/cluster/` as shipped, with free ports substituted for the fixed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_cluster_example_runs_as_written() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/proxyview/cluster"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("examples/proxyview/cluster/node$i.yaml"));
+    assert!(readme.contains("examples/proxyview/cluster/agent.yaml"));
+    let redis = Redis::start().await;
+    let be = backend("app").await;
+    let mut map: Vec<(String, String)> = vec![
+        ("127.0.0.1:6379".into(), format!("127.0.0.1:{}", redis.port)),
+        ("port: 8083".into(), format!("port: {}", be.port())),
+        ("caller-token-change-me".into(), TOKEN_OUT.into()),
+    ];
+    for i in 1..=3 {
+        map.push((format!("910{i}"), free_port().to_string()));
+        map.push((format!("920{i}"), free_port().to_string()));
+    }
+    let load = |name: &str| {
+        let mut text = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+        for (from, to) in &map {
+            text = text.replace(from.as_str(), to);
+        }
+        text
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(start_server(&load(&format!("node{i}.yaml"))).await);
+    }
+    let _agent = start_agent(&load("agent.yaml"));
+    for n in &nodes {
+        wait_body(n, "app", "app", T).await;
+    }
+    // `--check` names this node and the live ones.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), load("node1.yaml")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyview"))
+        .args(["server", "--check", "--config"])
+        .arg(cfg.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cluster node \"node1\""), "{text}");
+    for n in ["node1", "node2", "node3"] {
+        assert!(text.contains(&format!("live node \"{n}\"")), "{text}");
+    }
+    drop(redis);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyview"))
+        .args(["server", "--check", "--config"])
+        .arg(cfg.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("cluster.registry"),
+        "{text}"
+    );
+}
