@@ -250,6 +250,66 @@ async fn three_nodes_serve_every_host_forward_streams_and_fail_over() {
     );
     drop((x, y));
 
+    // A node cut off (SIGSTOP) past its lease: another clientId may take its route elsewhere;
+    // when the node is back it withdraws that route, so the route never has two owners, and
+    // claims its other routes again.
+    let (bp1, bp2) = (backend("p1").await, backend("p2").await);
+    let p1 = agent("agent-p1", "part", bp1, &[&n1]);
+    wait_body(&n2, "part", "p1", T).await;
+    let signal = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP", n1.proc.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p2 = agent("agent-p2", "part", bp2, &[&n3]);
+    let p2_took = wait_body(&n2, "part", "p2", T).await;
+    signal("-CONT", n1.proc.pid());
+    assert!(
+        n1.proc
+            .wait_log("route withdrawn", Duration::from_secs(3))
+            .await,
+        "{}",
+        n1.proc.stderr_text()
+    );
+    for n in [&n1, &n2, &n3] {
+        // n1's peer links come back within a heartbeat or so (502 meanwhile, never p1).
+        let t0 = Instant::now();
+        loop {
+            let (s, b) = get_text(n.external, "part", "/name").await;
+            assert_ne!(
+                b, "p1",
+                "two owners: the withdrawn route still served via {}",
+                n.external
+            );
+            if s == StatusCode::OK && b == "p2" {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "{s} {b} via {}",
+                n.external
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..3 {
+            let (s, b) = get_text(n.external, "part", "/name").await;
+            assert_eq!(
+                (s, b.as_str()),
+                (StatusCode::OK, "p2"),
+                "via {}",
+                n.external
+            );
+        }
+        wait_body(n, "alpha", "alpha", T).await;
+    }
+    eprintln!("the other clientId served the route {p2_took:?} after its agent started");
+    drop((p1, p2));
+
     // The agent of beta moves from n2 to n3: the host follows within 1 s of its registration.
     drop(_b);
     let bb2 = backend("beta-moved").await;

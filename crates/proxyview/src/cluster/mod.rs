@@ -82,8 +82,11 @@ pub struct Cluster {
     client: redis::Client,
     view: RwLock<View>,
     links: peer::Links,
-    /// Routes this node holds leases for (as last synced).
-    mine: Mutex<HashSet<String>>,
+    /// Routes this node holds in the registry, with the clientId (as last synced).
+    mine: Mutex<HashMap<String, String>>,
+    /// Claim every local route at the next sync (the lease lapsed, or Redis failed and may
+    /// have restarted empty).
+    full: AtomicBool,
     /// Local routes changed: sync now rather than at the next heartbeat.
     changed: Notify,
     healthy: AtomicBool,
@@ -138,7 +141,8 @@ impl Cluster {
             client,
             view: RwLock::new(View::default()),
             links,
-            mine: Mutex::new(HashSet::new()),
+            mine: Mutex::new(HashMap::new()),
+            full: AtomicBool::new(true),
             changed: Notify::new(),
             healthy: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -232,10 +236,14 @@ impl Cluster {
         {
             Ok(s) => {
                 self.registry_ok();
+                if s.rejoined {
+                    self.full.store(true, Ordering::Relaxed);
+                    self.changed();
+                }
                 let mut mine = self.lock_mine();
                 for c in &claims {
                     if !s.lost.iter().any(|(r, _)| *r == c.route) {
-                        mine.insert(c.route.clone());
+                        mine.insert(c.route.clone(), c.client.clone());
                     }
                 }
                 drop(mine);
@@ -254,7 +262,7 @@ impl Cluster {
         }
     }
 
-    fn lock_mine(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.mine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -269,6 +277,7 @@ impl Cluster {
 
     /// Logged once per outage; the node keeps serving from what it has.
     fn registry_failed(&self, e: &str) {
+        self.full.store(true, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         if self.healthy.swap(false, Ordering::Relaxed) {
             warn!(
@@ -296,11 +305,11 @@ impl Cluster {
 
     async fn sync_once(&self, router: &Router) {
         let local = router.routes();
-        let names: HashSet<String> = local.iter().map(|(r, _)| r.clone()).collect();
+        let names: HashSet<&str> = local.iter().map(|(r, _)| r.as_str()).collect();
         let gone: Vec<String> = self
             .lock_mine()
-            .iter()
-            .filter(|r| !names.contains(*r))
+            .keys()
+            .filter(|r| !names.contains(r.as_str()))
             .cloned()
             .collect();
         if let Err(e) = self.registry.release(&self.cfg.node_id, &gone).await {
@@ -312,36 +321,54 @@ impl Cluster {
                 mine.remove(r);
             }
         }
-        let claims: Vec<Claim> = local
-            .iter()
-            .filter_map(|(r, clients)| {
-                let client = clients.first()?;
-                Some(Claim {
-                    route: r.clone(),
-                    client: client.clone(),
-                    share: self.share(r, client),
-                })
-            })
-            .collect();
-        let s = match self
-            .registry
-            .sync(&self.cfg.node_id, &self.cfg.advertise, self.ttl(), &claims)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return self.registry_failed(&e.to_string()),
-        };
-        self.registry_ok();
-        {
-            let mut mine = self.lock_mine();
-            *mine = names;
-            for (route, holder) in &s.lost {
-                mine.remove(route);
-                if router.withdraw(route) {
-                    warn!(%route, %holder, "route withdrawn: the registry gives it to another clientId");
+        // Claimed: the routes new here (or served for another clientId now); all of them after
+        // a lapse or an outage. Held routes cost nothing: the node's lease covers them.
+        let mut full = self.full.swap(false, Ordering::Relaxed);
+        let s = loop {
+            let claims: Vec<Claim> = {
+                let mine = self.lock_mine();
+                local
+                    .iter()
+                    .filter_map(|(r, clients)| {
+                        let client = clients.first()?;
+                        (full || mine.get(r) != Some(client)).then(|| Claim {
+                            route: r.clone(),
+                            client: client.clone(),
+                            share: self.share(r, client),
+                        })
+                    })
+                    .collect()
+            };
+            let s = match self
+                .registry
+                .sync(&self.cfg.node_id, &self.cfg.advertise, self.ttl(), &claims)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return self.registry_failed(&e.to_string()),
+            };
+            {
+                let mut mine = self.lock_mine();
+                for c in claims {
+                    if !s.lost.iter().any(|(r, _)| *r == c.route) {
+                        mine.insert(c.route, c.client);
+                    }
+                }
+                for (route, holder) in &s.lost {
+                    mine.remove(route);
+                    if router.withdraw(route) {
+                        warn!(%route, %holder, "route withdrawn: the registry gives it to another clientId");
+                    }
                 }
             }
-        }
+            if s.rejoined && !full {
+                // Our lease had lapsed: the registry may have dropped every route of ours.
+                full = true;
+                continue;
+            }
+            break s;
+        };
+        self.registry_ok();
         self.links.follow(
             s.nodes
                 .into_iter()

@@ -1,34 +1,86 @@
-//! The route registry on Redis: leases per route, claimed and renewed by one Lua script so that
-//! the takeover rules hold across nodes without a check-then-set race.
+//! The route registry on Redis: which node serves which route for which clientId, claimed by
+//! one Lua script so that the takeover rules hold across nodes without a check-then-set race.
 //!
-//! Keys (under the configured prefix `P`):
-//! - `P:r:<route>`: hash, one field per node serving the route: `<expiry ms>|<clientId>`. The
-//!   key's own expiry is the latest of its fields', so a route whose nodes all died vanishes.
+//! A route's entry is valid while its node's lease is: each node renews one lease per
+//! heartbeat (TTL three heartbeats) instead of one per route, so an idle node costs a handful
+//! of commands per heartbeat whatever its number of routes. Keys (under the prefix `P`):
+//! - `P:nodes`: hash, node id → `<lease expiry ms>|<advertise>`.
+//! - `P:r:<route>`: hash, node id → clientId of each node serving the route.
+//! - `P:n:<node>`: set of the routes a node holds (to drop them all when its lease lapses).
 //! - `P:routes`: set of route names (the snapshot walks it instead of `SCAN`).
-//! - `P:nodes`: hash, node id → `<expiry ms>|<advertise>`.
 //! - `P:rev`: counter bumped on every ownership change; a node whose last seen value differs
 //!   reloads the whole table (the reconciliation that heals a lost pub/sub message).
 //! - `P:changes`: pub/sub channel; the payload is the route name that changed.
 //!
-//! Expiry is compared with Redis's own clock (`TIME` inside the scripts), so node clocks never
-//! decide who owns a route. Scripts touch keys they derive from the prefix, which standalone
-//! Redis, Valkey and ElastiCache with cluster mode disabled allow (Redis Cluster does not: out
-//! of scope).
+//! Any node's heartbeat removes the entries of nodes whose lease lapsed (and announces each
+//! route). A node that finds its own lease gone (it was cut off from Redis, or Redis restarted
+//! empty) is told so and claims all its routes again: those another clientId took meanwhile
+//! come back as lost, and the node withdraws them. Expiry is compared with Redis's own clock
+//! (`TIME` inside the scripts), so node clocks never decide who owns a route. Scripts touch
+//! keys they derive from the prefix, which standalone Redis, Valkey and ElastiCache with cluster
+//! mode disabled allow (Redis Cluster does not: out of scope).
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-/// Lua: renew this node's entry and its routes; claim each route it does not hold yet when no
-/// live entry of an incompatible clientId exists. Returns `{rev, lost, live nodes}` where
-/// `lost` is `route, clientId` pairs refused, `live` is `node, advertise` pairs.
-const SYNC: &str = r#"
-local p, node, adv, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+/// Shared by the scripts: the time on Redis's clock and whether a node's lease is live.
+const PRELUDE: &str = r#"
+local p = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local exp = now + ttl
-redis.call('HSET', p .. ':nodes', node, exp .. '|' .. adv)
+local alive = {}
+local function live(n)
+  if alive[n] == nil then
+    local v = redis.call('HGET', p .. ':nodes', n)
+    local e = nil
+    if v then e = tonumber(string.match(v, '^(%d+)|')) end
+    alive[n] = (e ~= nil and e > now)
+  end
+  return alive[n]
+end
+local function changed(route)
+  redis.call('INCR', p .. ':rev')
+  redis.call('PUBLISH', p .. ':changes', route)
+end
+local function drop(route, n)
+  local key = p .. ':r:' .. route
+  redis.call('SREM', p .. ':n:' .. n, route)
+  if redis.call('HDEL', key, n) == 1 then
+    if redis.call('HLEN', key) == 0 then
+      redis.call('DEL', key)
+      redis.call('SREM', p .. ':routes', route)
+    end
+    changed(route)
+  end
+end
+"#;
+
+/// Lua: renew this node's lease; drop the entries of lapsed nodes; claim each route given
+/// (`route, clientId, share` triples) unless a live node serves it for an incompatible
+/// clientId. Returns `{rev, rejoined, lost, live nodes}`: `rejoined` = 1 when this node's lease
+/// had lapsed (every route must be claimed again), `lost` = `route, clientId` pairs refused,
+/// `live` = `node, advertise` pairs.
+const SYNC: &str = r#"
+local node, adv, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local rejoined = 0
+if not live(node) then rejoined = 1 end
+redis.call('HSET', p .. ':nodes', node, (now + ttl) .. '|' .. adv)
+alive[node] = true
+local live_nodes = {}
+local nodes = redis.call('HGETALL', p .. ':nodes')
+for j = 1, #nodes, 2 do
+  local n = nodes[j]
+  if live(n) then
+    table.insert(live_nodes, n)
+    table.insert(live_nodes, string.match(nodes[j + 1], '^%d+|(.*)$'))
+  else
+    for _, route in ipairs(redis.call('SMEMBERS', p .. ':n:' .. n)) do drop(route, n) end
+    redis.call('DEL', p .. ':n:' .. n)
+    redis.call('HDEL', p .. ':nodes', n)
+  end
+end
 local lost = {}
 local i = 5
 while i + 2 <= #ARGV do
@@ -36,85 +88,54 @@ while i + 2 <= #ARGV do
   i = i + 3
   local key = p .. ':r:' .. route
   local h = redis.call('HGETALL', key)
-  local mine, other, maxexp = false, nil, exp
+  local mine, other = nil, nil
   for j = 1, #h, 2 do
-    local e, c = string.match(h[j + 1], '^(%d+)|(.*)$')
-    e = tonumber(e)
-    if e == nil or e <= now then
-      redis.call('HDEL', key, h[j])
-    elseif h[j] == node then
-      mine = true
-    else
-      if c ~= client and not string.find(share, '\n' .. c .. '\n', 1, true) then other = c end
-      if e > maxexp then maxexp = e end
+    local n, c = h[j], h[j + 1]
+    if n == node then
+      mine = c
+    elseif not live(n) then
+      drop(route, n)
+    elseif c ~= client and not string.find(share, '\n' .. c .. '\n', 1, true) then
+      other = c
     end
   end
-  if mine or other == nil then
-    redis.call('HSET', key, node, exp .. '|' .. client)
-    redis.call('PEXPIREAT', key, maxexp)
-    if not mine then
+  if mine ~= nil or other == nil then
+    if mine ~= client then
+      redis.call('HSET', key, node, client)
+      redis.call('SADD', p .. ':n:' .. node, route)
       redis.call('SADD', p .. ':routes', route)
-      redis.call('INCR', p .. ':rev')
-      redis.call('PUBLISH', p .. ':changes', route)
+      changed(route)
     end
   else
     table.insert(lost, route)
     table.insert(lost, other)
   end
 end
-local live = {}
-local nodes = redis.call('HGETALL', p .. ':nodes')
-for j = 1, #nodes, 2 do
-  local e = tonumber(string.match(nodes[j + 1], '^(%d+)|'))
-  if e == nil or e <= now then
-    redis.call('HDEL', p .. ':nodes', nodes[j])
-  else
-    table.insert(live, nodes[j])
-    table.insert(live, string.match(nodes[j + 1], '^%d+|(.*)$'))
-  end
-end
-return {redis.call('GET', p .. ':rev') or '0', lost, live}
+return {redis.call('GET', p .. ':rev') or '0', rejoined, lost, live_nodes}
 "#;
 
-/// Lua: drop this node's entry of each route; an emptied route goes.
+/// Lua: drop this node's entry of each route given.
 const RELEASE: &str = r#"
-local p, node = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  local key = p .. ':r:' .. ARGV[i]
-  if redis.call('HDEL', key, node) == 1 then
-    if redis.call('HLEN', key) == 0 then
-      redis.call('DEL', key)
-      redis.call('SREM', p .. ':routes', ARGV[i])
-    end
-    redis.call('INCR', p .. ':rev')
-    redis.call('PUBLISH', p .. ':changes', ARGV[i])
-  end
-end
+local node = ARGV[2]
+for i = 3, #ARGV do drop(ARGV[i], node) end
 return 1
 "#;
 
-/// Lua: the live entries of one route (ARGV[2]) or of all (ARGV[2] empty), as flat
+/// Lua: the entries of live nodes for one route (ARGV[2]) or for all (ARGV[2] empty), as flat
 /// `route, node, clientId` triples, with the revision they belong to.
 const READ: &str = r#"
-local p = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local names
 if ARGV[2] == '' then names = redis.call('SMEMBERS', p .. ':routes') else names = {ARGV[2]} end
 local out = {}
 for _, route in ipairs(names) do
   local h = redis.call('HGETALL', p .. ':r:' .. route)
-  local any = false
   for j = 1, #h, 2 do
-    local e, c = string.match(h[j + 1], '^(%d+)|(.*)$')
-    if tonumber(e) ~= nil and tonumber(e) > now then
+    if live(h[j]) then
       table.insert(out, route)
       table.insert(out, h[j])
-      table.insert(out, c)
-      any = true
+      table.insert(out, h[j + 1])
     end
   end
-  if not any and ARGV[2] == '' then redis.call('SREM', p .. ':routes', route) end
 end
 return {redis.call('GET', p .. ':rev') or '0', out}
 "#;
@@ -149,6 +170,8 @@ pub struct Claim {
 pub struct Synced {
     /// Revision counter after the call.
     pub rev: String,
+    /// This node's lease had lapsed: every route must be claimed again.
+    pub rejoined: bool,
     /// Routes refused: (route, clientId holding it elsewhere).
     pub lost: Vec<(String, String)>,
     /// Live nodes: (node id, advertise address), this one included.
@@ -196,9 +219,9 @@ impl Registry {
         Ok(Self {
             con: ConnectionManager::new_lazy_with_config(client, cfg)?,
             prefix: prefix.to_string(),
-            sync: Script::new(SYNC),
-            release: Script::new(RELEASE),
-            read: Script::new(READ),
+            sync: Script::new(&format!("{PRELUDE}{SYNC}")),
+            release: Script::new(&format!("{PRELUDE}{RELEASE}")),
+            read: Script::new(&format!("{PRELUDE}{READ}")),
         })
     }
 
@@ -207,7 +230,7 @@ impl Registry {
         format!("{}:changes", self.prefix)
     }
 
-    /// Renews this node and `claims`, claiming those it does not hold yet.
+    /// Renews this node's lease and claims `claims` (those it holds already cost one read).
     pub async fn sync(
         &self,
         node: &str,
@@ -224,10 +247,11 @@ impl Registry {
             inv.arg(&c.route).arg(&c.client).arg(c.share.join("\n"));
         }
         let mut con = self.con.clone();
-        let (rev, lost, nodes): (String, Vec<String>, Vec<String>) =
+        let (rev, rejoined, lost, nodes): (String, i64, Vec<String>, Vec<String>) =
             bounded(inv.invoke_async(&mut con)).await?;
         Ok(Synced {
             rev,
+            rejoined: rejoined == 1,
             lost: pairs(lost),
             nodes: pairs(nodes),
         })
