@@ -116,7 +116,7 @@ sleep "$IDLE"
 c1=$(stat total_commands_processed); i1=$(stat total_net_input_bytes); o1=$(stat total_net_output_bytes)
 awk -v c=$((c1-c0)) -v i=$((i1-i0)) -v o=$((o1-o0)) -v t="$IDLE" \
   'BEGIN{printf "idle, 2 nodes, 1000 routes: %.1f commands/s (incl. the INFO calls), %.1f KB/s in, %.1f KB/s out\n", (c-2)/t, i/t/1000, o/t/1000}'
-echo "  (Redis counts the commands a script runs: the claim script runs 3 per route per heartbeat)"
+echo "  (Redis counts the commands a script runs; an idle node's heartbeat script runs a handful)"
 
 # --- (3) convergence over REGS registrations ------------------------------------------------------
 python3 - "$PV" "$WORK" "${IN[1]}" "${EX[1]}" "${EX[2]}" "$P_BE" "$REGS" <<'PY'

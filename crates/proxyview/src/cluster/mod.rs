@@ -1,8 +1,9 @@
 //! Several servers sharing one route registry on Redis (`cluster:` in the server config): any
 //! node serves any registered host.
 //!
-//! - Each node records the routes of its own agents as leases ([`registry`]); the takeover rules
-//!   of the `agents:` section are applied cluster-wide by the claim script, atomically.
+//! - Each node records the routes of its own agents in the registry ([`registry`]), valid while
+//!   its lease (one per node, renewed every heartbeat) lives; the takeover rules of the
+//!   `agents:` section are applied cluster-wide by the claim script, atomically.
 //! - Each node keeps the other nodes' routes in a local view, so a caller's request costs no
 //!   registry round trip: pub/sub names each route that changed (re-read at once), and every
 //!   heartbeat compares the registry's revision counter with the view's, reloading everything
@@ -117,7 +118,7 @@ pub struct ClusterStatus {
     pub registry_error: Option<String>,
     /// Milliseconds since the last successful sync.
     pub last_sync_ms_ago: Option<u64>,
-    /// Routes this node holds leases for.
+    /// Routes this node holds in the registry (covered by its lease).
     pub leases: usize,
     /// Routes served by other nodes, as this node sees them.
     pub remote_routes: usize,
@@ -165,12 +166,13 @@ impl Cluster {
         self.cfg.heartbeat * LEASE_HEARTBEATS
     }
 
-    /// Starts the heartbeat (sync) and pub/sub tasks; they end with the server.
+    /// Starts the heartbeat (sync) and pub/sub tasks; they end when the server is dropped.
     pub fn spawn(self: &Arc<Self>, server: Weak<Server>) {
         let c = self.clone();
-        tokio::spawn(async move { c.heartbeat_loop(server).await });
+        let s = server.clone();
+        tokio::spawn(async move { c.heartbeat_loop(s).await });
         let c = self.clone();
-        tokio::spawn(async move { c.subscribe_loop().await });
+        tokio::spawn(async move { c.subscribe_loop(server).await });
     }
 
     /// Local routes changed (a session ended): sync soon.
@@ -444,10 +446,12 @@ impl Cluster {
     }
 
     /// Follows the change channel; after each (re)subscription the whole view is reloaded,
-    /// since messages sent while unsubscribed are lost.
-    async fn subscribe_loop(self: Arc<Self>) {
+    /// since messages sent while unsubscribed are lost. A subscription silent for a heartbeat
+    /// while the registry is unhealthy is dropped and made again (a connection cut without a
+    /// FIN would otherwise wait forever).
+    async fn subscribe_loop(self: Arc<Self>, server: Weak<Server>) {
         let channel = self.registry.channel();
-        loop {
+        while server.strong_count() > 0 {
             let sub = async {
                 let mut ps = self.client.get_async_pubsub().await?;
                 ps.subscribe(&channel).await?;
@@ -457,7 +461,20 @@ impl Cluster {
                 Ok(Ok(mut ps)) => {
                     self.reload().await;
                     let mut msgs = ps.on_message();
-                    while let Some(m) = msgs.next().await {
+                    loop {
+                        let m = tokio::select! {
+                            m = msgs.next() => m,
+                            () = tokio::time::sleep(self.cfg.heartbeat) => {
+                                if server.strong_count() == 0 {
+                                    return;
+                                }
+                                if self.healthy.load(Ordering::Relaxed) {
+                                    continue;
+                                }
+                                None
+                            }
+                        };
+                        let Some(m) = m else { break };
                         let route = String::from_utf8_lossy(m.get_payload_bytes()).into_owned();
                         self.refresh(&route).await;
                     }
