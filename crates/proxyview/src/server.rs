@@ -466,14 +466,13 @@ impl Server {
         let (body, kind) = if path == "/" {
             (ADMIN_PAGE.to_string(), "text/html; charset=utf-8")
         } else {
-            let status = serde_json::to_value(self.router.status()).map(|mut v| {
-                // Cluster hook: node, peers and registry health beside the table.
-                if let (Some(c), Some(o)) = (&self.cluster, v.as_object_mut()) {
-                    o.insert("cluster".into(), serde_json::json!(c.status()));
-                }
-                v
-            });
-            match status.and_then(|v| serde_json::to_string(&v)) {
+            // Cluster hook: node, peers and registry health beside the table (absent without
+            // `cluster:`, so the single-node JSON is unchanged).
+            let status = StatusJson {
+                table: self.router.status(),
+                cluster: self.cluster.as_ref().map(|c| c.status()),
+            };
+            match serde_json::to_string(&status) {
                 Ok(j) => (j, "application/json"),
                 Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             }
@@ -641,6 +640,15 @@ where
     })
 }
 
+/// `/api/status`: the route table, and the cluster's part when there is one.
+#[derive(serde::Serialize)]
+struct StatusJson {
+    #[serde(flatten)]
+    table: crate::router::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
+}
+
 /// The operator page: one self-contained file (inline CSS and JS, no external assets).
 const ADMIN_PAGE: &str = include_str!("server/admin.html");
 
@@ -769,6 +777,18 @@ async fn reject_peer(mut tcp: TcpStream, silent: bool) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_json_without_cluster_is_the_tables_own() {
+        let router = Router::new(Vec::new());
+        let plain = serde_json::to_string(&router.status()).unwrap();
+        let wrapped = serde_json::to_string(&StatusJson {
+            table: router.status(),
+            cluster: None,
+        })
+        .unwrap();
+        assert_eq!(plain, wrapped);
+    }
 
     #[test]
     fn accept_key_matches_rfc_example() {
