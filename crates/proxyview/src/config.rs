@@ -778,6 +778,13 @@ impl ServerConfig {
                 "redirectPort and acme are for the external port only",
             ));
         }
+        if cfg.cluster.is_some() && cfg.internal_tls.is_some() {
+            // Peer links dial the other nodes' internal ports over plain ws:// for now.
+            return Err(invalid(
+                "cluster",
+                "not supported together with internal.tls yet (peer links are plain ws://); terminate the agents' TLS in front of the internal port instead",
+            ));
+        }
         if let Some(p) = cfg.external_tls.as_ref().and_then(|t| t.redirect_port) {
             if p != 0 && (p == cfg.external_port || p == cfg.internal_port) {
                 return Err(invalid(
@@ -1252,6 +1259,15 @@ mod tests {
             let err = server(&format!("{BASE}{bad}")).unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+        let tls = BASE.replace(
+            "token: \"a\"\n",
+            "token: \"a\"\n  tls: {certificates: [{cert: c, key: k}]}\n",
+        );
+        let err = server(&format!("{tls}{ok}")).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster") && err.contains("internal.tls"),
+            "{err}"
+        );
     }
 
     #[test]
