@@ -317,7 +317,7 @@ async fn relay(srv: Arc<Server>, a: Accepted) {
         end,
         upgrade,
         mut send,
-        mut recv,
+        recv,
     } = a;
     let route = RawRequestHead::parse(&head).ok().and_then(|h| {
         h.fields()
@@ -338,41 +338,20 @@ async fn relay(srv: Arc<Server>, a: Accepted) {
         return answer(send, 404, &msg).await;
     };
     let cancelled = send.cancelled_owned();
-    let upload = async {
-        if end {
-            return;
+    // Each direction to its end with the tunnel's own body copy; a half dropped unfinished
+    // (error, reset) resets its stream.
+    let upload = async move {
+        if !end {
+            let _ = mux::send_body(recv, &mut up).await;
         }
-        while let Some(c) = recv.chunk().await {
-            match c {
-                Ok(b) => {
-                    if up.send_data(b, false).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = up.send_data(Bytes::new(), true).await;
-        // `up` finished: dropping it now resets nothing.
     };
-    let download = async {
+    let download = async move {
         let Ok((block, resp_end)) = down.head().await else {
             return;
         };
-        if send.send_head(&block, resp_end).is_err() || resp_end {
-            return;
+        if send.send_head(&block, resp_end).is_ok() && !resp_end {
+            let _ = mux::send_body(down, &mut send).await;
         }
-        while let Some(c) = down.chunk().await {
-            match c {
-                Ok(b) => {
-                    if send.send_data(b, false).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = send.send_data(Bytes::new(), true).await;
     };
     tokio::select! {
         _ = async { tokio::join!(upload, download) } => {}
