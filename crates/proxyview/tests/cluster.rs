@@ -321,15 +321,28 @@ async fn three_nodes_serve_every_host_forward_streams_and_fail_over() {
     // kill -9 of the node holding alpha's agent: served again via another node within 5 s.
     drop(_a);
     let a2 = agent("agent-a", "alpha", ba, &[&n2, &n3]);
+    let bs = backend("solo").await;
+    let solo = agent("agent-s", "solo", bs, &[&n2]);
     wait_body(&n1, "alpha", "alpha", T).await;
+    wait_body(&n1, "solo", "solo", T).await;
     let mut n2 = n2;
     let killed = Instant::now();
     n2.proc.kill();
+    // A host whose only agent was on the dead node: 502 (owner gone) at once, 404 once the
+    // node's lease lapsed and its routes were dropped.
+    let (s, body) = get_text(n1.external, "solo", "/name").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
     wait_body(&n1, "alpha", "alpha", Duration::from_secs(5)).await;
     eprintln!(
         "served again {:?} after kill -9 of its node",
         killed.elapsed()
     );
+    let t0 = Instant::now();
+    while get_text(n1.external, "solo", "/name").await.0 != StatusCode::NOT_FOUND {
+        assert!(t0.elapsed() < Duration::from_secs(3), "solo never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(solo);
 
     // Redis stops and comes back (empty) while traffic flows: every node keeps serving its own
     // and its cached routes, then registers everything again.
