@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
-use crate::config::{ClientConfig, Route};
+use crate::config::{ClientConfig, Route, ServerUrl};
 use crate::h1;
 use crate::http_util::{self, full, PvBody};
 use crate::mux::{self, lock, Heartbeat};
@@ -43,6 +43,8 @@ pub struct Agent {
     cfg: ClientConfig,
     routes: HashMap<String, Backend>,
     instance: String,
+    /// Index into `cfg.servers` of the endpoint the next session dials.
+    current: std::sync::atomic::AtomicUsize,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -110,6 +112,8 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
         if started.elapsed() >= protocol::RECONNECT_STABLE {
             failures = 0;
         }
+        // Cluster (`proxyview.urls`): the next session dials the next node.
+        agent.advance();
         let delay = backoff(failures);
         failures = failures.saturating_add(1);
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -138,7 +142,7 @@ impl Agent {
             .collect::<anyhow::Result<_>>()?;
         let instance = format!("{:016x}", rand::rng().random::<u64>());
         #[cfg(feature = "tls")]
-        let tls = if cfg.server.tls {
+        let tls = if cfg.servers.iter().any(|s| s.tls) {
             Some(crate::tls::connector(cfg.ca_file.as_deref())?)
         } else {
             None
@@ -147,13 +151,28 @@ impl Agent {
             cfg,
             routes,
             instance,
+            current: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(feature = "tls")]
             tls,
         })
     }
 
+    /// The endpoint the next session dials.
+    fn url(&self) -> &ServerUrl {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.cfg.servers.get(i).unwrap_or(&self.cfg.server)
+    }
+
+    /// Moves to the next endpoint of `proxyview.urls` (a no-op with one).
+    fn advance(&self) {
+        let n = self.cfg.servers.len().max(1);
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.current
+            .store((i + 1) % n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn dial(&self) -> Result<Box<dyn Io>, SessionError> {
-        let url = &self.cfg.server;
+        let url = self.url();
         let tcp = tokio::time::timeout(
             protocol::HANDSHAKE_TIMEOUT,
             TcpStream::connect((url.host.as_str(), url.port)),
@@ -192,7 +211,7 @@ impl Agent {
     /// One session: dial, authenticate, register, then serve streams until the tunnel ends.
     pub async fn session(self: Arc<Self>) -> Result<(), SessionError> {
         let io = self.dial().await?;
-        let uri = self.cfg.server.uri();
+        let uri = self.url().uri();
         let bad = |e: tokio_websockets::Error| {
             SessionError::Fatal(format!("cannot build the handshake: {e}"))
         };

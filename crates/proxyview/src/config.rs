@@ -273,6 +273,96 @@ struct RawServer {
     access_log: bool,
     #[serde(default)]
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    registry: String,
+    advertise: String,
+    secret: Secret,
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    heartbeat_secs: Option<f64>,
+    #[serde(default)]
+    key_prefix: Option<String>,
+}
+
+/// The server's `cluster:` section: nodes sharing one route registry on Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `redis://HOST:PORT[/DB]` or `rediss://…` (Redis ≥ 6 or Valkey).
+    pub registry: String,
+    /// `HOST:PORT` where the other nodes reach this node's internal port.
+    pub advertise: String,
+    /// Shared by every node; a peer presents it (compared in constant time).
+    pub secret: Secret,
+    /// This node's name in the registry (default: `advertise`).
+    pub node_id: String,
+    /// Lease renewal period; a lease lives three of them.
+    pub heartbeat: Duration,
+    /// Prefix of every registry key and channel (several clusters on one Redis).
+    pub key_prefix: String,
+}
+
+fn cluster_settings(raw: Option<RawCluster>) -> Result<Option<ClusterSettings>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let registry = raw.registry.trim().to_string();
+    if !(registry.starts_with("redis://") || registry.starts_with("rediss://")) {
+        return Err(invalid(
+            "cluster.registry",
+            format!("{registry:?} is not a redis:// or rediss:// URL"),
+        ));
+    }
+    let advertise = raw.advertise.trim().to_string();
+    let auth: http::uri::Authority = advertise.parse().map_err(|_| {
+        invalid(
+            "cluster.advertise",
+            format!("{advertise:?} is not HOST:PORT"),
+        )
+    })?;
+    if auth.port_u16().is_none_or(|p| p == 0) || auth.host().is_empty() {
+        return Err(invalid(
+            "cluster.advertise",
+            format!("{advertise:?} needs a host and a non-zero port"),
+        ));
+    }
+    if raw.secret.expose().len() < 16 {
+        return Err(invalid(
+            "cluster.secret",
+            "must be at least 16 characters (nodes authenticate each other with it)",
+        ));
+    }
+    let node_id = match raw.node_id.map(|n| n.trim().to_string()) {
+        Some(n) if n.is_empty() || n.len() > 128 || n.contains(['|', ' ']) => {
+            return Err(invalid(
+                "cluster.nodeId",
+                format!("{n:?} must be 1-128 characters without '|' or spaces"),
+            ))
+        }
+        Some(n) => n,
+        None => advertise.clone(),
+    };
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "proxyview".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        return Err(invalid(
+            "cluster.keyPrefix",
+            format!("{key_prefix:?} must be non-empty without spaces"),
+        ));
+    }
+    Ok(Some(ClusterSettings {
+        registry,
+        advertise,
+        secret: raw.secret,
+        node_id,
+        heartbeat: raw.heartbeat_secs.map_or(Ok(Duration::from_secs(1)), |v| {
+            secs("cluster.heartbeatSecs", v)
+        })?,
+        key_prefix,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -564,6 +654,8 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// TLS on the callers' port (`external.tls`), with its optional redirect port.
     pub external_tls: Option<TlsSettings>,
+    /// `cluster:`; `None` is the single-node server.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl ServerConfig {
@@ -674,6 +766,7 @@ impl ServerConfig {
                 a => a.map(|a| a.token),
             },
             external_tls: tls_settings("external.tls", raw.external.tls)?,
+            cluster: cluster_settings(raw.cluster)?,
         };
         if cfg
             .internal_tls
@@ -683,6 +776,13 @@ impl ServerConfig {
             return Err(invalid(
                 "internal.tls",
                 "redirectPort and acme are for the external port only",
+            ));
+        }
+        if cfg.cluster.is_some() && cfg.internal_tls.is_some() {
+            // Peer links dial the other nodes' internal ports over plain ws:// for now.
+            return Err(invalid(
+                "cluster",
+                "not supported together with internal.tls yet (peer links are plain ws://); terminate the agents' TLS in front of the internal port instead",
             ));
         }
         if let Some(p) = cfg.external_tls.as_ref().and_then(|t| t.redirect_port) {
@@ -767,7 +867,11 @@ struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawProxyview {
-    url: String,
+    #[serde(default)]
+    url: Option<String>,
+    /// Cluster alternative to `url`: tried in order, the next after each failure.
+    #[serde(default)]
+    urls: Option<Vec<String>>,
     token: Secret,
     #[serde(default)]
     ca_file: Option<PathBuf>,
@@ -893,8 +997,11 @@ pub struct ClientConfig {
     pub client_id: String,
     /// Services exposed through the tunnel.
     pub routes: Vec<Route>,
-    /// The server's internal endpoint.
+    /// The server's internal endpoint (the first of `servers`).
     pub server: ServerUrl,
+    /// Every endpoint the agent may dial, in order (`proxyview.urls`, else just `url`); after
+    /// a failed or ended session it moves on to the next.
+    pub servers: Vec<ServerUrl>,
     /// Token presented to the server.
     pub token: Secret,
     /// Extra PEM CA bundle trusted for `wss://` (besides the webpki roots).
@@ -987,14 +1094,38 @@ impl ClientConfig {
                 preserve_host: r.preserve_host.unwrap_or(raw.preserve_host),
             });
         }
-        let server =
-            ServerUrl::parse(&raw.proxyview.url).map_err(|m| invalid("proxyview.url", m))?;
-        if server.tls && !cfg!(feature = "tls") {
-            return Err(invalid(
-                "proxyview.url",
-                "wss:// needs proxyview built with the `tls` feature",
-            ));
+        // `url` (one server) or `urls` (cluster nodes, tried in turn), never both.
+        let (field, list) = match (raw.proxyview.url, raw.proxyview.urls) {
+            (Some(u), None) => ("proxyview.url", vec![u]),
+            (None, Some(l)) if !l.is_empty() => ("proxyview.urls", l),
+            (None, Some(_)) => return Err(invalid("proxyview.urls", "must not be empty")),
+            (None, None) => {
+                return Err(invalid("proxyview.url", "missing (or give proxyview.urls)"))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "proxyview.urls",
+                    "give either proxyview.url or proxyview.urls, not both",
+                ))
+            }
+        };
+        let mut servers = Vec::with_capacity(list.len());
+        for (i, u) in list.iter().enumerate() {
+            let f = if field == "proxyview.url" {
+                field.to_string()
+            } else {
+                format!("{field}[{i}]")
+            };
+            let server = ServerUrl::parse(u).map_err(|m| invalid(f.clone(), m))?;
+            if server.tls && !cfg!(feature = "tls") {
+                return Err(invalid(
+                    f,
+                    "wss:// needs proxyview built with the `tls` feature",
+                ));
+            }
+            servers.push(server);
         }
+        let server = servers[0].clone();
         if raw.proxyview.token.expose().is_empty() {
             return Err(invalid("proxyview.token", "must not be empty"));
         }
@@ -1005,6 +1136,7 @@ impl ClientConfig {
             client_id,
             routes,
             server,
+            servers,
             token: raw.proxyview.token,
             ca_file: raw.proxyview.ca_file,
             connect_timeout: d(
@@ -1109,6 +1241,58 @@ mod tests {
         let u = ServerUrl::parse("ws://[::1]:9/x").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9, "/x"));
         assert!(ServerUrl::parse("http://a:1").is_err());
+    }
+
+    #[test]
+    fn cluster_errors_name_the_field() {
+        let ok = "cluster:\n  registry: \"redis://r:6379/0\"\n  advertise: \"10.0.0.5:8081\"\n  secret: \"0123456789abcdef\"\n";
+        let c = server(&format!("{BASE}{ok}")).unwrap().cluster.unwrap();
+        assert_eq!(c.node_id, "10.0.0.5:8081", "nodeId defaults to advertise");
+        assert!(server(BASE).unwrap().cluster.is_none());
+        for (bad, field) in [
+            (ok.replace("redis://r", "http://r"), "cluster.registry"),
+            (ok.replace("10.0.0.5:8081", "10.0.0.5"), "cluster.advertise"),
+            (ok.replace("0123456789abcdef", "short"), "cluster.secret"),
+            (format!("{ok}  nodeId: \"a b\"\n"), "cluster.nodeId"),
+            (format!("{ok}  heartbeatSecs: 0\n"), "cluster.heartbeatSecs"),
+        ] {
+            let err = server(&format!("{BASE}{bad}")).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let tls = BASE.replace(
+            "token: \"a\"\n",
+            "token: \"a\"\n  tls: {certificates: [{cert: c, key: k}]}\n",
+        );
+        let err = server(&format!("{tls}{ok}")).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster") && err.contains("internal.tls"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn agent_urls_or_url() {
+        let agent = |p: &str| {
+            ClientConfig::from_yaml(
+                Path::new("a.yaml"),
+                &format!("clientId: a\nroutes:\n  - {{name: r, value: h, port: 80}}\nproxyview:\n  token: t\n{p}"),
+            )
+        };
+        let c = agent("  urls: [\"a:1\", \"wss://b\"]\n").unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.server, c.servers[0]);
+        let c = agent("  url: \"a:1\"\n").unwrap();
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(c.servers[0], c.server);
+        for (p, field) in [
+            ("  urls: []\n", "proxyview.urls"),
+            ("  urls: [\"a:1\", \"http://b\"]\n", "proxyview.urls[1]"),
+            ("  url: \"a:1\"\n  urls: [\"b:1\"]\n", "not both"),
+            ("", "proxyview.url"),
+        ] {
+            let err = agent(p).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod agent;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod h1;
 pub mod host;

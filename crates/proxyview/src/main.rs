@@ -90,6 +90,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = ServerConfig::load(&resolve_path(c.config.as_deref())?)?;
             if c.check {
                 eprintln!("config ok");
+                if let Some(cl) = &cfg.cluster {
+                    // The node, its peers and the registry's health, as the cluster sees them.
+                    let report = rt.block_on(proxyview::cluster::check(cl));
+                    match report {
+                        Ok(text) => eprint!("{text}"),
+                        Err(e) => anyhow::bail!("cluster.registry: {e}"),
+                    }
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let (sink, pipeline) = if cfg.access_log {
@@ -100,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None)
             };
             let r = rt.block_on(async move {
-                let server = proxyview::server::Server::new(cfg, sink);
+                let server = proxyview::server::Server::new(cfg, sink)?;
                 let bound = server.start().await?;
                 let redirect = bound
                     .redirect

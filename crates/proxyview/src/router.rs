@@ -291,6 +291,12 @@ impl Router {
         handed
     }
 
+    /// Stops serving `route` on this node (the cluster registry gave it to another agent).
+    /// Returns whether it was served.
+    pub fn withdraw(&self, route: &str) -> bool {
+        self.lock().routes.remove(route).is_some()
+    }
+
     /// The sessions serving `route`, starting with the next one in round-robin order, and the
     /// route's request figures.
     pub fn candidates(&self, route: &str) -> (Vec<Arc<Session>>, Option<Arc<RouteStats>>) {

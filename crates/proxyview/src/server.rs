@@ -43,6 +43,8 @@ pub struct Server {
     next_session: AtomicU64,
     stopping: tokio::sync::watch::Sender<bool>,
     connections: tokio_util::task::TaskTracker,
+    /// `cluster:` (None: the single-node server).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Addresses the server actually bound (ports may have been 0 in the config).
@@ -58,17 +60,28 @@ pub struct Bound {
 
 impl Server {
     /// Builds the server; `sink` receives access records when the config enables them.
-    pub fn new(cfg: ServerConfig, sink: Option<Arc<dyn AccessSink>>) -> Arc<Self> {
+    pub fn new(cfg: ServerConfig, sink: Option<Arc<dyn AccessSink>>) -> anyhow::Result<Arc<Self>> {
         let router = Router::new(cfg.agents.clone());
         let sink = if cfg.access_log { sink } else { None };
-        Arc::new(Self {
+        // Cluster hook: the registry client is built here, contacted only once started.
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(crate::cluster::Cluster::new(c.clone(), cfg.agents.clone())?),
+            None => None,
+        };
+        Ok(Arc::new(Self {
             cfg,
             router,
             sink,
             next_session: AtomicU64::new(1),
             stopping: tokio::sync::watch::Sender::new(false),
             connections: tokio_util::task::TaskTracker::new(),
-        })
+            cluster,
+        }))
+    }
+
+    /// This node's cluster membership (`cluster:`), if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The route table (for diagnostics).
@@ -139,6 +152,9 @@ impl Server {
                 move || s.router.routes().into_iter().map(|(r, _)| r).collect(),
                 self.stopping.subscribe(),
             );
+        }
+        if let Some(c) = &self.cluster {
+            c.spawn(Arc::downgrade(self));
         }
         let s = self.clone();
         tokio::spawn(async move { s.accept_loop(internal, Port::Internal, internal_tls).await });
@@ -253,6 +269,11 @@ impl Server {
             protocol::HEALTH_PATH => return text(StatusCode::OK, "ok\n"),
             protocol::CONNECT_PATH => {}
             p @ (protocol::STATUS_PATH | "/") => return self.admin(p, &req),
+            crate::cluster::peer::PATH if self.cluster.is_some() => {
+                if let Some(c) = &self.cluster {
+                    return crate::cluster::peer::accept(self, c.settings(), peer, req);
+                }
+            }
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
         }
         let presented = presented_token(
@@ -362,6 +383,9 @@ impl Server {
             }
         }
         let mut reg = self.router.register(&session, &routes);
+        if let Some(c) = &self.cluster {
+            c.claim(&self.router, &hello.client_id, &mut reg).await;
+        }
         rejected.append(&mut reg.rejected);
         let ack = HelloAck {
             version: protocol::PROTOCOL_VERSION,
@@ -442,7 +466,13 @@ impl Server {
         let (body, kind) = if path == "/" {
             (ADMIN_PAGE.to_string(), "text/html; charset=utf-8")
         } else {
-            match serde_json::to_string(&self.router.status()) {
+            // Cluster hook: node, peers and registry health beside the table (absent without
+            // `cluster:`, so the single-node JSON is unchanged).
+            let status = StatusJson {
+                table: self.router.status(),
+                cluster: self.cluster.as_ref().map(|c| c.status()),
+            };
+            match serde_json::to_string(&status) {
                 Ok(j) => (j, "application/json"),
                 Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             }
@@ -459,6 +489,9 @@ impl Server {
     fn drop_session(&self, id: u64) {
         for (route, client) in self.router.remove_session(id) {
             info!(%route, %client, "route handed to a waiting agent");
+        }
+        if let Some(c) = &self.cluster {
+            c.changed();
         }
     }
 
@@ -607,6 +640,15 @@ where
     })
 }
 
+/// `/api/status`: the route table, and the cluster's part when there is one.
+#[derive(serde::Serialize)]
+struct StatusJson {
+    #[serde(flatten)]
+    table: crate::router::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
+}
+
 /// The operator page: one self-contained file (inline CSS and JS, no external assets).
 const ADMIN_PAGE: &str = include_str!("server/admin.html");
 
@@ -620,7 +662,7 @@ fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
         .then(|| value[7..].trim_ascii())
 }
@@ -663,7 +705,7 @@ impl Credentials {
     }
 }
 
-fn websocket_key(req: &Request<Incoming>) -> Result<String, &'static str> {
+pub(crate) fn websocket_key(req: &Request<Incoming>) -> Result<String, &'static str> {
     if req.method() != Method::GET {
         return Err("/connect needs GET with a WebSocket upgrade\n");
     }
@@ -688,14 +730,14 @@ fn websocket_key(req: &Request<Incoming>) -> Result<String, &'static str> {
 }
 
 /// RFC 6455 §4.2.2: base64(SHA-1(key ++ GUID)).
-fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key.as_bytes());
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
-fn text(status: StatusCode, body: &str) -> Response<PvBody> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<PvBody> {
     let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -735,6 +777,18 @@ async fn reject_peer(mut tcp: TcpStream, silent: bool) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_json_without_cluster_is_the_tables_own() {
+        let router = Router::new(Vec::new());
+        let plain = serde_json::to_string(&router.status()).unwrap();
+        let wrapped = serde_json::to_string(&StatusJson {
+            table: router.status(),
+            cluster: None,
+        })
+        .unwrap();
+        assert_eq!(plain, wrapped);
+    }
 
     #[test]
     fn accept_key_matches_rfc_example() {

@@ -93,3 +93,25 @@ fn empty_whitelist_fails_at_load_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn cluster_examples_load() {
+    for i in 1..=3u16 {
+        let s = ServerConfig::load(&example(&format!("cluster/node{i}.yaml"))).unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.node_id, format!("node{i}"));
+        assert_eq!(c.advertise, format!("127.0.0.1:{}", 9100 + i));
+        assert_eq!(s.internal_port, 9100 + i);
+        assert_eq!(c.registry, "redis://127.0.0.1:6379/0");
+    }
+    let a = ClientConfig::load(&example("cluster/agent.yaml")).unwrap();
+    let urls: Vec<String> = a.servers.iter().map(|s| s.uri()).collect();
+    assert_eq!(
+        urls,
+        [
+            "ws://127.0.0.1:9101/connect",
+            "ws://127.0.0.1:9102/connect",
+            "ws://127.0.0.1:9103/connect"
+        ]
+    );
+}

@@ -385,6 +385,11 @@ impl Server {
             }
         }
         let (candidates, stats) = self.router.candidates(&host);
+        // Cluster hook: a route no local agent serves may be served by another node.
+        let (candidates, stats) = match (&self.cluster, stats) {
+            (Some(c), None) => c.candidates(&host),
+            (_, stats) => (candidates, stats),
+        };
         let Some(stats) = stats else {
             return answer(
                 log,
