@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{ChildStderr, ChildStdout, Command};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep, timeout, Instant};
 
 /// How long `stop` waits for the direct child after SIGKILL before giving up.
@@ -30,7 +30,8 @@ pub enum Stdio {
     Inherit,
     /// `/dev/null`.
     Null,
-    /// A pipe the caller reads with [`Child::take_stdout`] / [`Child::take_stderr`] (gateway daemon log).
+    /// A pipe the caller reads with [`Child::take_stdout`] / [`Child::take_stderr`] (gateway daemon log), or
+    /// for stdin writes through [`Child::take_stdin`] (the gateway's `exec:` target requests).
     Piped,
     /// The parent's stderr (for the child's stdout: cwproxy keeps its own stdout to JSON lines).
     ParentStderr,
@@ -53,7 +54,7 @@ impl Stdio {
 /// Options for [`Child::spawn`]; the default inherits everything from the parent.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
-    /// Child stdin (`Piped` is treated as `Null`: nothing here writes to the child).
+    /// Child stdin.
     pub stdin: Stdio,
     /// Child stdout.
     pub stdout: Stdio,
@@ -313,10 +314,7 @@ impl Child {
             command: display.clone(),
             source,
         };
-        let stdin = match opts.stdin {
-            Stdio::Piped => std::process::Stdio::null(),
-            other => other.to_std().map_err(start_error)?,
-        };
+        let stdin = opts.stdin.to_std().map_err(start_error)?;
         let stdout = opts.stdout.to_std().map_err(start_error)?;
         let stderr = opts.stderr.to_std().map_err(start_error)?;
         let mut cmd = Command::new(program);
@@ -409,6 +407,12 @@ impl Child {
     /// The exit status if the direct child has already been reaped.
     pub fn status(&self) -> Option<ExitStatus> {
         self.status
+    }
+
+    /// Take the write end of the child's stdin pipe (only with [`Stdio::Piped`]); dropping it closes the
+    /// child's stdin.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.inner.stdin.take()
     }
 
     /// Take the read end of the child's stdout pipe (only with [`Stdio::Piped`]).

@@ -380,6 +380,8 @@ pub struct Engine<D: Dataplane> {
     target_kinds: TargetKinds,
     frontend_kinds: FrontendKinds,
     reloader: Option<Reloader>,
+    /// `plugins:` as read at start: a reload re-reads targets and frontends, not plugin settings.
+    plugin_blocks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
@@ -407,7 +409,10 @@ impl<D: Dataplane> Engine<D> {
         let EngineInbox { tx, rx } = inbox;
         let mut targets = BTreeMap::new();
         for t in &cfg.targets {
-            targets.insert(t.name.clone(), new_target(t, &reg.targets, &log, &tx, 0)?);
+            targets.insert(
+                t.name.clone(),
+                new_target(t, &reg.targets, &cfg.plugins, &log, &tx, 0)?,
+            );
         }
         let mut frontends = BTreeMap::new();
         for f in &cfg.frontends {
@@ -434,6 +439,7 @@ impl<D: Dataplane> Engine<D> {
             target_kinds: reg.targets.clone(),
             frontend_kinds: reg.frontends.clone(),
             reloader: None,
+            plugin_blocks: cfg.plugins.clone(),
         })
     }
 
@@ -1229,7 +1235,14 @@ impl<D: Dataplane> Engine<D> {
             let epoch = self.targets.get(&t.name).map_or(0, |o| o.epoch + 1);
             new_targets.insert(
                 t.name.clone(),
-                new_target(t, &self.target_kinds, &self.log, &self.tx, epoch)?,
+                new_target(
+                    t,
+                    &self.target_kinds,
+                    &self.plugin_blocks,
+                    &self.log,
+                    &self.tx,
+                    epoch,
+                )?,
             );
         }
         let mut new_fronts = Vec::new();
@@ -1381,17 +1394,22 @@ fn rate_exceeded(t: &mut Target, origin: &WarmOrigin) -> bool {
 fn new_target(
     t: &TargetConfig,
     kinds: &TargetKinds,
+    plugin_blocks: &BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     log: &Logger,
     tx: &mpsc::Sender<Event>,
     epoch: u64,
 ) -> Result<Target, String> {
     let kind = t.kind.to_string();
-    let (ctor, _) = kinds
-        .get(&kind)
+    let (ctor, _) = crate::plugins::find_target_kind(kinds, &t.kind)
         .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
     let ctx = TargetCtx {
         name: t.name.clone(),
+        kind: t.kind.clone(),
         endpoints: t.endpoints.clone(),
+        plugin: plugin_blocks
+            .get(&t.kind.namespace)
+            .cloned()
+            .unwrap_or_default(),
         log: log.clone(),
         exited: ExitNotifier {
             tx: tx.clone(),

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod netns;
+mod procs;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -337,8 +338,10 @@ fn wake_allow_refuses_sources_outside_the_list() {
 /// A backend command that needs `DELAY_MS` before it listens, behind a static:tcp frontend.
 const DELAY_MS: u64 = 700;
 
-fn cmd_config(dir: &Path) -> String {
-    let script = dir.join("backend.py");
+/// A Python backend for the gateway namespace that listens on `GW4_BACK:port` after `DELAY_MS` and answers
+/// each connection with the peer it sees.
+fn backend_script(dir: &Path, port: u16) -> PathBuf {
+    let script = dir.join(format!("backend{port}.py"));
     std::fs::write(
         &script,
         format!(
@@ -346,7 +349,7 @@ fn cmd_config(dir: &Path) -> String {
              time.sleep({delay})\n\
              s = socket.socket()\n\
              s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('{GW4_BACK}', 9000))\n\
+             s.bind(('{GW4_BACK}', {port}))\n\
              s.listen(64)\n\
              print('backend listening', flush=True)\n\
              while True:\n\
@@ -360,6 +363,11 @@ fn cmd_config(dir: &Path) -> String {
         ),
     )
     .unwrap();
+    script
+}
+
+fn cmd_config(dir: &Path) -> String {
+    let script = backend_script(dir, 9000);
     format!(
         "targets:
   - name: game
@@ -559,4 +567,109 @@ fn masquerade_serves_backends_whose_return_path_bypasses_the_gateway() {
     );
     // web4-alt (same backend, no masquerade) would need the return route; with the backend-keyed masq set the
     // flow is masqueraded as well, which is what an operator of that backend needs anyway.
+}
+
+/// Kills the backend an `exec:` program started in its own session if the test ends before its stop call
+/// did (the backend outlives the daemon by design, so nothing else would).
+struct KillRecorded(PathBuf);
+
+impl Drop for KillRecorded {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shipped_exec_example_wakes_a_backend_behind_dnat_and_its_stop_ends_it() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let script = backend_script(dir.path(), 9100);
+    let programs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxygw/exec");
+    let e = env(&format!(
+        "  exec:
+    dir: {programs}
+targets:
+  - name: app
+    kind: exec:pidfile-backend
+    idle_timeout: 1h
+    endpoints:
+      - {{name: tcp, protocol: tcp, address: \"{GW4_BACK}:9100\"}}
+    options:
+      call_timeout: 10s
+      ready_timeout: 10s
+      params:
+        command: \"exec python3 {}\"
+frontends:
+  - name: app
+    kind: static:tcp
+    protocol: tcp
+    listen: \"{GW4}:7100\"
+    flow_timeout: 30s
+    target: app:tcp
+",
+        script.display()
+    ));
+    // The example keeps its pid file in the state directory under the daemon's runtime directory.
+    let run = e.cfg.parent().unwrap().join("run");
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let pidfile = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "lock"))
+        .expect("instance lock in the runtime directory")
+        .with_extension("exec")
+        .join("app/backend.pid");
+    let _cleanup = KillRecorded(pidfile.clone());
+    assert_eq!(state(&e.sock, "app"), "inactive");
+
+    // Cold: static:tcp holds the first client while the program's start call and readiness run.
+    let mut first = connect(&t.client, &format!("{GW4}:7100")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut first, "peer=")
+    }))
+    .unwrap_or_else(|_| panic!("first client not served; log:\n{}", d.log_text()));
+    assert!(r.starts_with("peer="), "{r}");
+    drop(first);
+    wait_state(&d, &e.sock, "app", "active", Duration::from_secs(5));
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs::alive(pid));
+
+    // Warm: the kernel DNATs, so the backend sees the client's own address.
+    let mut second = connect(&t.client, &format!("{GW4}:7100")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut second, "peer=")
+    }))
+    .unwrap_or_else(|_| panic!("second client not served; log:\n{}", d.log_text()));
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    drop(second);
+
+    // Drain: the program's stop call ends the backend and removes its record.
+    ctl(&e.sock, "drain", "app");
+    wait_state(&d, &e.sock, "app", "inactive", Duration::from_secs(10));
+    eventually(Duration::from_secs(5), "backend gone", || {
+        !procs::alive(pid)
+    });
+    assert!(!pidfile.exists());
+    let log = d.log_text();
+    assert!(!log.contains("level=ERROR"), "{log}");
+    assert!(!log.contains("level=WARN"), "{log}");
 }

@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod netns;
+mod procs;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use netns::*;
+use procs::{alive, group_members};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -178,34 +180,6 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
     });
     let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
     assert!(page.contains("warming up"), "{page}");
-}
-
-/// Pids of the processes in process group `pgid` (from /proc).
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-        // Fields 3 (state) and 5 (pgrp); zombies are gone for our purpose.
-        if f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 #[test]

@@ -2,38 +2,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+mod embedded;
+mod procs;
+
 use std::time::{Duration, Instant};
 
+use embedded::{free_port, Buf};
 use proxygw::daemon::Daemon;
 use proxygw::dataplane::memory::MemoryDataplane;
 use proxygw::engine::{EngineHandle, Request};
-use proxygw::log::Logger;
-
-#[derive(Clone, Default)]
-struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start(options: &str, port: u16) -> (Daemon, Buf, MemoryDataplane) {
     start_with_frontends(options, port, "[]").await
@@ -44,11 +21,8 @@ async fn start_with_frontends(
     port: u16,
     frontends: &str,
 ) -> (Daemon, Buf, MemoryDataplane) {
-    let yaml = format!(
-        "version: v1
-log: {{output: stderr}}
-plugins: {{}}
-targets:
+    let body = format!(
+        "targets:
   - name: app
     kind: static:cmd
     idle_timeout: 1h
@@ -59,25 +33,7 @@ targets:
 frontends: {frontends}
 "
     );
-    let cfg = proxygw::config::load_str(&yaml).unwrap();
-    // Only the static plugin: ctl would need a socket.
-    let reg = proxygw::plugins::Registry::build(
-        &[("static".into(), "static".into())],
-        proxygw::plugins::compiled(),
-    )
-    .unwrap();
-    reg.check_config(&cfg).unwrap();
-    let buf = Buf::default();
-    let dp = MemoryDataplane::default();
-    let d = Daemon::start(
-        &cfg,
-        &reg,
-        dp.clone(),
-        Logger::new(Box::new(buf.clone()), 0),
-    )
-    .await
-    .unwrap();
-    (d, buf, dp)
+    embedded::start("plugins: {}\n", &body).await
 }
 
 async fn wait_for(
@@ -85,40 +41,7 @@ async fn wait_for(
     want: &str,
     limit: Duration,
 ) -> proxygw::protocol::TargetStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        let t = h.status().await.unwrap().targets.remove(0);
-        if t.state == want {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "never {want}: {t:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn pids_in_group(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the ")" of the command name: state ppid pgrp …
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
-            && rest.first() != Some(&"Z")
-        {
-            out.push(pid);
-        }
-    }
-    out
+    embedded::wait_for(h, "app", want, limit).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +67,7 @@ async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
         text.contains("msg=\"command output\" target=app stream=stdout line=started"),
         "{text}"
     );
-    let pid: i32 = text
+    let pid: u32 = text
         .split(" pid=")
         .nth(1)
         .unwrap()
@@ -154,16 +77,16 @@ async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
         .parse()
         .unwrap();
     assert!(
-        pids_in_group(pid).len() >= 2,
+        procs::group_members(pid).len() >= 2,
         "sh/python and the background sleep"
     );
 
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     assert!(
-        pids_in_group(pid).is_empty(),
+        procs::group_members(pid).is_empty(),
         "every process of the group is gone: {:?}",
-        pids_in_group(pid)
+        procs::group_members(pid)
     );
     d.stop().await;
 }
@@ -231,7 +154,7 @@ async fn shutdown_stops_a_running_command() {
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: i32 = text
+    let pid: u32 = text
         .split(" pid=")
         .nth(1)
         .unwrap()
@@ -241,7 +164,7 @@ async fn shutdown_stops_a_running_command() {
         .parse()
         .unwrap();
     d.stop().await;
-    assert!(pids_in_group(pid).is_empty());
+    assert!(procs::group_members(pid).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,12 +248,6 @@ async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
     d.stop().await;
 }
 
-/// Process state letter of `pid` (`T` = stopped), if it exists.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
     let port = free_port();
@@ -355,7 +272,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: i32 = text
+    let pid: u32 = text
         .split("msg=\"command started\" target=app pid=")
         .nth(1)
         .and_then(|r| r.split(' ').next())
@@ -376,7 +293,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     assert!(!dp.is_enabled("app"));
     assert_eq!(
-        proc_state(pid),
+        procs::state(pid),
         Some('T'),
         "frozen, not stopped:\n{}",
         log.text()
@@ -389,7 +306,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     let resume = t0.elapsed();
     eprintln!("resume to active: {resume:?}");
     assert!(resume < Duration::from_millis(300), "{resume:?}");
-    assert_ne!(proc_state(pid), Some('T'));
+    assert_ne!(procs::state(pid), Some('T'));
     assert!(answer(), "the same process answers again");
     assert_eq!(
         log.text().matches("msg=\"command started\"").count(),
@@ -401,5 +318,5 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     d.stop().await;
-    assert!(pids_in_group(pid).is_empty(), "{}", log.text());
+    assert!(procs::group_members(pid).is_empty(), "{}", log.text());
 }

@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{BoxFuture, FrontendCtx, FrontendHandler, PluginDef, TargetCtx, TargetHandler};
+use super::{
+    endpoints_accepting, forward_output, BoxFuture, FrontendCtx, FrontendHandler, PluginDef,
+    TargetCtx, TargetHandler, READY_POLL,
+};
 use crate::config::Protocol;
 use crate::engine::TargetState;
 use crate::log::Logger;
@@ -676,23 +678,6 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
     }))
 }
 
-fn forward_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    r: R,
-    log: Logger,
-    target: String,
-    stream: &'static str,
-) {
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.info(
-                "command output",
-                &[("target", &target), ("stream", &stream), ("line", &line)],
-            );
-        }
-    });
-}
-
 impl Cmd {
     fn spawn(&self) -> Result<Running, String> {
         let opts = process::SpawnOptions {
@@ -720,10 +705,22 @@ impl Cmd {
             }
         }
         if let Some(o) = child.take_stdout() {
-            forward_output(o, self.log.clone(), self.target.clone(), "stdout");
+            forward_output(
+                o,
+                self.log.clone(),
+                self.target.clone(),
+                "command output",
+                "stdout",
+            );
         }
         if let Some(e) = child.take_stderr() {
-            forward_output(e, self.log.clone(), self.target.clone(), "stderr");
+            forward_output(
+                e,
+                self.log.clone(),
+                self.target.clone(),
+                "command output",
+                "stderr",
+            );
         }
         let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -777,15 +774,8 @@ impl Cmd {
         if self.ready_timeout.is_zero() {
             return Ok(());
         }
-        let limit = self.ready_timeout;
-        let probes = async {
-            for addr in &self.tcp_endpoints {
-                wait_accepting(*addr).await;
-            }
-            Ok::<(), String>(())
-        };
         tokio::select! {
-            r = tokio::time::timeout(limit, probes) => r.map_err(|_| format!("not ready within {limit:?}"))?,
+            r = endpoints_accepting(&self.tcp_endpoints, self.ready_timeout) => r,
             r = exited.wait_for(|e| e.is_some()) => {
                 let why = r.ok().and_then(|e| e.clone()).unwrap_or_default();
                 let why: String = why;
@@ -847,21 +837,6 @@ impl Drop for ForgetOnDrop {
         if let Some(dir) = &self.0 {
             crate::instance::backends::forget_if(dir, &self.1, self.2);
         }
-    }
-}
-
-/// Probe interval of the readiness wait: short, because every interval is added to a cold client's wait.
-pub const READY_POLL: Duration = Duration::from_millis(10);
-
-/// Returns once `addr` accepts a TCP connection (the caller bounds the wait).
-async fn wait_accepting(addr: SocketAddr) {
-    loop {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
-        {
-            return;
-        }
-        tokio::time::sleep(READY_POLL).await;
     }
 }
 
