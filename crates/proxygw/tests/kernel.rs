@@ -673,3 +673,71 @@ frontends:
     assert!(!log.contains("level=ERROR"), "{log}");
     assert!(!log.contains("level=WARN"), "{log}");
 }
+
+#[test]
+fn a_dual_home_frontend_on_wildcard_ipv6_serves_ipv4_and_ipv6_clients_each_to_its_own_family() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let _b6 = Backend::start(&t.backend, &format!("[{BACKEND6}]:8080"));
+    let e = env(&format!(
+        "targets:
+  - name: web
+    kind: static:none
+    idle_timeout: 1h
+    endpoints:
+      - {{name: http4, protocol: tcp, address: \"{BACKEND4}:8080\"}}
+      - {{name: http6, protocol: tcp, address: \"[{BACKEND6}]:8080\"}}
+frontends:
+  - name: web
+    kind: static:http
+    protocol: tcp
+    listen: \"[::]:8080\"
+    flow_timeout: 30s
+    target: [web:http4, web:http6]
+    options:
+      content: \"<html>warming up</html>\"
+      wake_allow: [\"{CLIENT4}/32\", \"{CLIENT6}/128\"]
+"
+    ));
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+
+    // Cold, over IPv4: the one [::] socket answers, and the client is logged and allowed as the IPv4
+    // address it is (not ::ffff:10.99.1.2).
+    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!(
+            "msg=wake frontend=web target=web source={CLIENT4}:"
+        )),
+        "{log}"
+    );
+    // Warm: each family is DNATed to the endpoint of its own family, the client address preserved.
+    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    let r = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
+    assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
+    for (map, backend) in [("dnatWildcard4", BACKEND4), ("dnatWildcard6", BACKEND6)] {
+        let m = ns_output(&t.gw, &["nft", "list", "map", "inet", "proxygw", map]);
+        assert!(m.contains(&format!("tcp . 8080 : {backend} . 8080")), "{m}");
+    }
+
+    // Cold again, over IPv6 this time: the same frontend serves the page and wakes the target.
+    ctl(&e.sock, "drain", "web");
+    wait_state(&d, &e.sock, "web", "inactive", Duration::from_secs(5));
+    let page = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
+    assert!(
+        d.log_text().contains(&format!(
+            "msg=wake frontend=web target=web source=[{CLIENT6}]:"
+        )),
+        "{}",
+        d.log_text()
+    );
+}

@@ -25,7 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::{
-    endpoints_accepting, forward_output, BoxFuture, PluginDef, TargetCtx, TargetHandler, ANY_KIND,
+    duration_opt, endpoints_accepting, forward_output, lock, BoxFuture, PluginDef, TargetCtx,
+    TargetHandler, ANY_KIND,
 };
 use crate::config::{Endpoint, Protocol};
 use crate::log::Logger;
@@ -34,6 +35,8 @@ use crate::log::Logger;
 pub const SCHEMA: &str = include_str!("../../../../configs/plugins/exec.schema.yaml");
 /// Protocol version sent in every request and required in every response.
 pub const PROTOCOL_VERSION: u64 = 1;
+/// How option errors name the kind.
+const WHAT: &str = "exec target";
 /// Where `exec:<program>` looks for `<program>` unless `plugins.exec.dir` says otherwise.
 pub const DEFAULT_DIR: &str = "/etc/proxygw/exec";
 /// Default bound of one call (start, stop or status).
@@ -125,22 +128,6 @@ pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-fn duration_opt(o: &Map<String, Value>, key: &str, default: Duration) -> Result<Duration, String> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::String(s)) => {
-            let ns = crate::syntax::parse_go_duration(s)
-                .map_err(|e| format!("exec target option {key}: {e}"))?;
-            u64::try_from(ns)
-                .map(Duration::from_nanos)
-                .map_err(|_| format!("exec target option {key} must not be negative"))
-        }
-        Some(_) => Err(format!(
-            "exec target option {key} must be a duration string"
-        )),
-    }
-}
-
 /// Checks one response line against the request's id; `ok: false` becomes the program's error text.
 pub fn parse_response(line: &str, id: u64, method: Method) -> Result<Answer, String> {
     let line = line.trim_end_matches(['\n', '\r']);
@@ -214,13 +201,6 @@ struct Exec {
     poll: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 impl Core {
     fn new(c: &TargetCtx, o: &Map<String, Value>) -> Result<Self, String> {
         let dir = match c.plugin.get("dir") {
@@ -240,7 +220,7 @@ impl Core {
                 .join(format!("proxygw-{}.exec", std::process::id()))
                 .join(&c.name),
         };
-        let call_timeout = duration_opt(o, "call_timeout", DEFAULT_CALL_TIMEOUT)?;
+        let call_timeout = duration_opt(o, "call_timeout", WHAT, DEFAULT_CALL_TIMEOUT)?;
         if call_timeout.is_zero() {
             return Err("exec target option call_timeout must be more than 0s".into());
         }
@@ -256,8 +236,8 @@ impl Core {
                 .collect(),
             params,
             call_timeout,
-            ready_timeout: duration_opt(o, "ready_timeout", DEFAULT_READY_TIMEOUT)?,
-            status_interval: duration_opt(o, "status_interval", DEFAULT_STATUS_INTERVAL)?,
+            ready_timeout: duration_opt(o, "ready_timeout", WHAT, DEFAULT_READY_TIMEOUT)?,
+            status_interval: duration_opt(o, "status_interval", WHAT, DEFAULT_STATUS_INTERVAL)?,
             state_dir,
             log: c.log.clone(),
             exited: c.exited.clone(),

@@ -80,12 +80,25 @@ pub struct FrontendCtx {
     pub listen: SocketAddr,
     /// The endpoint's address (for kinds that proxy the first connection themselves).
     pub backend: SocketAddr,
+    /// A dual-home frontend (`listen: "[::]:p"`, `target: [t:v4, t:v6]`): the endpoint of the other address
+    /// family. Its socket then accepts both families (IPv4 clients as IPv4-mapped addresses).
+    pub dual_backend: Option<SocketAddr>,
     /// The daemon's logger.
     pub log: Logger,
     /// Sends warm signals for the target.
     pub waker: Waker,
     /// The target's state, for kinds that wait until it is active.
     pub target_state: tokio::sync::watch::Receiver<TargetState>,
+}
+
+impl FrontendCtx {
+    /// The endpoint for a client at `client`: the one of the client's address family.
+    pub fn backend_for(&self, client: std::net::IpAddr) -> SocketAddr {
+        match self.dual_backend {
+            Some(other) if other.is_ipv4() == client.to_canonical().is_ipv4() => other,
+            _ => self.backend,
+        }
+    }
 }
 
 /// Builds a target handler from its options.
@@ -155,6 +168,36 @@ pub(crate) fn forward_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             );
         }
     });
+}
+
+/// Locks `m`, also after a panic elsewhere poisoned it (the data stays consistent: no code
+/// panics while holding these locks mid-update).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// A Go-duration option of a kind (`what` names the kind in errors); `default` when absent or null.
+pub(crate) fn duration_opt(
+    o: &Map<String, Value>,
+    key: &str,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => {
+            let ns = crate::syntax::parse_go_duration(s)
+                .map_err(|e| format!("{what} option {key}: {e}"))?;
+            if ns < 0 {
+                return Err(format!("{what} option {key} must not be negative"));
+            }
+            Ok(Duration::from_nanos(ns as u64))
+        }
+        Some(_) => Err(format!("{what} option {key} must be a duration string")),
+    }
 }
 
 /// Probe interval of the readiness wait: short, because every interval is added to a cold client's wait.

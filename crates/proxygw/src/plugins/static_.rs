@@ -10,8 +10,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    endpoints_accepting, forward_output, BoxFuture, FrontendCtx, FrontendHandler, PluginDef,
-    TargetCtx, TargetHandler, READY_POLL,
+    duration_opt, endpoints_accepting, forward_output, lock, BoxFuture, FrontendCtx,
+    FrontendHandler, PluginDef, TargetCtx, TargetHandler, READY_POLL,
 };
 use crate::config::Protocol;
 use crate::engine::TargetState;
@@ -68,33 +68,6 @@ pub fn plugin() -> PluginDef {
             ),
         ],
         on_load: None,
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-fn duration_opt(
-    o: &Map<String, Value>,
-    key: &str,
-    what: &str,
-    default: Duration,
-) -> Result<Duration, String> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::String(s)) => {
-            let ns = crate::syntax::parse_go_duration(s)
-                .map_err(|e| format!("{what} option {key}: {e}"))?;
-            if ns < 0 {
-                return Err(format!("{what} option {key} must not be negative"));
-            }
-            Ok(Duration::from_nanos(ns as u64))
-        }
-        Some(_) => Err(format!("{what} option {key} must be a duration string")),
     }
 }
 
@@ -184,7 +157,8 @@ fn allowed(list: &Option<Vec<Cidr>>, ip: IpAddr) -> bool {
         .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listens on `addr`; an IPv6 socket serves IPv4 too only for a dual-home frontend (`dual_stack`).
+fn bind_tcp(addr: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -192,13 +166,19 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     )?;
     sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        // [::] must not also claim the IPv4 port: IPv4 has its own frontends.
-        sock.set_only_v6(true)?;
+        // A single-family [::] must not also claim the IPv4 port: IPv4 has its own frontends.
+        sock.set_only_v6(!dual_stack)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     TcpListener::from_std(sock.into())
+}
+
+/// A client address as logged and matched against `wake_allow`: IPv4 clients of a dual-stack socket arrive
+/// as IPv4-mapped IPv6 addresses and are shown and checked as the IPv4 addresses they are.
+fn client_addr(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
 /// Accept loop plus the connections it spawned; stop() ends accepting and gives connections [`STOP_GRACE`].
@@ -271,6 +251,7 @@ impl FrontendHandler for Always {
 
 struct Http {
     listen: SocketAddr,
+    dual_stack: bool,
     core: Arc<HttpCore>,
     server: tokio::sync::Mutex<Server>,
 }
@@ -342,6 +323,7 @@ fn http(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandl
     }
     Ok(Arc::new(Http {
         listen: c.listen,
+        dual_stack: c.dual_backend.is_some(),
         core: Arc::new(HttpCore {
             name: c.name.clone(),
             target: c.target.clone(),
@@ -409,8 +391,8 @@ impl FrontendHandler for Http {
             if server.accept.is_some() {
                 return Ok(());
             }
-            let listener =
-                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let listener = bind_tcp(self.listen, self.dual_stack)
+                .map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
             let conns = server.conns.clone();
             let core = self.core.clone();
             server.accept = Some(tokio::spawn(async move {
@@ -424,6 +406,7 @@ impl FrontendHandler for Http {
                             continue;
                         }
                     };
+                    let peer = client_addr(peer);
                     let core = core.clone();
                     lock(&conns).spawn(async move {
                         let svc = hyper::service::service_fn(
@@ -462,7 +445,8 @@ struct Tcp {
     listen: SocketAddr,
     name: String,
     target: String,
-    backend: SocketAddr,
+    /// `backend` and `dual_backend` of the frontend's context: [`FrontendCtx::backend_for`] picks one.
+    backends: FrontendCtx,
     allow: Option<Vec<Cidr>>,
     hold: Duration,
     waker: crate::engine::Waker,
@@ -479,7 +463,7 @@ fn tcp(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandle
         listen: c.listen,
         name: c.name.clone(),
         target: c.target.clone(),
-        backend: c.backend,
+        backends: c.clone(),
         allow: allow_list(o, "static tcp frontend")?,
         hold: duration_opt(
             o,
@@ -534,13 +518,13 @@ impl FrontendHandler for Tcp {
             if server.accept.is_some() {
                 return Ok(());
             }
-            let listener =
-                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let listener = bind_tcp(self.listen, self.backends.dual_backend.is_some())
+                .map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
             let conns = server.conns.clone();
-            let (name, target, backend, allow, hold, waker, state, log) = (
+            let (name, target, backends, allow, hold, waker, state, log) = (
                 self.name.clone(),
                 self.target.clone(),
-                self.backend,
+                self.backends.clone(),
                 self.allow.clone(),
                 self.hold,
                 self.waker.clone(),
@@ -557,6 +541,8 @@ impl FrontendHandler for Tcp {
                             continue;
                         }
                     };
+                    let peer = client_addr(peer);
+                    let backend = backends.backend_for(peer.ip());
                     if !allowed(&allow, peer.ip()) {
                         // Refused, not held: a port scanner must not wake the target.
                         log.info(
@@ -962,6 +948,7 @@ mod ctor_tests {
             protocol,
             listen: "127.0.0.1:1".parse().unwrap(),
             backend: "127.0.0.1:2".parse().unwrap(),
+            dual_backend: None,
             log: Logger::discard(),
             waker: crate::engine::test_waker(),
             target_state: rx,
