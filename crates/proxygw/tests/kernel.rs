@@ -15,31 +15,6 @@ use netns::*;
 
 const IDLE: u64 = 3;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    cfg: PathBuf,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-fn env(body: &str) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let cfg = dir.path().join("proxygw.yaml");
-    let log = dir.path().join("proxygw.log");
-    let text = format!(
-        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
-        sock.display()
-    );
-    std::fs::write(&cfg, text).unwrap();
-    Env {
-        _dir: dir,
-        cfg,
-        sock,
-        log,
-    }
-}
-
 /// Two static:none targets (v4, v6), static:http frontends on wildcard listens.
 fn web_config(extra_frontend_opts: &str) -> String {
     format!(
@@ -85,10 +60,31 @@ frontends:
 }
 
 fn started(t: &Topo, e: &Env) -> Daemon {
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(t, e);
     assert_eq!(state(&e.sock, "web4"), "inactive");
     d
+}
+
+/// Cold: the daemon's own page at `addr`, and a wake of `target` through `frontend` logged with the client's
+/// address `source` (`10.99.1.2`, `[fd99:1::2]`); then warm: DNAT to the backend, which sees `source`.
+fn cold_page_then_dnat(
+    t: &Topo,
+    d: &Daemon,
+    e: &Env,
+    addr: &str,
+    frontend: &str,
+    target: &str,
+    source: &str,
+) {
+    let page = get(&t.client, addr, "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    assert!(page.contains("content-type: text/html"), "{page}");
+    wait_state(d, &e.sock, target, "active", Duration::from_secs(5));
+    let log = d.log_text();
+    let wake = format!("msg=wake frontend={frontend} target={target} source={source}:");
+    assert!(log.contains(&wake), "{wake} not in\n{log}");
+    let r = get(&t.client, addr, "/").unwrap();
+    assert!(r.contains(&format!("peer={source}:")), "{r}");
 }
 
 #[test]
@@ -103,32 +99,23 @@ fn cold_page_wakes_then_dnat_reaches_the_backend_with_the_client_address_v4_and_
     let d = started(&t, &e);
     assert_eq!(proxygw_tables(&t.gw), 1);
 
-    // Cold: the daemon's own page, and a warm signal logged with the client's address.
-    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    assert!(page.contains("content-type: text/html"), "{page}");
-    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
-    let log = d.log_text();
-    assert!(
-        log.contains(&format!(
-            "msg=wake frontend=web4 target=web4 source={CLIENT4}:"
-        )),
-        "{log}"
-    );
-    // Warm: DNAT to the backend, which sees the real client.
-    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    cold_page_then_dnat(&t, &d, &e, &format!("{GW4}:8080"), "web4", "web4", CLIENT4);
     // The second frontend of the same target is on too.
     let r = get(&t.client, &format!("{GW4}:7070"), "/").unwrap();
     assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
 
     // IPv6, independently.
     assert_eq!(state(&e.sock, "web6"), "inactive");
-    let page = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    wait_state(&d, &e.sock, "web6", "active", Duration::from_secs(5));
-    let r = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
-    assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
+    let source6 = format!("[{CLIENT6}]");
+    cold_page_then_dnat(
+        &t,
+        &d,
+        &e,
+        &format!("[{GW6}]:8080"),
+        "web6",
+        "web6",
+        &source6,
+    );
 
     // Idle: drained, DNAT gone, the page is back.
     wait_state(
@@ -399,8 +386,7 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     let t = Topo::new();
     let dir = tempfile::tempdir().unwrap();
     let e = env(&cmd_config(dir.path()));
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
     assert_eq!(state(&e.sock, "game"), "inactive");
 
     // Cold: the first client is held, the command starts, and the client is served once it listens.
@@ -505,8 +491,7 @@ frontends:
     target: dns:udp
 "
     ));
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
     assert_eq!(state(&e.sock, "dns"), "inactive");
     // Stop the 1 s warm ticker so the target only warms when told to.
     ctl(&e.sock, "stop", "dns");
@@ -622,8 +607,7 @@ frontends:
     ));
     // The example keeps its pid file in the state directory under the daemon's runtime directory.
     let run = e.cfg.parent().unwrap().join("run");
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
     let pidfile = std::fs::read_dir(&run)
         .unwrap()
         .flatten()
@@ -702,25 +686,18 @@ frontends:
       wake_allow: [\"{CLIENT4}/32\", \"{CLIENT6}/128\"]
 "
     ));
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
 
     // Cold, over IPv4: the one [::] socket answers, and the client is logged and allowed as the IPv4
-    // address it is (not ::ffff:10.99.1.2).
-    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
-    let log = d.log_text();
-    assert!(
-        log.contains(&format!(
-            "msg=wake frontend=web target=web source={CLIENT4}:"
-        )),
-        "{log}"
+    // address it is (not ::ffff:10.99.1.2). Warm: each family is DNATed to the endpoint of its own family,
+    // the client address preserved.
+    let (addr4, addr6, source6) = (
+        format!("{GW4}:8080"),
+        format!("[{GW6}]:8080"),
+        format!("[{CLIENT6}]"),
     );
-    // Warm: each family is DNATed to the endpoint of its own family, the client address preserved.
-    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
-    let r = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
+    cold_page_then_dnat(&t, &d, &e, &addr4, "web", "web", CLIENT4);
+    let r = get(&t.client, &addr6, "/").unwrap();
     assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
     for (map, backend) in [("dnatWildcard4", BACKEND4), ("dnatWildcard6", BACKEND6)] {
         let m = ns_output(&t.gw, &["nft", "list", "map", "inet", "proxygw", map]);
@@ -730,14 +707,5 @@ frontends:
     // Cold again, over IPv6 this time: the same frontend serves the page and wakes the target.
     ctl(&e.sock, "drain", "web");
     wait_state(&d, &e.sock, "web", "inactive", Duration::from_secs(5));
-    let page = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
-    assert!(
-        d.log_text().contains(&format!(
-            "msg=wake frontend=web target=web source=[{CLIENT6}]:"
-        )),
-        "{}",
-        d.log_text()
-    );
+    cold_page_then_dnat(&t, &d, &e, &addr6, "web", "web", &source6);
 }

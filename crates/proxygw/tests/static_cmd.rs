@@ -44,6 +44,15 @@ async fn wait_for(
     embedded::wait_for(h, "app", want, limit).await
 }
 
+/// The pid of the first `command started` line of the log (the command's process group id).
+fn started_pid(log: &str) -> u32 {
+    log.split("msg=\"command started\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no command started in\n{log}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
     let port = free_port();
@@ -67,15 +76,7 @@ async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
         text.contains("msg=\"command output\" target=app stream=stdout line=started"),
         "{text}"
     );
-    let pid: u32 = text
-        .split(" pid=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = started_pid(&text);
     assert!(
         procs::group_members(pid).len() >= 2,
         "sh/python and the background sleep"
@@ -154,15 +155,7 @@ async fn shutdown_stops_a_running_command() {
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: u32 = text
-        .split(" pid=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = started_pid(&text);
     d.stop().await;
     assert!(procs::group_members(pid).is_empty());
 }
@@ -272,12 +265,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: u32 = text
-        .split("msg=\"command started\" target=app pid=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{text}"));
+    let pid = started_pid(&text);
     let answer = || {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.set_read_timeout(Some(Duration::from_millis(300)))
