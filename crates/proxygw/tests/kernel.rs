@@ -646,9 +646,10 @@ frontends:
     assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
     drop(second);
 
-    // Drain: the program's stop call ends the backend and removes its record.
+    // Drain: the program's stop call ends the backend and removes its record, within the script's 5 s
+    // grace (the backend obeys SIGTERM; a signal it ignored would only end at the SIGKILL after 5 s).
     ctl(&e.sock, "drain", "app");
-    wait_state(&d, &e.sock, "app", "inactive", Duration::from_secs(10));
+    wait_state(&d, &e.sock, "app", "inactive", Duration::from_secs(4));
     eventually(Duration::from_secs(5), "backend gone", || {
         !procs::alive(pid)
     });
