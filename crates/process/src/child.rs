@@ -74,6 +74,9 @@ pub struct SpawnOptions {
     /// only, not the rest of its group; spawn from a thread that lives as long as the supervisor (a tokio
     /// worker, not a blocking-pool thread). Ignored on other platforms.
     pub parent_death_signal: Option<Signal>,
+    /// Linux: a cgroup v2 directory the child joins before it runs its program, so everything it forks is
+    /// in that cgroup too (the gateway freezes a whole backend with `cgroup.freeze`). Ignored elsewhere.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// How a child process ended.
@@ -341,6 +344,26 @@ impl Child {
                     }
                     Ok(())
                 });
+            }
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = &opts.cgroup {
+            use std::io::Write as _;
+            let procs = dir.join("cgroup.procs");
+            // Opened here (close-on-exec), written in the child: "0" moves the writer, before it can fork.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| {
+                    start_error(io::Error::other(format!(
+                        "join cgroup {}: {e}",
+                        procs.display()
+                    )))
+                })?;
+            // SAFETY: between fork and exec this runs only write(2) on an fd opened before the fork, which is
+            // async-signal-safe, and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || (&file).write_all(b"0"));
             }
         }
         let adopt = opts.adopt_orphans && cfg!(target_os = "linux");

@@ -241,8 +241,12 @@ async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+/// Freeze/resume cycles measured in `idle_freeze_…`: resume → first byte, for the README's figures.
+const RESUME_CYCLES: usize = 20;
+
+/// One `idle:` freeze mode end to end; returns how it froze (`cgroup` or `SIGSTOP`, from the log) and the
+/// resume → first byte times of [`RESUME_CYCLES`] drain/warm cycles.
+async fn freeze_round_trip(idle: &str) -> (String, Vec<Duration>) {
     let port = free_port();
     // The server answers each connection with a line, so a frozen one is visible as no answer.
     let dir = tempfile::tempdir().unwrap();
@@ -257,7 +261,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     )
     .unwrap();
     let cmd = format!(
-        "      command: \"exec python3 {}\"\n      idle: freeze",
+        "      command: \"exec python3 {}\"\n      idle: {idle}",
         script.display()
     );
     let (d, log, dp) = start(&cmd, port).await;
@@ -266,36 +270,64 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
     let pid = started_pid(&text);
-    let answer = || {
+    let answer = |wait: Duration| {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        c.set_read_timeout(Some(wait)).unwrap();
         let mut b = [0u8; 8];
         std::io::Read::read(&mut c, &mut b)
             .map(|n| n > 0)
             .unwrap_or(false)
     };
-    assert!(answer());
+    assert!(answer(Duration::from_millis(300)));
 
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     assert!(!dp.is_enabled("app"));
-    assert_eq!(
-        procs::state(pid),
-        Some('T'),
-        "frozen, not stopped:\n{}",
-        log.text()
+    let text = log.text();
+    let how = text
+        .split("msg=\"command frozen\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(" how=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no frozen line:\n{text}"))
+        .to_string();
+    let cgroup_line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if how == "cgroup" {
+        // Frozen by the kernel without a signal: not in the stopped state, and in its own cgroup.
+        assert_ne!(procs::state(pid), Some('T'));
+        let own = format!("/proxygw-{}-app\n", std::process::id());
+        assert!(cgroup_line.contains(&own), "{cgroup_line}");
+    } else {
+        assert_eq!(how, "SIGSTOP", "{text}");
+        assert_eq!(procs::state(pid), Some('T'), "frozen, not stopped:\n{text}");
+    }
+    assert!(
+        !answer(Duration::from_millis(300)),
+        "a frozen server must not answer"
     );
-    assert!(!answer(), "a frozen server must not answer");
 
     let t0 = Instant::now();
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(5)).await;
     let resume = t0.elapsed();
-    eprintln!("resume to active: {resume:?}");
     assert!(resume < Duration::from_millis(300), "{resume:?}");
     assert_ne!(procs::state(pid), Some('T'));
-    assert!(answer(), "the same process answers again");
+    assert!(
+        answer(Duration::from_millis(300)),
+        "the same process answers again"
+    );
+
+    // Resume → first byte: the warm request, then a client's connection that the thawed server answers.
+    let mut times = Vec::new();
+    for _ in 0..RESUME_CYCLES {
+        h.request(Request::Drain("app".into())).await.unwrap();
+        wait_for(&h, "inactive", Duration::from_secs(5)).await;
+        let t0 = Instant::now();
+        h.request(Request::Warm("app".into())).await.unwrap();
+        assert!(answer(Duration::from_secs(2)), "no answer after resume");
+        times.push(t0.elapsed());
+        wait_for(&h, "active", Duration::from_secs(5)).await;
+    }
     assert_eq!(
         log.text().matches("msg=\"command started\"").count(),
         1,
@@ -307,4 +339,24 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     d.stop().await;
     assert!(procs::group_members(pid).is_empty(), "{}", log.text());
+    (how, times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+    let (how, mut times) = freeze_round_trip("freeze").await;
+    let (signal, mut signal_times) = freeze_round_trip("freeze-signal").await;
+    assert_eq!(signal, "SIGSTOP", "freeze-signal never uses the cgroup");
+    for (name, t) in [
+        (how.as_str(), &mut times),
+        ("SIGSTOP (freeze-signal)", &mut signal_times),
+    ] {
+        t.sort();
+        let (p50, p99) = (t[t.len() / 2], t[(t.len() * 99).div_ceil(100) - 1]);
+        eprintln!(
+            "resume → first byte, {name}: p50 {p50:?}, p99 {p99:?} ({} cycles)",
+            t.len()
+        );
+        assert!(p99 < Duration::from_millis(300), "{name}: {t:?}");
+    }
 }

@@ -21,6 +21,8 @@ pub mod ctl;
 #[cfg(feature = "plugin-exec")]
 pub mod exec;
 #[cfg(feature = "plugin-static")]
+pub mod freezer;
+#[cfg(feature = "plugin-static")]
 pub mod static_;
 
 /// A boxed future, the return type of handler operations (trait objects cannot have `async fn`).

@@ -602,10 +602,53 @@ impl TargetHandler for NoneTarget {
 /// A running command: its monitor task owns the child; drain asks it to stop.
 struct Running {
     pid: u32,
-    /// Stopped with SIGSTOP by a drain (`idle: freeze`); the next warm sends SIGCONT.
+    /// Frozen by a drain (`idle: freeze`); the next warm thaws it.
     frozen: bool,
+    /// Its cgroup when `idle: freeze` has the cgroup v2 freezer; `None`: SIGSTOP/SIGCONT to the group.
+    cgroup: Option<super::freezer::Cgroup>,
     stop: Option<oneshot::Sender<oneshot::Sender<String>>>,
     exited: watch::Receiver<Option<String>>,
+}
+
+/// `static:cmd` option `idle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// A drain ends the process group.
+    Stop,
+    /// A drain freezes the backend: cgroup v2 freezer where available, else SIGSTOP.
+    Freeze,
+    /// A drain freezes the process group with SIGSTOP (and a warm resumes it with SIGCONT), always.
+    FreezeSignal,
+}
+
+impl Running {
+    /// Freezes or thaws the backend: its cgroup where it has one, else SIGSTOP/SIGCONT to its group.
+    async fn set_frozen(&mut self, frozen: bool) -> Result<(), String> {
+        match &self.cgroup {
+            Some(g) => g.set_frozen(frozen).await?,
+            None => {
+                let sig = if frozen {
+                    process::Signal::SIGSTOP
+                } else {
+                    process::Signal::SIGCONT
+                };
+                process::ProcessGroup::new(self.pid)
+                    .signal(sig)
+                    .map_err(|e| format!("{} process group {}: {e}", sig.as_str(), self.pid))?;
+            }
+        }
+        self.frozen = frozen;
+        Ok(())
+    }
+
+    /// How it is frozen, for the log.
+    fn how(&self) -> &'static str {
+        if self.cgroup.is_some() {
+            "cgroup"
+        } else {
+            "SIGSTOP"
+        }
+    }
 }
 
 struct Cmd {
@@ -621,8 +664,8 @@ struct Cmd {
     run_dir: Option<std::path::PathBuf>,
     /// Set once a backend left running by a previous daemon has been looked for (and stopped).
     reclaimed: tokio::sync::OnceCell<()>,
-    /// `idle: freeze`: a drain stops the process group with SIGSTOP instead of ending it.
-    freeze: bool,
+    /// What a drain does to the backend.
+    idle: Idle,
 }
 
 fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
@@ -651,13 +694,14 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
         running: tokio::sync::Mutex::new(None),
         run_dir: crate::instance::backends_dir(),
         reclaimed: tokio::sync::OnceCell::new(),
-        freeze: match o.get("idle") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) if s == "stop" => false,
-            Some(Value::String(s)) if s == "freeze" => true,
+        idle: match o.get("idle") {
+            None | Some(Value::Null) => Idle::Stop,
+            Some(Value::String(s)) if s == "stop" => Idle::Stop,
+            Some(Value::String(s)) if s == "freeze" => Idle::Freeze,
+            Some(Value::String(s)) if s == "freeze-signal" => Idle::FreezeSignal,
             Some(other) => {
                 return Err(format!(
-                    "static cmd target option idle must be \"stop\" or \"freeze\", got {other}"
+                    "static cmd target option idle must be \"stop\", \"freeze\" or \"freeze-signal\", got {other}"
                 ))
             }
         },
@@ -666,7 +710,21 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
 
 impl Cmd {
     fn spawn(&self) -> Result<Running, String> {
+        let cgroup = match self.idle {
+            Idle::Freeze => match super::freezer::Cgroup::create(&self.target) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    self.log.info(
+                        "cgroup v2 freezer unavailable; idle: freeze uses SIGSTOP",
+                        &[("target", &self.target), ("reason", &e)],
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let opts = process::SpawnOptions {
+            cgroup: cgroup.as_ref().map(|g| g.dir().to_path_buf()),
             stdin: process::Stdio::Null,
             stdout: process::Stdio::Piped,
             stderr: process::Stdio::Piped,
@@ -710,6 +768,7 @@ impl Cmd {
         }
         let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
         let (exit_tx, exit_rx) = watch::channel(None);
+        let cgroup_of_task = cgroup.clone();
         let (grace, notifier, log, target, run_dir) = (
             self.stop_timeout,
             self.exited.clone(),
@@ -719,6 +778,7 @@ impl Cmd {
         );
         tokio::spawn(async move {
             let _forget = ForgetOnDrop(run_dir, target.clone(), pid);
+            let _cgroup = RemoveOnDrop(cgroup_of_task);
             tokio::select! {
                 status = child.wait() => {
                     let reason = match status {
@@ -751,6 +811,7 @@ impl Cmd {
         Ok(Running {
             pid,
             frozen: false,
+            cgroup,
             stop: Some(stop_tx),
             exited: exit_rx,
         })
@@ -816,6 +877,18 @@ impl Cmd {
 }
 
 /// Deletes a backend's record when its monitor task ends (the backend has exited or been stopped).
+/// Removes a backend's cgroup when its monitor task ends (empty by then, unless something escaped the
+/// process group).
+struct RemoveOnDrop(Option<super::freezer::Cgroup>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.remove();
+        }
+    }
+}
+
 struct ForgetOnDrop(Option<std::path::PathBuf>, String, u32);
 
 impl Drop for ForgetOnDrop {
@@ -835,13 +908,10 @@ impl TargetHandler for Cmd {
                     if !r.frozen {
                         return Ok(());
                     }
-                    process::ProcessGroup::new(r.pid)
-                        .signal(process::Signal::SIGCONT)
-                        .map_err(|e| format!("resume process group {}: {e}", r.pid))?;
-                    r.frozen = false;
+                    r.set_frozen(false).await?;
                     self.log.info(
                         "command resumed",
-                        &[("target", &self.target), ("pid", &r.pid)],
+                        &[("target", &self.target), ("pid", &r.pid), ("how", &r.how())],
                     );
                     let exited = r.exited.clone();
                     drop(guard);
@@ -868,15 +938,12 @@ impl TargetHandler for Cmd {
     fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
-            if self.freeze {
+            if self.idle != Idle::Stop {
                 if let Some(r) = guard.as_mut().filter(|r| r.exited.borrow().is_none()) {
-                    process::ProcessGroup::new(r.pid)
-                        .signal(process::Signal::SIGSTOP)
-                        .map_err(|e| format!("freeze process group {}: {e}", r.pid))?;
-                    r.frozen = true;
+                    r.set_frozen(true).await?;
                     self.log.info(
                         "command frozen",
-                        &[("target", &self.target), ("pid", &r.pid)],
+                        &[("target", &self.target), ("pid", &r.pid), ("how", &r.how())],
                     );
                     return Ok(());
                 }
@@ -889,9 +956,13 @@ impl TargetHandler for Cmd {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
             if let Some(r) = guard.as_mut().filter(|r| r.frozen) {
-                // A stopped process would not act on SIGINT before its grace ran out.
-                let _ = process::ProcessGroup::new(r.pid).signal(process::Signal::SIGCONT);
-                r.frozen = false;
+                // A frozen process would not act on SIGINT before its grace ran out.
+                if let Err(e) = r.set_frozen(false).await {
+                    self.log.warn(
+                        "thaw before stop failed",
+                        &[("target", &self.target), ("err", &e)],
+                    );
+                }
             }
             self.stop_running(&mut guard).await;
             Ok(())
