@@ -164,6 +164,20 @@ done
         );
     }
     daemon.stop().await;
+    let root = state.parent().unwrap();
+    for t in [
+        "hangs",
+        "badjson",
+        "wrongid",
+        "wrongversion",
+        "dies",
+        "refuses",
+        "fine",
+    ] {
+        let _ = std::fs::remove_dir_all(root.join(t));
+    }
+    // The process's state root, once no other test of this process uses it.
+    let _ = std::fs::remove_dir(root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,4 +243,7 @@ printf '{"version":1,"id":%s,"ok":true%s}\n' "$PROXYGW_EXEC_ID" "$r""#,
     };
     assert_eq!(calls, "start\nstatus\nstop\n");
     daemon.stop().await;
+    let _ = std::fs::remove_dir_all(&state);
+    // The process's state root, once no other test of this process uses it.
+    let _ = std::fs::remove_dir(state.parent().unwrap());
 }
