@@ -40,6 +40,16 @@ fn target(name: &str, program: &str, options: &str) -> String {
     )
 }
 
+/// The targets of the protocol-error test whose start must fail, each named after its program.
+const FAILING: [&str; 6] = [
+    "hangs",
+    "badjson",
+    "wrongid",
+    "wrongversion",
+    "dies",
+    "refuses",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_errors_fail_the_start_with_a_reason_and_a_backoff_while_other_targets_are_served()
 {
@@ -98,14 +108,7 @@ done
     let (daemon, log, dp) = embedded::start(&plugins(d), &body).await;
     let h = daemon.handle().clone();
     let t0 = Instant::now();
-    for t in [
-        "hangs",
-        "badjson",
-        "wrongid",
-        "wrongversion",
-        "dies",
-        "refuses",
-    ] {
+    for t in FAILING {
         h.request(Request::Warm(t.into())).await.unwrap();
     }
     // While "hangs" holds its call open, another target warms at once.
@@ -165,15 +168,7 @@ done
     }
     daemon.stop().await;
     let root = state.parent().unwrap();
-    for t in [
-        "hangs",
-        "badjson",
-        "wrongid",
-        "wrongversion",
-        "dies",
-        "refuses",
-        "fine",
-    ] {
+    for t in FAILING.iter().chain(&["fine"]) {
         let _ = std::fs::remove_dir_all(root.join(t));
     }
     // The process's state root, once no other test of this process uses it.
