@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{ChildStderr, ChildStdout, Command};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep, timeout, Instant};
 
 /// How long `stop` waits for the direct child after SIGKILL before giving up.
@@ -30,7 +30,8 @@ pub enum Stdio {
     Inherit,
     /// `/dev/null`.
     Null,
-    /// A pipe the caller reads with [`Child::take_stdout`] / [`Child::take_stderr`] (gateway daemon log).
+    /// A pipe the caller reads with [`Child::take_stdout`] / [`Child::take_stderr`] (gateway daemon log), or
+    /// for stdin writes through [`Child::take_stdin`] (the gateway's `exec:` target requests).
     Piped,
     /// The parent's stderr (for the child's stdout: cwproxy keeps its own stdout to JSON lines).
     ParentStderr,
@@ -53,7 +54,7 @@ impl Stdio {
 /// Options for [`Child::spawn`]; the default inherits everything from the parent.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
-    /// Child stdin (`Piped` is treated as `Null`: nothing here writes to the child).
+    /// Child stdin.
     pub stdin: Stdio,
     /// Child stdout.
     pub stdout: Stdio,
@@ -73,6 +74,9 @@ pub struct SpawnOptions {
     /// only, not the rest of its group; spawn from a thread that lives as long as the supervisor (a tokio
     /// worker, not a blocking-pool thread). Ignored on other platforms.
     pub parent_death_signal: Option<Signal>,
+    /// Linux: a cgroup v2 directory the child joins before it runs its program, so everything it forks is
+    /// in that cgroup too (the gateway freezes a whole backend with `cgroup.freeze`). Ignored elsewhere.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// How a child process ended.
@@ -313,10 +317,7 @@ impl Child {
             command: display.clone(),
             source,
         };
-        let stdin = match opts.stdin {
-            Stdio::Piped => std::process::Stdio::null(),
-            other => other.to_std().map_err(start_error)?,
-        };
+        let stdin = opts.stdin.to_std().map_err(start_error)?;
         let stdout = opts.stdout.to_std().map_err(start_error)?;
         let stderr = opts.stderr.to_std().map_err(start_error)?;
         let mut cmd = Command::new(program);
@@ -343,6 +344,26 @@ impl Child {
                     }
                     Ok(())
                 });
+            }
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = &opts.cgroup {
+            use std::io::Write as _;
+            let procs = dir.join("cgroup.procs");
+            // Opened here (close-on-exec), written in the child: "0" moves the writer, before it can fork.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| {
+                    start_error(io::Error::other(format!(
+                        "join cgroup {}: {e}",
+                        procs.display()
+                    )))
+                })?;
+            // SAFETY: between fork and exec this runs only write(2) on an fd opened before the fork, which is
+            // async-signal-safe, and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || (&file).write_all(b"0"));
             }
         }
         let adopt = opts.adopt_orphans && cfg!(target_os = "linux");
@@ -409,6 +430,12 @@ impl Child {
     /// The exit status if the direct child has already been reaped.
     pub fn status(&self) -> Option<ExitStatus> {
         self.status
+    }
+
+    /// Take the write end of the child's stdin pipe (only with [`Stdio::Piped`]); dropping it closes the
+    /// child's stdin.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.inner.stdin.take()
     }
 
     /// Take the read end of the child's stdout pipe (only with [`Stdio::Piped`]).

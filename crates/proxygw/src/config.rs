@@ -210,6 +210,9 @@ pub struct FrontendConfig {
     pub target_name: String,
     /// Endpoint name within the target.
     pub endpoint_name: String,
+    /// Dual-home (`target: [app:v4, app:v6]` on a `[::]:p` listen): the target's endpoint of the other
+    /// address family; each client family is DNATed to the endpoint of its own family.
+    pub dual_endpoint: Option<String>,
     /// Source-NAT DNATed flows (new; default false).
     pub masquerade: bool,
     /// Kind options.
@@ -392,6 +395,8 @@ struct RawFrontend {
     flow_timeout_ns: i64,
     flow_timeout_text: String,
     target: NsRef,
+    /// The second reference of a dual-home `target: [a, b]`.
+    target_dual: Option<NsRef>,
     masquerade: bool,
     options: Map<String, Value>,
 }
@@ -426,6 +431,33 @@ fn list<'a>(v: Option<&'a Value>, path: &str) -> Result<Option<&'a Vec<Value>>, 
         Some(Value::Array(a)) => Ok(Some(a)),
         Some(_) => err(format!("{path}: expected a list")),
     }
+}
+
+/// A frontend's `target`: one `target:endpoint` (the original's form) or, for a dual-home frontend, a list
+/// of two endpoints of one target.
+fn frontend_target(v: Option<&Value>, path: &str) -> Result<(NsRef, Option<NsRef>), ConfigError> {
+    let Some(Value::Array(items)) = v else {
+        return Ok((with_path(NsRef::parse(&text(v, path)?), path)?, None));
+    };
+    let [a, b] = items.as_slice() else {
+        return err(format!(
+            "{path}: a list must name two endpoints of one target, one IPv4 and one IPv6 (found {} items)",
+            items.len()
+        ));
+    };
+    let one = |v: &Value, i: usize| {
+        let p = format!("{path}[{i}]");
+        with_path(NsRef::parse(&text(Some(v), &p)?), &p)
+    };
+    let (a, b) = (one(a, 0)?, one(b, 1)?);
+    if a.namespace != b.namespace {
+        return err(format!(
+            "{path}: both endpoints must belong to one target, found {} and {}",
+            go_quote(&a.to_string()),
+            go_quote(&b.to_string())
+        ));
+    }
+    Ok((a, Some(b)))
 }
 
 fn with_path<T>(r: Result<T, String>, path: &str) -> Result<T, ConfigError> {
@@ -546,6 +578,7 @@ fn decode(doc: &Value) -> Result<RawConfig, ConfigError> {
                     ));
                 }
             };
+            let (target, target_dual) = frontend_target(f.get("target"), &format!("{p}.target"))?;
             out.push(RawFrontend {
                 name: text(f.get("name"), &format!("{p}.name"))?,
                 kind: with_path(
@@ -562,10 +595,8 @@ fn decode(doc: &Value) -> Result<RawConfig, ConfigError> {
                 )?,
                 flow_timeout_ns: with_path(ttl(&flow), &format!("{p}.flow_timeout"))?,
                 flow_timeout_text: flow,
-                target: with_path(
-                    NsRef::parse(&text(f.get("target"), &format!("{p}.target"))?),
-                    &format!("{p}.target"),
-                )?,
+                target,
+                target_dual,
                 masquerade,
                 options: mapping(f.get("options"), &format!("{p}.options"))?.unwrap_or_default(),
             });
@@ -795,6 +826,7 @@ fn finish(raw: RawConfig) -> Result<Config, ConfigError> {
             flow_timeout: Duration::from_secs((f.flow_timeout_ns / 1_000_000_000) as u64),
             target_name: f.target.namespace,
             endpoint_name: f.target.name,
+            dual_endpoint: f.target_dual.map(|t| t.name),
             masquerade: f.masquerade,
             options: f.options,
         });
@@ -840,23 +872,56 @@ fn check_extra(c: &Config) -> Result<(), ConfigError> {
         if f.listen.port() == 0 {
             return err(format!("frontends[{q}].listen {} has port 0", f.listen));
         }
-        let Some(ep) = c
-            .target(&f.target_name)
-            .and_then(|t| t.endpoints.iter().find(|e| e.name == f.endpoint_name))
-        else {
+        let endpoint = |name: &str| {
+            c.target(&f.target_name)
+                .and_then(|t| t.endpoints.iter().find(|e| e.name == name))
+        };
+        let Some(ep) = endpoint(&f.endpoint_name) else {
             return err(format!(
                 "frontends[{q}].target does not reference an existing endpoint"
             ));
         };
-        if ep.protocol != f.protocol {
-            return err(format!(
-                "frontends[{q}].protocol {} does not match endpoint {}:{} protocol {}",
-                f.protocol, f.target_name, f.endpoint_name, ep.protocol
-            ));
+        let dual = match &f.dual_endpoint {
+            None => None,
+            Some(name) => match endpoint(name) {
+                Some(e) => Some((name, e)),
+                None => {
+                    return err(format!(
+                    "frontends[{q}].target[1] {}:{name} does not reference an existing endpoint",
+                    f.target_name
+                ))
+                }
+            },
+        };
+        for (name, e) in std::iter::once((&f.endpoint_name, ep)).chain(dual) {
+            if e.protocol != f.protocol {
+                return err(format!(
+                    "frontends[{q}].protocol {} does not match endpoint {}:{name} protocol {}",
+                    f.protocol, f.target_name, e.protocol
+                ));
+            }
         }
-        if ep.address.is_ipv4() != f.listen.is_ipv4() {
+        if let Some((name, e)) = dual {
+            if !(f.listen.is_ipv6() && f.listen.ip().is_unspecified()) {
+                return err(format!(
+                    "frontends[{q}].listen {} must be [::]:PORT to serve IPv4 and IPv6 (target lists two endpoints)",
+                    f.listen
+                ));
+            }
+            if e.address.is_ipv4() == ep.address.is_ipv4() {
+                return err(format!(
+                    "frontends[{q}].target endpoints {}:{} ({}) and {}:{name} ({}) must be one IPv4 and one IPv6",
+                    f.target_name, f.endpoint_name, ep.address, f.target_name, e.address
+                ));
+            }
+        } else if ep.address.is_ipv4() != f.listen.is_ipv4() {
+            let hint = if f.listen.is_ipv6() && f.listen.ip().is_unspecified() {
+                " (to serve both families, list an IPv4 and an IPv6 endpoint: target: [t:v4, t:v6])"
+            } else {
+                ""
+            };
             return err(format!(
-                "frontends[{q}].listen {} and endpoint {}:{} address {} must both be IPv4 or both IPv6",
+                "frontends[{q}].listen {} and endpoint {}:{} address {} must both be IPv4 or both IPv6{hint}",
                 f.listen, f.target_name, f.endpoint_name, ep.address
             ));
         }
@@ -867,8 +932,12 @@ fn check_extra(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         for other in &c.frontends[..i] {
+            // A dual-home frontend's socket takes the port in both families.
+            let families_meet = other.listen.is_ipv4() == f.listen.is_ipv4()
+                || other.dual_endpoint.is_some()
+                || f.dual_endpoint.is_some();
             if other.protocol == f.protocol
-                && other.listen.is_ipv4() == f.listen.is_ipv4()
+                && families_meet
                 && other.listen.port() == f.listen.port()
                 && (other.listen.ip() == f.listen.ip()
                     || other.listen.ip().is_unspecified()

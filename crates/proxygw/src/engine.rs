@@ -366,6 +366,8 @@ struct Frontend {
     epoch: u64,
     op: Option<JoinHandle<()>>,
     backend: SocketAddr,
+    /// Its DNAT mappings: one, or one per address family for a dual-home frontend.
+    mappings: Vec<Mapping>,
 }
 
 /// The engine before it runs: targets and frontends are built (targets first), nothing started.
@@ -380,6 +382,8 @@ pub struct Engine<D: Dataplane> {
     target_kinds: TargetKinds,
     frontend_kinds: FrontendKinds,
     reloader: Option<Reloader>,
+    /// `plugins:` as read at start: a reload re-reads targets and frontends, not plugin settings.
+    plugin_blocks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
@@ -407,15 +411,18 @@ impl<D: Dataplane> Engine<D> {
         let EngineInbox { tx, rx } = inbox;
         let mut targets = BTreeMap::new();
         for t in &cfg.targets {
-            targets.insert(t.name.clone(), new_target(t, &reg.targets, &log, &tx, 0)?);
+            targets.insert(
+                t.name.clone(),
+                new_target(t, &reg.targets, &cfg.plugins, &log, &tx, 0)?,
+            );
         }
         let mut frontends = BTreeMap::new();
         for f in &cfg.frontends {
             let target = targets
                 .get_mut(&f.target_name)
                 .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
-            let (front, mapping) = new_frontend(f, target, &reg.frontends, &log, &tx)?;
-            target.mappings.push(mapping);
+            let front = new_frontend(f, target, &reg.frontends, &log, &tx)?;
+            target.mappings.extend(front.mappings.iter().cloned());
             frontends.insert(f.name.clone(), front);
         }
         for (name, t) in &targets {
@@ -434,6 +441,7 @@ impl<D: Dataplane> Engine<D> {
             target_kinds: reg.targets.clone(),
             frontend_kinds: reg.frontends.clone(),
             reloader: None,
+            plugin_blocks: cfg.plugins.clone(),
         })
     }
 
@@ -1229,7 +1237,14 @@ impl<D: Dataplane> Engine<D> {
             let epoch = self.targets.get(&t.name).map_or(0, |o| o.epoch + 1);
             new_targets.insert(
                 t.name.clone(),
-                new_target(t, &self.target_kinds, &self.log, &self.tx, epoch)?,
+                new_target(
+                    t,
+                    &self.target_kinds,
+                    &self.plugin_blocks,
+                    &self.log,
+                    &self.tx,
+                    epoch,
+                )?,
             );
         }
         let mut new_fronts = Vec::new();
@@ -1246,9 +1261,13 @@ impl<D: Dataplane> Engine<D> {
                 .get(&f.target_name)
                 .or_else(|| self.targets.get(&f.target_name))
                 .ok_or_else(|| format!("create frontend {:?}: target not registered", f.name))?;
-            let (front, mapping) =
-                new_frontend(f, target, &self.frontend_kinds, &self.log, &self.tx)?;
-            new_fronts.push((front, mapping));
+            new_fronts.push(new_frontend(
+                f,
+                target,
+                &self.frontend_kinds,
+                &self.log,
+                &self.tx,
+            )?);
         }
         // Close what goes: frontends first (removed, changed, or of a replaced target), then targets.
         let gone_fronts: Vec<String> = self
@@ -1296,9 +1315,8 @@ impl<D: Dataplane> Engine<D> {
         for t in self.targets.values_mut() {
             t.mappings.clear();
         }
-        let added_fronts: Vec<String> =
-            new_fronts.iter().map(|(f, _)| f.cfg.name.clone()).collect();
-        for (front, _) in new_fronts {
+        let added_fronts: Vec<String> = new_fronts.iter().map(|f| f.cfg.name.clone()).collect();
+        for front in new_fronts {
             self.frontends.insert(front.cfg.name.clone(), front);
         }
         for f in &cfg.frontends {
@@ -1308,13 +1326,7 @@ impl<D: Dataplane> Engine<D> {
             ) else {
                 continue;
             };
-            t.mappings.push(Mapping {
-                protocol: front.cfg.protocol,
-                listen: front.cfg.listen,
-                backend: front.backend,
-                flow_timeout: front.cfg.flow_timeout,
-                masquerade: front.cfg.masquerade,
-            });
+            t.mappings.extend(front.mappings.iter().cloned());
         }
         let groups: Vec<(String, Vec<Mapping>)> = self
             .targets
@@ -1381,17 +1393,22 @@ fn rate_exceeded(t: &mut Target, origin: &WarmOrigin) -> bool {
 fn new_target(
     t: &TargetConfig,
     kinds: &TargetKinds,
+    plugin_blocks: &BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     log: &Logger,
     tx: &mpsc::Sender<Event>,
     epoch: u64,
 ) -> Result<Target, String> {
     let kind = t.kind.to_string();
-    let (ctor, _) = kinds
-        .get(&kind)
+    let (ctor, _) = crate::plugins::find_target_kind(kinds, &t.kind)
         .ok_or_else(|| format!("create target {:?}: target kind not registered", t.name))?;
     let ctx = TargetCtx {
         name: t.name.clone(),
+        kind: t.kind.clone(),
         endpoints: t.endpoints.clone(),
+        plugin: plugin_blocks
+            .get(&t.kind.namespace)
+            .cloned()
+            .unwrap_or_default(),
         log: log.clone(),
         exited: ExitNotifier {
             tx: tx.clone(),
@@ -1425,27 +1442,31 @@ fn new_target(
     })
 }
 
-/// A frontend of `target` from its config, handler built, not started, with its DNAT mapping.
+/// A frontend of `target` from its config, handler built, not started, with its DNAT mappings.
 fn new_frontend(
     f: &FrontendConfig,
     target: &Target,
     kinds: &FrontendKinds,
     log: &Logger,
     tx: &mpsc::Sender<Event>,
-) -> Result<(Frontend, Mapping), String> {
+) -> Result<Frontend, String> {
     let kind = f.kind.to_string();
-    let ep = target
-        .cfg
-        .endpoints
-        .iter()
-        .find(|e| e.name == f.endpoint_name)
-        .ok_or_else(|| {
-            format!(
-                "create frontend {:?}: endpoint {:?} does not exist in target {:?}",
-                f.name, f.endpoint_name, f.target_name
-            )
-        })?;
-    let backend = ep.address;
+    let endpoint = |name: &String| {
+        target
+            .cfg
+            .endpoints
+            .iter()
+            .find(|e| &e.name == name)
+            .map(|e| e.address)
+            .ok_or_else(|| {
+                format!(
+                    "create frontend {:?}: endpoint {name:?} does not exist in target {:?}",
+                    f.name, f.target_name
+                )
+            })
+    };
+    let backend = endpoint(&f.endpoint_name)?;
+    let dual_backend = f.dual_endpoint.as_ref().map(endpoint).transpose()?;
     let (ctor, _) = kinds
         .get(&kind)
         .ok_or_else(|| format!("create frontend {:?}: frontend kind not registered", f.name))?;
@@ -1455,6 +1476,7 @@ fn new_frontend(
         protocol: f.protocol,
         listen: f.listen,
         backend,
+        dual_backend,
         log: log.clone(),
         waker: Waker {
             tx: tx.clone(),
@@ -1469,14 +1491,21 @@ fn new_frontend(
             f.name
         )
     })?;
-    let mapping = Mapping {
-        protocol: f.protocol,
-        listen: f.listen,
-        backend,
-        flow_timeout: f.flow_timeout,
-        masquerade: f.masquerade,
-    };
-    let front = Frontend {
+    // A dual-home `[::]:p` frontend is one wildcard mapping per family, each to the endpoint of that family.
+    let mappings = std::iter::once(backend)
+        .chain(dual_backend)
+        .map(|b| Mapping {
+            protocol: f.protocol,
+            listen: match (dual_backend.is_some(), b) {
+                (true, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], f.listen.port())),
+                _ => f.listen,
+            },
+            backend: b,
+            flow_timeout: f.flow_timeout,
+            masquerade: f.masquerade,
+        })
+        .collect();
+    Ok(Frontend {
         cfg: f.clone(),
         kind,
         handler,
@@ -1485,8 +1514,8 @@ fn new_frontend(
         epoch: 0,
         op: None,
         backend,
-    };
-    Ok((front, mapping))
+        mappings,
+    })
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

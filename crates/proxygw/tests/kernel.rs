@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod netns;
+mod procs;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,31 +14,6 @@ use std::time::{Duration, Instant};
 use netns::*;
 
 const IDLE: u64 = 3;
-
-struct Env {
-    _dir: tempfile::TempDir,
-    cfg: PathBuf,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-fn env(body: &str) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let cfg = dir.path().join("proxygw.yaml");
-    let log = dir.path().join("proxygw.log");
-    let text = format!(
-        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
-        sock.display()
-    );
-    std::fs::write(&cfg, text).unwrap();
-    Env {
-        _dir: dir,
-        cfg,
-        sock,
-        log,
-    }
-}
 
 /// Two static:none targets (v4, v6), static:http frontends on wildcard listens.
 fn web_config(extra_frontend_opts: &str) -> String {
@@ -84,10 +60,31 @@ frontends:
 }
 
 fn started(t: &Topo, e: &Env) -> Daemon {
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(t, e);
     assert_eq!(state(&e.sock, "web4"), "inactive");
     d
+}
+
+/// Cold: the daemon's own page at `addr`, and a wake of `target` through `frontend` logged with the client's
+/// address `source` (`10.99.1.2`, `[fd99:1::2]`); then warm: DNAT to the backend, which sees `source`.
+fn cold_page_then_dnat(
+    t: &Topo,
+    d: &Daemon,
+    e: &Env,
+    addr: &str,
+    frontend: &str,
+    target: &str,
+    source: &str,
+) {
+    let page = get(&t.client, addr, "/").unwrap();
+    assert!(page.contains("warming up"), "{page}");
+    assert!(page.contains("content-type: text/html"), "{page}");
+    wait_state(d, &e.sock, target, "active", Duration::from_secs(5));
+    let log = d.log_text();
+    let wake = format!("msg=wake frontend={frontend} target={target} source={source}:");
+    assert!(log.contains(&wake), "{wake} not in\n{log}");
+    let r = get(&t.client, addr, "/").unwrap();
+    assert!(r.contains(&format!("peer={source}:")), "{r}");
 }
 
 #[test]
@@ -102,32 +99,23 @@ fn cold_page_wakes_then_dnat_reaches_the_backend_with_the_client_address_v4_and_
     let d = started(&t, &e);
     assert_eq!(proxygw_tables(&t.gw), 1);
 
-    // Cold: the daemon's own page, and a warm signal logged with the client's address.
-    let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    assert!(page.contains("content-type: text/html"), "{page}");
-    wait_state(&d, &e.sock, "web4", "active", Duration::from_secs(5));
-    let log = d.log_text();
-    assert!(
-        log.contains(&format!(
-            "msg=wake frontend=web4 target=web4 source={CLIENT4}:"
-        )),
-        "{log}"
-    );
-    // Warm: DNAT to the backend, which sees the real client.
-    let r = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
-    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    cold_page_then_dnat(&t, &d, &e, &format!("{GW4}:8080"), "web4", "web4", CLIENT4);
     // The second frontend of the same target is on too.
     let r = get(&t.client, &format!("{GW4}:7070"), "/").unwrap();
     assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
 
     // IPv6, independently.
     assert_eq!(state(&e.sock, "web6"), "inactive");
-    let page = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
-    assert!(page.contains("warming up"), "{page}");
-    wait_state(&d, &e.sock, "web6", "active", Duration::from_secs(5));
-    let r = get(&t.client, &format!("[{GW6}]:8080"), "/").unwrap();
-    assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
+    let source6 = format!("[{CLIENT6}]");
+    cold_page_then_dnat(
+        &t,
+        &d,
+        &e,
+        &format!("[{GW6}]:8080"),
+        "web6",
+        "web6",
+        &source6,
+    );
 
     // Idle: drained, DNAT gone, the page is back.
     wait_state(
@@ -337,8 +325,10 @@ fn wake_allow_refuses_sources_outside_the_list() {
 /// A backend command that needs `DELAY_MS` before it listens, behind a static:tcp frontend.
 const DELAY_MS: u64 = 700;
 
-fn cmd_config(dir: &Path) -> String {
-    let script = dir.join("backend.py");
+/// A Python backend for the gateway namespace that listens on `GW4_BACK:port` after `DELAY_MS` and answers
+/// each connection with the peer it sees.
+fn backend_script(dir: &Path, port: u16) -> PathBuf {
+    let script = dir.join(format!("backend{port}.py"));
     std::fs::write(
         &script,
         format!(
@@ -346,7 +336,7 @@ fn cmd_config(dir: &Path) -> String {
              time.sleep({delay})\n\
              s = socket.socket()\n\
              s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('{GW4_BACK}', 9000))\n\
+             s.bind(('{GW4_BACK}', {port}))\n\
              s.listen(64)\n\
              print('backend listening', flush=True)\n\
              while True:\n\
@@ -360,6 +350,11 @@ fn cmd_config(dir: &Path) -> String {
         ),
     )
     .unwrap();
+    script
+}
+
+fn cmd_config(dir: &Path) -> String {
+    let script = backend_script(dir, 9000);
     format!(
         "targets:
   - name: game
@@ -391,8 +386,7 @@ fn static_tcp_serves_the_first_client_of_a_cold_static_cmd_target_then_drains_an
     let t = Topo::new();
     let dir = tempfile::tempdir().unwrap();
     let e = env(&cmd_config(dir.path()));
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
     assert_eq!(state(&e.sock, "game"), "inactive");
 
     // Cold: the first client is held, the command starts, and the client is served once it listens.
@@ -497,8 +491,7 @@ frontends:
     target: dns:udp
 "
     ));
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(&t, &e);
     assert_eq!(state(&e.sock, "dns"), "inactive");
     // Stop the 1 s warm ticker so the target only warms when told to.
     ctl(&e.sock, "stop", "dns");
@@ -559,4 +552,161 @@ fn masquerade_serves_backends_whose_return_path_bypasses_the_gateway() {
     );
     // web4-alt (same backend, no masquerade) would need the return route; with the backend-keyed masq set the
     // flow is masqueraded as well, which is what an operator of that backend needs anyway.
+}
+
+/// Kills the backend an `exec:` program started in its own session if the test ends before its stop call
+/// did (the backend outlives the daemon by design, so nothing else would).
+struct KillRecorded(PathBuf);
+
+impl Drop for KillRecorded {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shipped_exec_example_wakes_a_backend_behind_dnat_and_its_stop_ends_it() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let script = backend_script(dir.path(), 9100);
+    let programs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxygw/exec");
+    let e = env(&format!(
+        "  exec:
+    dir: {programs}
+targets:
+  - name: app
+    kind: exec:pidfile-backend
+    idle_timeout: 1h
+    endpoints:
+      - {{name: tcp, protocol: tcp, address: \"{GW4_BACK}:9100\"}}
+    options:
+      call_timeout: 10s
+      ready_timeout: 10s
+      params:
+        command: \"exec python3 {}\"
+frontends:
+  - name: app
+    kind: static:tcp
+    protocol: tcp
+    listen: \"{GW4}:7100\"
+    flow_timeout: 30s
+    target: app:tcp
+",
+        script.display()
+    ));
+    // The example keeps its pid file in the state directory under the daemon's runtime directory.
+    let run = e.cfg.parent().unwrap().join("run");
+    let d = start_daemon(&t, &e);
+    let pidfile = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "lock"))
+        .expect("instance lock in the runtime directory")
+        .with_extension("exec")
+        .join("app/backend.pid");
+    let _cleanup = KillRecorded(pidfile.clone());
+    assert_eq!(state(&e.sock, "app"), "inactive");
+
+    // Cold: static:tcp holds the first client while the program's start call and readiness run.
+    let mut first = connect(&t.client, &format!("{GW4}:7100")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut first, "peer=")
+    }))
+    .unwrap_or_else(|_| panic!("first client not served; log:\n{}", d.log_text()));
+    assert!(r.starts_with("peer="), "{r}");
+    drop(first);
+    wait_state(&d, &e.sock, "app", "active", Duration::from_secs(5));
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs::alive(pid));
+
+    // Warm: the kernel DNATs, so the backend sees the client's own address.
+    let mut second = connect(&t.client, &format!("{GW4}:7100")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_until(&mut second, "peer=")
+    }))
+    .unwrap_or_else(|_| panic!("second client not served; log:\n{}", d.log_text()));
+    assert!(r.contains(&format!("peer={CLIENT4}:")), "{r}");
+    drop(second);
+
+    // Drain: the program's stop call ends the backend and removes its record, within the script's 5 s
+    // grace (the backend obeys SIGTERM; a signal it ignored would only end at the SIGKILL after 5 s).
+    ctl(&e.sock, "drain", "app");
+    wait_state(&d, &e.sock, "app", "inactive", Duration::from_secs(4));
+    eventually(Duration::from_secs(5), "backend gone", || {
+        !procs::alive(pid)
+    });
+    assert!(!pidfile.exists());
+    let log = d.log_text();
+    assert!(!log.contains("level=ERROR"), "{log}");
+    assert!(!log.contains("level=WARN"), "{log}");
+}
+
+#[test]
+fn a_dual_home_frontend_on_wildcard_ipv6_serves_ipv4_and_ipv6_clients_each_to_its_own_family() {
+    if !can_run() {
+        return;
+    }
+    let t = Topo::new();
+    let _b4 = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let _b6 = Backend::start(&t.backend, &format!("[{BACKEND6}]:8080"));
+    let e = env(&format!(
+        "targets:
+  - name: web
+    kind: static:none
+    idle_timeout: 1h
+    endpoints:
+      - {{name: http4, protocol: tcp, address: \"{BACKEND4}:8080\"}}
+      - {{name: http6, protocol: tcp, address: \"[{BACKEND6}]:8080\"}}
+frontends:
+  - name: web
+    kind: static:http
+    protocol: tcp
+    listen: \"[::]:8080\"
+    flow_timeout: 30s
+    target: [web:http4, web:http6]
+    options:
+      content: \"<html>warming up</html>\"
+      wake_allow: [\"{CLIENT4}/32\", \"{CLIENT6}/128\"]
+"
+    ));
+    let d = start_daemon(&t, &e);
+
+    // Cold, over IPv4: the one [::] socket answers, and the client is logged and allowed as the IPv4
+    // address it is (not ::ffff:10.99.1.2). Warm: each family is DNATed to the endpoint of its own family,
+    // the client address preserved.
+    let (addr4, addr6, source6) = (
+        format!("{GW4}:8080"),
+        format!("[{GW6}]:8080"),
+        format!("[{CLIENT6}]"),
+    );
+    cold_page_then_dnat(&t, &d, &e, &addr4, "web", "web", CLIENT4);
+    let r = get(&t.client, &addr6, "/").unwrap();
+    assert!(r.contains(&format!("peer=[{CLIENT6}]:")), "{r}");
+    for (map, backend) in [("dnatWildcard4", BACKEND4), ("dnatWildcard6", BACKEND6)] {
+        let m = ns_output(&t.gw, &["nft", "list", "map", "inet", "proxygw", map]);
+        assert!(m.contains(&format!("tcp . 8080 : {backend} . 8080")), "{m}");
+    }
+
+    // Cold again, over IPv6 this time: the same frontend serves the page and wakes the target.
+    ctl(&e.sock, "drain", "web");
+    wait_state(&d, &e.sock, "web", "inactive", Duration::from_secs(5));
+    cold_page_then_dnat(&t, &d, &e, &addr6, "web", "web", &source6);
 }

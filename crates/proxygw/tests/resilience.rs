@@ -4,36 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod netns;
+mod procs;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use netns::*;
-
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-fn env(body: &str) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let cfg = dir.path().join("proxygw.yaml");
-    let log = dir.path().join("proxygw.log");
-    let text = format!(
-        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
-        sock.display()
-    );
-    std::fs::write(&cfg, text).unwrap();
-    Env {
-        dir,
-        cfg,
-        sock,
-        log,
-    }
-}
+use procs::{alive, group_members};
 
 /// One static:none target behind a wildcard v4 frontend on :8080.
 fn web_config() -> String {
@@ -57,10 +33,30 @@ frontends:
     )
 }
 
+/// The fixture most tests here start from: namespaces, the backend on `BACKEND4:8080`, and a warm gateway
+/// routing `web` to it; `None` where kernel tests cannot run. Fields drop in order: the daemon before the
+/// namespaces it runs in.
+struct Warm {
+    d: Daemon,
+    e: Env,
+    _b: Backend,
+    t: Topo,
+}
+
+fn warm_web() -> Option<Warm> {
+    if !can_run() {
+        return None;
+    }
+    let t = Topo::new();
+    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
+    let e = env(&web_config());
+    let d = warm_gateway(&t, &e);
+    Some(Warm { d, e, _b, t })
+}
+
 /// A warm gateway: daemon started, target active, DNAT reaching the backend.
 fn warm_gateway(t: &Topo, e: &Env) -> Daemon {
-    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let d = start_daemon(t, e);
     warm(&e.sock, "web");
     wait_state(&d, &e.sock, "web", "active", Duration::from_secs(5));
     assert!(routed(t), "not routed after warm:\n{}", d.log_text());
@@ -76,13 +72,8 @@ fn routed(t: &Topo) -> bool {
 
 #[test]
 fn a_second_daemon_is_refused_before_touching_the_table_and_the_first_keeps_routing() {
-    if !can_run() {
-        return;
-    }
-    let t = Topo::new();
-    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
-    let e = env(&web_config());
-    let d = warm_gateway(&t, &e);
+    let Some(w) = warm_web() else { return };
+    let (t, e, d) = (&w.t, &w.e, &w.d);
     let rules_before = ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]);
 
     let second_log = e.dir.path().join("second.log");
@@ -102,11 +93,7 @@ fn a_second_daemon_is_refused_before_touching_the_table_and_the_first_keeps_rout
         ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
         rules_before
     );
-    assert!(
-        routed(&t),
-        "first daemon stopped routing:\n{}",
-        d.log_text()
-    );
+    assert!(routed(t), "first daemon stopped routing:\n{}", d.log_text());
     assert_eq!(state(&e.sock, "web"), "active");
 }
 
@@ -126,19 +113,14 @@ fn time_to_route(t: &Topo, d: &Daemon, limit: Duration) -> Duration {
 
 #[test]
 fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
-    if !can_run() {
-        return;
-    }
-    let t = Topo::new();
-    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
-    let e = env(&web_config());
-    let d = warm_gateway(&t, &e);
+    let Some(w) = warm_web() else { return };
+    let (t, e, d) = (&w.t, &w.e, &w.d);
     let rules_before = ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]);
 
     // What a Debian firewall reload does first.
     // (The heal can be done before a check of the empty ruleset could run; the log below proves it happened.)
     ns_output(&t.gw, &["nft", "flush", "ruleset"]);
-    let took = time_to_route(&t, &d, Duration::from_secs(2));
+    let took = time_to_route(t, d, Duration::from_secs(2));
     eprintln!("routed again {took:?} after nft flush ruleset");
     eventually(Duration::from_secs(2), "the heal logged", || {
         d.log_text().contains("re-applied")
@@ -167,7 +149,7 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
         ns_output(&t.gw, &["nft", "list", "table", "inet", "proxygw"]),
         rules_before
     );
-    assert!(routed(&t));
+    assert!(routed(t));
 
     // The drain still works on the healed table (a flushed table used to fail every disable).
     ns_output(&t.gw, &["nft", "flush", "ruleset"]);
@@ -178,34 +160,6 @@ fn a_flushed_ruleset_is_healed_and_traffic_resumes_within_two_seconds() {
     });
     let page = get(&t.client, &format!("{GW4}:8080"), "/").unwrap();
     assert!(page.contains("warming up"), "{page}");
-}
-
-/// Pids of the processes in process group `pgid` (from /proc).
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-        // Fields 3 (state) and 5 (pgrp); zombies are gone for our purpose.
-        if f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 #[test]
@@ -246,8 +200,7 @@ frontends:
             .map(|r| r.contains("served by the backend"))
             .unwrap_or(false)
     };
-    let mut d = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    let mut d = start_daemon(&t, &e);
     warm(&e.sock, "app");
     wait_state(&d, &e.sock, "app", "active", Duration::from_secs(20));
     assert!(served(&t), "{}", d.log_text());
@@ -277,8 +230,7 @@ frontends:
         "python should still run before the restart"
     );
 
-    let d2 = Daemon::start(&t.gw, &e.cfg, &e.log);
-    wait_ready(&d2, &e.sock, Duration::from_secs(10));
+    let d2 = start_daemon(&t, &e);
     warm(&e.sock, "app");
     wait_state(&d2, &e.sock, "app", "active", Duration::from_secs(20));
     let log = d2.log_text();
@@ -297,15 +249,10 @@ frontends:
 
 #[test]
 fn a_drain_removes_time_wait_entries_of_the_mapping_too() {
-    if !can_run() {
-        return;
-    }
-    let t = Topo::new();
-    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
-    let e = env(&web_config());
-    let d = warm_gateway(&t, &e);
+    let Some(w) = warm_web() else { return };
+    let (t, e, d) = (&w.t, &w.e, &w.d);
     // A finished exchange: its entry lingers in TIME_WAIT, DNATed to the backend.
-    assert!(routed(&t));
+    assert!(routed(t));
     let mapped = |state: &str| {
         ns_output(&t.gw, &["conntrack", "-L", "-p", "tcp"])
             .lines()
@@ -341,13 +288,8 @@ fn still_open(held: &mut std::net::TcpStream) -> bool {
 #[test]
 fn sighup_adds_and_removes_a_frontend_while_a_flow_on_another_stays_up_and_an_invalid_reload_is_kept_out(
 ) {
-    if !can_run() {
-        return;
-    }
-    let t = Topo::new();
-    let _b = Backend::start(&t.backend, &format!("{BACKEND4}:8080"));
-    let e = env(&web_config());
-    let d = warm_gateway(&t, &e);
+    let Some(w) = warm_web() else { return };
+    let (t, e, d) = (&w.t, &w.e, &w.d);
     let mut held = connect(&t.client, &format!("{GW4}:8080")).unwrap();
     std::io::Write::write_all(&mut held, b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     read_until(&mut held, "peer=");
@@ -392,7 +334,7 @@ fn sighup_adds_and_removes_a_frontend_while_a_flow_on_another_stays_up_and_an_in
     assert!(d
         .log_text()
         .contains("msg=\"reload failed; the running config stays\""));
-    assert!(routed(&t));
+    assert!(routed(t));
     assert!(get(&t.client, &format!("{GW4}:7070"), "/")
         .unwrap()
         .contains("peer="));
@@ -421,7 +363,7 @@ fn sighup_adds_and_removes_a_frontend_while_a_flow_on_another_stays_up_and_an_in
         "the held flow was cut:\n{}",
         d.log_text()
     );
-    assert!(routed(&t));
+    assert!(routed(t));
 }
 
 fn block_on_reload(sock: &std::path::Path) -> Result<(), String> {

@@ -2,38 +2,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+mod embedded;
+mod procs;
+
 use std::time::{Duration, Instant};
 
+use embedded::{free_port, Buf};
 use proxygw::daemon::Daemon;
 use proxygw::dataplane::memory::MemoryDataplane;
 use proxygw::engine::{EngineHandle, Request};
-use proxygw::log::Logger;
-
-#[derive(Clone, Default)]
-struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start(options: &str, port: u16) -> (Daemon, Buf, MemoryDataplane) {
     start_with_frontends(options, port, "[]").await
@@ -44,11 +21,8 @@ async fn start_with_frontends(
     port: u16,
     frontends: &str,
 ) -> (Daemon, Buf, MemoryDataplane) {
-    let yaml = format!(
-        "version: v1
-log: {{output: stderr}}
-plugins: {{}}
-targets:
+    let body = format!(
+        "targets:
   - name: app
     kind: static:cmd
     idle_timeout: 1h
@@ -59,25 +33,7 @@ targets:
 frontends: {frontends}
 "
     );
-    let cfg = proxygw::config::load_str(&yaml).unwrap();
-    // Only the static plugin: ctl would need a socket.
-    let reg = proxygw::plugins::Registry::build(
-        &[("static".into(), "static".into())],
-        proxygw::plugins::compiled(),
-    )
-    .unwrap();
-    reg.check_config(&cfg).unwrap();
-    let buf = Buf::default();
-    let dp = MemoryDataplane::default();
-    let d = Daemon::start(
-        &cfg,
-        &reg,
-        dp.clone(),
-        Logger::new(Box::new(buf.clone()), 0),
-    )
-    .await
-    .unwrap();
-    (d, buf, dp)
+    embedded::start("plugins: {}\n", &body).await
 }
 
 async fn wait_for(
@@ -85,40 +41,16 @@ async fn wait_for(
     want: &str,
     limit: Duration,
 ) -> proxygw::protocol::TargetStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        let t = h.status().await.unwrap().targets.remove(0);
-        if t.state == want {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "never {want}: {t:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    embedded::wait_for(h, "app", want, limit).await
 }
 
-fn pids_in_group(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the ")" of the command name: state ppid pgrp …
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
-            && rest.first() != Some(&"Z")
-        {
-            out.push(pid);
-        }
-    }
-    out
+/// The pid of the first `command started` line of the log (the command's process group id).
+fn started_pid(log: &str) -> u32 {
+    log.split("msg=\"command started\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no command started in\n{log}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,26 +76,18 @@ async fn warm_waits_for_the_endpoint_and_drain_stops_the_whole_process_group() {
         text.contains("msg=\"command output\" target=app stream=stdout line=started"),
         "{text}"
     );
-    let pid: i32 = text
-        .split(" pid=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = started_pid(&text);
     assert!(
-        pids_in_group(pid).len() >= 2,
+        procs::group_members(pid).len() >= 2,
         "sh/python and the background sleep"
     );
 
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     assert!(
-        pids_in_group(pid).is_empty(),
+        procs::group_members(pid).is_empty(),
         "every process of the group is gone: {:?}",
-        pids_in_group(pid)
+        procs::group_members(pid)
     );
     d.stop().await;
 }
@@ -231,17 +155,9 @@ async fn shutdown_stops_a_running_command() {
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: i32 = text
-        .split(" pid=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = started_pid(&text);
     d.stop().await;
-    assert!(pids_in_group(pid).is_empty());
+    assert!(procs::group_members(pid).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,14 +241,12 @@ async fn wake_rate_refuses_starts_beyond_the_limit_but_not_an_operators_warm() {
     d.stop().await;
 }
 
-/// Process state letter of `pid` (`T` = stopped), if it exists.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
+/// Freeze/resume cycles measured in `idle_freeze_…`: resume → first byte, for the README's figures.
+const RESUME_CYCLES: usize = 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+/// One `idle:` freeze mode end to end; returns how it froze (`cgroup` or `SIGSTOP`, from the log) and the
+/// resume → first byte times of [`RESUME_CYCLES`] drain/warm cycles.
+async fn freeze_round_trip(idle: &str) -> (String, Vec<Duration>) {
     let port = free_port();
     // The server answers each connection with a line, so a frozen one is visible as no answer.
     let dir = tempfile::tempdir().unwrap();
@@ -347,7 +261,7 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     )
     .unwrap();
     let cmd = format!(
-        "      command: \"exec python3 {}\"\n      idle: freeze",
+        "      command: \"exec python3 {}\"\n      idle: {idle}",
         script.display()
     );
     let (d, log, dp) = start(&cmd, port).await;
@@ -355,42 +269,65 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(10)).await;
     let text = log.text();
-    let pid: i32 = text
-        .split("msg=\"command started\" target=app pid=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{text}"));
-    let answer = || {
+    let pid = started_pid(&text);
+    let answer = |wait: Duration| {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        c.set_read_timeout(Some(wait)).unwrap();
         let mut b = [0u8; 8];
         std::io::Read::read(&mut c, &mut b)
             .map(|n| n > 0)
             .unwrap_or(false)
     };
-    assert!(answer());
+    assert!(answer(Duration::from_millis(300)));
 
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     assert!(!dp.is_enabled("app"));
-    assert_eq!(
-        proc_state(pid),
-        Some('T'),
-        "frozen, not stopped:\n{}",
-        log.text()
+    let text = log.text();
+    let how = text
+        .split("msg=\"command frozen\" target=app pid=")
+        .nth(1)
+        .and_then(|r| r.split(" how=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no frozen line:\n{text}"))
+        .to_string();
+    let cgroup_line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if how == "cgroup" {
+        // Frozen by the kernel without a signal: not in the stopped state, and in its own cgroup.
+        assert_ne!(procs::state(pid), Some('T'));
+        let own = format!("/proxygw-{}-app\n", std::process::id());
+        assert!(cgroup_line.contains(&own), "{cgroup_line}");
+    } else {
+        assert_eq!(how, "SIGSTOP", "{text}");
+        assert_eq!(procs::state(pid), Some('T'), "frozen, not stopped:\n{text}");
+    }
+    assert!(
+        !answer(Duration::from_millis(300)),
+        "a frozen server must not answer"
     );
-    assert!(!answer(), "a frozen server must not answer");
 
     let t0 = Instant::now();
     h.request(Request::Warm("app".into())).await.unwrap();
     wait_for(&h, "active", Duration::from_secs(5)).await;
     let resume = t0.elapsed();
-    eprintln!("resume to active: {resume:?}");
     assert!(resume < Duration::from_millis(300), "{resume:?}");
-    assert_ne!(proc_state(pid), Some('T'));
-    assert!(answer(), "the same process answers again");
+    assert_ne!(procs::state(pid), Some('T'));
+    assert!(
+        answer(Duration::from_millis(300)),
+        "the same process answers again"
+    );
+
+    // Resume → first byte: the warm request, then a client's connection that the thawed server answers.
+    let mut times = Vec::new();
+    for _ in 0..RESUME_CYCLES {
+        h.request(Request::Drain("app".into())).await.unwrap();
+        wait_for(&h, "inactive", Duration::from_secs(5)).await;
+        let t0 = Instant::now();
+        h.request(Request::Warm("app".into())).await.unwrap();
+        assert!(answer(Duration::from_secs(2)), "no answer after resume");
+        times.push(t0.elapsed());
+        wait_for(&h, "active", Duration::from_secs(5)).await;
+    }
     assert_eq!(
         log.text().matches("msg=\"command started\"").count(),
         1,
@@ -401,5 +338,25 @@ async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_proces
     h.request(Request::Drain("app".into())).await.unwrap();
     wait_for(&h, "inactive", Duration::from_secs(10)).await;
     d.stop().await;
-    assert!(pids_in_group(pid).is_empty(), "{}", log.text());
+    assert!(procs::group_members(pid).is_empty(), "{}", log.text());
+    (how, times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_freeze_stops_the_group_on_drain_and_a_warm_resumes_the_same_process() {
+    let (how, mut times) = freeze_round_trip("freeze").await;
+    let (signal, mut signal_times) = freeze_round_trip("freeze-signal").await;
+    assert_eq!(signal, "SIGSTOP", "freeze-signal never uses the cgroup");
+    for (name, t) in [
+        (how.as_str(), &mut times),
+        ("SIGSTOP (freeze-signal)", &mut signal_times),
+    ] {
+        t.sort();
+        let (p50, p99) = (t[t.len() / 2], t[(t.len() * 99).div_ceil(100) - 1]);
+        eprintln!(
+            "resume → first byte, {name}: p50 {p50:?}, p99 {p99:?} ({} cycles)",
+            t.len()
+        );
+        assert!(p99 < Duration::from_millis(300), "{name}: {t:?}");
+    }
 }

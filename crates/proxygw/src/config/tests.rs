@@ -314,7 +314,7 @@ fn checks_the_original_lacked() {
     );
     assert_eq!(
         mutated("listen: 0.0.0.0:8088", "listen: \"[::]:8088\""),
-        "frontends[\"public-http\"].listen [::]:8088 and endpoint backend:http address 127.0.0.1:8080 must both be IPv4 or both IPv6"
+        "frontends[\"public-http\"].listen [::]:8088 and endpoint backend:http address 127.0.0.1:8080 must both be IPv4 or both IPv6 (to serve both families, list an IPv4 and an IPv6 endpoint: target: [t:v4, t:v6])"
     );
     assert_eq!(
         mutated("address: 127.0.0.1:8080", "address: 0.0.0.0:8080"),
@@ -349,4 +349,63 @@ fn pointer_paths() {
         "plugins.ctl.codec"
     );
     assert_eq!(pointer_to_path("", ""), "(document)");
+}
+
+#[test]
+fn a_dual_home_frontend_names_one_endpoint_per_family_on_a_wildcard_ipv6_listen() {
+    let with_v6 = MINIMAL.replace(
+        "        address: 127.0.0.1:8080\n",
+        "        address: 127.0.0.1:8080\n      - name: http6\n        protocol: tcp\n        address: \"[::1]:8080\"\n",
+    );
+    let dual = |listen: &str, target: &str| {
+        with_v6
+            .replacen("listen: 0.0.0.0:8088", &format!("listen: \"{listen}\""), 1)
+            .replacen("target: backend:http", &format!("target: {target}"), 1)
+    };
+    let c = load_str(&dual("[::]:8088", "[backend:http, backend:http6]")).unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(
+        (f.endpoint_name.as_str(), f.dual_endpoint.as_deref()),
+        ("http", Some("http6"))
+    );
+    // The single-endpoint form is unchanged.
+    assert_eq!(load_str(&with_v6).unwrap().frontends[0].dual_endpoint, None);
+    for (listen, target, want) in [
+        (
+            "0.0.0.0:8088",
+            "[backend:http, backend:http6]",
+            "frontends[\"public-http\"].listen 0.0.0.0:8088 must be [::]:PORT to serve IPv4 and IPv6 (target lists two endpoints)",
+        ),
+        (
+            "[::]:8088",
+            "[backend:http, backend:http]",
+            "frontends[\"public-http\"].target endpoints backend:http (127.0.0.1:8080) and backend:http (127.0.0.1:8080) must be one IPv4 and one IPv6",
+        ),
+        (
+            "[::]:8088",
+            "[backend:http, backend:nope]",
+            "frontends[\"public-http\"].target[1] backend:nope does not reference an existing endpoint",
+        ),
+        (
+            "[::]:8088",
+            "[backend:http, other:http6]",
+            "frontends[0].target: both endpoints must belong to one target, found \"backend:http\" and \"other:http6\"",
+        ),
+        (
+            "[::]:8088",
+            "[backend:http]",
+            "frontends[0].target: a list must name two endpoints of one target, one IPv4 and one IPv6 (found 1 items)",
+        ),
+    ] {
+        assert_eq!(load_err(&dual(listen, target)), want, "{listen} {target}");
+    }
+    // Its socket takes the port in both families: an IPv4 frontend on it overlaps.
+    let two = format!(
+        "{}  - name: second\n    kind: static:always\n    protocol: tcp\n    listen: 10.0.0.1:8088\n    flow_timeout: 1m\n    target: backend:http\n",
+        dual("[::]:8088", "[backend:http, backend:http6]")
+    );
+    assert_eq!(
+        load_err(&two),
+        "frontends[\"second\"].listen 10.0.0.1:8088 overlaps frontends[\"public-http\"].listen [::]:8088"
+    );
 }

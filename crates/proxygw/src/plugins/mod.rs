@@ -6,10 +6,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ConfigError, Endpoint, Protocol};
+use crate::config::{Config, ConfigError, Endpoint, NsRef, Protocol};
 use crate::engine::{EngineHandle, ExitNotifier, TargetState, Waker};
 use crate::log::Logger;
 
@@ -17,6 +18,10 @@ use crate::log::Logger;
 pub mod aws_ec2;
 #[cfg(feature = "plugin-ctl")]
 pub mod ctl;
+#[cfg(feature = "plugin-exec")]
+pub mod exec;
+#[cfg(feature = "plugin-static")]
+pub mod freezer;
 #[cfg(feature = "plugin-static")]
 pub mod static_;
 
@@ -52,8 +57,12 @@ pub trait FrontendHandler: Send + Sync + 'static {
 pub struct TargetCtx {
     /// Target name.
     pub name: String,
+    /// Its kind (`exec:<program>` kinds read the program name from it).
+    pub kind: NsRef,
     /// Its endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// The block of the kind's plugin under `plugins:` as read at start (empty when absent).
+    pub plugin: Map<String, Value>,
     /// The daemon's logger.
     pub log: Logger,
     /// Tells the engine the backend stopped by itself.
@@ -73,12 +82,25 @@ pub struct FrontendCtx {
     pub listen: SocketAddr,
     /// The endpoint's address (for kinds that proxy the first connection themselves).
     pub backend: SocketAddr,
+    /// A dual-home frontend (`listen: "[::]:p"`, `target: [t:v4, t:v6]`): the endpoint of the other address
+    /// family. Its socket then accepts both families (IPv4 clients as IPv4-mapped addresses).
+    pub dual_backend: Option<SocketAddr>,
     /// The daemon's logger.
     pub log: Logger,
     /// Sends warm signals for the target.
     pub waker: Waker,
     /// The target's state, for kinds that wait until it is active.
     pub target_state: tokio::sync::watch::Receiver<TargetState>,
+}
+
+impl FrontendCtx {
+    /// The endpoint for a client at `client`: the one of the client's address family.
+    pub fn backend_for(&self, client: std::net::IpAddr) -> SocketAddr {
+        match self.dual_backend {
+            Some(other) if other.is_ipv4() == client.to_canonical().is_ipv4() => other,
+            _ => self.backend,
+        }
+    }
 }
 
 /// Builds a target handler from its options.
@@ -116,6 +138,95 @@ pub struct PluginDef {
     pub on_load: Option<OnLoad>,
 }
 
+/// A target kind registered under this name matches every `<namespace>:<name>` of its plugin's namespace
+/// that no other kind claims (`exec:<program>`).
+pub const ANY_KIND: &str = "*";
+
+/// The constructor of `kind`: its exact registration, else its namespace's [`ANY_KIND`].
+pub fn find_target_kind<'a>(
+    kinds: &'a BTreeMap<String, (TargetCtor, usize)>,
+    kind: &NsRef,
+) -> Option<&'a (TargetCtor, usize)> {
+    kinds
+        .get(&kind.to_string())
+        .or_else(|| kinds.get(&format!("{}:{ANY_KIND}", kind.namespace)))
+}
+
+/// Logs each line a child process writes to `r` as `msg` with the target and stream names, until EOF.
+pub(crate) fn forward_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    log: Logger,
+    target: String,
+    msg: &'static str,
+    stream: &'static str,
+) {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.info(
+                msg,
+                &[("target", &target), ("stream", &stream), ("line", &line)],
+            );
+        }
+    });
+}
+
+/// Locks `m`, also after a panic elsewhere poisoned it (the data stays consistent: no code
+/// panics while holding these locks mid-update).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// A Go-duration option of a kind (`what` names the kind in errors); `default` when absent or null.
+pub(crate) fn duration_opt(
+    o: &Map<String, Value>,
+    key: &str,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => {
+            let ns = crate::syntax::parse_go_duration(s)
+                .map_err(|e| format!("{what} option {key}: {e}"))?;
+            if ns < 0 {
+                return Err(format!("{what} option {key} must not be negative"));
+            }
+            Ok(Duration::from_nanos(ns as u64))
+        }
+        Some(_) => Err(format!("{what} option {key} must be a duration string")),
+    }
+}
+
+/// Probe interval of the readiness wait: short, because every interval is added to a cold client's wait.
+pub const READY_POLL: Duration = Duration::from_millis(10);
+
+/// The readiness check of targets that start a backend: returns once every address accepts a TCP
+/// connection, or an error after `limit`.
+pub(crate) async fn endpoints_accepting(
+    addrs: &[SocketAddr],
+    limit: Duration,
+) -> Result<(), String> {
+    let probes = async {
+        for addr in addrs {
+            loop {
+                let attempt = tokio::net::TcpStream::connect(*addr);
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                    break;
+                }
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+    };
+    tokio::time::timeout(limit, probes)
+        .await
+        .map_err(|_| format!("not ready within {limit:?}"))
+}
+
 /// Every plugin compiled into this binary (one Cargo feature each).
 #[allow(unused_mut, clippy::vec_init_then_push)]
 pub fn compiled() -> Vec<PluginDef> {
@@ -126,6 +237,8 @@ pub fn compiled() -> Vec<PluginDef> {
     v.push(static_::plugin());
     #[cfg(feature = "plugin-aws")]
     v.push(aws_ec2::plugin());
+    #[cfg(feature = "plugin-exec")]
+    v.push(exec::plugin());
     v
 }
 
@@ -276,13 +389,18 @@ impl Registry {
         };
         for (i, t) in cfg.targets.iter().enumerate() {
             let kind = t.kind.to_string();
-            let Some((_, idx)) = self.targets.get(&kind) else {
+            let Some((_, idx)) = find_target_kind(&self.targets, &t.kind) else {
                 return Err(ConfigError(format!(
                     "targets[{i}].kind: target kind {} not registered",
                     crate::syntax::go_quote(&kind)
                 )));
             };
-            if let Some(v) = sub(*idx, &format!("target.{}", t.kind.name))? {
+            let own = format!("target.{}", t.kind.name);
+            let schema = match sub(*idx, &own)? {
+                Some(v) => Some(v),
+                None => sub(*idx, &format!("target.{ANY_KIND}"))?,
+            };
+            if let Some(v) = schema {
                 let opts = if t.options.is_empty() {
                     Value::Null
                 } else {
@@ -336,6 +454,7 @@ mod tests {
             vec![
                 ("ctl".into(), "ctl".into()),
                 ("static".into(), "static".into()),
+                ("exec".into(), "exec".into()),
                 ("aws".into(), "aws".into())
             ]
         );

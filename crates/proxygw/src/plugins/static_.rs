@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{BoxFuture, FrontendCtx, FrontendHandler, PluginDef, TargetCtx, TargetHandler};
+use super::{
+    duration_opt, endpoints_accepting, forward_output, lock, BoxFuture, FrontendCtx,
+    FrontendHandler, PluginDef, TargetCtx, TargetHandler, READY_POLL,
+};
 use crate::config::Protocol;
 use crate::engine::TargetState;
 use crate::log::Logger;
@@ -66,33 +68,6 @@ pub fn plugin() -> PluginDef {
             ),
         ],
         on_load: None,
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-fn duration_opt(
-    o: &Map<String, Value>,
-    key: &str,
-    what: &str,
-    default: Duration,
-) -> Result<Duration, String> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::String(s)) => {
-            let ns = crate::syntax::parse_go_duration(s)
-                .map_err(|e| format!("{what} option {key}: {e}"))?;
-            if ns < 0 {
-                return Err(format!("{what} option {key} must not be negative"));
-            }
-            Ok(Duration::from_nanos(ns as u64))
-        }
-        Some(_) => Err(format!("{what} option {key} must be a duration string")),
     }
 }
 
@@ -182,7 +157,8 @@ fn allowed(list: &Option<Vec<Cidr>>, ip: IpAddr) -> bool {
         .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listens on `addr`; an IPv6 socket serves IPv4 too only for a dual-home frontend (`dual_stack`).
+fn bind_tcp(addr: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -190,13 +166,19 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     )?;
     sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        // [::] must not also claim the IPv4 port: IPv4 has its own frontends.
-        sock.set_only_v6(true)?;
+        // A single-family [::] must not also claim the IPv4 port: IPv4 has its own frontends.
+        sock.set_only_v6(!dual_stack)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     TcpListener::from_std(sock.into())
+}
+
+/// A client address as logged and matched against `wake_allow`: IPv4 clients of a dual-stack socket arrive
+/// as IPv4-mapped IPv6 addresses and are shown and checked as the IPv4 addresses they are.
+fn client_addr(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
 /// Accept loop plus the connections it spawned; stop() ends accepting and gives connections [`STOP_GRACE`].
@@ -269,6 +251,7 @@ impl FrontendHandler for Always {
 
 struct Http {
     listen: SocketAddr,
+    dual_stack: bool,
     core: Arc<HttpCore>,
     server: tokio::sync::Mutex<Server>,
 }
@@ -340,6 +323,7 @@ fn http(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandl
     }
     Ok(Arc::new(Http {
         listen: c.listen,
+        dual_stack: c.dual_backend.is_some(),
         core: Arc::new(HttpCore {
             name: c.name.clone(),
             target: c.target.clone(),
@@ -407,8 +391,8 @@ impl FrontendHandler for Http {
             if server.accept.is_some() {
                 return Ok(());
             }
-            let listener =
-                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let listener = bind_tcp(self.listen, self.dual_stack)
+                .map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
             let conns = server.conns.clone();
             let core = self.core.clone();
             server.accept = Some(tokio::spawn(async move {
@@ -422,6 +406,7 @@ impl FrontendHandler for Http {
                             continue;
                         }
                     };
+                    let peer = client_addr(peer);
                     let core = core.clone();
                     lock(&conns).spawn(async move {
                         let svc = hyper::service::service_fn(
@@ -460,7 +445,8 @@ struct Tcp {
     listen: SocketAddr,
     name: String,
     target: String,
-    backend: SocketAddr,
+    /// `backend` and `dual_backend` of the frontend's context: [`FrontendCtx::backend_for`] picks one.
+    backends: FrontendCtx,
     allow: Option<Vec<Cidr>>,
     hold: Duration,
     waker: crate::engine::Waker,
@@ -477,7 +463,7 @@ fn tcp(c: &FrontendCtx, o: &Map<String, Value>) -> Result<Arc<dyn FrontendHandle
         listen: c.listen,
         name: c.name.clone(),
         target: c.target.clone(),
-        backend: c.backend,
+        backends: c.clone(),
         allow: allow_list(o, "static tcp frontend")?,
         hold: duration_opt(
             o,
@@ -532,13 +518,13 @@ impl FrontendHandler for Tcp {
             if server.accept.is_some() {
                 return Ok(());
             }
-            let listener =
-                bind_tcp(self.listen).map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
+            let listener = bind_tcp(self.listen, self.backends.dual_backend.is_some())
+                .map_err(|e| format!("listen tcp {}: {e}", self.listen))?;
             let conns = server.conns.clone();
-            let (name, target, backend, allow, hold, waker, state, log) = (
+            let (name, target, backends, allow, hold, waker, state, log) = (
                 self.name.clone(),
                 self.target.clone(),
-                self.backend,
+                self.backends.clone(),
                 self.allow.clone(),
                 self.hold,
                 self.waker.clone(),
@@ -555,6 +541,8 @@ impl FrontendHandler for Tcp {
                             continue;
                         }
                     };
+                    let peer = client_addr(peer);
+                    let backend = backends.backend_for(peer.ip());
                     if !allowed(&allow, peer.ip()) {
                         // Refused, not held: a port scanner must not wake the target.
                         log.info(
@@ -614,10 +602,53 @@ impl TargetHandler for NoneTarget {
 /// A running command: its monitor task owns the child; drain asks it to stop.
 struct Running {
     pid: u32,
-    /// Stopped with SIGSTOP by a drain (`idle: freeze`); the next warm sends SIGCONT.
+    /// Frozen by a drain (`idle: freeze`); the next warm thaws it.
     frozen: bool,
+    /// Its cgroup when `idle: freeze` has the cgroup v2 freezer; `None`: SIGSTOP/SIGCONT to the group.
+    cgroup: Option<super::freezer::Cgroup>,
     stop: Option<oneshot::Sender<oneshot::Sender<String>>>,
     exited: watch::Receiver<Option<String>>,
+}
+
+/// `static:cmd` option `idle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// A drain ends the process group.
+    Stop,
+    /// A drain freezes the backend: cgroup v2 freezer where available, else SIGSTOP.
+    Freeze,
+    /// A drain freezes the process group with SIGSTOP (and a warm resumes it with SIGCONT), always.
+    FreezeSignal,
+}
+
+impl Running {
+    /// Freezes or thaws the backend: its cgroup where it has one, else SIGSTOP/SIGCONT to its group.
+    async fn set_frozen(&mut self, frozen: bool) -> Result<(), String> {
+        match &self.cgroup {
+            Some(g) => g.set_frozen(frozen).await?,
+            None => {
+                let sig = if frozen {
+                    process::Signal::SIGSTOP
+                } else {
+                    process::Signal::SIGCONT
+                };
+                process::ProcessGroup::new(self.pid)
+                    .signal(sig)
+                    .map_err(|e| format!("{} process group {}: {e}", sig.as_str(), self.pid))?;
+            }
+        }
+        self.frozen = frozen;
+        Ok(())
+    }
+
+    /// How it is frozen, for the log.
+    fn how(&self) -> &'static str {
+        if self.cgroup.is_some() {
+            "cgroup"
+        } else {
+            "SIGSTOP"
+        }
+    }
 }
 
 struct Cmd {
@@ -633,8 +664,8 @@ struct Cmd {
     run_dir: Option<std::path::PathBuf>,
     /// Set once a backend left running by a previous daemon has been looked for (and stopped).
     reclaimed: tokio::sync::OnceCell<()>,
-    /// `idle: freeze`: a drain stops the process group with SIGSTOP instead of ending it.
-    freeze: bool,
+    /// What a drain does to the backend.
+    idle: Idle,
 }
 
 fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, String> {
@@ -663,39 +694,37 @@ fn cmd(c: &TargetCtx, o: &Map<String, Value>) -> Result<Arc<dyn TargetHandler>, 
         running: tokio::sync::Mutex::new(None),
         run_dir: crate::instance::backends_dir(),
         reclaimed: tokio::sync::OnceCell::new(),
-        freeze: match o.get("idle") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) if s == "stop" => false,
-            Some(Value::String(s)) if s == "freeze" => true,
+        idle: match o.get("idle") {
+            None | Some(Value::Null) => Idle::Stop,
+            Some(Value::String(s)) if s == "stop" => Idle::Stop,
+            Some(Value::String(s)) if s == "freeze" => Idle::Freeze,
+            Some(Value::String(s)) if s == "freeze-signal" => Idle::FreezeSignal,
             Some(other) => {
                 return Err(format!(
-                    "static cmd target option idle must be \"stop\" or \"freeze\", got {other}"
+                    "static cmd target option idle must be \"stop\", \"freeze\" or \"freeze-signal\", got {other}"
                 ))
             }
         },
     }))
 }
 
-fn forward_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    r: R,
-    log: Logger,
-    target: String,
-    stream: &'static str,
-) {
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.info(
-                "command output",
-                &[("target", &target), ("stream", &stream), ("line", &line)],
-            );
-        }
-    });
-}
-
 impl Cmd {
     fn spawn(&self) -> Result<Running, String> {
+        let cgroup = match self.idle {
+            Idle::Freeze => match super::freezer::Cgroup::create(&self.target) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    self.log.info(
+                        "cgroup v2 freezer unavailable; idle: freeze uses SIGSTOP",
+                        &[("target", &self.target), ("reason", &e)],
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let opts = process::SpawnOptions {
+            cgroup: cgroup.as_ref().map(|g| g.dir().to_path_buf()),
             stdin: process::Stdio::Null,
             stdout: process::Stdio::Piped,
             stderr: process::Stdio::Piped,
@@ -720,13 +749,26 @@ impl Cmd {
             }
         }
         if let Some(o) = child.take_stdout() {
-            forward_output(o, self.log.clone(), self.target.clone(), "stdout");
+            forward_output(
+                o,
+                self.log.clone(),
+                self.target.clone(),
+                "command output",
+                "stdout",
+            );
         }
         if let Some(e) = child.take_stderr() {
-            forward_output(e, self.log.clone(), self.target.clone(), "stderr");
+            forward_output(
+                e,
+                self.log.clone(),
+                self.target.clone(),
+                "command output",
+                "stderr",
+            );
         }
         let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<String>>();
         let (exit_tx, exit_rx) = watch::channel(None);
+        let cgroup_of_task = cgroup.clone();
         let (grace, notifier, log, target, run_dir) = (
             self.stop_timeout,
             self.exited.clone(),
@@ -736,6 +778,7 @@ impl Cmd {
         );
         tokio::spawn(async move {
             let _forget = ForgetOnDrop(run_dir, target.clone(), pid);
+            let _cgroup = RemoveOnDrop(cgroup_of_task);
             tokio::select! {
                 status = child.wait() => {
                     let reason = match status {
@@ -768,6 +811,7 @@ impl Cmd {
         Ok(Running {
             pid,
             frozen: false,
+            cgroup,
             stop: Some(stop_tx),
             exited: exit_rx,
         })
@@ -777,15 +821,8 @@ impl Cmd {
         if self.ready_timeout.is_zero() {
             return Ok(());
         }
-        let limit = self.ready_timeout;
-        let probes = async {
-            for addr in &self.tcp_endpoints {
-                wait_accepting(*addr).await;
-            }
-            Ok::<(), String>(())
-        };
         tokio::select! {
-            r = tokio::time::timeout(limit, probes) => r.map_err(|_| format!("not ready within {limit:?}"))?,
+            r = endpoints_accepting(&self.tcp_endpoints, self.ready_timeout) => r,
             r = exited.wait_for(|e| e.is_some()) => {
                 let why = r.ok().and_then(|e| e.clone()).unwrap_or_default();
                 let why: String = why;
@@ -840,6 +877,18 @@ impl Cmd {
 }
 
 /// Deletes a backend's record when its monitor task ends (the backend has exited or been stopped).
+/// Removes a backend's cgroup when its monitor task ends (empty by then, unless something escaped the
+/// process group).
+struct RemoveOnDrop(Option<super::freezer::Cgroup>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.remove();
+        }
+    }
+}
+
 struct ForgetOnDrop(Option<std::path::PathBuf>, String, u32);
 
 impl Drop for ForgetOnDrop {
@@ -847,21 +896,6 @@ impl Drop for ForgetOnDrop {
         if let Some(dir) = &self.0 {
             crate::instance::backends::forget_if(dir, &self.1, self.2);
         }
-    }
-}
-
-/// Probe interval of the readiness wait: short, because every interval is added to a cold client's wait.
-pub const READY_POLL: Duration = Duration::from_millis(10);
-
-/// Returns once `addr` accepts a TCP connection (the caller bounds the wait).
-async fn wait_accepting(addr: SocketAddr) {
-    loop {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
-        {
-            return;
-        }
-        tokio::time::sleep(READY_POLL).await;
     }
 }
 
@@ -874,13 +908,10 @@ impl TargetHandler for Cmd {
                     if !r.frozen {
                         return Ok(());
                     }
-                    process::ProcessGroup::new(r.pid)
-                        .signal(process::Signal::SIGCONT)
-                        .map_err(|e| format!("resume process group {}: {e}", r.pid))?;
-                    r.frozen = false;
+                    r.set_frozen(false).await?;
                     self.log.info(
                         "command resumed",
-                        &[("target", &self.target), ("pid", &r.pid)],
+                        &[("target", &self.target), ("pid", &r.pid), ("how", &r.how())],
                     );
                     let exited = r.exited.clone();
                     drop(guard);
@@ -907,15 +938,12 @@ impl TargetHandler for Cmd {
     fn drain(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
-            if self.freeze {
+            if self.idle != Idle::Stop {
                 if let Some(r) = guard.as_mut().filter(|r| r.exited.borrow().is_none()) {
-                    process::ProcessGroup::new(r.pid)
-                        .signal(process::Signal::SIGSTOP)
-                        .map_err(|e| format!("freeze process group {}: {e}", r.pid))?;
-                    r.frozen = true;
+                    r.set_frozen(true).await?;
                     self.log.info(
                         "command frozen",
-                        &[("target", &self.target), ("pid", &r.pid)],
+                        &[("target", &self.target), ("pid", &r.pid), ("how", &r.how())],
                     );
                     return Ok(());
                 }
@@ -928,9 +956,13 @@ impl TargetHandler for Cmd {
         Box::pin(async move {
             let mut guard = self.running.lock().await;
             if let Some(r) = guard.as_mut().filter(|r| r.frozen) {
-                // A stopped process would not act on SIGINT before its grace ran out.
-                let _ = process::ProcessGroup::new(r.pid).signal(process::Signal::SIGCONT);
-                r.frozen = false;
+                // A frozen process would not act on SIGINT before its grace ran out.
+                if let Err(e) = r.set_frozen(false).await {
+                    self.log.warn(
+                        "thaw before stop failed",
+                        &[("target", &self.target), ("err", &e)],
+                    );
+                }
             }
             self.stop_running(&mut guard).await;
             Ok(())
@@ -987,6 +1019,7 @@ mod ctor_tests {
             protocol,
             listen: "127.0.0.1:1".parse().unwrap(),
             backend: "127.0.0.1:2".parse().unwrap(),
+            dual_backend: None,
             log: Logger::discard(),
             waker: crate::engine::test_waker(),
             target_state: rx,

@@ -64,6 +64,41 @@ pub fn ns_output(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// A test's config file, ctl socket and daemon log in a temporary directory (removed on drop).
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Writes a config of `body` (targets and frontends; it may begin with more `plugins:` entries, indented two
+/// spaces) after a header with DEBUG logging and the ctl plugin on a JSON socket in the directory.
+pub fn env(body: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let cfg = dir.path().join("proxygw.yaml");
+    let log = dir.path().join("proxygw.log");
+    let text = format!(
+        "version: v1\nlog:\n  output: stderr\n  level: DEBUG\nplugins:\n  ctl:\n    socket: {}\n    codec: json\n{body}",
+        sock.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    Env {
+        dir,
+        cfg,
+        sock,
+        log,
+    }
+}
+
+/// Starts the daemon of `e` in the gateway namespace and waits until every frontend listens.
+pub fn start_daemon(t: &Topo, e: &Env) -> Daemon {
+    let d = Daemon::start(&t.gw, &e.cfg, &e.log);
+    wait_ready(&d, &e.sock, Duration::from_secs(10));
+    d
+}
+
 /// Three namespaces joined by veth pairs; removed on drop.
 pub struct Topo {
     pub client: String,
