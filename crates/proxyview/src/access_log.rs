@@ -84,6 +84,11 @@ impl AccessSink for TelemetrySink {
     }
 }
 
+/// Feeds body data seen by `http1`'s reader and writer to a capture.
+pub fn tap(c: &Mutex<Capture>) -> impl Fn(&[u8]) + Sync + '_ {
+    move |d| c.lock().unwrap_or_else(|p| p.into_inner()).push(d)
+}
+
 /// A body wrapper that feeds every chunk to a [`Capture`] and runs `finish` exactly once: at end of
 /// stream, on error, or when dropped early.
 pub struct Tap {

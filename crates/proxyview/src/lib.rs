@@ -7,7 +7,6 @@ pub mod access_log;
 pub mod agent;
 pub mod backend;
 pub mod config;
-pub mod h1;
 pub mod host;
 pub mod http_util;
 pub mod mux;

@@ -1011,13 +1011,25 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Why [`send_until_eof`] stopped before the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyError {
-    /// Reading failed or the stream is gone (the stream is reset either way).
-    Broken,
-    /// The reader yielded nothing for the idle timeout.
-    Idle,
+/// Why [`send_until_eof`] (or a body read by `http1`) stopped before the end: `Broken` when
+/// reading failed or the stream is gone (the stream is reset either way), `Idle` when the reader
+/// yielded nothing for the idle timeout.
+pub use http1::CopyError;
+
+/// A stream's sending half takes the bodies `http1` reads from a connection.
+impl http1::BodySink for SendHalf {
+    async fn send(&mut self, data: Bytes, end: bool) -> Result<(), CopyError> {
+        self.send_data(data, end)
+            .await
+            .map_err(|_| CopyError::Broken)
+    }
+}
+
+/// A stream's receiving half feeds the bodies `http1` writes to a connection.
+impl http1::BodySource for RecvHalf {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CopyError>>> {
+        RecvHalf::poll_chunk(self, cx).map(|c| c.map(|r| r.map_err(|_| CopyError::Broken)))
+    }
 }
 
 /// Sends what is in `buf`, then everything `r` yields until its EOF, then the stream's end;
