@@ -1,19 +1,13 @@
 //! Per-request access log: the server builds one [`telemetry::Exchange`] per proxied request (with
 //! `endpoint` = route name) and hands it, with the serving agent's `clientId`, to an [`AccessSink`].
 //!
-//! Bodies are observed while they stream ([`Tap`]): every byte is counted, at most
-//! `capture_limit` bytes are kept, and the record is emitted when the response body ends, fails,
-//! or is dropped because the caller went away. Nothing on the request path waits for the sink.
+//! Bodies are observed while they stream (`http1`'s reader and writer call [`tap`]): every byte
+//! is counted, at most [`CAPTURE_LIMIT`] bytes are kept, and the record is emitted when the
+//! response body ends or fails. Nothing on the request path waits for the sink.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use telemetry::{Capture, Exchange};
-
-use crate::http_util::{BoxError, PvBody};
 
 /// Bytes of each body kept for the log line (the rest is counted, not kept).
 pub const CAPTURE_LIMIT: usize = 4 * 1024;
@@ -84,72 +78,7 @@ impl AccessSink for TelemetrySink {
     }
 }
 
-/// A body wrapper that feeds every chunk to a [`Capture`] and runs `finish` exactly once: at end of
-/// stream, on error, or when dropped early.
-pub struct Tap {
-    inner: PvBody,
-    capture: Arc<Mutex<Capture>>,
-    finish: Option<Box<dyn FnOnce(bool) + Send>>,
-}
-
-impl Tap {
-    /// Wraps `inner`, pushing its bytes into `capture`; `finish(complete)` runs once at the end.
-    pub fn new(
-        inner: PvBody,
-        capture: Arc<Mutex<Capture>>,
-        finish: Option<Box<dyn FnOnce(bool) + Send>>,
-    ) -> Self {
-        Self {
-            inner,
-            capture,
-            finish,
-        }
-    }
-
-    fn done(&mut self, complete: bool) {
-        if let Some(f) = self.finish.take() {
-            f(complete);
-        }
-    }
-}
-
-impl Body for Tap {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.capture
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(d);
-                }
-            }
-            Poll::Ready(None) => self.done(true),
-            Poll::Ready(Some(Err(_))) => self.done(false),
-            Poll::Pending => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let complete = self.inner.is_end_stream();
-        self.done(complete);
-    }
+/// Feeds body data seen by `http1`'s reader and writer to a capture.
+pub fn tap(c: &Mutex<Capture>) -> impl Fn(&[u8]) + Sync + '_ {
+    move |d| c.lock().unwrap_or_else(|p| p.into_inner()).push(d)
 }

@@ -18,7 +18,6 @@ use tracing::{info, warn};
 
 use crate::backend::{self, BackendError, ExchangeError, Outcome, Pool, RequestBody};
 use crate::config::{ClientConfig, Route, ServerUrl};
-use crate::h1;
 use crate::http_util::{self, full, PvBody};
 use crate::mux::{self, lock, Heartbeat};
 use crate::protocol::{self, agent_error, Hello, HelloAck, RawRequestHead, ResponseHead};
@@ -549,13 +548,13 @@ fn write_request_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(head.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut field = |name: &[u8], value: &[u8]| h1::put_field(&mut out, name, value);
+    let mut field = |name: &[u8], value: &[u8]| http1::put_field(&mut out, name, value);
     for (name, value) in head.fields() {
         let skip = http_util::is_internal_name(name)
             || name == b"host"
             || (name == b"x-forwarded-for" && meta.peer.is_some())
             || (name == b"content-length" && upgrade.is_some())
-            || http_util::is_hop_by_hop_name(name);
+            || http1::rules::is_hop_by_hop_name(name);
         if !skip {
             field(name, value);
         }

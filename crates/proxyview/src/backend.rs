@@ -28,10 +28,10 @@ use tokio::time::Instant;
 
 use tracing::warn;
 
-use crate::h1::{self, Delimit, HeadFields, Reader, READ_CHUNK};
-use crate::http_util;
 use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
+use http1::head::{pairs, HeadError};
+use http1::{rules, HeadFields, Reader, READ_CHUNK};
 
 /// Largest response head accepted from a backend.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -259,10 +259,10 @@ impl Pool {
         let upload = async {
             let delimit = match req.body {
                 RequestBody::None => return Ok(()),
-                RequestBody::Length(n) => Delimit::Length(n),
-                RequestBody::Chunked => Delimit::Chunked,
+                RequestBody::Length(n) => http1::Framing::Length(n),
+                RequestBody::Chunked => http1::Framing::Chunked,
             };
-            h1::write_body(&mut wr, recv, delimit, BytesMut::new(), None).await
+            http1::write_body(&mut wr, recv, delimit, BytesMut::new(), None).await
         };
         tokio::pin!(upload);
         let download = self.download(&mut rd, &mut buf, req, deadline, send);
@@ -347,7 +347,7 @@ impl Pool {
             rd,
             buf,
             idle: req.idle,
-            capture: None,
+            tap: None,
         };
         match head.framing {
             Framing::Length(n) => body.forward_bytes(n, true, send).await?,
@@ -500,31 +500,12 @@ struct Head {
 
 /// Parses a response head at the start of `buf`: `None` until it is complete.
 fn parse_head(buf: &[u8], req: &Request) -> Result<Option<Head>, &'static str> {
-    // Most heads have a handful of fields: start with a small table (initialising the full one
-    // costs more than parsing), and only a head that overflows it is parsed again.
-    let mut few = [httparse::EMPTY_HEADER; 24];
-    match parse_head_into(buf, req, &mut few) {
-        Err(httparse::Error::TooManyHeaders) => {}
-        r => return r.map_err(|_| "malformed response head")?,
+    match http1::head::parse_response(buf, MAX_RESPONSE_HEADERS, |r, len| head_from(r, len, req)) {
+        Ok(Some(head)) => head,
+        Ok(None) => Ok(None),
+        Err(HeadError::TooManyFields) => Err("more than 128 header fields"),
+        Err(HeadError::Malformed) => Err("malformed response head"),
     }
-    let mut all = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    match parse_head_into(buf, req, &mut all) {
-        Err(httparse::Error::TooManyHeaders) => Err("more than 128 header fields"),
-        r => r.map_err(|_| "malformed response head")?,
-    }
-}
-
-fn parse_head_into<'b>(
-    buf: &'b [u8],
-    req: &Request,
-    fields: &mut [httparse::Header<'b>],
-) -> Result<Result<Option<Head>, &'static str>, httparse::Error> {
-    let mut r = httparse::Response::new(fields);
-    let len = match r.parse(buf)? {
-        httparse::Status::Partial => return Ok(Ok(None)),
-        httparse::Status::Complete(n) => n,
-    };
-    Ok(head_from(&r, len, req))
 }
 
 fn head_from(
@@ -534,8 +515,7 @@ fn head_from(
 ) -> Result<Option<Head>, &'static str> {
     let status = r.code.unwrap_or(0);
     let http11 = r.version == Some(1);
-    let pairs = || r.headers.iter().map(|f| (f.name.as_bytes(), f.value));
-    let fields = HeadFields::read(pairs(), |_, _| {})?;
+    let fields = HeadFields::read(pairs(r.headers), |_, _| {})?;
     let te = fields.has_codings();
     let length = fields.length;
     let framing = match status {
@@ -556,20 +536,14 @@ fn head_from(
     // Both lengths on one message is a smuggling pattern: answer it, then drop the connection.
     let keep_alive = !fields.close
         && (http11 || fields.keep_alive)
-        && !(te && length.is_some())
+        && !rules::is_ambiguous(&fields)
         && framing != Framing::Close;
-    let named = fields.named(pairs());
+    let named = fields.named(pairs(r.headers));
     let block = protocol::encode_response_head(
         status,
         r.headers
             .iter()
-            .filter(|f| {
-                let n = f.name.as_bytes();
-                let dropped = http_util::is_hop_by_hop_name(n)
-                    || (te && n.eq_ignore_ascii_case(b"content-length"))
-                    || named.iter().any(|t| t.eq_ignore_ascii_case(n));
-                !dropped
-            })
+            .filter(|f| !rules::is_dropped(f.name.as_bytes(), &fields, &named))
             .map(|f| (f.name.as_bytes(), f.value)),
     );
     Ok(Some(Head {
@@ -666,9 +640,10 @@ pub(crate) mod tests {
         let h = parse_head(head(100).as_bytes(), &req(false, false))
             .unwrap()
             .unwrap();
-        let decoded = protocol::ResponseHead::decode(h.block.freeze()).unwrap();
-        assert_eq!(decoded.headers.len(), 100);
-        assert_eq!(decoded.headers["x-f99"], "99");
+        let decoded = protocol::RawResponseHead::parse(&h.block).unwrap();
+        let fields: Vec<_> = decoded.fields().collect();
+        assert_eq!(fields.len(), 100);
+        assert_eq!(fields[99], (&b"x-f99"[..], &b"99"[..]));
         assert_eq!(
             parse_head(head(129).as_bytes(), &req(false, false)).err(),
             Some("more than 128 header fields")
@@ -684,11 +659,13 @@ pub(crate) mod tests {
         .unwrap()
         .unwrap();
         assert!(!h.keep_alive);
-        let decoded = protocol::ResponseHead::decode(h.block.freeze()).unwrap();
+        let decoded = protocol::RawResponseHead::parse(&h.block).unwrap();
         assert_eq!(decoded.status, 200);
-        assert_eq!(decoded.headers.len(), 2, "{:?}", decoded.headers);
-        assert_eq!(decoded.headers["x-kept"], "y");
-        assert_eq!(decoded.headers["content-length"], "1");
+        let fields: Vec<_> = decoded.fields().collect();
+        assert_eq!(
+            fields,
+            [(&b"X-Kept"[..], &b"y"[..]), (b"content-length", b"1")]
+        );
         let h10 = parse_head(
             b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
             &req(false, false),
@@ -704,8 +681,8 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(smuggle.framing, Framing::Chunked);
         assert!(!smuggle.keep_alive);
-        let decoded = protocol::ResponseHead::decode(smuggle.block.freeze()).unwrap();
-        assert!(decoded.headers.is_empty(), "{:?}", decoded.headers);
+        let decoded = protocol::RawResponseHead::parse(&smuggle.block).unwrap();
+        assert_eq!(decoded.fields().count(), 0);
     }
 
     use crate::mux;
@@ -801,10 +778,7 @@ pub(crate) mod tests {
             Err(ExchangeError::Broken) => return Err("broken".into()),
         }
         let (block, _) = caller_recv.head().await.unwrap();
-        let status = protocol::ResponseHead::decode(block)
-            .unwrap()
-            .status
-            .as_u16();
+        let status = protocol::RawResponseHead::parse(&block).unwrap().status;
         let mut got = Vec::new();
         while let Some(c) = caller_recv.chunk().await {
             got.extend_from_slice(&c.unwrap());

@@ -1,7 +1,8 @@
-//! Small HTTP helpers shared by the server and the agent: body type, hop-by-hop headers, upgrades.
+//! Small HTTP helpers shared by the server and the agent: the hyper body type of the agents'
+//! port, the tunnel's own field names, upgrades. The HTTP/1.1 rules themselves are in `http1`.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 /// Error type carried by every body in the tunnel.
@@ -30,33 +31,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether the field `name` (any case) is hop-by-hop (RFC 9110 §7.6.1) or `Upgrade`.
-pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"upgrade")
-        || HOP_BY_HOP
-            .iter()
-            .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&c| c == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
 /// Whether `name` is one of the tunnel's own `proxyview-*` fields (any case), which callers
 /// and backends must not be able to set.
 pub fn is_internal_name(name: &[u8]) -> bool {
@@ -73,7 +47,7 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| tokens(v.as_bytes()))
+        .flat_map(|v| http1::head::tokens(v.as_bytes()))
         .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     if !wants {
         return None;
@@ -87,15 +61,6 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn hop_by_hop_names_in_any_case() {
-        for n in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
-            assert!(is_hop_by_hop_name(n.as_str().to_uppercase().as_bytes()));
-            assert!(is_hop_by_hop_name(n.as_str().as_bytes()));
-        }
-        assert!(!is_hop_by_hop_name(b"content-length"));
-    }
 
     #[test]
     fn upgrade_detection() {

@@ -8,7 +8,6 @@ pub mod agent;
 pub mod backend;
 pub mod cluster;
 pub mod config;
-pub mod h1;
 pub mod host;
 pub mod http_util;
 pub mod mux;

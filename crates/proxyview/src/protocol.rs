@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 
 use serde::{Deserialize, Serialize};
 
@@ -653,35 +653,6 @@ fn split_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
     Ok(u16::from_be_bytes([s[0], s[1]]))
 }
 
-fn take(buf: &mut Bytes, n: usize) -> Result<Bytes, FrameError> {
-    if buf.len() < n {
-        return Err(FrameError::BadHead("truncated"));
-    }
-    Ok(buf.split_to(n))
-}
-
-fn take_u16(buf: &mut Bytes) -> Result<u16, FrameError> {
-    Ok(take(buf, 2)?.get_u16())
-}
-
-fn get_headers(buf: &mut Bytes) -> Result<HeaderMap, FrameError> {
-    let count = take_u16(buf)?;
-    let mut headers = HeaderMap::with_capacity(usize::from(count));
-    for _ in 0..count {
-        let n = usize::from(take_u16(buf)?);
-        let name = HeaderName::from_bytes(&take(buf, n)?)
-            .map_err(|_| FrameError::BadHead("invalid header name"))?;
-        let n = take(buf, 4)?.get_u32() as usize;
-        let value = HeaderValue::from_maybe_shared(take(buf, n)?)
-            .map_err(|_| FrameError::BadHead("invalid header value"))?;
-        headers.append(name, value);
-    }
-    if !buf.is_empty() {
-        return Err(FrameError::BadHead("trailing bytes"));
-    }
-    Ok(headers)
-}
-
 impl RequestHead {
     /// The head's wire form.
     pub fn encode(&self) -> Bytes {
@@ -705,14 +676,6 @@ impl ResponseHead {
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
         )
         .freeze()
-    }
-
-    /// Parses a head block.
-    pub fn decode(mut buf: Bytes) -> Result<Self, FrameError> {
-        let status = StatusCode::from_u16(take_u16(&mut buf)?)
-            .map_err(|_| FrameError::BadHead("invalid status"))?;
-        let headers = get_headers(&mut buf)?;
-        Ok(Self { status, headers })
     }
 }
 

@@ -342,7 +342,7 @@ async fn relay(srv: Arc<Server>, a: Accepted) {
     // (error, reset) resets its stream.
     let upload = async move {
         if !end {
-            let _ = mux::send_body(recv, &mut up).await;
+            let _ = mux::relay(recv, &mut up).await;
         }
     };
     let download = async move {
@@ -350,7 +350,7 @@ async fn relay(srv: Arc<Server>, a: Accepted) {
             return;
         };
         if send.send_head(&block, resp_end).is_ok() && !resp_end {
-            let _ = mux::send_body(down, &mut send).await;
+            let _ = mux::relay(down, &mut send).await;
         }
     };
     tokio::select! {

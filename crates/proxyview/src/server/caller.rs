@@ -38,20 +38,21 @@ use super::{
     LEGACY_404_BODY,
 };
 use crate::access_log::CAPTURE_LIMIT;
-use crate::h1::{self, put_field, Delimit, HeadFields, Reader, SendLimit, READ_CHUNK};
 use crate::host;
 use crate::http_util;
-use crate::mux::{self, CopyError, RecvHalf, SendHalf};
+use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, RawResponseHead};
 use crate::router::Session;
 use crate::stats::Probe;
+use http1::head::{date_field, pairs, parse_request as parse_head, status_line, HeadError};
+use http1::{
+    put_field, rules, CopyError, Framing as Delimit, HeadFields, Reader, SendLimit, READ_CHUNK,
+};
 
 /// Largest request head accepted (hyper's limit here was its 256 KiB read buffer).
 pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
 /// Most header fields accepted in a request head (hyper's default).
 pub const MAX_REQUEST_HEADERS: usize = 100;
-/// Most header fields parsed without a heap-allocated table.
-const FEW_HEADERS: usize = 32;
 
 /// How a request's body follows its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +98,7 @@ impl Framing {
             }
         })
         .map_err(bad)?;
-        if f.has_codings() && !f.only_chunked() {
-            return Err(bad("unsupported Transfer-Encoding (only a final chunked)"));
-        }
-        if f.only_chunked() && f.length.is_some() {
-            return Err(bad("both Transfer-Encoding and Content-Length"));
-        }
+        rules::check_request_framing(&f).map_err(bad)?;
         Ok(Self {
             fields: f,
             expect_continue,
@@ -419,7 +415,7 @@ impl Server {
         let keep = |n: &[u8]| {
             let dropped = n.eq_ignore_ascii_case(b"host")
                 || http_util::is_internal_name(n)
-                || http_util::is_hop_by_hop_name(n)
+                || rules::is_hop_by_hop_name(n)
                 || named.iter().any(|t| t.eq_ignore_ascii_case(n))
                 || credential.is_some_and(|c| c.matches_name(n))
                 || (drop_forwarded
@@ -551,11 +547,12 @@ impl Server {
         let reading = async {
             if let Some(mut send) = up_send.take() {
                 let cancelled = send.cancelled_owned();
+                let tap = capture.as_deref().map(crate::access_log::tap);
                 let mut reader = Reader {
                     rd: &mut rd,
                     buf: &mut *buf,
                     idle: protocol::DEFAULT_BODY_IDLE_TIMEOUT,
-                    capture: capture.as_deref(),
+                    tap: tap.as_ref().map(|t| t as _),
                 };
                 let work = async {
                     match body {
@@ -758,7 +755,9 @@ impl Server {
                 match delimit {
                     None => wr.write_all(&out).await.map_err(|_| CopyError::Broken),
                     Some(d) => {
-                        h1::write_body(&mut wr, &mut recv, d, out, resp_capture.as_ref()).await
+                        let tap = resp_capture.as_ref().map(crate::access_log::tap);
+                        let tap = tap.as_ref().map(|t| t as _);
+                        http1::write_body(&mut wr, &mut recv, d, out, tap).await
                     }
                 }
             };
@@ -866,25 +865,13 @@ fn parse_request<T>(
     buf: &[u8],
     f: impl FnOnce(&httparse::Request<'_, '_>, usize) -> T,
 ) -> Result<Option<T>, Refused> {
-    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let mut req = httparse::Request::new(&mut few);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => return Ok(Some(f(&req, n))),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {}
-        Err(_) => return Err(refused_bad()),
-    }
-    let mut all = vec![httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut req = httparse::Request::new(&mut all);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => Ok(Some(f(&req, n))),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(Refused {
+    parse_head(buf, MAX_REQUEST_HEADERS, f).map_err(|e| match e {
+        HeadError::TooManyFields => Refused {
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             msg: "more than 100 header fields",
-        }),
-        Err(_) => Err(refused_bad()),
-    }
+        },
+        HeadError::Malformed => refused_bad(),
+    })
 }
 
 fn refused_bad() -> Refused {
@@ -984,51 +971,6 @@ fn local_response(
     out
 }
 
-fn status_line(out: &mut BytesMut, http10: bool, status: u16) {
-    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    out.extend_from_slice(&itoa3(status));
-    out.extend_from_slice(b" ");
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("<none>");
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn itoa3(n: u16) -> [u8; 3] {
-    [
-        b'0' + (n / 100 % 10) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
-}
-
-/// `date: <IMF-fixdate>`, formatted once per second per thread (as hyper does).
-fn date_field(out: &mut BytesMut) {
-    thread_local! {
-        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            *text = httpdate::fmt_http_date(now);
-        }
-        put_field(out, b"date", text.as_bytes());
-    });
-}
-
-/// A request's fields as `(name, value)` pairs.
-fn pairs<'a>(
-    fields: &'a [httparse::Header<'a>],
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
-    fields.iter().map(|h| (h.name.as_bytes(), h.value))
-}
-
 /// The request's fields as a header map (only built when the access log is on).
 fn header_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(fields.len());
@@ -1063,7 +1005,7 @@ fn log_uri(target: &str) -> Uri {
 /// Whether a field of the agent's response head goes on to the caller (and so into the access
 /// log, which records the head as the caller got it): not hop-by-hop, not tunnel metadata.
 fn reaches_caller(name: &[u8]) -> bool {
-    !http_util::is_hop_by_hop_name(name) && !http_util::is_internal_name(name)
+    !rules::is_hop_by_hop_name(name) && !http_util::is_internal_name(name)
 }
 
 #[cfg(test)]
@@ -1117,7 +1059,11 @@ mod tests {
             })
         };
         assert_eq!(status("content-length: 5\r\n"), Ok(BodyKind::Length(5)));
-        assert_eq!(status("content-length: 5, 5\r\n"), Ok(BodyKind::Length(5)));
+        // An agreeing list is refused too: the backend might not merge it (http1::rules).
+        assert_eq!(
+            status("content-length: 5, 5\r\n"),
+            Err("more than one Content-Length value")
+        );
         assert_eq!(status("content-length: 0\r\n"), Ok(BodyKind::None));
         assert_eq!(
             status("transfer-encoding: chunked\r\n"),
