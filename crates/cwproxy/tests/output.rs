@@ -151,22 +151,8 @@ fn start(up_port: u16, extra: &[(&str, &str)]) -> Proxy {
     Proxy::start(&env, &[])
 }
 
-/// Waits for `n` traffic lines and returns them raw.
-fn traffic(proxy: &Proxy, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines: Vec<String> = proxy
-            .raw_lines()
-            .into_iter()
-            .filter(|l| l.contains("\"_t\":\"TRAFFIC\""))
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(Instant::now() < deadline, "{} of {n} lines", lines.len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long a test waits for the traffic lines of its requests (bodies up to 10 MB).
+const LINES_WITHIN: Duration = Duration::from_secs(20);
 
 const REQUEST_SECRETS: &[&str] = &[
     "AuthSecret01",
@@ -218,7 +204,7 @@ fn exchange_secrets(extra: &[(&str, &str)]) -> Vec<serde_json::Value> {
         );
         assert!(status.contains(" 200 "), "{status}");
     }
-    let raw = traffic(&proxy, 3);
+    let raw = proxy.wait_traffic(3, LINES_WITHIN);
     raw.iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .collect()
@@ -545,7 +531,7 @@ fn gzip_deflate_br_and_zstd_bodies_are_parsed_and_forwarded_untouched() {
         // The request carries the same encoded body: decoded on that side too.
         let h = format!("Content-Type: application/json\r\nContent-Encoding: {enc}\r\n");
         c.send("POST", &format!("/{enc}"), &h, &encoded(enc));
-        let lines = traffic(&proxy, 2 * (i + 1));
+        let lines = proxy.wait_traffic(2 * (i + 1), LINES_WITHIN);
         for line in &lines[2 * i..] {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["response"]["body"]["total"], 2, "{enc}: {line}");
@@ -558,7 +544,8 @@ fn gzip_deflate_br_and_zstd_bodies_are_parsed_and_forwarded_untouched() {
             Some(&encoded(enc).len())
         );
         Client::new(off.port).send("GET", &format!("/{enc}"), "", b"");
-        let v: serde_json::Value = serde_json::from_str(&traffic(&off, i + 1)[i]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&off.wait_traffic(i + 1, LINES_WITHIN)[i]).unwrap();
         assert_ne!(
             v["response"]["body_hash"],
             want_hash.as_str(),
@@ -596,7 +583,7 @@ fn gzip_bomb_and_corrupt_stream_are_logged_within_limits_and_forwarded_whole() {
     corrupt[n / 2..].iter_mut().for_each(|b| *b ^= 0x5a);
     let (status, _) = c.send("POST", "/corrupt", h, &corrupt);
     assert!(status.contains(" 200 "), "{status}");
-    let lines = traffic(&proxy, 2);
+    let lines = proxy.wait_traffic(2, LINES_WITHIN);
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(
         *up.received.lock().unwrap(),
@@ -636,7 +623,7 @@ fn ten_megabyte_binary_upload_gives_a_bounded_line_and_escape_restores_the_origi
             &blob,
         );
         assert!(status.contains(" 200 "), "{status}");
-        traffic(&proxy, 1).remove(0)
+        proxy.wait_traffic(1, LINES_WITHIN).remove(0)
     };
     let line = run(&[]);
     assert!(line.len() <= 256 << 10, "{}", line.len());
@@ -695,8 +682,8 @@ fn log_compat_original_gives_the_original_line() {
         v["response"]["headers"]["Date"] = serde_json::Value::Null;
         v
     };
-    let a = traffic(&compat, 1).remove(0);
-    let b = traffic(&off, 1).remove(0);
+    let a = compat.wait_traffic(1, LINES_WITHIN).remove(0);
+    let b = off.wait_traffic(1, LINES_WITHIN).remove(0);
     assert_eq!(strip(&a), strip(&b));
     let v: serde_json::Value = serde_json::from_str(&a).unwrap();
     assert_eq!(v["Endpoint"], "/users/7");
