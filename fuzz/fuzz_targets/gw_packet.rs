@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
     let [pick, step, rest @ ..] = data else {
         return;
     };
-    let codec = if pick & 1 == 0 { Codec::Json } else { Codec::Cbor };
+    let codec = if pick & 1 == 0 {
+        Codec::Json
+    } else {
+        Codec::Cbor
+    };
     let step = 1 + usize::from(*step) * 64;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
