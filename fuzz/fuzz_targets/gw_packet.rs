@@ -1,5 +1,5 @@
 //! proxygw's ctl packets: `PacketReader::next` over JSON lines and CBOR sequences, served by a
-//! reader that returns 1 to 16 384 bytes per read (the first two input bytes pick the codec and
+//! reader that returns 1 to 16 321 bytes per read (the first two input bytes pick the codec and
 //! the read size), then every body type the ctl server decodes. Errors, never panics.
 #![no_main]
 
