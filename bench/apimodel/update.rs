@@ -1,23 +1,26 @@
 //! Cost of the API model per exchange, and its memory for 200 routes × 5 shapes.
 //!
 //! Run with `bench/apimodel/run`. The exchange is `bench/telemetry`'s example (a POST with a
-//! small JSON body and a 201 JSON response), rendered with the production output options; the
-//! model is warm (the route learned), which is its steady state. Prints the time spent inside the
-//! model per exchange (timed around the observer call), the render time with and without the
-//! model, allocations per exchange, and the live heap of a model of 200 routes × 5 shapes.
+//! small JSON body and a 201 JSON response, from the file both benches include), rendered with
+//! the production output options; the model is warm (the route learned), which is its steady
+//! state. Prints the time spent inside the model per exchange (timed around the observer call),
+//! the render time with and without the model, allocations per exchange, and the live heap of a
+//! model of 200 routes × 5 shapes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use apimodel::{Model, Options};
-use http::{HeaderMap, HeaderValue, Method, Uri};
 use telemetry::entry::{render_traffic_observed, Context};
 use telemetry::hash::Scratch;
 use telemetry::observe::{Observation, Observer};
 use telemetry::output::OutputOptions;
-use telemetry::{Capture, Exchange};
+
+#[path = "../../crates/telemetry/benches/support/example.rs"]
+mod example;
+use example::example_with as example;
 
 struct Counting;
 
@@ -65,45 +68,6 @@ impl Observer for Timed {
         self.nanos.fetch_add(ns, Ordering::Relaxed);
         self.allocs
             .fetch_add(ALLOCS.load(Ordering::Relaxed) - a0, Ordering::Relaxed);
-    }
-}
-
-fn example(path: &str, body: &str, response: &str) -> Exchange {
-    let mut rq = HeaderMap::new();
-    for (k, v) in [
-        ("host", "example.com"),
-        ("user-agent", "curl/8.5.0"),
-        ("accept", "*/*"),
-        ("cookie", "session=abc"),
-        ("content-type", "application/json"),
-        ("content-length", "17"),
-    ] {
-        rq.append(k, HeaderValue::from_static(v));
-    }
-    let mut rs = HeaderMap::new();
-    for (k, v) in [
-        ("content-type", "application/json"),
-        ("set-cookie", "session=xyz"),
-        ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
-        ("content-length", "15"),
-    ] {
-        rs.append(k, HeaderValue::from_static(v));
-    }
-    Exchange {
-        start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
-        end: UNIX_EPOCH + Duration::from_millis(1_700_000_000_003),
-        elapsed: Duration::from_nanos(3_412_345),
-        method: Method::POST,
-        uri: path.parse::<Uri>().expect("bench uri"),
-        tls: false,
-        request_headers: rq,
-        request_body: Capture::from_bytes(65536, body.as_bytes()),
-        status: 201,
-        response_headers: rs,
-        response_body: Some(Capture::from_bytes(65536, response.as_bytes())),
-        local_response_bytes: 0,
-        endpoint: None,
-        client_id: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The variables that shape the log line beyond the original's format: redaction, endpoint
-//! templates and their cap, decoded bodies, the line bound and binary bodies, and
-//! `LOG_COMPAT=original`, which sets them all back to the original's line at once.
+//! templates and their cap, decoded bodies, the line bound, binary bodies and how long a
+//! blocked stdout may hold traffic back, and `LOG_COMPAT=original`, which sets them all back to the original's line at once.
 //!
 //! [`load`] reads them all and reports every bad one (each error names its variable), so the
 //! configuration loader needs one call; [`describe`] renders the result for `--check`.
@@ -21,6 +21,8 @@ pub const HELP: &str = "\
   ENDPOINT_TEMPLATES (auto|off|/orders/{orderId}/items,/files/{path*}; auto)
   ENDPOINT_LIMIT (200; 0 = no cap)  LOG_DECODE_BODIES (on|off; on)
   LOG_LINE_LIMIT (262144 bytes; 0 = no bound)  LOG_BINARY_BODIES (compact|escape; compact)
+  LOG_STDOUT_TIMEOUT (5s; how long traffic waits for a blocked stdout before lines are dropped,
+    counted and reported; 0 = wait as long as it takes)
 ";
 
 fn value(env: &dyn Env, key: &str) -> Option<String> {
@@ -149,6 +151,19 @@ pub fn load(env: &dyn Env) -> Result<OutputOptions, Vec<ConfigError>> {
             base.binary_bodies
         }
     };
+    let stdout_timeout = match value(env, "LOG_STDOUT_TIMEOUT") {
+        None => base.stdout_timeout,
+        Some(v) => match gosyntax::parse_go_duration_nonneg(&v) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(ConfigError(format!(
+                    "LOG_STDOUT_TIMEOUT must be a duration such as 5s or 0, got {v:?}: {e}"
+                )));
+                base.stdout_timeout
+            }
+        },
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -159,6 +174,7 @@ pub fn load(env: &dyn Env) -> Result<OutputOptions, Vec<ConfigError>> {
         decode_bodies,
         line_limit,
         binary_bodies,
+        stdout_timeout,
     })
 }
 
@@ -213,6 +229,13 @@ pub fn describe(o: &OutputOptions) -> Vec<(&'static str, String)> {
         }
         .to_owned(),
     ));
+    out.push((
+        "LOG_STDOUT_TIMEOUT",
+        match o.stdout_timeout {
+            None => "0 (wait as long as it takes)".to_owned(),
+            Some(d) => gosyntax::format_go_duration(d),
+        },
+    ));
     out
 }
 
@@ -246,6 +269,7 @@ mod tests {
             ("LOG_DECODE_BODIES", "off"),
             ("LOG_LINE_LIMIT", "0"),
             ("LOG_BINARY_BODIES", "escape"),
+            ("LOG_STDOUT_TIMEOUT", "0"),
         ])
         .unwrap();
         assert_eq!(o, OutputOptions::ORIGINAL);
@@ -264,6 +288,7 @@ mod tests {
             ("LOG_DECODE_BODIES", "1"),
             ("LOG_LINE_LIMIT", "100"),
             ("LOG_BINARY_BODIES", "base64"),
+            ("LOG_STDOUT_TIMEOUT", "-1s"),
         ])
         .unwrap_err();
         let text: Vec<String> = errors.iter().map(|e| e.0.clone()).collect();
@@ -276,6 +301,7 @@ mod tests {
             "LOG_DECODE_BODIES",
             "LOG_LINE_LIMIT",
             "LOG_BINARY_BODIES",
+            "LOG_STDOUT_TIMEOUT",
         ] {
             assert_eq!(
                 text.iter().filter(|t| t.starts_with(var)).count(),
@@ -301,8 +327,13 @@ mod tests {
             ("REDACT_HEADERS", "X-Session"),
             ("REDACT_KEYS", "pin"),
             ("ENDPOINT_LIMIT", "5"),
+            ("LOG_STDOUT_TIMEOUT", "1500ms"),
         ])
         .unwrap();
+        assert_eq!(
+            o.stdout_timeout,
+            Some(std::time::Duration::from_millis(1500))
+        );
         assert_eq!(o.templates.patterns.len(), 2);
         assert!(o.templates.auto);
         assert_eq!(o.endpoint_limit, 5);

@@ -60,25 +60,8 @@ fn get_all(port: u16, paths: Vec<String>) {
     }
 }
 
-fn wait_lines(proxy: &Proxy, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<String> = proxy
-            .raw_lines()
-            .into_iter()
-            .filter(|l| l.contains("\"_t\":\"TRAFFIC\""))
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} traffic lines",
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long a test waits for the traffic lines of its requests.
+const LINES_WITHIN: Duration = Duration::from_secs(10);
 
 /// The CloudWatch form of a stdout traffic line, derived independently: newline after `_q`.
 fn with_newline(line: &str) -> String {
@@ -101,7 +84,7 @@ fn traffic_events_equal_stdout_lines_sorted_in_the_log_group() {
         proxy.port,
         (0..n).map(|i| format!("/item/{i}?q={i}")).collect(),
     );
-    let lines = wait_lines(&proxy, n);
+    let lines = proxy.wait_traffic(n, LINES_WITHIN);
     let cw = client(&moto.url(), "us-east-1");
     let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
         e.len() >= n
@@ -205,7 +188,7 @@ fn throttling_and_server_errors_are_retried_without_loss() {
     let up = Upstream::start();
     let proxy = start(&up, &faults.url(), &[]);
     get_all(proxy.port, (0..20).map(|i| format!("/retry/{i}")).collect());
-    let lines = wait_lines(&proxy, 20);
+    let lines = proxy.wait_traffic(20, LINES_WITHIN);
     let cw = client(&moto.url(), "us-east-1");
     let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(30), |e| {
         e.len() >= 20
@@ -280,7 +263,7 @@ fn unreachable_endpoint_at_start_still_serves_and_delivers_later() {
     let up = Upstream::start();
     let proxy = start(&up, &endpoint, &[]);
     get_all(proxy.port, (0..5).map(|i| format!("/early/{i}")).collect());
-    wait_lines(&proxy, 5);
+    proxy.wait_traffic(5, LINES_WITHIN);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stderr(&proxy).contains("CloudWatch traffic sink is not ready yet") {
         assert!(Instant::now() < deadline, "stderr: {}", stderr(&proxy));
@@ -351,7 +334,7 @@ fn oversized_events_are_trimmed_not_dropped() {
         "{}",
         &resp[..100.min(resp.len())]
     );
-    let lines = wait_lines(&proxy, 1);
+    let lines = proxy.wait_traffic(1, LINES_WITHIN);
     assert!(lines[0].len() > 1_000_000);
     let cw = client(&moto.url(), "us-east-1");
     let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
@@ -398,7 +381,7 @@ fn no_region_means_stdout_only_and_one_stderr_line() {
         &[],
     );
     get(proxy.port, "/x");
-    wait_lines(&proxy, 1);
+    proxy.wait_traffic(1, LINES_WITHIN);
     let deadline = Instant::now() + Duration::from_secs(5);
     let line = "AWS region is not configured; CloudWatch Logs and Metrics are disabled";
     while !stderr(&proxy).contains(line) {
@@ -487,7 +470,7 @@ fn metadata_from_fake_imds_ecs_and_service_account_names_the_app_and_region() {
         &[],
     );
     get(proxy.port, "/meta");
-    let line = wait_lines(&proxy, 1).remove(0);
+    let line = proxy.wait_traffic(1, LINES_WITHIN).remove(0);
     let expected_meta = concat!(
         r#""aws_meta":{"ec2":{"instance_id":"i-0abc","instance_type":"m7g.large","region":"eu-west-3","availability_zone":"eu-west-3a","image_id":"ami-1","account_id":"123456789012"},"#,
         r#""ecs":{"cluster":"shop","task_arn":"arn:aws:ecs:eu-west-1:1:task/t","task_family":"orders-task","task_revision":"7","launch_type":"FARGATE","availability_zone":"eu-west-1b","container_arn":"arn:aws:ecs:eu-west-1:1:container/c","container_name":"app"},"#,
@@ -555,7 +538,7 @@ fn unanswered_metadata_endpoint_never_holds_up_serving() {
         "{:?}",
         started.elapsed()
     );
-    let line = wait_lines(&proxy, 1).remove(0);
+    let line = proxy.wait_traffic(1, LINES_WITHIN).remove(0);
     assert!(!line.contains("aws_meta"), "{line}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stderr(&proxy).contains("failed to load ECS task metadata: timed out after 200ms") {
@@ -578,7 +561,7 @@ fn invalid_log_group_name_turns_only_that_sink_off_with_a_clear_line() {
         ],
     );
     get(proxy.port, "/served");
-    wait_lines(&proxy, 1);
+    proxy.wait_traffic(1, LINES_WITHIN);
     let line = "failed to initialize CloudWatch traffic sink: LOG_GROUP_NAME \"/app/log/orders api\" is not a valid CloudWatch log group name: ' ' is not allowed";
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stderr(&proxy).contains(line) {
@@ -642,7 +625,7 @@ fn credential_process_profile_delivers_to_moto() {
         credential_process = echo '{\"Version\":1,\"AccessKeyId\":\"testing\",\"SecretAccessKey\":\"testing\"}'\n";
     let (proxy, _dir) = start_with_profile(&up, &moto.url(), config, "proc");
     get_all(proxy.port, (0..3).map(|i| format!("/proc/{i}")).collect());
-    wait_lines(&proxy, 3);
+    proxy.wait_traffic(3, LINES_WITHIN);
     let cw = client(&moto.url(), "us-east-1");
     let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
         e.len() >= 3
@@ -675,7 +658,7 @@ fn broken_profile_is_one_permanent_error_and_nothing_queues() {
         proxy.port,
         (0..20).map(|i| format!("/broken/{i}")).collect(),
     );
-    wait_lines(&proxy, 20);
+    proxy.wait_traffic(20, LINES_WITHIN);
     std::thread::sleep(Duration::from_secs(1));
     proxy.signal(libc::SIGTERM);
     assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
@@ -701,7 +684,7 @@ fn delivers_with(moto: &Moto, extra: &[(&str, &str)]) {
     let up = Upstream::start();
     let proxy = start_without_keys(&up, &moto.url(), extra);
     get_all(proxy.port, (0..3).map(|i| format!("/chain/{i}")).collect());
-    wait_lines(&proxy, 3);
+    proxy.wait_traffic(3, LINES_WITHIN);
     let cw = client(&moto.url(), "us-east-1");
     let events = rt().block_on(wait_group(&cw, TRAFFIC, Duration::from_secs(20), |e| {
         e.len() >= 3

@@ -151,22 +151,8 @@ fn start(up_port: u16, extra: &[(&str, &str)]) -> Proxy {
     Proxy::start(&env, &[])
 }
 
-/// Waits for `n` traffic lines and returns them raw.
-fn traffic(proxy: &Proxy, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines: Vec<String> = proxy
-            .raw_lines()
-            .into_iter()
-            .filter(|l| l.contains("\"_t\":\"TRAFFIC\""))
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(Instant::now() < deadline, "{} of {n} lines", lines.len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long a test waits for the traffic lines of its requests (bodies up to 10 MB).
+const LINES_WITHIN: Duration = Duration::from_secs(20);
 
 const REQUEST_SECRETS: &[&str] = &[
     "AuthSecret01",
@@ -218,7 +204,7 @@ fn exchange_secrets(extra: &[(&str, &str)]) -> Vec<serde_json::Value> {
         );
         assert!(status.contains(" 200 "), "{status}");
     }
-    let raw = traffic(&proxy, 3);
+    let raw = proxy.wait_traffic(3, LINES_WITHIN);
     raw.iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .collect()
@@ -385,12 +371,7 @@ impl Flood {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        vm_kib(self.child.id(), "VmRSS:")
     }
 }
 
@@ -550,7 +531,7 @@ fn gzip_deflate_br_and_zstd_bodies_are_parsed_and_forwarded_untouched() {
         // The request carries the same encoded body: decoded on that side too.
         let h = format!("Content-Type: application/json\r\nContent-Encoding: {enc}\r\n");
         c.send("POST", &format!("/{enc}"), &h, &encoded(enc));
-        let lines = traffic(&proxy, 2 * (i + 1));
+        let lines = proxy.wait_traffic(2 * (i + 1), LINES_WITHIN);
         for line in &lines[2 * i..] {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["response"]["body"]["total"], 2, "{enc}: {line}");
@@ -563,7 +544,8 @@ fn gzip_deflate_br_and_zstd_bodies_are_parsed_and_forwarded_untouched() {
             Some(&encoded(enc).len())
         );
         Client::new(off.port).send("GET", &format!("/{enc}"), "", b"");
-        let v: serde_json::Value = serde_json::from_str(&traffic(&off, i + 1)[i]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&off.wait_traffic(i + 1, LINES_WITHIN)[i]).unwrap();
         assert_ne!(
             v["response"]["body_hash"],
             want_hash.as_str(),
@@ -601,7 +583,7 @@ fn gzip_bomb_and_corrupt_stream_are_logged_within_limits_and_forwarded_whole() {
     corrupt[n / 2..].iter_mut().for_each(|b| *b ^= 0x5a);
     let (status, _) = c.send("POST", "/corrupt", h, &corrupt);
     assert!(status.contains(" 200 "), "{status}");
-    let lines = traffic(&proxy, 2);
+    let lines = proxy.wait_traffic(2, LINES_WITHIN);
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(
         *up.received.lock().unwrap(),
@@ -641,7 +623,7 @@ fn ten_megabyte_binary_upload_gives_a_bounded_line_and_escape_restores_the_origi
             &blob,
         );
         assert!(status.contains(" 200 "), "{status}");
-        traffic(&proxy, 1).remove(0)
+        proxy.wait_traffic(1, LINES_WITHIN).remove(0)
     };
     let line = run(&[]);
     assert!(line.len() <= 256 << 10, "{}", line.len());
@@ -700,12 +682,166 @@ fn log_compat_original_gives_the_original_line() {
         v["response"]["headers"]["Date"] = serde_json::Value::Null;
         v
     };
-    let a = traffic(&compat, 1).remove(0);
-    let b = traffic(&off, 1).remove(0);
+    let a = compat.wait_traffic(1, LINES_WITHIN).remove(0);
+    let b = off.wait_traffic(1, LINES_WITHIN).remove(0);
     assert_eq!(strip(&a), strip(&b));
     let v: serde_json::Value = serde_json::from_str(&a).unwrap();
     assert_eq!(v["Endpoint"], "/users/7");
     assert_eq!(v["request"]["cookies"]["a"], "b");
     assert_eq!(v["response"]["set_cookies"]["sid"], "RsCookieSecret3");
     assert!(a.contains("token=QuerySecret08"));
+}
+
+/// cwproxy whose stdout the test reads itself (or not at all), listening once this returns.
+fn start_unread(up_port: u16, extra: &[(&str, &str)]) -> (Child, u16, Arc<Mutex<String>>) {
+    let port = free_port();
+    let (port_text, up_text) = (port.to_string(), up_port.to_string());
+    let mut env = vec![
+        ("PROXY_PORT", port_text.as_str()),
+        ("APP_PORT", up_text.as_str()),
+        ("APP_NAME", "e2e"),
+        ("HEALTH_URLS", "/health"),
+        ("HEALTH_INTERVAL", "1h"),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = cwproxy_cmd(&env, &[]).spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().unwrap();
+    let sink = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no listener: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port, stderr)
+}
+
+/// Sends `per_client` keep-alive GETs on each of `clients` connections; returns the 200s.
+fn load(port: u16, clients: usize, per_client: usize) -> usize {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = Client::new(port);
+                (0..per_client)
+                    .filter(|i| {
+                        let (status, _) = client.send("GET", &format!("/api/{c}/{i}"), "", b"");
+                        status.contains(" 200 ")
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// A stdout reader that stalls for two seconds and then drains gets every line: traffic waits
+/// for stdout instead of losing lines, and the queue keeps memory bounded meanwhile.
+#[test]
+fn a_stalled_stdout_reader_loses_no_line_and_memory_stays_bounded() {
+    let up = RawUpstream::start(ok_reply);
+    let (mut child, port, stderr) = start_unread(up.port, &[]);
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("\"_t\":\"TRAFFIC\""))
+            .count()
+    });
+    let (clients, per_client) = (8, 300);
+    let started = Instant::now();
+    assert_eq!(load(port, clients, per_client), clients * per_client);
+    // The queue (1,024 records) and the pipe filled long before 2,400 requests: traffic waited.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let peak = vm_kib(child.id(), "VmHWM:");
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines = reader.join().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        lines,
+        clients * per_client,
+        "stderr: {}",
+        stderr.lock().unwrap()
+    );
+    assert!(peak < 64 << 10, "peak RSS {peak} KiB");
+    assert!(
+        !stderr.lock().unwrap().contains("dropped"),
+        "{}",
+        stderr.lock().unwrap()
+    );
+}
+
+/// A stdout nobody reads: after LOG_STDOUT_TIMEOUT lines are dropped, counted and reported,
+/// and the proxy keeps serving at full speed.
+#[test]
+fn a_stuck_stdout_drops_lines_after_the_timeout_reports_them_and_traffic_goes_on() {
+    let up = RawUpstream::start(ok_reply);
+    let (mut child, port, stderr) = start_unread(up.port, &[("LOG_STDOUT_TIMEOUT", "500ms")]);
+    let _unread = child.stdout.take().unwrap();
+    let started = Instant::now();
+    let (clients, per_client) = (4, 500);
+    assert_eq!(load(port, clients, per_client), clients * per_client);
+    // Waiting once per batch would take minutes; only the first wait is paid.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stderr.lock().unwrap().contains("LOG_STDOUT_TIMEOUT") {
+        assert!(
+            Instant::now() < deadline,
+            "no drop report: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = stderr.lock().unwrap().clone();
+    let dropped: usize = text
+        .lines()
+        .filter_map(|l| {
+            l.split("cwproxy: dropped ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(dropped > 0 && dropped <= clients * per_client, "{text}");
 }

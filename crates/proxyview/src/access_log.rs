@@ -36,7 +36,8 @@ impl<F: Fn(AccessRecord) + Send + Sync> AccessSink for F {
 }
 
 /// The access-log switch's sink: telemetry's pipeline (cwproxy's traffic line with EMF, written
-/// to stdout by its own worker thread; `emit` never blocks).
+/// to stdout by its own worker thread; `emit` waits for a slow stdout, at most
+/// [`telemetry::output::DEFAULT_STDOUT_TIMEOUT`], then drops and counts lines while it stays stuck).
 ///
 /// The agent's `clientId` is written as `client_id` after `app_name`.
 #[derive(Debug)]
@@ -52,7 +53,13 @@ impl TelemetrySink {
             aws_meta: None,
         };
         let pipeline = telemetry::pipeline::Pipeline::start(
-            telemetry::pipeline::PipelineConfig::default(),
+            telemetry::pipeline::PipelineConfig {
+                output: telemetry::output::OutputOptions {
+                    stdout_timeout: Some(telemetry::output::DEFAULT_STDOUT_TIMEOUT),
+                    ..telemetry::output::OutputOptions::ORIGINAL
+                },
+                ..telemetry::pipeline::PipelineConfig::default()
+            },
             ctx,
             telemetry::pipeline::stdout_writer(),
             Vec::new(),

@@ -7,14 +7,18 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::HeaderValue;
 use telemetry::entry::{render_traffic, render_traffic_with, Context};
 use telemetry::hash::{HashCache, Scratch};
 use telemetry::meta::{AwsMeta, EcsMeta};
 use telemetry::output::OutputOptions;
-use telemetry::{Capture, Exchange};
+use telemetry::Capture;
+
+#[path = "support/example.rs"]
+mod example;
+use example::example;
 
 struct Counting;
 
@@ -40,45 +44,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn example() -> Exchange {
-    let mut rq = HeaderMap::new();
-    for (k, v) in [
-        ("host", "example.com"),
-        ("user-agent", "curl/8.5.0"),
-        ("accept", "*/*"),
-        ("cookie", "session=abc"),
-        ("content-type", "application/json"),
-        ("content-length", "17"),
-    ] {
-        rq.append(k, HeaderValue::from_static(v));
-    }
-    let mut rs = HeaderMap::new();
-    for (k, v) in [
-        ("content-type", "application/json"),
-        ("set-cookie", "session=xyz"),
-        ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
-        ("content-length", "15"),
-    ] {
-        rs.append(k, HeaderValue::from_static(v));
-    }
-    Exchange {
-        start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
-        end: UNIX_EPOCH + Duration::from_millis(1_700_000_000_003),
-        elapsed: Duration::from_nanos(3_412_345),
-        method: Method::POST,
-        uri: Uri::from_static("/api/foo?key=value"),
-        tls: false,
-        request_headers: rq,
-        request_body: Capture::from_bytes(65536, br#"{"field":"value"}"#),
-        status: 201,
-        response_headers: rs,
-        response_body: Some(Capture::from_bytes(65536, br#"{"result":"ok"}"#)),
-        local_response_bytes: 0,
-        endpoint: None,
-        client_id: None,
-    }
-}
 
 /// Runs `f` in rounds of `n` and returns (median ns per op, allocations per op).
 fn measure(n: u64, mut f: impl FnMut()) -> (f64, f64) {

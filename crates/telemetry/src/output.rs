@@ -1,5 +1,6 @@
 //! What a rendered line contains beyond the original's fixed format: redaction, route templates
-//! and their cap, decoded bodies, the line size bound and the form of binary bodies.
+//! and their cap, decoded bodies, the line size bound, the form of binary bodies, and how long
+//! a blocked stdout may hold lines back before they are dropped.
 //!
 //! [`OutputOptions::ORIGINAL`] reproduces the Go cwproxy's line byte for byte and is what the
 //! plain `render_*` functions and a default pipeline use; a binary opts in to the rest.
@@ -11,6 +12,8 @@ use crate::route::Templates;
 pub const DEFAULT_ENDPOINT_LIMIT: usize = 200;
 /// Default most bytes of one line (CloudWatch Logs' event limit, 256 KiB).
 pub const DEFAULT_LINE_LIMIT: usize = 256 << 10;
+/// Default longest wait for a blocked stdout before lines are dropped.
+pub const DEFAULT_STDOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How bodies that are not text are logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,9 @@ pub struct OutputOptions {
     pub line_limit: usize,
     /// Form of binary bodies.
     pub binary_bodies: BinaryBodies,
+    /// How long traffic waits for a blocked stdout before its lines are dropped (counted and
+    /// reported); `None` waits as long as it takes, as the original's synchronous write did.
+    pub stdout_timeout: Option<std::time::Duration>,
 }
 
 impl OutputOptions {
@@ -50,11 +56,13 @@ impl OutputOptions {
         decode_bodies: false,
         line_limit: 0,
         binary_bodies: BinaryBodies::Escape,
+        stdout_timeout: None,
     };
 
     /// The production defaults: redaction with the default lists, automatic templates, a cap
-    /// of [`DEFAULT_ENDPOINT_LIMIT`], decoded bodies, lines of at most [`DEFAULT_LINE_LIMIT`]
-    /// and compact binary bodies.
+    /// of [`DEFAULT_ENDPOINT_LIMIT`], decoded bodies, lines of at most [`DEFAULT_LINE_LIMIT`],
+    /// compact binary bodies, and lines dropped after stdout blocks for
+    /// [`DEFAULT_STDOUT_TIMEOUT`].
     pub fn recommended() -> Self {
         Self {
             redaction: Some(Redaction::new::<&str>(&[], &[])),
@@ -66,6 +74,7 @@ impl OutputOptions {
             decode_bodies: true,
             line_limit: DEFAULT_LINE_LIMIT,
             binary_bodies: BinaryBodies::Compact,
+            stdout_timeout: Some(DEFAULT_STDOUT_TIMEOUT),
         }
     }
 }

@@ -1,15 +1,20 @@
-//! The telemetry pipeline: callers hand over records without ever blocking; one worker thread
-//! renders them and writes each batch of lines to stdout with a single write call, then passes
-//! every event to further sinks (CloudWatch Logs).
+//! The telemetry pipeline: callers hand over records; one worker thread renders them and writes
+//! each batch of lines to stdout with a single write call, then passes every event to further
+//! sinks (CloudWatch Logs).
 //!
-//! The queue is bounded by count and by captured bytes, so a slow or stuck stdout costs memory
-//! up to a fixed ceiling and then drops (counted, and reported on stderr at most once per
-//! interval), instead of slowing traffic.
+//! The queue is bounded by count and by captured bytes. When it is full, [`Emitter::emit`]
+//! waits for room — backpressure onto the connection that produced the record, as nginx's
+//! blocking write of its access log does — so a saturated machine loses no line: the proxy
+//! slows to the pace at which stdout takes lines. A line is dropped only when stdout stays
+//! blocked beyond [`OutputOptions::stdout_timeout`] (a stuck pipe): the emitter that waited that
+//! long drops its record, and later ones drop at once without waiting until stdout takes a write
+//! again, so the proxy keeps serving. Drops are counted and reported on stderr at most once per
+//! interval. Memory stays bounded: the queue, plus the batch the worker is rendering or writing.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,15 +55,15 @@ impl Record {
 }
 
 enum Msg {
-    Record(Record, usize),
+    Record(Record),
     SetAwsMeta(Option<Vec<u8>>),
-    Flush(SyncSender<()>),
+    Flush(std::sync::mpsc::SyncSender<()>),
     Stop,
 }
 
 /// How long the worker waits for more records after the first one of a batch.
 const GATHER_DELAY: Duration = Duration::from_millis(1);
-/// Rendered bytes after which a batch is written without waiting for more.
+/// Rendered bytes after which the worker writes what it has rendered so far.
 const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// Tuning of the pipeline.
@@ -66,11 +71,12 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 pub struct PipelineConfig {
     /// Most records waiting to be written.
     pub capacity: usize,
-    /// Most captured bytes waiting to be written.
+    /// Most captured bytes waiting to be written (one record is always accepted).
     pub max_queued_bytes: usize,
     /// Least time between two stderr reports about drops or write failures.
     pub report_interval: Duration,
-    /// What lines contain and how long they may be (default: the original's line).
+    /// What lines contain, how long they may be and how long stdout may block (default: the
+    /// original's line, waiting for stdout without bound).
     pub output: OutputOptions,
     /// Learns from each traffic exchange on the worker thread (default: none).
     pub observer: Option<Arc<dyn Observer>>,
@@ -90,18 +96,149 @@ impl Default for PipelineConfig {
 
 #[derive(Debug, Default)]
 struct Counters {
-    queued_bytes: AtomicUsize,
     dropped: AtomicU64,
+    blocked_drops: AtomicU64,
     written: AtomicU64,
     write_failures: AtomicU64,
+}
+
+/// The queue between emitters and the worker, under one lock.
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Msg>,
+    records: usize,
+    bytes: usize,
+    /// A control message is queued: the worker skips its gather delay.
+    urgent: bool,
+    /// The worker sleeps on `work` and must be woken.
+    worker_waiting: bool,
+    /// Emitters sleeping on `room`.
+    room_waiters: usize,
+    /// An emitter waited the whole stdout timeout: drop instead of waiting until a write succeeds.
+    stalled: bool,
+    /// The worker has stopped; nothing queued from now on would be written.
+    closed: bool,
+    /// Blocked drops already reported, and when the next report may come.
+    reported_blocked: u64,
+    next_blocked_report: Option<Instant>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    room: Condvar,
+    counters: Counters,
+    capacity: usize,
+    max_bytes: usize,
+    /// How long an emitter waits for room; `None` waits as long as it takes.
+    timeout: Option<Duration>,
+    diag: Diag,
+    report_interval: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_room(&self, st: &State, bytes: usize) -> bool {
+        st.records < self.capacity && (st.records == 0 || st.bytes + bytes <= self.max_bytes)
+    }
+
+    /// Queues a control message behind the records; control messages ignore the bounds.
+    fn control(&self, msg: Msg) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        st.queue.push_back(msg);
+        st.urgent = true;
+        let wake = std::mem::take(&mut st.worker_waiting);
+        drop(st);
+        if wake {
+            self.work.notify_one();
+        }
+        true
+    }
+
+    /// Moves everything queued into `batch`, waiting up to `wait` for the first message. Returns
+    /// false when nothing came.
+    fn take_batch(&self, batch: &mut VecDeque<Msg>, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut st = self.lock();
+        while st.queue.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                st.worker_waiting = false;
+                return false;
+            }
+            st.worker_waiting = true;
+            st = self
+                .work
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        st.worker_waiting = false;
+        if !st.urgent {
+            // Under load more records arrive within a moment. Gathering them for up to
+            // GATHER_DELAY turns one thread wake-up and one `write` per record into one per
+            // batch; emitters never wake this thread while it sleeps here instead of on `work`.
+            drop(st);
+            std::thread::sleep(GATHER_DELAY);
+            st = self.lock();
+        }
+        std::mem::swap(&mut st.queue, batch);
+        st.records = 0;
+        st.bytes = 0;
+        st.urgent = false;
+        let waiters = st.room_waiters > 0;
+        drop(st);
+        if waiters {
+            self.room.notify_all();
+        }
+        true
+    }
+
+    /// stdout took a write: emitters wait for room again instead of dropping.
+    fn progressed(&self) {
+        let mut st = self.lock();
+        st.stalled = false;
+    }
+
+    /// Reports blocked drops not reported yet, at most once per interval. Emitters call it as
+    /// they drop, because the worker may itself be stuck in the write that blocks stdout.
+    fn report_blocked(&self, force: bool) {
+        let now = Instant::now();
+        let blocked = self.counters.blocked_drops.load(Ordering::Relaxed);
+        let mut st = self.lock();
+        if blocked <= st.reported_blocked
+            || (!force && st.next_blocked_report.is_some_and(|t| now < t))
+        {
+            return;
+        }
+        let new = blocked - st.reported_blocked;
+        st.reported_blocked = blocked;
+        st.next_blocked_report = Some(now + self.report_interval);
+        drop(st);
+        let timeout = self.timeout.unwrap_or_default();
+        self.diag.log(format_args!(
+            "dropped {new} log lines because stdout accepted nothing for {timeout:?} (LOG_STDOUT_TIMEOUT; total dropped: {blocked})"
+        ));
+    }
+
+    fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        drop(st);
+        self.room.notify_all();
+    }
 }
 
 /// A cheap, cloneable handle for emitting records.
 #[derive(Clone)]
 pub struct Emitter {
-    tx: SyncSender<Msg>,
-    counters: Arc<Counters>,
-    max_queued_bytes: usize,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -111,46 +248,102 @@ impl std::fmt::Debug for Emitter {
 }
 
 impl Emitter {
-    /// Queues a record; never blocks. Returns false (and counts a drop) when the queue is full.
+    /// Queues a record. When the queue is full it waits for room, at most the stdout timeout
+    /// (and not at all while stdout is known to be stuck). Returns false, counting a drop, when
+    /// the record could not be queued.
     pub fn emit(&self, record: Record) -> bool {
+        let shared = &*self.shared;
         let bytes = record.approx_bytes();
-        let queued = self
-            .counters
-            .queued_bytes
-            .fetch_add(bytes, Ordering::AcqRel);
-        if queued + bytes > self.max_queued_bytes {
-            self.counters
-                .queued_bytes
-                .fetch_sub(bytes, Ordering::AcqRel);
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        match self.tx.try_send(Msg::Record(record, bytes)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters
-                    .queued_bytes
-                    .fetch_sub(bytes, Ordering::AcqRel);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+        let mut st = shared.lock();
+        if !shared.has_room(&st, bytes) {
+            st = self.wait_for_room(st, bytes);
+            if !shared.has_room(&st, bytes) || st.closed {
+                let blocked = st.stalled;
+                drop(st);
+                drop(record);
+                shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if blocked {
+                    shared.report_blocked(false);
+                }
+                return false;
             }
         }
+        if st.closed {
+            drop(st);
+            shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        st.queue.push_back(Msg::Record(record));
+        st.records += 1;
+        st.bytes += bytes;
+        let wake = std::mem::take(&mut st.worker_waiting);
+        drop(st);
+        if wake {
+            shared.work.notify_one();
+        }
+        true
+    }
+
+    /// Sleeps on `room` until the record fits, the worker closes, or the timeout passes (which
+    /// marks stdout stalled and counts a blocked drop).
+    fn wait_for_room<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        bytes: usize,
+    ) -> MutexGuard<'a, State> {
+        let shared = &*self.shared;
+        if st.stalled || st.closed {
+            if st.stalled {
+                shared
+                    .counters
+                    .blocked_drops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return st;
+        }
+        let deadline = shared.timeout.map(|t| Instant::now() + t);
+        st.room_waiters += 1;
+        while !shared.has_room(&st, bytes) && !st.closed && !st.stalled {
+            st = match deadline {
+                None => shared.room.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        st.stalled = true;
+                        break;
+                    }
+                    shared
+                        .room
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        st.room_waiters -= 1;
+        if st.stalled && !shared.has_room(&st, bytes) {
+            shared
+                .counters
+                .blocked_drops
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        st
     }
 
     /// Replaces the `aws_meta` object of later entries (metadata detection finishes after start).
     pub fn set_aws_meta(&self, meta: Option<Vec<u8>>) {
-        // Blocking is fine here: this happens once, off the request path.
-        let _ = self.tx.send(Msg::SetAwsMeta(meta));
+        self.shared.control(Msg::SetAwsMeta(meta));
     }
 
-    /// Records dropped so far because the queue was full.
+    /// Records dropped so far (stdout blocked beyond its timeout, pipeline stopped, or a line
+    /// over the line limit that could not be trimmed).
     pub fn dropped(&self) -> u64 {
-        self.counters.dropped.load(Ordering::Relaxed)
+        self.shared.counters.dropped.load(Ordering::Relaxed)
     }
 
     /// Records written to stdout so far.
     pub fn written(&self) -> u64 {
-        self.counters.written.load(Ordering::Relaxed)
+        self.shared.counters.written.load(Ordering::Relaxed)
     }
 }
 
@@ -175,27 +368,32 @@ impl Pipeline {
         sinks: Vec<Arc<dyn EventSink>>,
         diag: Diag,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(config.capacity.max(1));
-        let counters = Arc::new(Counters::default());
-        let worker_counters = Arc::clone(&counters);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            counters: Counters::default(),
+            capacity: config.capacity.max(1),
+            max_bytes: config.max_queued_bytes,
+            timeout: config.output.stdout_timeout,
+            diag: diag.clone(),
+            report_interval: config.report_interval,
+        });
+        let worker_shared = Arc::clone(&shared);
         let interval = config.report_interval;
         let output = config.output;
         let observer = config.observer;
         let worker = std::thread::Builder::new()
             .name("telemetry".into())
             .spawn(move || {
-                let mut worker = Worker::new(context, out, sinks, diag, worker_counters, interval);
+                let mut worker = Worker::new(context, out, sinks, diag, worker_shared, interval);
                 worker.output = output;
                 worker.observer = observer;
-                worker.run(&rx)
+                worker.run();
             })?;
 
         Ok(Self {
-            emitter: Emitter {
-                tx,
-                counters,
-                max_queued_bytes: config.max_queued_bytes,
-            },
+            emitter: Emitter { shared },
             worker: Some(worker),
         })
     }
@@ -205,39 +403,17 @@ impl Pipeline {
         self.emitter.clone()
     }
 
-    /// Queues a control message behind the records, waiting for room until `deadline`.
-    fn send_control(&self, mut msg: Msg, deadline: Instant) -> bool {
-        loop {
-            match self.emitter.tx.try_send(msg) {
-                Ok(()) => return true,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(TrySendError::Disconnected(_)) => return false,
-            }
-        }
-    }
-
     /// Writes everything queued so far, waiting at most `budget`. Returns true when done in time.
     pub fn flush(&self, budget: Duration) -> bool {
-        let deadline = Instant::now() + budget;
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        self.send_control(Msg::Flush(ack_tx), deadline)
-            && ack_rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .is_ok()
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        self.emitter.shared.control(Msg::Flush(ack_tx)) && ack_rx.recv_timeout(budget).is_ok()
     }
 
     /// Flushes within `budget` and stops the worker. Records still queued when the budget runs
     /// out are not written; the worker is then left to finish on its own (it never blocks exit).
     pub fn shutdown(mut self, budget: Duration) -> bool {
-        let deadline = Instant::now() + budget;
         let flushed = self.flush(budget);
-        if flushed && self.send_control(Msg::Stop, deadline) {
+        if flushed && self.emitter.shared.control(Msg::Stop) {
             if let Some(w) = self.worker.take() {
                 let _ = w.join();
             }
@@ -293,16 +469,16 @@ struct Worker {
     out: Box<dyn Write + Send>,
     sinks: Vec<Arc<dyn EventSink>>,
     diag: Diag,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
+    /// Drops while stopping and write failures already reported.
+    counters_reported: (u64, u64),
+    /// Lines dropped for the line limit (reported as they happen).
+    limit_drops: u64,
     interval: Duration,
     buf: Vec<u8>,
     batch_lines: u64,
-    acks: Vec<SyncSender<()>>,
-    flush_requested: bool,
     scratch: crate::hash::Scratch,
     next_report: Instant,
-    reported_drops: u64,
-    reported_failures: u64,
     last_error: Option<String>,
 }
 
@@ -312,7 +488,7 @@ impl Worker {
         out: Box<dyn Write + Send>,
         sinks: Vec<Arc<dyn EventSink>>,
         diag: Diag,
-        counters: Arc<Counters>,
+        shared: Arc<Shared>,
         interval: Duration,
     ) -> Self {
         Self {
@@ -322,73 +498,66 @@ impl Worker {
             out,
             sinks,
             diag,
-            counters,
+            shared,
+            counters_reported: (0, 0),
+            limit_drops: 0,
             interval,
             buf: Vec::with_capacity(64 << 10),
             batch_lines: 0,
-            acks: Vec::new(),
-            flush_requested: false,
             scratch: crate::hash::Scratch::new(),
             next_report: Instant::now(),
-            reported_drops: 0,
-            reported_failures: 0,
             last_error: None,
         }
     }
 
-    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+    fn run(mut self) {
+        let mut batch = VecDeque::new();
         let mut running = true;
         while running {
-            let first = match rx.recv_timeout(self.interval) {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.report(false);
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            // Under load more records arrive within a moment. Gathering them for up to
-            // GATHER_DELAY turns one thread wake-up and one `write` per record into one per batch;
-            // senders never wake this thread while it sleeps here instead of in `recv`.
-            self.buf.clear();
-            self.batch_lines = 0;
-            running = self.take(first);
-            if running && !self.flush_requested {
-                std::thread::sleep(GATHER_DELAY);
-                while running && self.buf.len() < MAX_BATCH_BYTES && !self.flush_requested {
-                    match rx.try_recv() {
-                        Ok(msg) => running = self.take(msg),
-                        Err(_) => break,
-                    }
+            if !self.shared.take_batch(&mut batch, self.interval) {
+                self.report(false);
+                continue;
+            }
+            for msg in batch.drain(..) {
+                if running {
+                    running = self.take(msg);
+                } else if let Msg::Record(_) = msg {
+                    // Emitted after the stop request: never written.
+                    self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.write_batch();
-            for ack in self.acks.drain(..) {
-                let _ = ack.try_send(());
-            }
-            self.flush_requested = false;
             self.report(false);
         }
-        self.write_batch();
+        self.shared.close();
+        // Records that raced the close are counted, not silently lost.
+        let late = self.shared.lock().records;
+        self.shared
+            .counters
+            .dropped
+            .fetch_add(late as u64, Ordering::Relaxed);
         self.report(true);
     }
 
     /// Handles one message; false when the worker must stop.
     fn take(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Record(record, bytes) => {
+            Msg::Record(record) => {
                 self.render(&record);
                 drop(record);
-                self.counters
-                    .queued_bytes
-                    .fetch_sub(bytes, Ordering::AcqRel);
+                if self.buf.len() >= MAX_BATCH_BYTES {
+                    self.write_batch();
+                }
             }
             Msg::SetAwsMeta(meta) => self.context.aws_meta = meta,
             Msg::Flush(ack) => {
-                self.acks.push(ack);
-                self.flush_requested = true;
+                self.write_batch();
+                let _ = ack.try_send(());
             }
-            Msg::Stop => return false,
+            Msg::Stop => {
+                self.write_batch();
+                return false;
+            }
         }
         true
     }
@@ -474,8 +643,8 @@ impl Worker {
                     self.buf.push(b'\n');
                 }
                 Err(e) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.reported_drops += 1;
+                    self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.limit_drops += 1;
                     self.diag
                         .log(format_args!("dropped a log line: {e} (LOG_LINE_LIMIT)"));
                 }
@@ -489,20 +658,23 @@ impl Worker {
         if self.buf.is_empty() {
             return;
         }
+        let counters = &self.shared.counters;
         match write_all(&mut self.out, &self.buf) {
             Ok(()) => {
                 let _ = self.out.flush();
-                self.counters
+                counters
                     .written
                     .fetch_add(self.batch_lines, Ordering::Relaxed);
             }
             Err(e) => {
-                self.counters
+                counters
                     .write_failures
                     .fetch_add(self.batch_lines, Ordering::Relaxed);
                 self.last_error = Some(e.to_string());
             }
         }
+        // The write returned: stdout is not stuck (a failed write frees room all the same).
+        self.shared.progressed();
         self.buf.clear();
         self.batch_lines = 0;
     }
@@ -512,23 +684,35 @@ impl Worker {
         if !last && now < self.next_report {
             return;
         }
-        let drops = self.counters.dropped.load(Ordering::Relaxed);
-        let failures = self.counters.write_failures.load(Ordering::Relaxed);
-        if drops > self.reported_drops {
+        let counters = &self.shared.counters;
+        let blocked = counters.blocked_drops.load(Ordering::Relaxed);
+        // Lines over the line limit are reported as they happen; the rest were emitted while
+        // the pipeline stopped.
+        let stopped = counters
+            .dropped
+            .load(Ordering::Relaxed)
+            .saturating_sub(blocked + self.limit_drops);
+        let failures = counters.write_failures.load(Ordering::Relaxed);
+        let (reported_stopped, reported_failures) = self.counters_reported;
+        self.shared.report_blocked(last);
+        let mut logged = false;
+        if stopped > reported_stopped {
             self.diag.log(format_args!(
-                "dropped {} telemetry records because the queue was full (total dropped: {drops})",
-                drops - self.reported_drops
+                "dropped {} log lines emitted while telemetry was stopping (total: {stopped})",
+                stopped - reported_stopped
             ));
-            self.reported_drops = drops;
-            self.next_report = now + self.interval;
+            logged = true;
         }
-        if failures > self.reported_failures {
+        if failures > reported_failures {
             self.diag.log(format_args!(
                 "failed to write {} log lines to stdout: {} (total failed: {failures})",
-                failures - self.reported_failures,
+                failures - reported_failures,
                 self.last_error.as_deref().unwrap_or("unknown error")
             ));
-            self.reported_failures = failures;
+            logged = true;
+        }
+        self.counters_reported = (stopped, failures);
+        if logged {
             self.next_report = now + self.interval;
         }
     }

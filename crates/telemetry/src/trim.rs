@@ -78,18 +78,20 @@ fn shorten_value(value: &str, is_string: bool, keep: usize) -> String {
     } else {
         // An object/array/number: its text becomes a string, escaped (each byte may grow up to
         // six times, so cut first by a sixth and then re-check).
-        let mut escaped = String::new();
+        let mut escaped = Vec::new();
         let mut budget = keep;
         loop {
             escaped.clear();
             let cut = floor_char_boundary(value, budget);
-            escape_into(&value[..cut], &mut escaped);
+            // The line's own escaping (Go's HTML-safe rules), so the trimmed text reads alike.
+            crate::json::write_str_body(&mut escaped, &value.as_bytes()[..cut]);
             if escaped.len() <= keep || budget == 0 {
                 break;
             }
             budget = budget.saturating_sub((escaped.len() - keep).max(1));
         }
-        out.push_str(&escaped);
+        // Escaping valid UTF-8 yields valid UTF-8: the lossy conversion never replaces anything.
+        out.push_str(&String::from_utf8_lossy(&escaped));
     }
     out.push_str(TRUNCATED_MARKER);
     out.push('"');
@@ -139,26 +141,6 @@ fn utf8_len(first: u8) -> usize {
         0xc0..=0xdf => 2,
         0xe0..=0xef => 3,
         _ => 4,
-    }
-}
-
-/// JSON string escaping in the Go style of the rest of the line (HTML-safe).
-fn escape_into(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
     }
 }
 

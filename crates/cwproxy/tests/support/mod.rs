@@ -304,6 +304,28 @@ impl Proxy {
         }
     }
 
+    /// Waits up to `within` for `n` traffic lines and returns all of them raw.
+    pub fn wait_traffic(&self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines: Vec<String> = self
+                .raw_lines()
+                .into_iter()
+                .filter(|l| l.contains("\"_t\":\"TRAFFIC\""))
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} traffic lines within {within:?}; stderr {}",
+                lines.len(),
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn traffic_lines(&self) -> Vec<serde_json::Value> {
         self.lines
             .lock()
