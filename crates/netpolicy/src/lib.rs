@@ -1,0 +1,9 @@
+//! Network policy that more than one waygate binary applies, written once so that the binaries
+//! cannot disagree: which peer addresses a network or allowlist covers ([`IpNet`],
+//! [`Allowlist`]).
+//!
+//! It depends on nothing of the workspace, so every crate can use it without a cycle.
+
+mod allow;
+
+pub use allow::{Allowlist, IpNet, IpNetError};
