@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use netpolicy::Backoff;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -766,9 +767,9 @@ impl<D: Dataplane> Engine<D> {
             t.failures_in_row = 0;
         }
         t.counters.failed_starts += 1;
-        let wait = BACKOFF_BASE
-            .saturating_mul(1u32 << t.failures_in_row.min(16))
-            .min(BACKOFF_MAX);
+        // Not jittered: one engine restarts its own targets, so there is no herd to spread, and
+        // the documented schedule is exact.
+        let wait = Backoff::new(BACKOFF_BASE, BACKOFF_MAX).delay(t.failures_in_row);
         t.failures_in_row = t.failures_in_row.saturating_add(1);
         t.backoff_until = Some(now + wait);
         self.log.warn(
