@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, Method, Uri};
+use telemetry::diag::Diag;
 use telemetry::{Capture, Exchange};
 
 use crate::body::SharedCapture;
-use crate::config::Logger;
 
 /// Status logged when the client went away before the response was complete (nginx's convention).
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -90,7 +90,7 @@ pub(crate) struct Finish {
     pub(crate) status: u16,
     pub(crate) response_headers: HeaderMap,
     pub(crate) sink: Arc<dyn ExchangeSink>,
-    pub(crate) logger: Logger,
+    pub(crate) logger: Diag,
 }
 
 impl Finish {
@@ -99,7 +99,7 @@ impl Finish {
             Outcome::Complete => self.status,
             Outcome::UpstreamBodyError(e) => {
                 self.logger
-                    .log(&format!("reverse proxy upstream error: {e}"));
+                    .log(format_args!("reverse proxy upstream error: {e}"));
                 502
             }
             Outcome::ClientGone => STATUS_CLIENT_CLOSED,

@@ -235,7 +235,7 @@ impl Proxy<Incoming> {
                 r = listener.accept() => match r {
                     Ok(pair) => pair,
                     Err(e) => {
-                        cfg.logger.log(&format!("http: Accept error: {e}; retrying in {ACCEPT_BACKOFF:?}"));
+                        cfg.logger.log(format_args!("http: Accept error: {e}; retrying in {ACCEPT_BACKOFF:?}"));
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
