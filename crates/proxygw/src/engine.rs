@@ -777,7 +777,7 @@ impl<D: Dataplane> Engine<D> {
             &[
                 ("target", &name),
                 ("failures_in_row", &t.failures_in_row),
-                ("backoff", &crate::syntax::format_go_duration(wait)),
+                ("backoff", &gosyntax::format_go_duration(wait)),
             ],
         );
     }
@@ -1128,7 +1128,7 @@ impl<D: Dataplane> Engine<D> {
                                 .backoff_until
                                 .and_then(|u| u.checked_duration_since(Instant::now()))
                                 .filter(|d| !d.is_zero())
-                                .map(crate::syntax::format_go_duration)
+                                .map(gosyntax::format_go_duration)
                                 .unwrap_or_default(),
                             ..t.counters.clone()
                         }),

@@ -16,4 +16,3 @@ pub mod instance;
 pub mod log;
 pub mod plugins;
 pub mod protocol;
-pub mod syntax;

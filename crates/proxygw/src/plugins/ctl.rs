@@ -47,7 +47,7 @@ pub fn settings(cfg: &Map<String, Value>) -> Result<(PathBuf, Codec), String> {
         Some(other) => other.to_string(),
     };
     let codec = Codec::by_name(&name)
-        .ok_or_else(|| format!("invalid codec: {}", crate::syntax::go_quote(&name)))?;
+        .ok_or_else(|| format!("invalid codec: {}", gosyntax::go_quote(&name)))?;
     Ok((PathBuf::from(socket), codec))
 }
 
