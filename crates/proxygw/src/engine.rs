@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, FrontendConfig, TargetConfig};
-use crate::dataplane::{Dataplane, Flow, FlowEvent, Mapping};
+use crate::dataplane::{
+    BoxFuture, Dataplane, Flow, FlowConsumer, FlowEvent, FlowSink, HealSink, Mapping,
+};
 use crate::log::Logger;
 use crate::plugins::{FrontendCtx, FrontendHandler, Registry, TargetCtx, TargetHandler};
 use crate::protocol::{EndpointInfo, FrontendStatus, StatusResponse, TargetStatus, WireProtocol};
@@ -276,16 +278,13 @@ impl EngineHandle {
 
     /// A sender of conntrack events into the engine.
     pub fn flow_sink(&self) -> FlowSink {
-        FlowSink {
-            tx: self.tx.clone(),
-        }
+        FlowSink::new(Arc::new(FlowEvents(self.tx.clone())))
     }
 
     /// A sender of heal requests (the nftables monitor).
     pub fn heal_sink(&self) -> HealSink {
-        HealSink {
-            tx: self.tx.clone(),
-        }
+        let tx = self.tx.clone();
+        HealSink::new(move || tx.blocking_send(Event::Heal).is_ok())
     }
 
     /// Shuts the engine down (frontends, then targets, then the dataplane) and waits until it is done.
@@ -297,34 +296,17 @@ impl EngineHandle {
     }
 }
 
-/// Feeds [`FlowEvent`]s into the engine.
-#[derive(Clone, Debug)]
-pub struct FlowSink {
-    tx: mpsc::Sender<Event>,
-}
+/// The engine's side of a [`FlowSink`]: events join the one event queue, so flows keep their
+/// order relative to everything else the engine hears.
+struct FlowEvents(mpsc::Sender<Event>);
 
-impl FlowSink {
-    /// Delivers one event; false once the engine is gone.
-    pub async fn send(&self, ev: FlowEvent) -> bool {
-        self.tx.send(Event::Flow(ev)).await.is_ok()
+impl FlowConsumer for FlowEvents {
+    fn send(&self, ev: FlowEvent) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.0.send(Event::Flow(ev)).await.is_ok() })
     }
 
-    /// Like [`FlowSink::send`], from a plain thread (the conntrack reader).
-    pub fn blocking_send(&self, ev: FlowEvent) -> bool {
-        self.tx.blocking_send(Event::Flow(ev)).is_ok()
-    }
-}
-
-/// Asks the engine to compare its dataplane with the kernel (see [`Dataplane::heal`]).
-#[derive(Clone, Debug)]
-pub struct HealSink {
-    tx: mpsc::Sender<Event>,
-}
-
-impl HealSink {
-    /// From a plain thread; false once the engine is gone.
-    pub fn blocking_send(&self) -> bool {
-        self.tx.blocking_send(Event::Heal).is_ok()
+    fn blocking_send(&self, ev: FlowEvent) -> bool {
+        self.0.blocking_send(Event::Flow(ev)).is_ok()
     }
 }
 
