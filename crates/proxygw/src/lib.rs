@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod engine;
+pub mod handle;
 pub mod instance;
 pub mod log;
 pub mod plugins;

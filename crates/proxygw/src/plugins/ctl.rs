@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Loaded, PluginDef};
-use crate::engine::{EngineHandle, Reply, Request};
+use crate::handle::{EngineHandle, Reply, Request};
 use crate::log::Logger;
 use crate::protocol::{
     method, write_packet, Codec, EmptyBody, ErrorBody, NameBody, PacketReader, ProtocolError,

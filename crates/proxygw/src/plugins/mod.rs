@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, ConfigError, Endpoint, NsRef, Protocol};
-use crate::engine::{EngineHandle, ExitNotifier, TargetState, Waker};
+use crate::handle::{EngineHandle, ExitNotifier, TargetState, Waker};
 use crate::log::Logger;
 
 #[cfg(feature = "plugin-aws")]

@@ -14,7 +14,7 @@ use super::{
     FrontendHandler, PluginDef, TargetCtx, TargetHandler, READY_POLL,
 };
 use crate::config::Protocol;
-use crate::engine::TargetState;
+use crate::handle::TargetState;
 use crate::log::Logger;
 use netpolicy::{Allowlist, IpNet};
 
@@ -146,7 +146,7 @@ impl Server {
 // ---------------------------------------------------------------- static:always
 
 struct Always {
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -204,7 +204,7 @@ struct HttpCore {
     content_type: &'static str,
     endpoint: String,
     allow: Option<Allowlist>,
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
     log: Logger,
 }
 
@@ -389,7 +389,7 @@ struct Tcp {
     backends: FrontendCtx,
     allow: Option<Allowlist>,
     hold: Duration,
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
     state: watch::Receiver<TargetState>,
     log: Logger,
     server: tokio::sync::Mutex<Server>,
@@ -425,7 +425,7 @@ async fn hold_and_splice(
     backend: SocketAddr,
     hold: Duration,
     mut state: watch::Receiver<TargetState>,
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
 ) -> Result<(), String> {
     let ready = tokio::time::timeout(hold, state.wait_for(|s| *s == TargetState::Active))
         .await
@@ -598,7 +598,7 @@ struct Cmd {
     ready_timeout: Duration,
     stop_timeout: Duration,
     log: Logger,
-    exited: crate::engine::ExitNotifier,
+    exited: crate::handle::ExitNotifier,
     running: tokio::sync::Mutex<Option<Running>>,
     /// Where the backend record goes ([`crate::instance::backends`]); `None` without an instance lock.
     run_dir: Option<std::path::PathBuf>,
@@ -964,10 +964,10 @@ mod tests {
 #[cfg(test)]
 mod ctor_tests {
     use super::*;
-    use crate::engine::TargetState;
+    use crate::handle::TargetState;
 
     fn ctx(protocol: Protocol) -> FrontendCtx {
-        let (h, _inbox) = crate::engine::channel();
+        let (h, _inbox) = crate::handle::channel();
         let _ = h;
         let (_tx, rx) = watch::channel(TargetState::Inactive);
         FrontendCtx {
@@ -978,7 +978,7 @@ mod ctor_tests {
             backend: "127.0.0.1:2".parse().unwrap(),
             dual_backend: None,
             log: Logger::discard(),
-            waker: crate::engine::test_waker(),
+            waker: crate::handle::test_waker(),
             target_state: rx,
         }
     }
