@@ -18,6 +18,7 @@
 
 mod body;
 mod config;
+mod conn;
 mod exchange;
 mod headers;
 mod proxy;

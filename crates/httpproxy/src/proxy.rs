@@ -20,9 +20,9 @@ use telemetry::Capture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{BoxError, ProxyBody, SharedCapture, TeeBody, UpstreamBody};
+use crate::body::{BoxError, ProxyBody, TeeBody, UpstreamBody};
 use crate::config::{ConfigError, ProxyConfig};
-use crate::exchange::{Draft, ExchangeSink, Finish, STATUS_CLIENT_CLOSED};
+use crate::exchange::{Draft, ExchangeSink, Finish, SharedCapture, STATUS_CLIENT_CLOSED};
 use crate::headers;
 use crate::retry::RetryPolicy;
 
