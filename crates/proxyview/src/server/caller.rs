@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
-    bearer_token, logged_headers, peer_allowed_opt, presented_token, Credentials, LogCtx, Server,
+    bearer_token, logged_headers, presented_token, trusted_proxy, Credentials, LogCtx, Server,
     LEGACY_404_BODY,
 };
 use crate::access_log::CAPTURE_LIMIT;
@@ -407,7 +407,7 @@ impl Server {
             None
         };
         // The caller's fields minus what must not reach the agent, then the tunnel metadata.
-        let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
+        let drop_forwarded = !trusted_proxy(self.cfg.trusted_proxies.as_ref(), peer.ip());
         let named = framing.fields.named(pairs(fields));
         let keep = |n: &[u8]| {
             let dropped = n.eq_ignore_ascii_case(b"host")
