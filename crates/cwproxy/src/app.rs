@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use httpproxy::{Logger, ProxyConfig, Upstream};
+use httpproxy::{ProxyConfig, Upstream};
 #[cfg(unix)]
 use process::{
     Child, DetectError, DetectOptions, ExitStatus, ForwardEvent, SignalForwarder, SpawnOptions,
@@ -338,7 +338,7 @@ async fn serve(
     let mut proxy = ProxyConfig::new(upstream);
     proxy.capture_limit = config.capture_limit;
     proxy.retry = config.retry.clone();
-    proxy.logger = Logger::from_fn(|msg| DIAG.log(msg));
+    proxy.logger = DIAG;
     let result = httpproxy::serve(listener, proxy, sink, shutdown).await;
     Ok((
         Running {

@@ -1,7 +1,14 @@
 //! Go text syntaxes shared by the waygate binaries, so configuration errors read exactly as the Go
-//! originals' did: `time.ParseDuration`, `strconv.Atoi`/`ParseBool`/`ParseFloat` errors, `%q`.
+//! originals' did: `time.ParseDuration`, `strconv.Atoi`/`ParseBool`/`ParseFloat` errors, `%q`,
+//! `netip.ParseAddrPort` and slog level names.
 
 use std::time::Duration;
+
+mod netip;
+mod slog;
+
+pub use netip::{parse_addr_port, AddrPort};
+pub use slog::parse_slog_level;
 
 /// Quotes `s` like Go's `strconv.Quote` (`%q`), so error texts match the original byte for byte.
 pub fn go_quote(s: &str) -> String {

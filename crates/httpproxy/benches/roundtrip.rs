@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use httpproxy::{Logger, Peer, Proxy, ProxyConfig, Upstream};
+use httpproxy::{Peer, Proxy, ProxyConfig, Upstream};
 
 struct Counting;
 
@@ -173,7 +173,7 @@ fn best(mut rounds: Vec<Figures>) -> Figures {
 fn config(up: SocketAddr) -> ProxyConfig {
     let mut cfg = ProxyConfig::new(Upstream::Addr(up));
     cfg.capture_limit = 4096;
-    cfg.logger = Logger::discard();
+    cfg.logger = telemetry::diag::Diag::with_target("cwproxy", Arc::new(|_: &str| {}));
     cfg
 }
 

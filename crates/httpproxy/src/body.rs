@@ -3,7 +3,6 @@
 //! into the response capture, reporting the exchange exactly once when it ends or is dropped).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,20 +10,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use telemetry::Capture;
 
-use crate::exchange::{Finish, Outcome};
-use crate::server::InFlight;
+use crate::conn::InFlight;
+use crate::exchange::{push_capture, Finish, Outcome, SharedCapture};
 
 /// Boxed error type of the bodies handled here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The request capture, shared between the upstream-bound body and the exchange record.
-pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
-
-pub(crate) fn push_capture(capture: &SharedCapture, chunk: &[u8]) {
-    // A poisoned lock only means another capture writer panicked; the bytes are still plain data.
-    let mut guard = capture.lock().unwrap_or_else(|e| e.into_inner());
-    guard.push(chunk);
-}
 
 /// An inbound body whose data frames are copied into the request capture.
 pub(crate) struct TeeBody<B> {

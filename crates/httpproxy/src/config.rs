@@ -2,10 +2,10 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
+use telemetry::diag::Diag;
 
 use crate::retry::RetryPolicy;
 
@@ -33,8 +33,8 @@ pub const UPSTREAM_POOL_MAX_IDLE: usize = 256;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bytes kept per captured body (`CAPTURE_BODY_LIMIT`).
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
-/// Default prefix of diagnostic lines, placed after the timestamp as Go's `log.Lmsgprefix` does.
-pub const LOG_PREFIX: &str = "cwproxy: ";
+/// Default name in diagnostic lines (`<time> cwproxy: <message>`, Go's `log` format).
+pub const LOG_PREFIX: &str = "cwproxy";
 
 /// Where requests are forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,47 +94,6 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
-/// Diagnostic output: one call per message, without a trailing newline.
-#[derive(Clone)]
-pub struct Logger(Arc<dyn Fn(&str) + Send + Sync>);
-
-impl Logger {
-    /// Writes `YYYY/MM/DD HH:MM:SS <prefix><msg>` lines (local time) to stderr, like Go's `log.Logger`.
-    pub fn stderr(prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
-        Logger(Arc::new(move |msg: &str| {
-            eprintln!("{} {prefix}{msg}", telemetry::diag::local_timestamp());
-        }))
-    }
-
-    /// Sends every message to `f`.
-    pub fn from_fn(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        Logger(Arc::new(f))
-    }
-
-    /// Discards every message.
-    pub fn discard() -> Self {
-        Logger(Arc::new(|_: &str| {}))
-    }
-
-    /// Emits one diagnostic message.
-    pub fn log(&self, msg: &str) {
-        (self.0)(msg)
-    }
-}
-
-impl Default for Logger {
-    fn default() -> Self {
-        Logger::stderr(LOG_PREFIX)
-    }
-}
-
-impl fmt::Debug for Logger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Logger")
-    }
-}
-
 /// Everything the proxy needs; [`ProxyConfig::new`] fills in the Go cwproxy defaults.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -167,7 +126,7 @@ pub struct ProxyConfig {
     /// See [`DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
     /// Where diagnostics such as `reverse proxy upstream error: ...` go.
-    pub logger: Logger,
+    pub logger: Diag,
 }
 
 impl ProxyConfig {
@@ -188,7 +147,7 @@ impl ProxyConfig {
             pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
             pool_max_idle: UPSTREAM_POOL_MAX_IDLE,
             drain_timeout: DRAIN_TIMEOUT,
-            logger: Logger::default(),
+            logger: Diag::new(LOG_PREFIX),
         }
     }
 

@@ -1,14 +1,21 @@
 //! The hand-off to telemetry: one [`telemetry::Exchange`] per exchange, built when the response
 //! ends, fails, or the client goes away, and passed to the caller's [`ExchangeSink`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, Method, Uri};
+use telemetry::diag::Diag;
 use telemetry::{Capture, Exchange};
 
-use crate::body::SharedCapture;
-use crate::config::Logger;
+/// The request capture, shared between the upstream-bound body and the exchange record.
+pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
+
+pub(crate) fn push_capture(capture: &SharedCapture, chunk: &[u8]) {
+    // A poisoned lock only means another capture writer panicked; the bytes are still plain data.
+    let mut guard = capture.lock().unwrap_or_else(|e| e.into_inner());
+    guard.push(chunk);
+}
 
 /// Status logged when the client went away before the response was complete (nginx's convention).
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -90,7 +97,7 @@ pub(crate) struct Finish {
     pub(crate) status: u16,
     pub(crate) response_headers: HeaderMap,
     pub(crate) sink: Arc<dyn ExchangeSink>,
-    pub(crate) logger: Logger,
+    pub(crate) logger: Diag,
 }
 
 impl Finish {
@@ -99,7 +106,7 @@ impl Finish {
             Outcome::Complete => self.status,
             Outcome::UpstreamBodyError(e) => {
                 self.logger
-                    .log(&format!("reverse proxy upstream error: {e}"));
+                    .log(format_args!("reverse proxy upstream error: {e}"));
                 502
             }
             Outcome::ClientGone => STATUS_CLIENT_CLOSED,

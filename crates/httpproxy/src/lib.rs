@@ -18,6 +18,7 @@
 
 mod body;
 mod config;
+mod conn;
 mod exchange;
 mod headers;
 mod proxy;
@@ -26,7 +27,7 @@ mod server;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::{
-    ConfigError, Logger, ProxyConfig, Upstream, CAPTURE_LIMIT, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT,
+    ConfigError, ProxyConfig, Upstream, CAPTURE_LIMIT, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT,
     IDLE_TIMEOUT, LOG_PREFIX, MAX_CONNECTIONS, MAX_HEADERS, MAX_HEADER_BYTES,
     UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_POOL_IDLE_TIMEOUT, UPSTREAM_POOL_MAX_IDLE,
     UPSTREAM_RESPONSE_HEADER_TIMEOUT, UPSTREAM_TCP_KEEPALIVE,

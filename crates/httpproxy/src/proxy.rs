@@ -15,13 +15,14 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use telemetry::diag::Diag;
 use telemetry::Capture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{BoxError, ProxyBody, SharedCapture, TeeBody, UpstreamBody};
-use crate::config::{ConfigError, Logger, ProxyConfig};
-use crate::exchange::{Draft, ExchangeSink, Finish, STATUS_CLIENT_CLOSED};
+use crate::body::{BoxError, ProxyBody, TeeBody, UpstreamBody};
+use crate::config::{ConfigError, ProxyConfig};
+use crate::exchange::{Draft, ExchangeSink, Finish, SharedCapture, STATUS_CLIENT_CLOSED};
 use crate::headers;
 use crate::retry::RetryPolicy;
 
@@ -260,7 +261,7 @@ where
                 self.shared
                     .config
                     .logger
-                    .log(&format!("reverse proxy panic recovered: {msg}"));
+                    .log(format_args!("reverse proxy panic recovered: {msg}"));
                 self.local(
                     &mut pending.draft,
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -271,7 +272,7 @@ where
         }
     }
 
-    fn logger(&self) -> &Logger {
+    fn logger(&self) -> &Diag {
         &self.shared.config.logger
     }
 
@@ -309,7 +310,7 @@ where
 
     fn bad_gateway(&self, slot: &mut Option<Draft>, err: &str) -> Response<ProxyBody> {
         self.logger()
-            .log(&format!("reverse proxy upstream error: {err}"));
+            .log(format_args!("reverse proxy upstream error: {err}"));
         self.local(slot, StatusCode::BAD_GATEWAY, BAD_GATEWAY_BODY, false)
     }
 
@@ -645,7 +646,7 @@ where
                     sink.exchange(draft.into_exchange(STATUS_CLIENT_CLOSED, headers, None, 0))
                 }
                 (Ok(_), Err(e)) => {
-                    logger.log(&format!(
+                    logger.log(format_args!(
                         "reverse proxy upstream error: {}",
                         error_chain(&e)
                     ));
@@ -709,7 +710,15 @@ mod tests {
         let mut cfg = ProxyConfig::new(Upstream::Addr(up));
         cfg.retry = RetryPolicy::disabled();
         let l2 = logs.clone();
-        cfg.logger = Logger::from_fn(move |m| l2.lock().unwrap().push(m.to_owned()));
+        cfg.logger = Diag::with_target(
+            crate::LOG_PREFIX,
+            Arc::new(move |line: &str| {
+                let msg = line.split_once(": ").map_or(line, |(_, m)| m);
+                l2.lock()
+                    .unwrap()
+                    .push(msg.trim_end_matches('\n').to_owned());
+            }),
+        );
         let s2 = seen.clone();
         let proxy =
             Proxy::new(cfg, Arc::new(move |e: Exchange| s2.lock().unwrap().push(e))).unwrap();

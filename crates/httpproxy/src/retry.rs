@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use http::Method;
+use netpolicy::Backoff;
 
 /// Total attempts including the first (`BACKEND_RETRY_MAX_ATTEMPTS`).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
@@ -223,16 +224,9 @@ impl RetryPolicy {
 
     /// Delay after attempt `attempt` (1-based): `min(initial × multiplier^(attempt−1), max)`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        if self.initial_backoff.is_zero() {
-            return Duration::ZERO;
-        }
-        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
-        let max = self.max_backoff.as_secs_f64();
-        if !secs.is_finite() || secs >= max {
-            return self.max_backoff;
-        }
-        Duration::from_secs_f64(secs)
+        Backoff::new(self.initial_backoff, self.max_backoff)
+            .multiplier(self.multiplier)
+            .delay(attempt.saturating_sub(1))
     }
 
     /// Whether requests with `method` may be retried (never `CONNECT`).

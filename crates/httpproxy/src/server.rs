@@ -5,10 +5,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -17,11 +17,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigError;
+use crate::conn::{ConnState, InFlight};
 use crate::exchange::ExchangeSink;
 use crate::proxy::{Peer, Proxy};
 use crate::ProxyConfig;
@@ -57,92 +58,6 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let proxy = Proxy::new(config, sink)?;
     proxy.serve(listener, shutdown).await
-}
-
-/// Timing state of one client connection, shared by its IO wrapper, its requests and its watchdog.
-pub(crate) struct ConnState {
-    base: Instant,
-    in_flight: AtomicUsize,
-    /// Nanoseconds after `base` when the connection last became idle.
-    idle_since: AtomicU64,
-    /// Nanoseconds after `base` when the first byte of the next request head arrived; 0 = none yet.
-    head_start: AtomicU64,
-    notify: Notify,
-}
-
-impl ConnState {
-    fn new() -> Self {
-        ConnState {
-            base: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-            // Go applies the header timeout from accept to the first request.
-            head_start: AtomicU64::new(1),
-            notify: Notify::new(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    fn on_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_start.load(Ordering::Acquire) == 0
-        {
-            self.head_start.store(self.now(), Ordering::Release);
-            self.notify.notify_one();
-        }
-    }
-
-    /// Resolves when the connection has been idle or stuck in a request head for too long.
-    async fn expired(&self, header_timeout: Duration, idle_timeout: Duration) {
-        loop {
-            let notified = self.notify.notified();
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                notified.await;
-                continue;
-            }
-            let head = self.head_start.load(Ordering::Acquire);
-            let deadline = if head != 0 {
-                self.base + Duration::from_nanos(head) + header_timeout
-            } else {
-                self.base
-                    + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
-                    + idle_timeout
-            };
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = notified => {}
-            }
-        }
-    }
-}
-
-/// Marks a request as in flight on its connection until dropped (with the response body).
-pub(crate) struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    fn enter(state: &Arc<ConnState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(state))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let s = &self.0;
-        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            s.head_start.store(0, Ordering::Release);
-            s.idle_since.store(s.now(), Ordering::Release);
-            s.notify.notify_one();
-        }
-    }
 }
 
 /// A client socket that notes when the first byte of a request head arrives.
@@ -235,7 +150,7 @@ impl Proxy<Incoming> {
                 r = listener.accept() => match r {
                     Ok(pair) => pair,
                     Err(e) => {
-                        cfg.logger.log(&format!("http: Accept error: {e}; retrying in {ACCEPT_BACKOFF:?}"));
+                        cfg.logger.log(format_args!("http: Accept error: {e}; retrying in {ACCEPT_BACKOFF:?}"));
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }

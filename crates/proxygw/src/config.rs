@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::syntax::{self, go_quote, AddrPort};
+use gosyntax::{go_quote, AddrPort};
 
 /// The only supported config version.
 pub const VERSION_V1: &str = "v1";
@@ -179,7 +179,7 @@ impl WakeRate {
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| format!("{}: N must be a whole number ≥ 1", go_quote(text)))?;
-        let ns = crate::syntax::parse_go_duration(d.trim())?;
+        let ns = gosyntax::parse_go_duration(d.trim())?;
         if ns < 1_000_000_000 {
             return Err(format!(
                 "{}: the window must be at least 1s",
@@ -469,7 +469,7 @@ fn ttl(text: &str) -> Result<i64, String> {
     if text.is_empty() {
         return Ok(0);
     }
-    let ns = syntax::parse_go_duration(text)?;
+    let ns = gosyntax::parse_go_duration(text)?;
     if !(0..=i64::from(u32::MAX) * 1_000_000_000).contains(&ns) {
         return Err(format!("invalid TTL {}", go_quote(text)));
     }
@@ -480,7 +480,7 @@ fn addr_port(text: &str) -> Result<Option<AddrPort>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    syntax::parse_addr_port(text).map(Some)
+    gosyntax::parse_addr_port(text).map(Some)
 }
 
 fn protocol(text: &str) -> Result<Option<Protocol>, String> {
@@ -502,7 +502,7 @@ fn decode(doc: &Value) -> Result<RawConfig, ConfigError> {
         raw.log_output = text(log.get("output"), "log.output")?;
         let level = text(log.get("level"), "log.level")?;
         if !level.is_empty() {
-            raw.log_level = with_path(syntax::parse_slog_level(&level), "log.level")?;
+            raw.log_level = with_path(gosyntax::parse_slog_level(&level), "log.level")?;
         }
     }
     if let Some(p) = mapping(doc.get("plugins"), "plugins")? {

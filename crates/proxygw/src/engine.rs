@@ -9,18 +9,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use netpolicy::Backoff;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, FrontendConfig, TargetConfig};
 use crate::dataplane::{Dataplane, Flow, FlowEvent, Mapping};
+pub use crate::handle::{
+    channel, EngineHandle, EngineInbox, ExitNotifier, FrontendState, Reloader, Reply, Request,
+    TargetState, Waker, WarmOrigin, EVENT_QUEUE,
+};
+use crate::handle::{Event, Op};
 use crate::log::Logger;
 use crate::plugins::{FrontendCtx, FrontendHandler, Registry, TargetCtx, TargetHandler};
 use crate::protocol::{EndpointInfo, FrontendStatus, StatusResponse, TargetStatus, WireProtocol};
 
-/// Events queued before the engine applies back-pressure to ctl and handler results.
-pub const EVENT_QUEUE: usize = 4096;
 /// How long shutdown waits for one handler's close before moving on.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First wait after a failed start; doubled after each further failure, up to [`BACKOFF_MAX`].
@@ -30,302 +34,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Retry interval after a failed DNAT disable.
 pub const DISABLE_RETRY: Duration = Duration::from_secs(5);
 
-/// Target lifecycle (spec §5.2); the numbers are the original's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetState {
-    /// 1: cold, DNAT off.
-    Inactive = 1,
-    /// 2: warm, DNAT on.
-    Active = 2,
-    /// 3: handler warming, DNAT off.
-    Warming = 3,
-    /// 4: DNAT off, handler draining.
-    Draining = 4,
-    /// 6: shut down.
-    Closed = 6,
-}
-
-impl TargetState {
-    /// The status string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inactive => "inactive",
-            Self::Active => "active",
-            Self::Warming => "warming",
-            Self::Draining => "draining",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-/// Frontend lifecycle (spec §5.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrontendState {
-    /// 1.
-    Stopped = 1,
-    /// 2.
-    Starting = 2,
-    /// 3.
-    Running = 3,
-    /// 4.
-    Stopping = 4,
-    /// 5.
-    Closed = 5,
-}
-
-impl FrontendState {
-    /// The status string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stopped => "stopped",
-            Self::Starting => "starting",
-            Self::Running => "running",
-            Self::Stopping => "stopping",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-/// Who asked for a warm.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WarmOrigin {
-    /// A frontend, with the client's address when the kind knows it.
-    Frontend {
-        /// Frontend name.
-        name: String,
-        /// Client address.
-        source: Option<SocketAddr>,
-    },
-    /// `proxygwctl warm`.
-    Ctl,
-    /// Rebuilt after a restart from live conntrack flows.
-    Restart,
-    /// A wake held back by a failed start's backoff, now due.
-    Backoff,
-}
-
-impl std::fmt::Display for WarmOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Frontend {
-                name,
-                source: Some(s),
-            } => write!(f, "frontend {name} from {s}"),
-            Self::Frontend { name, source: None } => write!(f, "frontend {name}"),
-            Self::Ctl => f.write_str("ctl"),
-            Self::Restart => f.write_str("restart"),
-            Self::Backoff => f.write_str("backoff ended"),
-        }
-    }
-}
-
-/// A control request (the served ctl methods).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// Status snapshot.
-    Status,
-    /// Warm a target.
-    Warm(String),
-    /// Drain a target now.
-    Drain(String),
-    /// Start a frontend.
-    Start(String),
-    /// Stop a frontend.
-    Stop(String),
-    /// Re-read the config and apply what changed (targets and frontends; plugins and log need a restart).
-    Reload,
-}
-
-/// Loads and checks the config again for [`Request::Reload`] (the daemon reads its `--config` file).
-pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
-
 type TargetKinds = BTreeMap<String, (crate::plugins::TargetCtor, usize)>;
 type FrontendKinds = BTreeMap<String, (crate::plugins::FrontendCtor, usize)>;
-
-/// Reply to a [`Request`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// Status.
-    Status(StatusResponse),
-    /// Accepted.
-    Done,
-}
-
-enum Op {
-    Warm,
-    Drain,
-    Start,
-    Stop,
-}
-
-enum Event {
-    Wake {
-        target: String,
-        origin: WarmOrigin,
-    },
-    Exited {
-        target: String,
-        reason: String,
-    },
-    /// A frontend refused a client's wake (not in `wake_allow`).
-    Refused {
-        target: String,
-    },
-    Done {
-        name: String,
-        epoch: u64,
-        op: Op,
-        result: Result<(), String>,
-    },
-    Flow(FlowEvent),
-    /// Compare the dataplane with the kernel and re-apply what is missing.
-    Heal,
-    Ctl(Request, oneshot::Sender<Result<Reply, String>>),
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// Sends warm signals for one target; cheap to clone. A full queue drops the signal: the engine is already
-/// flooded with warm signals, which coalesce anyway.
-#[derive(Clone, Debug)]
-pub struct Waker {
-    tx: mpsc::Sender<Event>,
-    target: String,
-    frontend: String,
-}
-
-impl std::fmt::Debug for Event {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Event")
-    }
-}
-
-impl Waker {
-    /// Counts a wake the frontend refused because the client is not in its `wake_allow` (it logs the source).
-    pub fn refused(&self) {
-        let _ = self.tx.try_send(Event::Refused {
-            target: self.target.clone(),
-        });
-    }
-
-    /// Signals warm; `source` is the client address, logged with the wake.
-    pub fn wake(&self, source: Option<SocketAddr>) {
-        let _ = self.tx.try_send(Event::Wake {
-            target: self.target.clone(),
-            origin: WarmOrigin::Frontend {
-                name: self.frontend.clone(),
-                source,
-            },
-        });
-    }
-}
-
-/// A waker whose engine is gone (constructor tests).
-#[cfg(test)]
-pub(crate) fn test_waker() -> Waker {
-    let (tx, _) = mpsc::channel(1);
-    Waker {
-        tx,
-        target: "t".into(),
-        frontend: "f".into(),
-    }
-}
-
-/// Tells the engine a target's backend stopped by itself (e.g. the static:cmd child exited).
-#[derive(Clone, Debug)]
-pub struct ExitNotifier {
-    tx: mpsc::Sender<Event>,
-    target: String,
-}
-
-impl ExitNotifier {
-    /// Reports the exit.
-    pub fn exited(&self, reason: String) {
-        let tx = self.tx.clone();
-        let target = self.target.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(Event::Exited { target, reason }).await;
-        });
-    }
-}
-
-/// The handle ctl and the daemon use; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct EngineHandle {
-    tx: mpsc::Sender<Event>,
-}
-
-impl EngineHandle {
-    /// Sends a request and waits for the reply; `closed` once the engine has shut down.
-    pub async fn request(&self, req: Request) -> Result<Reply, String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Event::Ctl(req, tx))
-            .await
-            .map_err(|_| "closed".to_string())?;
-        rx.await.map_err(|_| "closed".to_string())?
-    }
-
-    /// Status snapshot.
-    pub async fn status(&self) -> Result<StatusResponse, String> {
-        match self.request(Request::Status).await? {
-            Reply::Status(s) => Ok(s),
-            Reply::Done => Err("unexpected reply".into()),
-        }
-    }
-
-    /// A sender of conntrack events into the engine.
-    pub fn flow_sink(&self) -> FlowSink {
-        FlowSink {
-            tx: self.tx.clone(),
-        }
-    }
-
-    /// A sender of heal requests (the nftables monitor).
-    pub fn heal_sink(&self) -> HealSink {
-        HealSink {
-            tx: self.tx.clone(),
-        }
-    }
-
-    /// Shuts the engine down (frontends, then targets, then the dataplane) and waits until it is done.
-    pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Event::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-/// Feeds [`FlowEvent`]s into the engine.
-#[derive(Clone, Debug)]
-pub struct FlowSink {
-    tx: mpsc::Sender<Event>,
-}
-
-impl FlowSink {
-    /// Delivers one event; false once the engine is gone.
-    pub async fn send(&self, ev: FlowEvent) -> bool {
-        self.tx.send(Event::Flow(ev)).await.is_ok()
-    }
-
-    /// Like [`FlowSink::send`], from a plain thread (the conntrack reader).
-    pub fn blocking_send(&self, ev: FlowEvent) -> bool {
-        self.tx.blocking_send(Event::Flow(ev)).is_ok()
-    }
-}
-
-/// Asks the engine to compare its dataplane with the kernel (see [`Dataplane::heal`]).
-#[derive(Clone, Debug)]
-pub struct HealSink {
-    tx: mpsc::Sender<Event>,
-}
-
-impl HealSink {
-    /// From a plain thread; false once the engine is gone.
-    pub fn blocking_send(&self) -> bool {
-        self.tx.blocking_send(Event::Heal).is_ok()
-    }
-}
 
 struct Target {
     cfg: TargetConfig,
@@ -384,18 +94,6 @@ pub struct Engine<D: Dataplane> {
     reloader: Option<Reloader>,
     /// `plugins:` as read at start: a reload re-reads targets and frontends, not plugin settings.
     plugin_blocks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-}
-
-/// Creates the event channel and the handle before the engine exists, so plugins can load first (OnLoad).
-pub fn channel() -> (EngineHandle, EngineInbox) {
-    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    (EngineHandle { tx: tx.clone() }, EngineInbox { tx, rx })
-}
-
-/// The receiving half made by [`channel`].
-pub struct EngineInbox {
-    tx: mpsc::Sender<Event>,
-    rx: mpsc::Receiver<Event>,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -766,9 +464,9 @@ impl<D: Dataplane> Engine<D> {
             t.failures_in_row = 0;
         }
         t.counters.failed_starts += 1;
-        let wait = BACKOFF_BASE
-            .saturating_mul(1u32 << t.failures_in_row.min(16))
-            .min(BACKOFF_MAX);
+        // Not jittered: one engine restarts its own targets, so there is no herd to spread, and
+        // the documented schedule is exact.
+        let wait = Backoff::new(BACKOFF_BASE, BACKOFF_MAX).delay(t.failures_in_row);
         t.failures_in_row = t.failures_in_row.saturating_add(1);
         t.backoff_until = Some(now + wait);
         self.log.warn(
@@ -776,7 +474,7 @@ impl<D: Dataplane> Engine<D> {
             &[
                 ("target", &name),
                 ("failures_in_row", &t.failures_in_row),
-                ("backoff", &crate::syntax::format_go_duration(wait)),
+                ("backoff", &gosyntax::format_go_duration(wait)),
             ],
         );
     }
@@ -1127,7 +825,7 @@ impl<D: Dataplane> Engine<D> {
                                 .backoff_until
                                 .and_then(|u| u.checked_duration_since(Instant::now()))
                                 .filter(|d| !d.is_zero())
-                                .map(crate::syntax::format_go_duration)
+                                .map(gosyntax::format_go_duration)
                                 .unwrap_or_default(),
                             ..t.counters.clone()
                         }),

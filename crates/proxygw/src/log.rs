@@ -136,7 +136,7 @@ fn value(s: &str) -> String {
         || s.chars()
             .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control())
     {
-        crate::syntax::go_quote(s)
+        gosyntax::go_quote(s)
     } else {
         s.to_string()
     }

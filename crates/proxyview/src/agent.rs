@@ -11,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Response, StatusCode};
 use http_body::Body as _;
+use netpolicy::{Backoff, Jitter};
 use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -123,12 +124,9 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
 /// Delay before reconnect attempt `n`: base·2ⁿ capped, then a random point in its upper half, so
 /// agents cut off together do not come back in lock-step.
 pub fn backoff(n: u32) -> Duration {
-    let cap = protocol::RECONNECT_MAX.as_millis() as u64;
-    let exp = (protocol::RECONNECT_BASE.as_millis() as u64)
-        .saturating_mul(1u64 << n.min(20))
-        .min(cap);
-    let jittered = rand::rng().random_range(exp / 2..=exp);
-    Duration::from_millis(jittered)
+    Backoff::new(protocol::RECONNECT_BASE, protocol::RECONNECT_MAX)
+        .jitter(Jitter::UpperHalf)
+        .delay(n)
 }
 
 impl Agent {

@@ -121,94 +121,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// An IP network (`10.0.0.0/8`, `2001:db8::/32`) or a single address (a full-length prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub use netpolicy::{Allowlist, IpNet};
 
-impl IpNet {
-    /// Parses `ip` or `ip/prefix`; IPv4-mapped IPv6 addresses are treated as IPv4.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| {
-            format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.1, 10.0.0.0/8, ::1, fd00::/8)")
-        })?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => {
-                let n: u8 = p
-                    .parse()
-                    .map_err(|_| format!("{s:?}: prefix {p:?} is not a number"))?;
-                // An IPv4-mapped network such as ::ffff:10.0.0.0/104 becomes 10.0.0.0/8.
-                let n = if ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()) && addr.is_ipv4() {
-                    n.checked_sub(96).ok_or_else(|| {
-                        format!("{s:?}: prefix too short for an IPv4-mapped network")
-                    })?
-                } else {
-                    n
-                };
-                if n > max {
-                    return Err(format!("{s:?}: prefix /{n} is longer than {max} bits"));
-                }
-                n
-            }
-        };
-        Ok(Self { addr, prefix })
+/// Parses an allowlist field, naming the offending entry on error; an empty list is an error
+/// because Proxyview silently rejected everybody on `[]`, which nobody ever meant.
+pub fn parse_allowlist(field: &str, entries: &[String]) -> Result<Allowlist, ConfigError> {
+    if entries.is_empty() {
+        return Err(invalid(
+            field,
+            "empty list would reject every caller; list at least one IP/CIDR, or remove the field to allow everyone",
+        ));
     }
-
-    /// True when `ip` lies inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+    let mut nets = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        nets.push(IpNet::parse(e).map_err(|m| invalid(format!("{field}[{i}]"), m.to_string()))?);
     }
-}
-
-/// A non-empty list of allowed peer networks; `None` in the config means everyone is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allowlist(Vec<IpNet>);
-
-impl Allowlist {
-    /// Parses a list, naming the offending entry on error; an empty list is an error because
-    /// Proxyview silently rejected everybody on `[]`, which nobody ever meant.
-    pub fn parse(field: &str, entries: &[String]) -> Result<Self, ConfigError> {
-        if entries.is_empty() {
-            return Err(invalid(
-                field,
-                "empty list would reject every caller; list at least one IP/CIDR, or remove the field to allow everyone",
-            ));
-        }
-        let mut nets = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            nets.push(IpNet::parse(e).map_err(|m| invalid(format!("{field}[{i}]"), m))?);
-        }
-        Ok(Self(nets))
-    }
-
-    /// True when `ip` is inside any listed network.
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|n| n.contains(ip))
-    }
+    Ok(Allowlist::new(nets))
 }
 
 /// Checks a peer against an optional allowlist (`None` = no restriction).
@@ -682,7 +610,7 @@ impl ServerConfig {
         };
         let opt_list =
             |field: &str, l: &Option<Vec<String>>| -> Result<Option<Allowlist>, ConfigError> {
-                l.as_deref().map(|l| Allowlist::parse(field, l)).transpose()
+                l.as_deref().map(|l| parse_allowlist(field, l)).transpose()
             };
         let mut agents = Vec::new();
         for (i, a) in raw.agents.unwrap_or_default().into_iter().enumerate() {
@@ -1197,7 +1125,7 @@ mod tests {
 
     #[test]
     fn cidr_v4_v6_and_mapped() {
-        let l = Allowlist::parse(
+        let l = parse_allowlist(
             "x",
             &["10.1.0.0/16".into(), "fd00::/8".into(), "192.0.2.7".into()],
         )
@@ -1209,9 +1137,9 @@ mod tests {
         assert!(l.allows("::ffff:10.1.2.3".parse().unwrap()));
         assert!(l.allows("192.0.2.7".parse().unwrap()));
         assert!(!l.allows("192.0.2.8".parse().unwrap()));
-        let all = Allowlist::parse("x", &["0.0.0.0/0".into(), "::/0".into()]).unwrap();
+        let all = parse_allowlist("x", &["0.0.0.0/0".into(), "::/0".into()]).unwrap();
         assert!(all.allows("1.2.3.4".parse().unwrap()) && all.allows("::1".parse().unwrap()));
-        let mapped = Allowlist::parse("x", &["::ffff:10.0.0.0/104".into()]).unwrap();
+        let mapped = parse_allowlist("x", &["::ffff:10.0.0.0/104".into()]).unwrap();
         assert!(mapped.allows("10.9.9.9".parse().unwrap()));
     }
 

@@ -3,31 +3,10 @@
 //!
 //! # Why an own frame protocol and not HTTP/2 or yamux
 //!
-//! The first version ran HTTP/2 (hyper + h2) over the WebSocket byte stream. It worked, but
-//! the tunnel's job per request is small — carry one head each way and maybe some body bytes —
-//! and HTTP/2 made it expensive: HPACK encoding and decoding of every head, h2's locked stream
-//! store, and hyper spawning a task per stream on both ends. Measured with callgrind over 2000
-//! keep-alive GETs through server + agent (release build, one thread each):
-//!
-//! | tunnel | server instr/request | agent instr/request |
-//! |---|---|---|
-//! | HTTP/2 (hyper + h2) | 54,100 | 57,200 |
-//! | these frames | 32,500 | 45,400 |
-//! | these frames + the agent's own backend pool (hyper's connection, own pool) | 32,200 | 37,800 |
-//! | … + one shared allocation per stream instead of channel + semaphore | 30,700 | 36,500 |
-//! | … + the agent's own HTTP/1.1 to backends, no hyper client ([`crate::backend`]) | 30,600 | 19,500 |
-//! | … + the server's head encoded from the caller's map, cheaper Host and stream-map hashing | 24,500 | 19,000 |
-//! | … + the agent's per-stream task boxed before spawning (no multi-KiB moves) | 24,200 | 17,700 |
-//! | … + the server's own HTTP/1.1 on the callers' port ([`crate::server`]'s `caller`) | 17,300 | 17,600 |
-//! | … + a cancel flag per stream instead of a child `CancellationToken` | 16,900 | 16,700 |
-//! | … + long-lived workers on the agent instead of a task per stream | 16,700 | 14,400 |
-//! | same code re-measured on 2026-12-05 (2000 GETs, process total ÷ 2000) | 15,890 | 13,600 |
-//! | … + the server writes each request head straight into the session's buffer | 15,560 | 13,600 |
-//! | … + the agent's response head is not frozen into `Bytes` (one allocation less) | 15,490 | 13,250 |
-//!
-//! On the wire-level benchmark (`bench/proxyview/run.sh`, same machine, same run as rathole)
-//! the switch took small-GET throughput from 0.44× to 0.54–0.56× rathole's and bulk download
-//! from 0.88× to 0.99–1.17×.
+//! Per request the tunnel carries one head each way and maybe some body bytes. HTTP/2 over the
+//! WebSocket costs more than that work: HPACK encoding and decoding of every head, h2's locked
+//! stream store, and a task per stream on both ends. The frames here cost about a third of the
+//! instructions per request (figures and their history: `bench/proxyview/README.md`).
 //!
 //! A yamux stream would still need an HTTP/1 codec per stream on both ends. The frames here are
 //! the minimum the tunnel needs: a head (method, path, headers / status, headers) in a compact
@@ -115,14 +94,13 @@ enum Inbound {
 }
 
 /// What the session task and a stream's two halves share: the frames that arrived for the
-/// stream, and the send credit the peer granted. One allocation per stream (a channel plus a
-/// semaphore were three, one of them a 1 KiB block).
+/// stream, and the send credit the peer granted, in one allocation per stream.
 struct StreamShared {
     inbox: Mailbox<Inbound>,
     credit: Semaphore,
     /// Set when the stream is reset (either end) or the session ends; `cancel` wakes the
-    /// waiters. (A child `CancellationToken` per stream cost ~1k instructions per request: a
-    /// tree node with its own locks under the session's token.)
+    /// waiters. A flag rather than a child `CancellationToken`, whose tree node and locks under
+    /// the session's token cost more than the rest of a stream's cancellation.
     cancelled: AtomicBool,
     cancel: Notify,
 }

@@ -616,7 +616,9 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn peer_allowed_opt(list: Option<&Allowlist>, ip: IpAddr) -> bool {
+/// Whether `ip` is a trusted proxy whose X-Forwarded fields are kept: unlike the peer
+/// allowlists ([`peer_allowed`]), no list means no one is trusted.
+fn trusted_proxy(list: Option<&Allowlist>, ip: IpAddr) -> bool {
     list.is_some_and(|l| l.allows(ip))
 }
 

@@ -12,10 +12,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use httpproxy::{BoxError, Logger, Proxy, ProxyConfig, ServeError, Upstream};
+use httpproxy::{BoxError, Proxy, ProxyConfig, ServeError, Upstream};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use telemetry::diag::Diag;
 use telemetry::Exchange;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,7 +52,16 @@ impl Harness {
         let exchanges: Arc<Mutex<Vec<Exchange>>> = Arc::default();
         let logs: Arc<Mutex<Vec<String>>> = Arc::default();
         let l = logs.clone();
-        cfg.logger = Logger::from_fn(move |m| l.lock().unwrap().push(m.to_owned()));
+        // Keep the message only: the assertions compare it whole.
+        cfg.logger = Diag::with_target(
+            httpproxy::LOG_PREFIX,
+            Arc::new(move |line: &str| {
+                let msg = line.split_once(": ").map_or(line, |(_, m)| m);
+                l.lock()
+                    .unwrap()
+                    .push(msg.trim_end_matches('\n').to_owned());
+            }),
+        );
         let e = exchanges.clone();
         let proxy =
             Proxy::new(cfg, Arc::new(move |x: Exchange| e.lock().unwrap().push(x))).unwrap();

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gosyntax::go_quote;
 use proxygw::client::{status_table, Client};
 use proxygw::protocol::{go_json, Codec, DEFAULT_CLIENT_TIMEOUT};
-use proxygw::syntax::go_quote;
 
 const USAGE: &str = "usage: proxygwctl [<flags>] <command> [<args> ...]
 
@@ -65,7 +65,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--config" => a.config = value("--config")?.into(),
             "--timeout" => {
                 let v = value("--timeout")?;
-                let ns = proxygw::syntax::parse_go_duration(&v)?;
+                let ns = gosyntax::parse_go_duration(&v)?;
                 if ns <= 0 {
                     return Err(format!("--timeout must be positive, got {v:?}"));
                 }

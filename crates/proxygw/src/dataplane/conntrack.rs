@@ -18,9 +18,9 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
+use super::FlowSink;
 use super::{DataplaneError, Flow, FlowEvent};
 use crate::config::Protocol;
-use crate::engine::FlowSink;
 use crate::log::Logger;
 
 /// NFNLGRP_CONNTRACK_NEW.

@@ -3,9 +3,72 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Protocol;
+
+/// A boxed future, for the object-safe [`FlowConsumer`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whoever consumes conntrack flow events (the engine). Declared here and implemented there, so
+/// that the dataplane does not depend on the engine.
+pub trait FlowConsumer: Send + Sync {
+    /// Delivers one event, waiting for room; false once the consumer is gone.
+    fn send(&self, ev: FlowEvent) -> BoxFuture<'_, bool>;
+    /// Like [`FlowConsumer::send`], from a plain thread (the conntrack reader).
+    fn blocking_send(&self, ev: FlowEvent) -> bool;
+}
+
+/// Feeds [`FlowEvent`]s to their consumer; cheap to clone.
+#[derive(Clone)]
+pub struct FlowSink(Arc<dyn FlowConsumer>);
+
+impl FlowSink {
+    /// A sink delivering to `consumer`.
+    pub fn new(consumer: Arc<dyn FlowConsumer>) -> Self {
+        Self(consumer)
+    }
+
+    /// Delivers one event; false once the consumer is gone.
+    pub async fn send(&self, ev: FlowEvent) -> bool {
+        self.0.send(ev).await
+    }
+
+    /// Like [`FlowSink::send`], from a plain thread (the conntrack reader).
+    pub fn blocking_send(&self, ev: FlowEvent) -> bool {
+        self.0.blocking_send(ev)
+    }
+}
+
+impl std::fmt::Debug for FlowSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowSink")
+    }
+}
+
+/// Asks the engine to compare its dataplane with the kernel (see [`Dataplane::heal`]); cheap to
+/// clone.
+#[derive(Clone)]
+pub struct HealSink(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl HealSink {
+    /// A sink that calls `request`, which returns false once the engine is gone.
+    pub fn new(request: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(request))
+    }
+
+    /// From a plain thread; false once the engine is gone.
+    pub fn blocking_send(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for HealSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealSink")
+    }
+}
 
 pub mod conntrack;
 pub mod memory;

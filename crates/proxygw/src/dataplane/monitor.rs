@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::DataplaneError;
-use crate::engine::HealSink;
+use super::HealSink;
 use crate::log::Logger;
 
 /// NFNLGRP_NFTABLES.

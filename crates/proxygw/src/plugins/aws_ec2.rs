@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::{BoxFuture, PluginDef, TargetCtx, TargetHandler};
 use crate::config::{Endpoint, Protocol};
 use crate::log::Logger;
-use crate::syntax::format_go_duration;
+use gosyntax::format_go_duration;
 
 /// The aws plugin's schema (plugin block and `target.ec2` options).
 pub const SCHEMA: &str = include_str!("../../../../configs/plugins/aws.schema.yaml");
@@ -185,9 +185,9 @@ fn duration_opt(o: &Map<String, Value>, key: &str, default: Duration) -> Result<
     };
     let out_of_range = || format!("{WHAT} {key} is out of range");
     let nanos: i128 = match v {
-        Value::String(s) => i128::from(
-            crate::syntax::parse_go_duration(s).map_err(|e| format!("{WHAT} {key}: {e}"))?,
-        ),
+        Value::String(s) => {
+            i128::from(gosyntax::parse_go_duration(s).map_err(|e| format!("{WHAT} {key}: {e}"))?)
+        }
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 i128::from(i) * 1_000_000_000
@@ -408,7 +408,7 @@ impl Ec2Target {
             if !snap.states.contains_key(id) {
                 return Err(format!(
                     "ec2 describe instances did not return {}",
-                    crate::syntax::go_quote(id)
+                    gosyntax::go_quote(id)
                 ));
             }
         }

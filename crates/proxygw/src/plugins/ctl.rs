@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Loaded, PluginDef};
-use crate::engine::{EngineHandle, Reply, Request};
+use crate::handle::{EngineHandle, Reply, Request};
 use crate::log::Logger;
 use crate::protocol::{
     method, write_packet, Codec, EmptyBody, ErrorBody, NameBody, PacketReader, ProtocolError,
@@ -47,7 +47,7 @@ pub fn settings(cfg: &Map<String, Value>) -> Result<(PathBuf, Codec), String> {
         Some(other) => other.to_string(),
     };
     let codec = Codec::by_name(&name)
-        .ok_or_else(|| format!("invalid codec: {}", crate::syntax::go_quote(&name)))?;
+        .ok_or_else(|| format!("invalid codec: {}", gosyntax::go_quote(&name)))?;
     Ok((PathBuf::from(socket), codec))
 }
 

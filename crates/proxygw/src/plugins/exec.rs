@@ -189,7 +189,7 @@ struct Core {
     status_interval: Duration,
     state_dir: PathBuf,
     log: Logger,
-    exited: crate::engine::ExitNotifier,
+    exited: crate::handle::ExitNotifier,
     next_id: AtomicU64,
     /// One call at a time: a status poll never overlaps a stop.
     calls: tokio::sync::Mutex<()>,

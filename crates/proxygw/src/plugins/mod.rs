@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, ConfigError, Endpoint, NsRef, Protocol};
-use crate::engine::{EngineHandle, ExitNotifier, TargetState, Waker};
+use crate::handle::{EngineHandle, ExitNotifier, TargetState, Waker};
 use crate::log::Logger;
 
 #[cfg(feature = "plugin-aws")]
@@ -191,8 +191,8 @@ pub(crate) fn duration_opt(
     match o.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::String(s)) => {
-            let ns = crate::syntax::parse_go_duration(s)
-                .map_err(|e| format!("{what} option {key}: {e}"))?;
+            let ns =
+                gosyntax::parse_go_duration(s).map_err(|e| format!("{what} option {key}: {e}"))?;
             if ns < 0 {
                 return Err(format!("{what} option {key} must not be negative"));
             }
@@ -277,14 +277,11 @@ pub fn parse_manifest(text: &str) -> Result<Vec<(String, String)>, String> {
         if v.is_empty() {
             return Err(format!(
                 "plugin name for source {} must be a scalar",
-                crate::syntax::go_quote(k)
+                gosyntax::go_quote(k)
             ));
         }
         if out.iter().any(|(_, ns)| ns == v) {
-            return Err(format!(
-                "namespace {} is used twice",
-                crate::syntax::go_quote(v)
-            ));
+            return Err(format!("namespace {} is used twice", gosyntax::go_quote(v)));
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -339,7 +336,7 @@ impl Registry {
                 {
                     return Err(format!(
                         "frontend kind {}: frontend kind already registered",
-                        crate::syntax::go_quote(&key)
+                        gosyntax::go_quote(&key)
                     ));
                 }
             }
@@ -348,7 +345,7 @@ impl Registry {
                 if r.targets.insert(key.clone(), (ctor.clone(), idx)).is_some() {
                     return Err(format!(
                         "target kind {}: target kind already registered",
-                        crate::syntax::go_quote(&key)
+                        gosyntax::go_quote(&key)
                     ));
                 }
             }
@@ -392,7 +389,7 @@ impl Registry {
             let Some((_, idx)) = find_target_kind(&self.targets, &t.kind) else {
                 return Err(ConfigError(format!(
                     "targets[{i}].kind: target kind {} not registered",
-                    crate::syntax::go_quote(&kind)
+                    gosyntax::go_quote(&kind)
                 )));
             };
             let own = format!("target.{}", t.kind.name);
@@ -414,7 +411,7 @@ impl Registry {
             let Some((_, idx)) = self.frontends.get(&kind) else {
                 return Err(ConfigError(format!(
                     "frontends[{i}].kind: frontend kind {} not registered",
-                    crate::syntax::go_quote(&kind)
+                    gosyntax::go_quote(&kind)
                 )));
             };
             if let Some(v) = sub(*idx, &format!("frontend.{}", f.kind.name))? {
@@ -437,7 +434,7 @@ pub fn load_checked(path: &std::path::Path) -> Result<(Config, Registry), Config
     reg.check_config(&cfg).map_err(|e| {
         ConfigError(format!(
             "load config {}: {e}",
-            crate::syntax::go_quote(&path.display().to_string())
+            gosyntax::go_quote(&path.display().to_string())
         ))
     })?;
     Ok((cfg, reg))

@@ -14,8 +14,9 @@ use super::{
     FrontendHandler, PluginDef, TargetCtx, TargetHandler, READY_POLL,
 };
 use crate::config::Protocol;
-use crate::engine::TargetState;
+use crate::handle::TargetState;
 use crate::log::Logger;
+use netpolicy::{Allowlist, IpNet};
 
 /// The static plugin's schema (plugin block and per-kind options).
 pub const SCHEMA: &str = include_str!("../../../../configs/plugins/static.schema.yaml");
@@ -73,88 +74,27 @@ pub fn plugin() -> PluginDef {
 
 // ---------------------------------------------------------------- CIDR allow-list
 
-/// A parsed `wake_allow` entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (host route).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid CIDR {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid CIDR {s:?}"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
-
-    /// True if `ip` is inside (IPv4-mapped IPv6 sources are compared as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
-                u32::from(n) & mask == u32::from(i) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
-                u128::from(n) & mask == u128::from(i) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 /// `wake_allow`: `None` allows everyone.
-fn allow_list(o: &Map<String, Value>, what: &str) -> Result<Option<Vec<Cidr>>, String> {
+fn allow_list(o: &Map<String, Value>, what: &str) -> Result<Option<Allowlist>, String> {
     match o.get("wake_allow") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| match v {
-                Value::String(s) => {
-                    Cidr::parse(s).map_err(|e| format!("{what} option wake_allow: {e}"))
-                }
+                Value::String(s) => IpNet::parse(s)
+                    .map_err(|_| format!("{what} option wake_allow: invalid CIDR {s:?}")),
                 _ => Err(format!(
                     "{what} option wake_allow must contain only strings"
                 )),
             })
             .collect::<Result<Vec<_>, _>>()
-            .map(Some),
+            .map(|nets| Some(Allowlist::new(nets))),
         Some(_) => Err(format!("{what} option wake_allow must be a list of CIDRs")),
     }
 }
 
-fn allowed(list: &Option<Vec<Cidr>>, ip: IpAddr) -> bool {
-    list.as_ref()
-        .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
+fn allowed(list: &Option<Allowlist>, ip: IpAddr) -> bool {
+    list.as_ref().is_none_or(|l| l.allows(ip))
 }
 
 /// Listens on `addr`; an IPv6 socket serves IPv4 too only for a dual-home frontend (`dual_stack`).
@@ -206,7 +146,7 @@ impl Server {
 // ---------------------------------------------------------------- static:always
 
 struct Always {
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -263,8 +203,8 @@ struct HttpCore {
     content: bytes::Bytes,
     content_type: &'static str,
     endpoint: String,
-    allow: Option<Vec<Cidr>>,
-    waker: crate::engine::Waker,
+    allow: Option<Allowlist>,
+    waker: crate::handle::Waker,
     log: Logger,
 }
 
@@ -447,9 +387,9 @@ struct Tcp {
     target: String,
     /// `backend` and `dual_backend` of the frontend's context: [`FrontendCtx::backend_for`] picks one.
     backends: FrontendCtx,
-    allow: Option<Vec<Cidr>>,
+    allow: Option<Allowlist>,
     hold: Duration,
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
     state: watch::Receiver<TargetState>,
     log: Logger,
     server: tokio::sync::Mutex<Server>,
@@ -485,7 +425,7 @@ async fn hold_and_splice(
     backend: SocketAddr,
     hold: Duration,
     mut state: watch::Receiver<TargetState>,
-    waker: crate::engine::Waker,
+    waker: crate::handle::Waker,
 ) -> Result<(), String> {
     let ready = tokio::time::timeout(hold, state.wait_for(|s| *s == TargetState::Active))
         .await
@@ -658,7 +598,7 @@ struct Cmd {
     ready_timeout: Duration,
     stop_timeout: Duration,
     log: Logger,
-    exited: crate::engine::ExitNotifier,
+    exited: crate::handle::ExitNotifier,
     running: tokio::sync::Mutex<Option<Running>>,
     /// Where the backend record goes ([`crate::instance::backends`]); `None` without an instance lock.
     run_dir: Option<std::path::PathBuf>,
@@ -975,23 +915,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs() {
-        let c = Cidr::parse("10.0.0.0/8").unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let c = Cidr::parse("fd00::/64").unwrap();
-        assert!(c.contains("fd00::5".parse().unwrap()));
-        assert!(!c.contains("fd00:0:0:1::5".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("1.2.3.4")
-            .unwrap()
-            .contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
+    fn wake_allow_parses_matches_and_names_the_bad_entry() {
+        let opts = |v: Value| {
+            let mut o = Map::new();
+            o.insert("wake_allow".into(), v);
+            o
+        };
+        let list = allow_list(
+            &opts(serde_json::json!([
+                "10.0.0.0/8",
+                "fd00::/64",
+                "::ffff:192.0.2.0/120"
+            ])),
+            "static tcp frontend",
+        )
+        .unwrap();
+        let ok = |ip: &str| allowed(&list, ip.parse().unwrap());
+        assert!(ok("10.1.2.3") && ok("::ffff:10.1.2.3") && ok("fd00::5"));
+        // An IPv4-mapped network is the IPv4 network, for IPv4 and IPv4-mapped peers alike.
+        assert!(ok("192.0.2.9") && ok("::ffff:192.0.2.9"));
+        assert!(!ok("11.0.0.1") && !ok("::1") && !ok("fd00:0:0:1::5"));
+        assert!(allowed(&None, "1.2.3.4".parse().unwrap()));
+        let err = |v: Value| allow_list(&opts(v), "static tcp frontend").unwrap_err();
+        assert_eq!(
+            err(serde_json::json!(["10.0.0.0/33"])),
+            "static tcp frontend option wake_allow: invalid CIDR \"10.0.0.0/33\""
+        );
+        assert_eq!(
+            err(serde_json::json!(["nope"])),
+            "static tcp frontend option wake_allow: invalid CIDR \"nope\""
+        );
+        assert_eq!(
+            err(serde_json::json!([1])),
+            "static tcp frontend option wake_allow must contain only strings"
+        );
     }
 
     #[test]
@@ -1007,10 +964,10 @@ mod tests {
 #[cfg(test)]
 mod ctor_tests {
     use super::*;
-    use crate::engine::TargetState;
+    use crate::handle::TargetState;
 
     fn ctx(protocol: Protocol) -> FrontendCtx {
-        let (h, _inbox) = crate::engine::channel();
+        let (h, _inbox) = crate::handle::channel();
         let _ = h;
         let (_tx, rx) = watch::channel(TargetState::Inactive);
         FrontendCtx {
@@ -1021,7 +978,7 @@ mod ctor_tests {
             backend: "127.0.0.1:2".parse().unwrap(),
             dual_backend: None,
             log: Logger::discard(),
-            waker: crate::engine::test_waker(),
+            waker: crate::handle::test_waker(),
             target_state: rx,
         }
     }

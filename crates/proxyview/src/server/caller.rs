@@ -2,14 +2,10 @@
 //! hyper's server.
 //!
 //! Why: the server only moves a request head into the tunnel and the agent's response head
-//! back out. Through hyper, each request was parsed into a header map and a `Request`, passed
-//! through a service and a dispatcher, and each response head was decoded from the tunnel into
-//! a second header map only for hyper to serialise it again. callgrind put hyper's share at
-//! about 10k of the server's ~24k instructions per keep-alive GET, and the header map round
-//! trip at another ~2k (`bench/proxyview/README.md`). Here the request is parsed by httparse
-//! (hyper's own parser) straight into the tunnel's head encoding, and the agent's head is
-//! checked and written to the caller as it came, with the body framing, `Date` and
-//! `Connection` fields this hop owns.
+//! back out. The request is parsed by httparse straight into the tunnel's head encoding, and the
+//! agent's head is checked and written to the caller as it came, with the body framing, `Date`
+//! and `Connection` fields this hop owns; a general server would build and re-serialise a header
+//! map each way (cost figures: `bench/proxyview/README.md`).
 //!
 //! What the port keeps from hyper: keep-alive and pipelining (requests are answered one after
 //! the other, in order), `Expect: 100-continue`, length and chunked request bodies, chunked or
@@ -34,7 +30,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
-    bearer_token, logged_headers, peer_allowed_opt, presented_token, Credentials, LogCtx, Server,
+    bearer_token, logged_headers, presented_token, trusted_proxy, Credentials, LogCtx, Server,
     LEGACY_404_BODY,
 };
 use crate::access_log::CAPTURE_LIMIT;
@@ -49,7 +45,8 @@ use http1::{
     put_field, rules, CopyError, Framing as Delimit, HeadFields, Reader, SendLimit, READ_CHUNK,
 };
 
-/// Largest request head accepted (hyper's limit here was its 256 KiB read buffer).
+/// Largest request head accepted: 256 KiB, the read buffer hyper's server used, so callers that
+/// worked through the hyper-based port still fit.
 pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
 /// Most header fields accepted in a request head (hyper's default).
 pub const MAX_REQUEST_HEADERS: usize = 100;
@@ -410,7 +407,7 @@ impl Server {
             None
         };
         // The caller's fields minus what must not reach the agent, then the tunnel metadata.
-        let drop_forwarded = !peer_allowed_opt(self.cfg.trusted_proxies.as_ref(), peer.ip());
+        let drop_forwarded = !trusted_proxy(self.cfg.trusted_proxies.as_ref(), peer.ip());
         let named = framing.fields.named(pairs(fields));
         let keep = |n: &[u8]| {
             let dropped = n.eq_ignore_ascii_case(b"host")
