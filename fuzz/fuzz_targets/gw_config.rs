@@ -5,9 +5,6 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../../crates/proxygw/src/config.rs"]
 mod config;
-#[allow(dead_code, unused_imports)]
-#[path = "../../crates/proxygw/src/syntax.rs"]
-mod syntax;
 
 use libfuzzer_sys::fuzz_target;
 

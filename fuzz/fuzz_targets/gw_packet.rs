@@ -9,9 +9,6 @@ mod config;
 #[allow(dead_code, unused_imports)]
 #[path = "../../crates/proxygw/src/protocol.rs"]
 mod protocol;
-#[allow(dead_code, unused_imports)]
-#[path = "../../crates/proxygw/src/syntax.rs"]
-mod syntax;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
