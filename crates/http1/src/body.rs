@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::{MAX_CHUNK_LINE, READ_CHUNK};
 
+/// Largest trailer section kept (the field lines together); a longer one breaks the body.
+pub const MAX_TRAILERS: usize = 64 * 1024;
+
 /// Below this, body bytes are copied next to what is already waiting to be written (a head, a
 /// chunk header) so that they leave in one write; above it they are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -48,6 +51,13 @@ pub trait BodySink {
         data: Bytes,
         end: bool,
     ) -> impl Future<Output = Result<(), CopyError>> + Send;
+
+    /// Takes a chunked body's trailer section (its field lines, each ending in CRLF, without the
+    /// final empty line) just before the body's end is sent. Sinks that do not forward trailers
+    /// keep the default, which drops them.
+    fn trailers(&mut self, section: Bytes) {
+        let _ = section;
+    }
 }
 
 /// Where a body written to a connection comes from.
@@ -102,8 +112,8 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         Ok(())
     }
 
-    /// Decodes a chunked body (RFC 9112 §7.1), forwarding the data and then the body's end;
-    /// trailers are read and dropped.
+    /// Decodes a chunked body (RFC 9112 §7.1), forwarding the data, the trailer section (to
+    /// [`BodySink::trailers`], when there is one) and then the body's end.
     pub async fn forward_chunked<S: BodySink>(&mut self, send: &mut S) -> Result<(), CopyError> {
         loop {
             let (used, size) = loop {
@@ -128,6 +138,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             self.expect_crlf().await?;
         }
         // Trailer section: field lines up to an empty line.
+        let mut section = BytesMut::new();
         loop {
             let line = loop {
                 if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
@@ -141,10 +152,18 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             if line >= MAX_CHUNK_LINE {
                 return Err(CopyError::Broken);
             }
-            self.buf.advance(line + 2);
             if line == 0 {
+                self.buf.advance(2);
                 break;
             }
+            if section.len() + line > MAX_TRAILERS {
+                return Err(CopyError::Broken);
+            }
+            section.extend_from_slice(&self.buf[..line + 2]);
+            self.buf.advance(line + 2);
+        }
+        if !section.is_empty() {
+            send.trailers(section.freeze());
         }
         send.send(Bytes::new(), true).await
     }

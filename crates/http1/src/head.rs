@@ -17,8 +17,9 @@ pub enum HeadError {
 }
 
 /// Parses a request head at the start of `buf` and hands it, with the head's length, to `f`:
-/// `Ok(None)` until the head is complete. At most `max_fields` fields are accepted. A small
-/// table is tried first; only a head that overflows it is parsed again with the full one.
+/// `Ok(None)` until the head is complete. At most `max_fields` fields are accepted
+/// (`usize::MAX`: no count limit). A small table is tried first; only a head that overflows it
+/// is parsed again with one as long as the buffer has lines.
 pub fn parse_request<T>(
     buf: &[u8],
     max_fields: usize,
@@ -32,7 +33,7 @@ pub fn parse_request<T>(
         Err(httparse::Error::TooManyHeaders) if max_fields > FEW_FIELDS => {}
         Err(e) => return Err(head_error(e)),
     }
-    let mut all = vec![httparse::EMPTY_HEADER; max_fields];
+    let mut all = vec![httparse::EMPTY_HEADER; max_fields.min(line_count(buf))];
     let mut req = httparse::Request::new(&mut all);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => Ok(Some(f(&req, n))),
@@ -55,13 +56,19 @@ pub fn parse_response<T>(
         Err(httparse::Error::TooManyHeaders) if max_fields > FEW_FIELDS => {}
         Err(e) => return Err(head_error(e)),
     }
-    let mut all = vec![httparse::EMPTY_HEADER; max_fields];
+    let mut all = vec![httparse::EMPTY_HEADER; max_fields.min(line_count(buf))];
     let mut resp = httparse::Response::new(&mut all);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => Ok(Some(f(&resp, n))),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(head_error(e)),
     }
+}
+
+/// No head in `buf` has more fields than lines, so a table this long never overflows: with
+/// `usize::MAX` as the field limit, only the byte limit of the caller's buffer bounds a head.
+fn line_count(buf: &[u8]) -> usize {
+    buf.iter().filter(|&&b| b == b'\n').count().max(1)
 }
 
 fn head_error(e: httparse::Error) -> HeadError {

@@ -12,11 +12,16 @@
 //! - [`body`]: one framing enum ([`Framing`]), the body reader (length, chunked; forwarding to a
 //!   sink with an idle limit) and writer (coalescing small chunks with the head).
 //! - [`send_limit`]: a write side that gives up on a peer that takes no bytes for too long.
+//! - [`server`]: waiting for a connection's next request head within the header and idle
+//!   timeouts and a byte limit.
+//! - [`client`]: a keep-alive pool of upstream connections, and reading response heads.
 
 pub mod body;
+pub mod client;
 pub mod head;
 pub mod rules;
 pub mod send_limit;
+pub mod server;
 
 pub use body::{write_body, BodySink, BodySource, CopyError, Framing, Reader, Tap};
 pub use head::{put_field, HeadError, HeadFields};

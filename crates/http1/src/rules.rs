@@ -2,7 +2,9 @@
 //! message's `Connection` names, and the framing shapes it refuses because two parsers could
 //! read them differently (request smuggling, RFC 9112 §6.3, §11.2).
 
-use crate::head::HeadFields;
+use bytes::BytesMut;
+
+use crate::head::{put_field, HeadFields};
 
 /// Fields that describe one hop's connection, never forwarded (RFC 9110 §7.6.1), plus
 /// `Trailer` (the proxy re-frames bodies, so the announcement would be wrong) and `Upgrade`
@@ -60,6 +62,77 @@ pub fn is_ambiguous(f: &HeadFields) -> bool {
     f.has_codings() && f.length.is_some()
 }
 
+/// What becomes of an inbound `X-Forwarded-For` chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Every inbound value is kept, in order, joined into one field, and the peer appended (Go's
+    /// `httputil.ReverseProxy`).
+    Append,
+    /// The inbound chain is dropped; the field names the peer alone (a proxy at the edge that
+    /// trusts nothing in front of it).
+    Replace,
+}
+
+/// How a proxy sets the forwarding fields of a request it passes on. The proxies of the
+/// workspace differ in this policy, not in the mechanism: each states its policy as a value and
+/// the outbound head is written by [`ForwardedPolicy::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedPolicy {
+    /// `X-Forwarded-For`.
+    pub for_chain: ForwardedFor,
+    /// `X-Forwarded-Host` is set to the request's `Host` (empty without one); an inbound value
+    /// is dropped.
+    pub host: bool,
+    /// `X-Forwarded-Proto` is set to this; an inbound value is dropped.
+    pub proto: Option<&'static str>,
+    /// An inbound `Forwarded` (RFC 7239) is dropped: its claims would contradict the fields above.
+    pub drop_forwarded: bool,
+}
+
+impl ForwardedPolicy {
+    /// Go's `httputil.ReverseProxy` with `SetXForwarded` over plain HTTP (the cwproxy sidecar).
+    pub const GO_REVERSE_PROXY: Self = Self {
+        for_chain: ForwardedFor::Append,
+        host: true,
+        proto: Some("http"),
+        drop_forwarded: true,
+    };
+
+    /// Whether an inbound field is replaced by this policy (not copied as it came).
+    pub fn rewrites(&self, name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || (self.host && name.eq_ignore_ascii_case(b"x-forwarded-host"))
+            || (self.proto.is_some() && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+            || (self.drop_forwarded && name.eq_ignore_ascii_case(b"forwarded"))
+    }
+
+    /// Writes the forwarding fields: `prior_for` are the inbound `X-Forwarded-For` values, `peer`
+    /// the client's address as text, `host` the request's `Host`.
+    pub fn write<'a>(
+        &self,
+        out: &mut BytesMut,
+        prior_for: impl IntoIterator<Item = &'a [u8]>,
+        peer: &[u8],
+        host: Option<&[u8]>,
+    ) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if self.for_chain == ForwardedFor::Append {
+            for v in prior_for {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(peer);
+        out.extend_from_slice(b"\r\n");
+        if self.host {
+            put_field(out, b"x-forwarded-host", host.unwrap_or_default());
+        }
+        if let Some(proto) = self.proto {
+            put_field(out, b"x-forwarded-proto", proto.as_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -107,5 +180,41 @@ mod tests {
             &[]
         ));
         assert!(is_dropped(b"X-A", &read(&[]), &[b"x-a"]));
+    }
+
+    #[test]
+    fn forwarded_policy_appends_the_chain_and_owns_its_fields() {
+        let p = ForwardedPolicy::GO_REVERSE_PROXY;
+        let mut out = BytesMut::new();
+        p.write(
+            &mut out,
+            [&b"198.51.100.10"[..], b"10.0.0.1, 10.0.0.2"],
+            b"203.0.113.9",
+            Some(b"svc"),
+        );
+        assert_eq!(
+            &out[..],
+            b"x-forwarded-for: 198.51.100.10, 10.0.0.1, 10.0.0.2, 203.0.113.9\r\n\
+x-forwarded-host: svc\r\nx-forwarded-proto: http\r\n"
+        );
+        for n in [
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "X-FORWARDED-PROTO",
+            "forwarded",
+        ] {
+            assert!(p.rewrites(n.as_bytes()), "{n}");
+        }
+        assert!(!p.rewrites(b"x-real-ip"));
+        let edge = ForwardedPolicy {
+            for_chain: ForwardedFor::Replace,
+            host: false,
+            proto: None,
+            drop_forwarded: false,
+        };
+        let mut out = BytesMut::new();
+        edge.write(&mut out, [&b"1.2.3.4"[..]], b"::1", None);
+        assert_eq!(&out[..], b"x-forwarded-for: ::1\r\n");
+        assert!(!edge.rewrites(b"forwarded"));
     }
 }
