@@ -1,6 +1,7 @@
-//! In-process benchmark of one exchange through the handler, like Go's `BenchmarkHandlerRoundTrip`:
-//! GET through `Proxy::handle` to a loopback upstream answering `{"ok":true}` (application/json),
-//! capture limit 4096, no-op sink; the response body is read to its end. A counting global
+//! In-process benchmark of one exchange, like Go's `BenchmarkHandlerRoundTrip`: a GET from a raw
+//! keep-alive client socket through the proxy server (same runtime) to a loopback upstream
+//! answering `{"ok":true}` (application/json), capture limit 4096, no-op sink; the response is
+//! read to the end of its body. A counting global
 //! allocator reports allocations per exchange (all threads, upstream included).
 //!
 //! Run: `cargo bench -p httpproxy --bench roundtrip` (optional args: iterations, e.g. `-- 50000`).
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use httpproxy::{Peer, Proxy, ProxyConfig, Upstream};
+use httpproxy::{Proxy, ProxyConfig, Upstream};
 
 struct Counting;
 
@@ -90,20 +91,30 @@ struct Figures {
     bytes_per_op: f64,
 }
 
-async fn run_handler(proxy: &Proxy<Empty<Bytes>>, peer: &Peer, n: u64) -> Figures {
+/// One exchange through the proxy server from a raw keep-alive client socket: the request bytes
+/// written, the response read to the end of its body (the proxy adds `Date`, so the head's
+/// length is found, not assumed).
+async fn run_handler(addr: SocketAddr, n: u64) -> Figures {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = b"GET /bench HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
     let a0 = ALLOCS.load(Ordering::Relaxed);
     let b0 = BYTES.load(Ordering::Relaxed);
     let t0 = Instant::now();
     for _ in 0..n {
-        let req = http::Request::builder()
-            .uri("/bench")
-            .header("host", "example.com")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = proxy.handle(req, peer).await;
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 11);
+        s.write_all(req).await.unwrap();
+        let mut have = 0;
+        loop {
+            have += s.read(&mut buf[have..]).await.unwrap();
+            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                if have >= end + 4 + 11 {
+                    assert!(buf.starts_with(b"HTTP/1.1 200"));
+                    break;
+                }
+            }
+        }
     }
     let elapsed = t0.elapsed();
     Figures {
@@ -189,23 +200,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let sink = Arc::new(|e: telemetry::Exchange| drop(e));
-        let proxy: Proxy<Empty<Bytes>> = Proxy::new(config(up), sink.clone()).unwrap();
-        let peer = Peer::new("192.0.2.1:1234".parse().unwrap());
-        run_direct(up, 2_000).await;
-        run_handler(&proxy, &peer, 2_000).await;
-        // Alternate short rounds and keep the best one of each: the machine is shared, and the
-        // best round is the one least disturbed by other load.
-        let per_round = (n / ROUNDS).max(1);
-        let mut direct = Vec::new();
-        let mut handler = Vec::new();
-        for _ in 0..ROUNDS {
-            direct.push(run_direct(up, per_round).await);
-            handler.push(run_handler(&proxy, &peer, per_round).await);
-        }
-        let d = best(direct);
-        let h = best(handler);
-
-        let server: Proxy = Proxy::new(config(up), sink).unwrap();
+        let server = Proxy::new(config(up), sink).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -216,11 +211,20 @@ fn main() {
                 })
                 .await
         });
+        run_direct(up, 2_000).await;
+        run_handler(addr, 2_000).await;
         run_socket(addr, 2_000).await;
-        let mut socket = Vec::new();
+        // Alternate short rounds and keep the best one of each: the machine is shared, and the
+        // best round is the one least disturbed by other load.
+        let per_round = (n / ROUNDS).max(1);
+        let (mut direct, mut handler, mut socket) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
+            direct.push(run_direct(up, per_round).await);
+            handler.push(run_handler(addr, per_round).await);
             socket.push(run_socket(addr, per_round).await);
         }
+        let d = best(direct);
+        let h = best(handler);
         let s = best(socket);
         let _ = stop.send(());
         let _ = serving.await;
@@ -231,7 +235,7 @@ fn main() {
         println!("| case | µs/op | allocs/op | bytes/op | Go µs/op | Go allocs/op | µs ratio (Go/ours) | goal |");
         println!("|---|---|---|---|---|---|---|---|");
         println!(
-            "| handler (like BenchmarkHandlerRoundTrip) | {:.1} | {:.1} | {:.0} | 64.4–83.8 | 171 | {:.1}–{:.1}x | ≤ 15 µs, ≤ 40 allocs |",
+            "| raw client → proxy → upstream (like BenchmarkHandlerRoundTrip) | {:.1} | {:.1} | {:.0} | 64.4–83.8 | 171 | {:.1}–{:.1}x | ≤ 15 µs, ≤ 40 allocs |",
             h.ns_per_op / 1000.0,
             h.allocs_per_op,
             h.bytes_per_op,
@@ -249,7 +253,7 @@ fn main() {
             d.allocs_per_op
         );
         println!(
-            "| client socket → proxy server → upstream (incl. client side) | {:.1} | {:.1} | {:.0} | – | – | – | – |",
+            "| hyper client → proxy → upstream (incl. hyper client side) | {:.1} | {:.1} | {:.0} | – | – | – | – |",
             s.ns_per_op / 1000.0,
             s.allocs_per_op,
             s.bytes_per_op

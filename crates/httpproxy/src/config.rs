@@ -15,8 +15,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head accepted; bigger heads get `431` (Go `MaxHeaderBytes`).
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
-/// Most header fields accepted in one request head; more get `431` (hyper's stack-allocated default).
-pub const MAX_HEADERS: usize = 100;
+/// Most header fields accepted in one request head: no count limit, only [`MAX_HEADER_BYTES`]
+/// (as the Go original).
+pub const MAX_HEADERS: usize = usize::MAX;
 /// Concurrent client connections; further accepts wait until one closes.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Upstream TCP connect timeout (Go dialer `Timeout`).
@@ -107,7 +108,7 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// See [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
-    /// See [`MAX_HEADER_BYTES`] (values below 8192 are raised to 8192, hyper's minimum buffer).
+    /// See [`MAX_HEADER_BYTES`].
     pub max_header_bytes: usize,
     /// See [`MAX_HEADERS`].
     pub max_headers: usize,

@@ -1,21 +1,13 @@
 //! The hand-off to telemetry: one [`telemetry::Exchange`] per exchange, built when the response
 //! ends, fails, or the client goes away, and passed to the caller's [`ExchangeSink`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, Method, Uri};
-use telemetry::diag::Diag;
 use telemetry::{Capture, Exchange};
 
-/// The request capture, shared between the upstream-bound body and the exchange record.
-pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
-
-pub(crate) fn push_capture(capture: &SharedCapture, chunk: &[u8]) {
-    // A poisoned lock only means another capture writer panicked; the bytes are still plain data.
-    let mut guard = capture.lock().unwrap_or_else(|e| e.into_inner());
-    guard.push(chunk);
-}
+use crate::request::Inbound;
 
 /// Status logged when the client went away before the response was complete (nginx's convention).
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -38,38 +30,77 @@ where
 
 /// What is known about an exchange before the upstream answers.
 pub(crate) struct Draft {
-    pub(crate) start: SystemTime,
-    pub(crate) started: Instant,
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) request_headers: HeaderMap,
-    pub(crate) request_capture: Option<SharedCapture>,
-    pub(crate) capture_limit: usize,
+    start: SystemTime,
+    started: Instant,
+    method: Method,
+    uri: Uri,
+    request_headers: HeaderMap,
+    capture_limit: usize,
 }
 
 impl Draft {
-    pub(crate) fn into_exchange(
-        self,
+    pub(crate) fn new(req: &Inbound, capture_limit: usize) -> Self {
+        Self::bare(
+            req.method.clone(),
+            req.uri.clone(),
+            req.headers.clone(),
+            capture_limit,
+        )
+    }
+
+    /// A request refused before it could be parsed whole.
+    pub(crate) fn bare(
+        method: Method,
+        uri: Uri,
+        request_headers: HeaderMap,
+        capture_limit: usize,
+    ) -> Self {
+        Draft {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            method,
+            uri,
+            request_headers,
+            capture_limit,
+        }
+    }
+}
+
+/// Where an exchange's draft waits for its outcome. It is reported exactly once: by
+/// [`Slot::finish`], or as 499 when the connection goes away first (the slot is dropped with
+/// the connection's task, e.g. when a drain runs out of time).
+pub(crate) struct Slot {
+    draft: Option<Draft>,
+    sink: Arc<dyn ExchangeSink>,
+}
+
+impl Slot {
+    pub(crate) fn new(sink: Arc<dyn ExchangeSink>) -> Self {
+        Slot { draft: None, sink }
+    }
+
+    pub(crate) fn fill(&mut self, draft: Draft) {
+        self.draft = Some(draft);
+    }
+
+    /// Reports the exchange with this outcome.
+    pub(crate) fn finish(
+        &mut self,
         status: u16,
         response_headers: HeaderMap,
         response_body: Option<Capture>,
+        request_body: Capture,
         local_response_bytes: u64,
-    ) -> Exchange {
-        let request_body = match self.request_capture {
-            Some(shared) => {
-                let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-                std::mem::replace(&mut *guard, Capture::new(self.capture_limit))
-            }
-            None => Capture::new(self.capture_limit),
-        };
-        Exchange {
-            start: self.start,
+    ) {
+        let Some(d) = self.draft.take() else { return };
+        self.sink.exchange(Exchange {
+            start: d.start,
             end: SystemTime::now(),
-            elapsed: self.started.elapsed(),
-            method: self.method,
-            uri: self.uri,
+            elapsed: d.started.elapsed(),
+            method: d.method,
+            uri: d.uri,
             tls: false,
-            request_headers: self.request_headers,
+            request_headers: d.request_headers,
             request_body,
             status,
             response_headers,
@@ -77,43 +108,26 @@ impl Draft {
             local_response_bytes,
             endpoint: None,
             client_id: None,
-        }
+        });
+    }
+
+    /// Reports the exchange as abandoned by the client.
+    pub(crate) fn client_gone(&mut self, request_body: Capture) {
+        self.finish(
+            STATUS_CLIENT_CLOSED,
+            HeaderMap::new(),
+            None,
+            request_body,
+            0,
+        );
     }
 }
 
-/// How a streamed response ended.
-pub(crate) enum Outcome<'a> {
-    /// The upstream body ended and was fully handed to the client connection.
-    Complete,
-    /// Reading the upstream body failed mid-stream; the client connection is aborted.
-    UpstreamBodyError(&'a hyper::Error),
-    /// The client connection went away first.
-    ClientGone,
-}
-
-/// Everything needed to report a streamed response once it is over.
-pub(crate) struct Finish {
-    pub(crate) draft: Draft,
-    pub(crate) status: u16,
-    pub(crate) response_headers: HeaderMap,
-    pub(crate) sink: Arc<dyn ExchangeSink>,
-    pub(crate) logger: Diag,
-}
-
-impl Finish {
-    pub(crate) fn complete(self, outcome: Outcome<'_>, response_capture: Capture) {
-        let status = match outcome {
-            Outcome::Complete => self.status,
-            Outcome::UpstreamBodyError(e) => {
-                self.logger
-                    .log(format_args!("reverse proxy upstream error: {e}"));
-                502
-            }
-            Outcome::ClientGone => STATUS_CLIENT_CLOSED,
-        };
-        let exchange =
-            self.draft
-                .into_exchange(status, self.response_headers, Some(response_capture), 0);
-        self.sink.exchange(exchange);
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(d) = &self.draft {
+            let limit = d.capture_limit;
+            self.client_gone(Capture::new(limit));
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! Streaming HTTP/1.1 reverse-proxy core of the cwproxy sidecar, on hyper 1.x.
+//! Streaming HTTP/1.1 reverse-proxy core of the cwproxy sidecar, on the workspace's own HTTP/1
+//! codec (`crates/http1`).
 //!
-//! One upstream, bodies streamed both ways through bounded capture tees, hop-by-hop and
-//! `X-Forwarded-*` rewriting as Go's `httputil.ReverseProxy`, WebSocket/`101` tunnels, an optional
-//! retry layer, panic isolation, header/idle timeouts and a graceful drain. Every exchange is
+//! One upstream on a keep-alive pool, bodies streamed both ways through bounded captures,
+//! hop-by-hop removal and the `X-Forwarded-*` policy of Go's `httputil.ReverseProxy`,
+//! WebSocket/`101` and `CONNECT` tunnels, an optional retry layer, panic isolation, header/idle
+//! timeouts and a graceful drain. Every exchange is
 //! handed to an [`ExchangeSink`] as a [`telemetry::Exchange`] exactly once, when it is over.
 //!
 //! ```no_run
@@ -16,16 +18,15 @@
 //! # Ok(()) }
 //! ```
 
-mod body;
 mod config;
 mod conn;
 mod exchange;
-mod headers;
+mod forward;
 mod proxy;
+mod request;
 pub mod retry;
 mod server;
 
-pub use body::{BoxError, ProxyBody};
 pub use config::{
     ConfigError, ProxyConfig, Upstream, CAPTURE_LIMIT, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT,
     IDLE_TIMEOUT, LOG_PREFIX, MAX_CONNECTIONS, MAX_HEADERS, MAX_HEADER_BYTES,
@@ -33,6 +34,7 @@ pub use config::{
     UPSTREAM_RESPONSE_HEADER_TIMEOUT, UPSTREAM_TCP_KEEPALIVE,
 };
 pub use exchange::{ExchangeSink, STATUS_CLIENT_CLOSED};
-pub use proxy::{Peer, Proxy, BAD_GATEWAY_BODY, BAD_REQUEST_BODY, INTERNAL_ERROR_BODY};
+pub use forward::{BAD_GATEWAY_BODY, BAD_REQUEST_BODY, INTERNAL_ERROR_BODY};
+pub use proxy::{Peer, Proxy};
 pub use retry::{parse_methods, parse_status_codes, RetryConfigError, RetryPolicy};
 pub use server::{serve, ServeError};

@@ -98,8 +98,8 @@ async fn obs_fold_is_rejected() {
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    // hyper follows RFC 9112 §6.3: chunked framing wins, Content-Length is dropped and the client
-    // connection is closed after the response, so the trailing request is never parsed.
+    // RFC 9112 §6.3 lets a server read such a request by its coding, but the next hop may not:
+    // both binaries of the workspace refuse it with 400 (the shared corpus), and log the answer.
     let (up, seen) = recording_upstream().await;
     let h = Harness::start(config(up)).await;
     let out = raw(
@@ -109,19 +109,16 @@ GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
     )
     .await;
     let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_line(&out), "HTTP/1.1 400 Bad Request", "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
-    let seen = seen.lock().unwrap().concat();
-    let seen_text = String::from_utf8_lossy(&seen);
-    assert_eq!(
-        request_lines(&seen),
-        vec!["POST /a HTTP/1.1"],
-        "{seen_text}"
-    );
     assert!(
-        !seen_text.to_ascii_lowercase().contains("content-length: 4"),
-        "{seen_text}"
+        seen.lock().unwrap().concat().is_empty(),
+        "the upstream saw it"
     );
-    assert!(seen_text.contains("hello"), "{seen_text}");
+    let ex = h.exchanges(1).await;
+    assert_eq!(ex.len(), 1);
+    assert_eq!((ex[0].method.as_str(), ex[0].status), ("POST", 400));
+    assert_eq!(ex[0].uri, "/a");
     h.stop().await.unwrap();
 }
 
@@ -210,20 +207,22 @@ async fn invalid_chunk_sizes_are_rejected() {
 }
 
 #[tokio::test]
-async fn too_many_header_fields_get_431() {
+async fn many_header_fields_pass_and_the_byte_limit_alone_bounds_a_head() {
+    // As the Go original: no field count limit below the 1 MiB head limit, either way.
     let (up, seen) = recording_upstream().await;
     let h = Harness::start(config(up)).await;
-    let mut req = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
-    for i in 0..150 {
+    let mut req = String::from("GET /many HTTP/1.1\r\nHost: h\r\nConnection: close\r\n");
+    for i in 0..500 {
         req.push_str(&format!("X-{i}: v\r\n"));
     }
     req.push_str("\r\n");
     let out = raw(h.addr, req.as_bytes()).await;
-    assert_eq!(
-        status_line(&out),
-        "HTTP/1.1 431 Request Header Fields Too Large"
-    );
-    assert!(seen.lock().unwrap().concat().is_empty());
+    assert_eq!(status_line(&out), "HTTP/1.1 200 OK");
+    let seen = seen.lock().unwrap().concat();
+    assert_eq!(request_lines(&seen), vec!["GET /many HTTP/1.1"]);
+    assert!(String::from_utf8_lossy(&seen).contains("x-499: v\r\n"));
+    let ex = h.exchanges(1).await;
+    assert_eq!(ex[0].request_headers.len(), 502);
     h.stop().await.unwrap();
 }
 

@@ -218,7 +218,7 @@ async fn sse_events_arrive_one_by_one() {
                         go_rx.lock().await.recv().await?;
                     }
                     let ev = Bytes::from(format!("data: event {i}\n\n"));
-                    Some((Ok::<_, httpproxy::BoxError>(Frame::data(ev)), i + 1))
+                    Some((Ok::<_, BoxError>(Frame::data(ev)), i + 1))
                 }
             });
             Response::builder()
@@ -253,7 +253,7 @@ async fn sse_events_arrive_one_by_one() {
 async fn trailers_are_forwarded() {
     let (up, _) = upstream(|_r| async {
         let frames = vec![
-            Ok::<_, httpproxy::BoxError>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"payload"))),
             Ok(Frame::trailers({
                 let mut t = HeaderMap::new();
                 t.insert("x-checksum", "abc".parse().unwrap());
@@ -284,10 +284,10 @@ async fn ten_megabytes_each_way_with_flat_memory() {
     const SIZE: usize = 10 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
     fn chunks() -> TestBody {
-        let s =
-            futures_util::stream::iter((0..SIZE / CHUNK).map(|_| {
-                Ok::<_, httpproxy::BoxError>(Frame::data(Bytes::from(vec![b'z'; CHUNK])))
-            }));
+        let s = futures_util::stream::iter(
+            (0..SIZE / CHUNK)
+                .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'z'; CHUNK])))),
+        );
         BodyExt::boxed(StreamBody::new(s))
     }
     let (up, _) = upstream(|r: Request<hyper::body::Incoming>| async move {
@@ -480,7 +480,7 @@ async fn retry_skipped_when_body_exceeds_the_buffer() {
     // Streamed in two chunks with no Content-Length: the buffer overflows mid-stream and the read
     // prefix is stitched back in front of the rest.
     let s = futures_util::stream::iter(vec![
-        Ok::<_, httpproxy::BoxError>(Frame::data(Bytes::from_static(b"abc"))),
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc"))),
         Ok(Frame::data(Bytes::from_static(b"defgh"))),
     ]);
     let resp = c
@@ -577,7 +577,7 @@ async fn client_disconnect_is_logged_as_499() {
             }
             (i < 50).then(|| {
                 (
-                    Ok::<_, httpproxy::BoxError>(Frame::data(Bytes::from_static(b"tick\n"))),
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"tick\n"))),
                     i + 1,
                 )
             })

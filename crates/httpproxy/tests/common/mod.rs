@@ -12,7 +12,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use httpproxy::{BoxError, Proxy, ProxyConfig, ServeError, Upstream};
+use httpproxy::{Proxy, ProxyConfig, ServeError, Upstream};
+
+/// Error type of the test bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;

@@ -1,0 +1,905 @@
+//! One exchange: the request to the upstream on a pooled connection (retried when the policy
+//! allows), the response back to the client as it arrives, and the exchange record.
+//!
+//! The request body is sent while the upstream's answer is awaited, so an upstream that answers
+//! early (a 413 before the upload ends) is heard; the response-header timeout runs from the end
+//! of the request body, as Go's `ResponseHeaderTimeout` does, so a slow upload is never cut by
+//! it. While the answer is awaited the client's socket is watched too: a client that leaves is
+//! recorded as 499 at once, not when the upstream eventually answers.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http1::body::{BodySink, CopyError, Reader};
+use http1::client::{read_response_head, ResponseHeadError};
+use http1::head::{date_field, pairs, parse_response, status_line};
+use http1::{put_field, rules, HeadFields};
+use telemetry::Capture;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::exchange::{Draft, Slot, STATUS_CLIENT_CLOSED};
+use crate::proxy::{Peer, Proxy};
+use crate::request::{BodyKind, Inbound};
+
+/// Body of the 502 sent when the upstream cannot be reached (Go `http.Error` adds the newline).
+pub const BAD_GATEWAY_BODY: &str = "Bad Gateway\n";
+/// Body of the 500 sent when the handler panics.
+pub const INTERNAL_ERROR_BODY: &str = "Internal Server Error\n";
+/// Body of the 400 sent for requests rejected before forwarding.
+pub const BAD_REQUEST_BODY: &str = "Bad Request\n";
+
+/// Largest response head accepted from the upstream (as the request side: no field count limit
+/// below it).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 1 << 20;
+/// Longest an upstream may send nothing in the middle of a response body, and a client in the
+/// middle of a request body. Long, because event streams may be quiet for minutes; a bound all
+/// the same, so no exchange waits forever.
+pub(crate) const BODY_IDLE: Duration = Duration::from_secs(3600);
+
+/// The client side of the connection during one exchange.
+pub(crate) struct Client<'a> {
+    pub(crate) rd: ReadHalf<'a>,
+    pub(crate) wr: WriteHalf<'a>,
+    /// Bytes read from the client and not yet used (a request body, the next request).
+    pub(crate) buf: BytesMut,
+    /// Most bytes read ahead while the upstream is awaited.
+    pub(crate) read_ahead: usize,
+    /// Something has been written to the client for this exchange: a failure can now only cut
+    /// the connection, no longer answer it.
+    pub(crate) answered: bool,
+}
+
+/// What becomes of the client connection after an exchange.
+pub(crate) enum Next {
+    KeepAlive,
+    Close,
+    /// Switched protocols: bytes flow both ways between the client and this upstream connection
+    /// (with what was already read from it).
+    Upgrade(TcpStream, BytesMut),
+}
+
+/// A response head from the upstream.
+struct Response {
+    status: u16,
+    /// The fields passed on (hop-by-hop ones removed; `Trailer` kept for a chunked answer).
+    headers: HeaderMap,
+    fields: HeadFields,
+    http10: bool,
+    /// The protocol switched to, on a `101`.
+    upgrade: Option<HeaderValue>,
+}
+
+/// How an attempt failed before a response head arrived.
+enum Failure {
+    /// The client left (or broke its request body off): recorded as 499, nothing answered.
+    ClientGone,
+    /// The request body's framing broke: answered 400.
+    BadBody,
+    /// The upstream could not be reached or did not answer properly; `fresh_retry`: it failed on
+    /// a reused connection before any byte of an answer, so a new connection may be tried.
+    Upstream { msg: String, fresh_retry: bool },
+    /// No answer within the response-header timeout.
+    Timeout,
+}
+
+/// A [`BodySink`] writing a body to a socket in the framing chosen for this hop, copying what
+/// passes into a capture. Bytes already due (a head) leave with the first piece of the body.
+struct WireSink<'a, W> {
+    wr: &'a mut W,
+    out: BytesMut,
+    chunked: bool,
+    capture: &'a mut Capture,
+    trailers: Option<Bytes>,
+    /// Writing failed: the far side of this sink is gone.
+    failed: bool,
+}
+
+impl<W: AsyncWrite + Unpin + Send> WireSink<'_, W> {
+    async fn flush_out(&mut self) -> Result<(), CopyError> {
+        if !self.out.is_empty() {
+            if self.wr.write_all(&self.out).await.is_err() {
+                self.failed = true;
+                return Err(CopyError::Broken);
+            }
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> BodySink for WireSink<'_, W> {
+    async fn send(&mut self, data: Bytes, end: bool) -> Result<(), CopyError> {
+        use std::fmt::Write as _;
+        self.capture.push(&data);
+        if self.chunked && !data.is_empty() {
+            let _ = write!(self.out, "{:x}\r\n", data.len());
+        }
+        if self.out.len() + data.len() <= 16 * 1024 {
+            self.out.extend_from_slice(&data);
+        } else {
+            self.flush_out().await?;
+            if self.wr.write_all(&data).await.is_err() {
+                self.failed = true;
+                return Err(CopyError::Broken);
+            }
+        }
+        if self.chunked && !data.is_empty() {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if end && self.chunked {
+            self.out.extend_from_slice(b"0\r\n");
+            if let Some(t) = self.trailers.take() {
+                self.out.extend_from_slice(&t);
+            }
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.flush_out().await
+    }
+
+    fn trailers(&mut self, section: Bytes) {
+        self.trailers = Some(section);
+    }
+}
+
+/// Collects a body in memory (a request made replayable for retries).
+struct Collect<'a> {
+    data: BytesMut,
+    capture: &'a mut Capture,
+}
+
+impl BodySink for Collect<'_> {
+    async fn send(&mut self, data: Bytes, _end: bool) -> Result<(), CopyError> {
+        self.capture.push(&data);
+        self.data.extend_from_slice(&data);
+        Ok(())
+    }
+}
+
+/// A read side that remembers whether it reached EOF or failed, so that a broken body can be
+/// told from a client that went away.
+struct Watched<R> {
+    inner: R,
+    gone: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => self.gone = true,
+            std::task::Poll::Ready(Err(_)) => self.gone = true,
+            _ => {}
+        }
+        r
+    }
+}
+
+/// The request body as it will be sent: not at all, from memory (replayable), or streamed from
+/// the client.
+enum Upload {
+    None,
+    Buffered(Bytes),
+    Stream(BodyKind),
+}
+
+impl Proxy {
+    /// Runs one exchange for `req`; the record goes to the sink through `slot` exactly once.
+    pub(crate) async fn exchange(
+        &self,
+        c: &mut Client<'_>,
+        req: Inbound,
+        peer: &Peer,
+        slot: &mut Slot,
+        draining: bool,
+    ) -> Next {
+        let s = &*self.shared;
+        let kind = req.body();
+        let tunnel_req = req.upgrade.is_some() || req.method == Method::CONNECT;
+        let kind = if tunnel_req && kind != BodyKind::Chunked {
+            BodyKind::None
+        } else {
+            kind
+        };
+        let mut req_capture = Capture::new(s.config.capture_limit);
+        slot.fill(Draft::new(&req, s.config.capture_limit));
+
+        #[cfg(test)]
+        if req.headers.contains_key("x-test-panic") {
+            panic!("test panic requested");
+        }
+
+        if req.expect_continue && !req.http10 && kind != BodyKind::None && c.buf.is_empty() {
+            if c.wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                slot.client_gone(req_capture);
+                return Next::Close;
+            }
+        }
+
+        let replayable = s.retry.enabled()
+            && !tunnel_req
+            && s.retry.retries_method(&req.method)
+            && match kind {
+                BodyKind::None => true,
+                BodyKind::Length(n) => n <= s.retry.body_buffer_bytes as u64,
+                BodyKind::Chunked => false,
+            };
+        let mut upload = match kind {
+            BodyKind::None => Upload::None,
+            BodyKind::Length(n) if replayable => {
+                let mut sink = Collect {
+                    data: BytesMut::with_capacity(usize::try_from(n).unwrap_or(0)),
+                    capture: &mut req_capture,
+                };
+                let mut rd = Watched {
+                    inner: &mut c.rd,
+                    gone: false,
+                };
+                let mut reader = Reader {
+                    rd: &mut rd,
+                    buf: &mut c.buf,
+                    idle: BODY_IDLE,
+                    tap: None,
+                };
+                if reader.forward_bytes(n, true, &mut sink).await.is_err() {
+                    slot.client_gone(req_capture);
+                    return Next::Close;
+                }
+                Upload::Buffered(sink.data.freeze())
+            }
+            BodyKind::Chunked => {
+                // A body broken from its first chunk is refused before the upstream sees anything.
+                match first_chunk_ok(c).await {
+                    Ok(()) => Upload::Stream(kind),
+                    Err(Failure::BadBody) => {
+                        return self
+                            .local(
+                                c,
+                                &req,
+                                slot,
+                                req_capture,
+                                StatusCode::BAD_REQUEST,
+                                BAD_REQUEST_BODY,
+                                false,
+                            )
+                            .await
+                    }
+                    Err(_) => {
+                        slot.client_gone(req_capture);
+                        return Next::Close;
+                    }
+                }
+            }
+            BodyKind::Length(_) => Upload::Stream(kind),
+        };
+        let wire_kind = match &upload {
+            Upload::None => BodyKind::None,
+            Upload::Buffered(b) if b.is_empty() => BodyKind::None,
+            Upload::Buffered(b) => BodyKind::Length(b.len() as u64),
+            Upload::Stream(k) => *k,
+        };
+        let head = req
+            .upstream_head(&s.forwarded, peer.ip_text(), wire_kind)
+            .freeze();
+
+        let max_attempts = if replayable { s.retry.max_attempts } else { 1 };
+        let mut attempt = 1u32;
+        let mut fresh_tried = false;
+        let (tcp, response, up_buf, body_sent) = loop {
+            let more = attempt < max_attempts;
+            let conn = if fresh_tried {
+                s.pool
+                    .connect()
+                    .await
+                    .map(|tcp| http1::client::Conn { tcp, reused: false })
+            } else {
+                s.pool.get().await
+            };
+            let mut conn = match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if more && s.retry.retry_transport_errors {
+                        tokio::time::sleep(s.retry.backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return self
+                        .bad_gateway(c, &req, slot, req_capture, &e.to_string())
+                        .await;
+                }
+            };
+            let mut up_buf = BytesMut::new();
+            let result = self
+                .attempt(
+                    c,
+                    &mut conn,
+                    &head,
+                    &mut upload,
+                    &mut up_buf,
+                    &mut req_capture,
+                )
+                .await;
+            match result {
+                Ok((resp, body_sent)) => {
+                    if more && s.retry.retries_status(resp.status) {
+                        drop(conn);
+                        tokio::time::sleep(s.retry.backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    break (conn.tcp, resp, up_buf, body_sent);
+                }
+                Err(Failure::ClientGone) => {
+                    slot.client_gone(req_capture);
+                    return Next::Close;
+                }
+                Err(Failure::BadBody) => {
+                    return self
+                        .local(
+                            c,
+                            &req,
+                            slot,
+                            req_capture,
+                            StatusCode::BAD_REQUEST,
+                            BAD_REQUEST_BODY,
+                            false,
+                        )
+                        .await
+                }
+                Err(Failure::Upstream { msg, fresh_retry }) => {
+                    let replay = !matches!(upload, Upload::Stream(_));
+                    if fresh_retry && replay && !fresh_tried {
+                        fresh_tried = true;
+                        continue;
+                    }
+                    fresh_tried = false;
+                    if more && s.retry.retry_transport_errors {
+                        tokio::time::sleep(s.retry.backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return self.bad_gateway(c, &req, slot, req_capture, &msg).await;
+                }
+                Err(Failure::Timeout) => {
+                    return self
+                        .bad_gateway(
+                            c,
+                            &req,
+                            slot,
+                            req_capture,
+                            "timeout awaiting response headers",
+                        )
+                        .await
+                }
+            }
+        };
+        self.respond(
+            c,
+            req,
+            slot,
+            req_capture,
+            tcp,
+            response,
+            up_buf,
+            body_sent,
+            draining,
+        )
+        .await
+    }
+
+    /// One try on one connection: the head and body up, the response head back.
+    async fn attempt(
+        &self,
+        c: &mut Client<'_>,
+        conn: &mut http1::client::Conn,
+        head: &Bytes,
+        upload: &mut Upload,
+        up_buf: &mut BytesMut,
+        req_capture: &mut Capture,
+    ) -> Result<(Response, bool), Failure> {
+        let s = &*self.shared;
+        let reused = conn.reused;
+        let (mut up_rd, mut up_wr) = conn.tcp.split();
+        let upstream_err = |what: &str| Failure::Upstream {
+            msg: what.to_owned(),
+            fresh_retry: false,
+        };
+        let mut body_sent = true;
+        match upload {
+            Upload::None | Upload::Buffered(_) => {
+                let data = match upload {
+                    Upload::Buffered(b) => b.clone(),
+                    _ => Bytes::new(),
+                };
+                let r = if data.len() <= 16 * 1024 {
+                    let mut out = BytesMut::with_capacity(head.len() + data.len());
+                    out.extend_from_slice(head);
+                    out.extend_from_slice(&data);
+                    up_wr.write_all(&out).await
+                } else {
+                    match up_wr.write_all(head).await {
+                        Ok(()) => up_wr.write_all(&data).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Err(e) = r {
+                    return Err(Failure::Upstream {
+                        msg: format!("write: {e}"),
+                        fresh_retry: reused,
+                    });
+                }
+            }
+            Upload::Stream(kind) => {
+                let kind = *kind;
+                // The body goes up while the answer is awaited; an answer before the body's
+                // end ends the upload.
+                let mut rd = Watched {
+                    inner: &mut c.rd,
+                    gone: false,
+                };
+                let mut sink = WireSink {
+                    wr: &mut up_wr,
+                    out: BytesMut::from(&head[..]),
+                    chunked: kind == BodyKind::Chunked,
+                    capture: req_capture,
+                    trailers: None,
+                    failed: false,
+                };
+                let up = async {
+                    let mut reader = Reader {
+                        rd: &mut rd,
+                        buf: &mut c.buf,
+                        idle: BODY_IDLE,
+                        tap: None,
+                    };
+                    match kind {
+                        BodyKind::Length(n) => reader.forward_bytes(n, true, &mut sink).await,
+                        BodyKind::Chunked => reader.forward_chunked(&mut sink).await,
+                        BodyKind::None => sink.send(Bytes::new(), true).await,
+                    }
+                };
+                let early = tokio::select! {
+                    r = up => Err(r),
+                    h = read_response_head(&mut up_rd, up_buf, MAX_RESPONSE_HEAD, |_, n| n) => Ok(h),
+                };
+                match early {
+                    Ok(head) => {
+                        // Answered before the request body ended: the rest of it is not read,
+                        // so neither connection is reused.
+                        body_sent = false;
+                        let n = head.map_err(|e| response_failure(e, false))?;
+                        let resp = parse_response_head(up_buf, n).map_err(upstream_err)?;
+                        return Ok((resp, body_sent));
+                    }
+                    Err(Ok(())) => {}
+                    Err(Err(_)) if sink.failed => {
+                        // The upstream stopped taking the body; its answer, if any, explains.
+                        body_sent = false;
+                    }
+                    Err(Err(_)) if rd.gone => return Err(Failure::ClientGone),
+                    Err(Err(_)) => return Err(Failure::BadBody),
+                }
+            }
+        }
+        // The response-header timeout runs from the end of the request body.
+        let deadline = Instant::now() + s.config.response_header_timeout;
+        loop {
+            let n = tokio::select! {
+                h = read_response_head(&mut up_rd, up_buf, MAX_RESPONSE_HEAD, |_, n| n) => {
+                    h.map_err(|e| response_failure(e, reused))?
+                }
+                gone = client_leaves(c) => {
+                    if gone {
+                        return Err(Failure::ClientGone);
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(Failure::Timeout),
+            };
+            let resp = parse_response_head(up_buf, n).map_err(upstream_err)?;
+            if (100..200).contains(&resp.status) && resp.status != 101 {
+                // Interim answers (100 Continue, 103) are this hop's; the final one follows.
+                continue;
+            }
+            return Ok((resp, body_sent));
+        }
+    }
+
+    /// Sends the response head and body to the client, records the exchange, and returns the
+    /// upstream connection to the pool when it ended cleanly.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond(
+        &self,
+        c: &mut Client<'_>,
+        req: Inbound,
+        slot: &mut Slot,
+        req_capture: Capture,
+        mut tcp: TcpStream,
+        resp: Response,
+        mut up_buf: BytesMut,
+        body_sent: bool,
+        draining: bool,
+    ) -> Next {
+        let s = &*self.shared;
+        let status = resp.status;
+        let tunnel = if status == 101 {
+            let Some(asked) = &req.upgrade else {
+                return self
+                    .bad_gateway(
+                        c,
+                        &req,
+                        slot,
+                        req_capture,
+                        "backend tried to switch protocol when none was requested",
+                    )
+                    .await;
+            };
+            let offered = resp.upgrade.clone();
+            if !offered
+                .as_ref()
+                .is_some_and(|o| o.as_bytes().eq_ignore_ascii_case(asked.as_bytes()))
+            {
+                let msg = format!(
+                    "backend tried to switch protocol {offered:?} when {asked:?} was requested"
+                );
+                return self.bad_gateway(c, &req, slot, req_capture, &msg).await;
+            }
+            true
+        } else {
+            req.method == Method::CONNECT && (200..300).contains(&status)
+        };
+        let no_body = req.method == Method::HEAD
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304
+            || tunnel;
+        let up_framing = if no_body {
+            Framing::None
+        } else if resp.fields.has_codings() {
+            if resp.fields.chunked_last {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else if let Some(n) = resp.fields.length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
+        let out_framing = match up_framing {
+            Framing::Chunked | Framing::Close if req.http10 => Framing::Close,
+            Framing::Close => Framing::Chunked,
+            f => f,
+        };
+        let keep =
+            !tunnel && !draining && body_sent && req.keep_alive() && out_framing != Framing::Close;
+        let mut out = BytesMut::with_capacity(256 + up_buf.len().min(16 * 1024));
+        status_line(&mut out, req.http10, status);
+        let mut has_date = false;
+        for (name, value) in &resp.headers {
+            if name == header::TRAILER && out_framing != Framing::Chunked {
+                continue;
+            }
+            if name == header::CONTENT_LENGTH
+                && matches!(out_framing, Framing::Chunked | Framing::Close)
+            {
+                continue;
+            }
+            has_date |= name == header::DATE;
+            put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !has_date {
+            date_field(&mut out);
+        }
+        if let (true, Some(up)) = (status == 101, &resp.upgrade) {
+            out.extend_from_slice(b"connection: Upgrade\r\n");
+            put_field(&mut out, b"upgrade", up.as_bytes());
+        } else if !keep && !tunnel {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if keep && req.http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        if out_framing == Framing::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        c.answered = true;
+
+        if tunnel {
+            let written = c.wr.write_all(&out).await;
+            if written.is_err() {
+                slot.client_gone(req_capture);
+                return Next::Close;
+            }
+            slot.finish(
+                status,
+                resp.headers,
+                Some(Capture::new(s.config.capture_limit)),
+                req_capture,
+                0,
+            );
+            return Next::Upgrade(tcp, up_buf);
+        }
+
+        let mut resp_capture = Capture::new(s.config.capture_limit);
+        let (mut up_rd, _) = tcp.split();
+        let mut sink = WireSink {
+            wr: &mut c.wr,
+            out,
+            chunked: out_framing == Framing::Chunked,
+            capture: &mut resp_capture,
+            trailers: None,
+            failed: false,
+        };
+        let mut reader = Reader {
+            rd: &mut up_rd,
+            buf: &mut up_buf,
+            idle: BODY_IDLE,
+            tap: None,
+        };
+        let relayed = match up_framing {
+            Framing::None => sink.send(Bytes::new(), true).await,
+            Framing::Length(0) => sink.send(Bytes::new(), true).await,
+            Framing::Length(n) => reader.forward_bytes(n, true, &mut sink).await,
+            Framing::Chunked => reader.forward_chunked(&mut sink).await,
+            Framing::Close => relay_to_eof(&mut reader, &mut sink).await,
+        };
+        let client_failed = sink.failed;
+        drop(sink);
+        match relayed {
+            Ok(()) => {
+                let reusable = body_sent
+                    && up_framing != Framing::Close
+                    && !resp.fields.close
+                    && !rules::is_ambiguous(&resp.fields)
+                    && (!resp.http10 || resp.fields.keep_alive)
+                    && up_buf.is_empty();
+                if reusable {
+                    s.pool.put(tcp);
+                }
+                slot.finish(status, resp.headers, Some(resp_capture), req_capture, 0);
+                if keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            Err(_) if client_failed => {
+                slot.finish(
+                    STATUS_CLIENT_CLOSED,
+                    resp.headers,
+                    Some(resp_capture),
+                    req_capture,
+                    0,
+                );
+                Next::Close
+            }
+            Err(e) => {
+                let what = match e {
+                    CopyError::Idle => "timeout reading the response body",
+                    CopyError::Broken => "unexpected EOF",
+                };
+                s.config
+                    .logger
+                    .log(format_args!("reverse proxy upstream error: {what}"));
+                // Cut, not ended: the client can tell the body is incomplete.
+                slot.finish(502, resp.headers, Some(resp_capture), req_capture, 0);
+                Next::Close
+            }
+        }
+    }
+
+    async fn bad_gateway(
+        &self,
+        c: &mut Client<'_>,
+        req: &Inbound,
+        slot: &mut Slot,
+        req_capture: Capture,
+        err: &str,
+    ) -> Next {
+        self.shared
+            .config
+            .logger
+            .log(format_args!("reverse proxy upstream error: {err}"));
+        self.local(
+            c,
+            req,
+            slot,
+            req_capture,
+            StatusCode::BAD_GATEWAY,
+            BAD_GATEWAY_BODY,
+            false,
+        )
+        .await
+    }
+
+    /// Answers with a plain-text status of the proxy's own and records it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn local(
+        &self,
+        c: &mut Client<'_>,
+        req: &Inbound,
+        slot: &mut Slot,
+        req_capture: Capture,
+        status: StatusCode,
+        text: &'static str,
+        keep: bool,
+    ) -> Next {
+        let keep = keep && req.keep_alive();
+        let (bytes, headers) = local_response(req.http10, status, text, keep);
+        slot.finish(
+            status.as_u16(),
+            headers,
+            None,
+            req_capture,
+            text.len() as u64,
+        );
+        if c.answered || c.wr.write_all(&bytes).await.is_err() {
+            return Next::Close;
+        }
+        c.answered = true;
+        if keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// A complete plain-text answer of the proxy's own, and the fields it carries (for the record).
+pub(crate) fn local_response(
+    http10: bool,
+    status: StatusCode,
+    text: &str,
+    keep: bool,
+) -> (BytesMut, HeaderMap) {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let mut out = BytesMut::with_capacity(256);
+    status_line(&mut out, http10, status.as_u16());
+    for (n, v) in &headers {
+        put_field(&mut out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    date_field(&mut out);
+    {
+        use std::fmt::Write as _;
+        let _ = write!(out, "content-length: {}\r\n", text.len());
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+    (out, headers)
+}
+
+/// How a body is delimited on one hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+async fn relay_to_eof<R, S>(reader: &mut Reader<'_, R>, sink: &mut S) -> Result<(), CopyError>
+where
+    R: AsyncRead + Unpin,
+    S: BodySink,
+{
+    loop {
+        if !reader.buf.is_empty() {
+            let data = reader.buf.split().freeze();
+            sink.send(data, false).await?;
+        }
+        reader.buf.reserve(http1::READ_CHUNK);
+        match tokio::time::timeout(reader.idle, reader.rd.read_buf(reader.buf)).await {
+            Err(_) => return Err(CopyError::Idle),
+            Ok(Err(_)) => return Err(CopyError::Broken),
+            Ok(Ok(0)) => return sink.send(Bytes::new(), true).await,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Waits until the client's socket has something to say while the upstream is awaited:
+/// `true` when it closed (or failed), `false` when it sent bytes (kept for the next request).
+async fn client_leaves(c: &mut Client<'_>) -> bool {
+    if c.buf.len() >= c.read_ahead {
+        // Enough read ahead: stop watching rather than buffer without bound.
+        std::future::pending::<()>().await;
+    }
+    c.buf.reserve(4096);
+    matches!(c.rd.read_buf(&mut c.buf).await, Ok(0) | Err(_))
+}
+
+/// Reads until the first chunk-size line of a chunked body is complete and checks it.
+async fn first_chunk_ok(c: &mut Client<'_>) -> Result<(), Failure> {
+    loop {
+        match httparse::parse_chunk_size(&c.buf) {
+            Ok(httparse::Status::Complete(_)) => return Ok(()),
+            Ok(httparse::Status::Partial) if c.buf.len() < http1::MAX_CHUNK_LINE => {}
+            _ => return Err(Failure::BadBody),
+        }
+        c.buf.reserve(4096);
+        match tokio::time::timeout(BODY_IDLE, c.rd.read_buf(&mut c.buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return Err(Failure::ClientGone),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn response_failure(e: ResponseHeadError, reused: bool) -> Failure {
+    match e {
+        ResponseHeadError::Closed { any } => Failure::Upstream {
+            msg: "EOF".to_owned(),
+            fresh_retry: reused && !any,
+        },
+        ResponseHeadError::Malformed => Failure::Upstream {
+            msg: "malformed HTTP response".to_owned(),
+            fresh_retry: false,
+        },
+        ResponseHeadError::TooLarge => Failure::Upstream {
+            msg: format!("server response headers exceeded {MAX_RESPONSE_HEAD} bytes; aborted"),
+            fresh_retry: false,
+        },
+    }
+}
+
+/// Takes the response head of `n` bytes off `up_buf` and keeps what this hop passes on.
+fn parse_response_head(up_buf: &mut BytesMut, n: usize) -> Result<Response, &'static str> {
+    let head = up_buf.split_to(n).freeze();
+    let parsed = parse_response(&head, usize::MAX, |resp, _| {
+        let status = resp.code.ok_or("malformed HTTP response")?;
+        let fields = HeadFields::read(pairs(resp.headers), |_, _| {})?;
+        let named = fields.named(pairs(resp.headers));
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        let mut upgrade = None;
+        for h in resp.headers.iter() {
+            let n = h.name.as_bytes();
+            if n.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok();
+            }
+            if (rules::is_dropped(n, &fields, &named) && !n.eq_ignore_ascii_case(b"trailer"))
+                || (fields.has_codings() && n.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            let name = HeaderName::from_bytes(n).map_err(|_| "malformed MIME header")?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+                .map_err(|_| "malformed MIME header")?;
+            headers.append(name, value);
+        }
+        Ok(Response {
+            status,
+            headers,
+            fields,
+            http10: resp.version == Some(0),
+            upgrade: if fields.upgrade { upgrade } else { None },
+        })
+    });
+    match parsed {
+        Ok(Some(r)) => r,
+        _ => Err("malformed HTTP response"),
+    }
+}
