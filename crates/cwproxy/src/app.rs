@@ -202,8 +202,9 @@ async fn start_cloudwatch(
     }
 }
 
-/// Binds `:port` on every interface, dual stack like Go's `":port"`, falling back to IPv4 only.
-fn bind(port: u16) -> Result<TcpListener, Fatal> {
+/// Binds `host:port` (`PROXY_HOST`), or by default `:port` on every interface, dual stack like
+/// Go's `":port"`, falling back to IPv4 only.
+fn bind(host: Option<std::net::IpAddr>, port: u16) -> Result<TcpListener, Fatal> {
     let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     let attempt = |addr: SocketAddr, dual: bool| -> std::io::Result<TcpListener> {
         let socket = socket2::Socket::new(
@@ -220,21 +221,26 @@ fn bind(port: u16) -> Result<TcpListener, Fatal> {
         socket.listen(1024)?;
         TcpListener::from_std(socket.into())
     };
+    if let Some(ip) = host {
+        let addr = SocketAddr::new(ip, port);
+        return attempt(addr, false).map_err(|e| bind_error(&addr.to_string(), &e));
+    }
+    let any = format!(":{port}");
     match attempt(v6, true) {
         Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(bind_error(port, &e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(bind_error(&any, &e)),
         Err(_) => attempt(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), false)
-            .map_err(|e| bind_error(port, &e)),
+            .map_err(|e| bind_error(&any, &e)),
     }
 }
 
-fn bind_error(port: u16, e: &std::io::Error) -> Fatal {
+fn bind_error(addr: &str, e: &std::io::Error) -> Fatal {
     let reason = match e.kind() {
         std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
         std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => e.to_string(),
     };
-    Fatal::new(format!("listen tcp :{port}: bind: {reason}"))
+    Fatal::new(format!("listen tcp {addr}: bind: {reason}"))
 }
 
 /// Hands exchanges to telemetry, except those whose path is a health path (spec §3 step 7).
@@ -339,6 +345,10 @@ async fn serve(
     proxy.capture_limit = config.capture_limit;
     proxy.retry = config.retry.clone();
     proxy.logger = DIAG;
+    proxy.response_header_timeout = config.timeouts.upstream_header;
+    proxy.connect_timeout = config.timeouts.upstream_connect;
+    proxy.header_read_timeout = config.timeouts.client_header;
+    proxy.idle_timeout = config.timeouts.client_idle;
     let result = httpproxy::serve(listener, proxy, sink, shutdown).await;
     Ok((
         Running {
@@ -446,7 +456,7 @@ pub async fn check() -> Result<String, Fatal> {
 pub async fn run_normal() -> Result<i32, Fatal> {
     let meta = start_metadata();
     let config = load_config(None, None)?;
-    let listener = bind(config.proxy_port)?;
+    let listener = bind(config.proxy_host, config.proxy_port)?;
     let (config, meta) = settle(config, meta, None).await?;
     let stop = shutdown_signal()?;
     let shutdown = async move {
@@ -626,7 +636,7 @@ pub async fn run_inspector(command: OsString, args: Vec<OsString>) -> Result<i32
             return Err(e);
         }
     };
-    let listener = match bind(config.proxy_port) {
+    let listener = match bind(config.proxy_host, config.proxy_port) {
         Ok(l) => l,
         Err(e) => {
             DIAG.log(format_args!(

@@ -79,6 +79,34 @@ pub fn rows(env: &dyn Env, config: &Config) -> Vec<Row> {
     let health: Vec<String> = config.health_urls.iter().map(|u| u.url()).collect();
     let mut rows = vec![
         Row::new(env, "PROXY_PORT", config.proxy_port.to_string()),
+        Row::new(
+            env,
+            "PROXY_HOST",
+            config.proxy_host.map_or_else(
+                || "(every interface, dual stack)".to_owned(),
+                |ip| ip.to_string(),
+            ),
+        ),
+        Row::new(
+            env,
+            "UPSTREAM_HEADER_TIMEOUT",
+            duration(config.timeouts.upstream_header),
+        ),
+        Row::new(
+            env,
+            "UPSTREAM_CONNECT_TIMEOUT",
+            duration(config.timeouts.upstream_connect),
+        ),
+        Row::new(
+            env,
+            "CLIENT_HEADER_TIMEOUT",
+            duration(config.timeouts.client_header),
+        ),
+        Row::new(
+            env,
+            "CLIENT_IDLE_TIMEOUT",
+            duration(config.timeouts.client_idle),
+        ),
         Row::new(env, "APP_HOST", config.app_host.clone()),
         Row::new(env, "APP_PORT", config.app_port.to_string()),
         Row::new(env, "APP_NAME", config.app_name.clone()),

@@ -1,7 +1,7 @@
 //! Configuration from environment variables only, with the Go cwproxy's defaults, evaluation
 //! order and error messages (spec §2, §8.1) plus the seed's newer variables.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use gosyntax::{atoi, go_quote, parse_bool, parse_float, parse_go_duration};
@@ -117,6 +117,12 @@ pub fn join_host_port(host: &str, port: u16) -> String {
 pub struct Config {
     /// `PROXY_PORT`.
     pub proxy_port: u16,
+    /// `PROXY_HOST`: the address to listen on; `None` (the default) is every interface, dual
+    /// stack, as the Go original's `":port"`.
+    pub proxy_host: Option<IpAddr>,
+    /// `UPSTREAM_HEADER_TIMEOUT`, `UPSTREAM_CONNECT_TIMEOUT`, `CLIENT_HEADER_TIMEOUT`,
+    /// `CLIENT_IDLE_TIMEOUT`.
+    pub timeouts: Timeouts,
     /// `APP_HOST` (brackets stripped).
     pub app_host: String,
     /// `APP_PORT` (or the detected port in inspector mode).
@@ -149,6 +155,62 @@ pub struct Config {
     pub output: telemetry::output::OutputOptions,
     /// `ADMIN_ADDR`, `DRIFT_LEARN`, `MODEL_MEMORY_LIMIT`, `STATE_DIR` (see [`crate::admin`]).
     pub model: crate::admin::Settings,
+}
+
+/// The proxy's timeouts, each settable by its variable; the defaults are the Go original's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `UPSTREAM_HEADER_TIMEOUT`: from the end of the request body to the response head.
+    pub upstream_header: Duration,
+    /// `UPSTREAM_CONNECT_TIMEOUT`.
+    pub upstream_connect: Duration,
+    /// `CLIENT_HEADER_TIMEOUT`: from a request head's first byte to its end.
+    pub client_header: Duration,
+    /// `CLIENT_IDLE_TIMEOUT`: a kept-alive client connection between requests.
+    pub client_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            upstream_header: httpproxy::UPSTREAM_RESPONSE_HEADER_TIMEOUT,
+            upstream_connect: httpproxy::UPSTREAM_CONNECT_TIMEOUT,
+            client_header: httpproxy::HEADER_READ_TIMEOUT,
+            client_idle: httpproxy::IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// `PROXY_HOST`: an IP address (brackets optional around IPv6), or empty for every interface.
+fn parse_proxy_host(env: &dyn Env) -> Result<Option<IpAddr>, ConfigError> {
+    let raw = trimmed(env, "PROXY_HOST");
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bare = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(&raw);
+    bare.parse::<IpAddr>().map(Some).map_err(|_| {
+        err(format!(
+            "PROXY_HOST must be an IP address to listen on (e.g. 127.0.0.1 or ::1), not {}",
+            go_quote(&raw)
+        ))
+    })
+}
+
+fn parse_timeouts(env: &dyn Env, errors: &mut Errors) -> Timeouts {
+    let d = Timeouts::default();
+    let ms = Duration::from_millis(1);
+    let mut one = |key: &str, fallback: Duration| {
+        errors.or(parse_duration_var(env, key, fallback, ms), fallback)
+    };
+    Timeouts {
+        upstream_header: one("UPSTREAM_HEADER_TIMEOUT", d.upstream_header),
+        upstream_connect: one("UPSTREAM_CONNECT_TIMEOUT", d.upstream_connect),
+        client_header: one("CLIENT_HEADER_TIMEOUT", d.client_header),
+        client_idle: one("CLIENT_IDLE_TIMEOUT", d.client_idle),
+    }
 }
 
 /// Where the inspector child's stdout goes (`INSPECTOR_CHILD_STDOUT`).
@@ -536,8 +598,12 @@ pub fn load(
         crate::admin::load(env, proxy_port),
         crate::admin::Settings::off(),
     );
+    let proxy_host = errors.or(parse_proxy_host(env), None);
+    let timeouts = parse_timeouts(env, &mut errors);
     errors.finish(Config {
         proxy_port,
+        proxy_host,
+        timeouts,
         app_host,
         app_port,
         app_port_present,
@@ -968,6 +1034,56 @@ mod tests {
         assert_eq!(c.health_urls[0].url(), "http://[::1]:9000/health");
         let c = load(&[("APP_HOST", "localhost")], &names(), Some(detected)).expect("ok");
         assert_eq!(c.health_urls[0].url(), "http://localhost:9000/health");
+    }
+
+    #[test]
+    fn listen_address_and_timeouts_are_settable_and_checked() {
+        let c = load(&[], &names(), None).expect("ok");
+        assert_eq!((c.proxy_host, c.timeouts), (None, Timeouts::default()));
+        assert_eq!(c.timeouts.upstream_header, Duration::from_secs(30));
+        let c = load(
+            &[
+                ("PROXY_HOST", "[::1]"),
+                ("UPSTREAM_HEADER_TIMEOUT", "2m"),
+                ("UPSTREAM_CONNECT_TIMEOUT", "750ms"),
+                ("CLIENT_HEADER_TIMEOUT", "10s"),
+                ("CLIENT_IDLE_TIMEOUT", "5m"),
+            ],
+            &names(),
+            None,
+        )
+        .expect("ok");
+        assert_eq!(c.proxy_host, Some("::1".parse().expect("literal")));
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                upstream_header: Duration::from_secs(120),
+                upstream_connect: Duration::from_millis(750),
+                client_header: Duration::from_secs(10),
+                client_idle: Duration::from_secs(300),
+            }
+        );
+        let e = |k: &str, v: &str| {
+            load(&[(k, v)], &names(), None).expect_err("rejected").0[0]
+                .0
+                .clone()
+        };
+        assert_eq!(
+            e("PROXY_HOST", "localhost"),
+            "PROXY_HOST must be an IP address to listen on (e.g. 127.0.0.1 or ::1), not \"localhost\""
+        );
+        for key in [
+            "UPSTREAM_HEADER_TIMEOUT",
+            "UPSTREAM_CONNECT_TIMEOUT",
+            "CLIENT_HEADER_TIMEOUT",
+            "CLIENT_IDLE_TIMEOUT",
+        ] {
+            assert_eq!(
+                e(key, "soon"),
+                format!("{key} must be a valid duration: time: invalid duration \"soon\"")
+            );
+            assert_eq!(e(key, "0s"), format!("{key} must be at least 1ms"));
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@ Usage: cwproxy                 proxy PROXY_PORT to APP_HOST:APP_PORT (normal mod
 
 Configuration is read from the environment only:
   PROXY_PORT (8081)  APP_HOST (127.0.0.1)  APP_PORT (8080)  APP_NAME (metadata, hostname, cwproxy)
+  PROXY_HOST (every interface, dual stack)  UPSTREAM_HEADER_TIMEOUT (30s, from the end of the request body)
+  UPSTREAM_CONNECT_TIMEOUT (5s)  CLIENT_HEADER_TIMEOUT (5s)  CLIENT_IDLE_TIMEOUT (60s)
   HEALTH_URLS ({APP_HOST}:{APP_PORT}/health)  HEALTH_INTERVAL (30s)  CAPTURE_BODY_LIMIT (65536)
   LOG_GROUP_NAME (/app/log/{APP_NAME})  HEALTH_LOG_GROUP_NAME (/app/log/{APP_NAME}/health)
   BACKEND_RETRY_MAX_ATTEMPTS (2)  BACKEND_RETRY_INITIAL_BACKOFF (50ms)  BACKEND_RETRY_MAX_BACKOFF (250ms)

@@ -218,15 +218,17 @@ impl Proxy {
             panic!("test panic requested");
         }
 
-        if req.expect_continue && !req.http10 && kind != BodyKind::None && c.buf.is_empty() {
-            if c.wr
+        if req.expect_continue
+            && !req.http10
+            && kind != BodyKind::None
+            && c.buf.is_empty()
+            && c.wr
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
-            {
-                slot.client_gone(req_capture);
-                return Next::Close;
-            }
+        {
+            slot.client_gone(req_capture);
+            return Next::Close;
         }
 
         let replayable = s.retry.enabled()

@@ -101,9 +101,7 @@ impl Inbound {
             }
         }
         let target_bytes = head.slice_ref(target.as_bytes());
-        let (uri, path) = if method == Method::CONNECT || target == "*" {
-            (log_uri(&target_bytes)?, target_bytes)
-        } else if target.starts_with('/') {
+        let (uri, path) = if method == Method::CONNECT || target == "*" || target.starts_with('/') {
             (log_uri(&target_bytes)?, target_bytes)
         } else {
             // Absolute form: the authority replaces Host; the path goes upstream.

@@ -57,6 +57,22 @@ async fn handle(req: Request<Incoming>, hits: Arc<Hits>) -> Result<Response<Body
                 Response::builder().body(full("ok"))
             }
         }
+        "/many-fields" => {
+            // More fields than hyper's client accepted by default (100): cookies, links.
+            let mut b = Response::builder();
+            for i in 0..150 {
+                b = b.header("set-cookie", format!("c{i}=v{i}"));
+            }
+            b.header("link", "</a>; rel=preload").body(full("many"))
+        }
+        "/echo-host" => {
+            let host = req
+                .headers()
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default();
+            Response::builder().body(full(host))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             Response::builder().body(full("done"))
