@@ -197,7 +197,12 @@ impl Upstream {
                 let hits = Arc::clone(&served);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, Arc::clone(&hits)));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let mut server =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // An app that takes as many fields as Go's servers (no count limit), so
+                    // that what the proxy passes on is what the test sees.
+                    server.http1().max_headers(1000);
+                    let _ = server
                         .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
                 });
