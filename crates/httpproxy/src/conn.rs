@@ -110,6 +110,10 @@ impl Proxy {
                 Next::KeepAlive if !drain.is_cancelled() || !buf.is_empty() => {}
                 Next::KeepAlive => return,
                 Next::Close => {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                Next::Linger => {
                     linger(&mut tcp).await;
                     return;
                 }
@@ -151,7 +155,7 @@ impl Proxy {
             text.len() as u64,
         );
         let _ = c.wr.write_all(&bytes).await;
-        Next::Close
+        Next::Linger
     }
 
     /// After a panic in an exchange: a 500 if nothing was written yet, and the record.

@@ -58,6 +58,10 @@ pub(crate) struct Client<'a> {
 pub(crate) enum Next {
     KeepAlive,
     Close,
+    /// Close after reading and dropping what the client still sends for a moment: it was
+    /// answered before its request was read whole, and closing at once could reset the answer
+    /// away before the client reads it.
+    Linger,
     /// Switched protocols: bytes flow both ways between the client and this upstream connection
     /// (with what was already read from it).
     Upgrade(TcpStream, BytesMut),
@@ -675,8 +679,10 @@ impl Proxy {
                 slot.finish(status, resp.headers, Some(resp_capture), req_capture, 0);
                 if keep {
                     Next::KeepAlive
-                } else {
+                } else if body_sent {
                     Next::Close
+                } else {
+                    Next::Linger
                 }
             }
             Err(_) if client_failed => {
@@ -756,7 +762,8 @@ impl Proxy {
         if keep {
             Next::KeepAlive
         } else {
-            Next::Close
+            // The request's body may not have been read: let the answer arrive before a reset.
+            Next::Linger
         }
     }
 }

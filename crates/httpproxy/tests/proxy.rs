@@ -958,3 +958,65 @@ async fn reverse_proxy_delay_budget() {
     assert_eq!(h.exchanges(200).await.len(), 200);
     h.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (up, _) = upstream(|r: Request<hyper::body::Incoming>| async move {
+        let path = r.uri().path().to_owned();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!("{path}:{}", body.len())))
+    })
+    .await;
+    let h = Harness::start(config(up)).await;
+    let out = raw(
+        h.addr,
+        b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nPOST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc\
+POST /three HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n\
+GET /four HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8(out).unwrap();
+    let bodies: Vec<&str> = text
+        .split("HTTP/1.1 200 OK\r\n")
+        .skip(1)
+        .map(|r| r.rsplit("\r\n\r\n").next().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["/one:0", "/two:3", "/three:2", "/four:0"],
+        "{text}"
+    );
+    let ex = h.exchanges(4).await;
+    let paths: Vec<String> = ex.iter().map(|e| e.uri.path().to_owned()).collect();
+    assert_eq!(paths, vec!["/one", "/two", "/three", "/four"]);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_before_the_body_is_read() {
+    let (up, _) = upstream(|r: Request<hyper::body::Incoming>| async move {
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(body))
+    })
+    .await;
+    let h = Harness::start(config(up)).await;
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(WAIT, c.read_exact(&mut interim))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(b"hello").await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(WAIT, c.read_to_string(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    assert!(rest.ends_with("\r\n\r\nhello"), "{rest}");
+    h.stop().await.unwrap();
+}
