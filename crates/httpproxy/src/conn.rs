@@ -41,6 +41,7 @@ impl Proxy {
             idle_timeout: s.config.idle_timeout,
         };
         let mut buf = BytesMut::with_capacity(FIRST_READ);
+        let mut up_buf = BytesMut::new();
         let mut first = true;
         loop {
             let (rd, wr) = tcp.split();
@@ -49,6 +50,7 @@ impl Proxy {
                 wr,
                 buf: std::mem::take(&mut buf),
                 read_ahead: limits.max_bytes,
+                up_buf: std::mem::take(&mut up_buf),
                 answered: false,
             };
             let head = tokio::select! {
@@ -105,6 +107,7 @@ impl Proxy {
                 }
             };
             buf = std::mem::take(&mut c.buf);
+            up_buf = std::mem::take(&mut c.up_buf);
             drop(c);
             match next {
                 Next::KeepAlive if !drain.is_cancelled() || !buf.is_empty() => {}
@@ -234,4 +237,132 @@ async fn linger(tcp: &mut TcpStream) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::retry::RetryPolicy;
+    use crate::{ProxyConfig, Upstream, INTERNAL_ERROR_BODY as INTERNAL_ERROR_TEXT};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+    use telemetry::diag::Diag;
+    use telemetry::Exchange;
+
+    /// Time a test may wait for a condition.
+    const TEST_WAIT: Duration = Duration::from_secs(10);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn ok_upstream() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut got = Vec::new();
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn panic_becomes_500_and_server_keeps_serving() {
+        let up = ok_upstream().await;
+        let seen: Arc<StdMutex<Vec<Exchange>>> = Arc::default();
+        let logs: Arc<StdMutex<Vec<String>>> = Arc::default();
+        let mut cfg = ProxyConfig::new(Upstream::Addr(up));
+        cfg.retry = RetryPolicy::disabled();
+        let l2 = logs.clone();
+        cfg.logger = Diag::with_target(
+            crate::LOG_PREFIX,
+            Arc::new(move |line: &str| {
+                let msg = line.split_once(": ").map_or(line, |(_, m)| m);
+                l2.lock()
+                    .unwrap()
+                    .push(msg.trim_end_matches('\n').to_owned());
+            }),
+        );
+        let s2 = seen.clone();
+        let proxy =
+            Proxy::new(cfg, Arc::new(move |e: Exchange| s2.lock().unwrap().push(e))).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            proxy
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            b"GET /boom HTTP/1.1\r\nHost: x\r\nX-Test-Panic: 1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(TEST_WAIT, c.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 500"), "{out}");
+        assert!(out.ends_with("\r\n\r\nInternal Server Error\n"), "{out}");
+        assert!(out
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; charset=utf-8"));
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(TEST_WAIT, c.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("ok"), "{out}");
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].status, 500);
+        assert_eq!(seen[0].uri.path(), "/boom");
+        assert_eq!(
+            seen[0].local_response_bytes,
+            INTERNAL_ERROR_TEXT.len() as u64
+        );
+        assert_eq!(seen[1].status, 200);
+        assert!(logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "reverse proxy panic recovered: test panic requested"));
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }

@@ -83,6 +83,15 @@ impl Slot {
         self.draft = Some(draft);
     }
 
+    /// The inbound fields of the exchange in the slot (empty once it is reported).
+    pub(crate) fn request_headers(&self) -> &HeaderMap {
+        static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        match &self.draft {
+            Some(d) => &d.request_headers,
+            None => EMPTY.get_or_init(HeaderMap::new),
+        }
+    }
+
     /// Reports the exchange with this outcome.
     pub(crate) fn finish(
         &mut self,

@@ -49,6 +49,9 @@ pub(crate) struct Client<'a> {
     pub(crate) buf: BytesMut,
     /// Most bytes read ahead while the upstream is awaited.
     pub(crate) read_ahead: usize,
+    /// The read buffer for the upstream's answer, kept from one exchange to the next so that
+    /// its memory is reused.
+    pub(crate) up_buf: BytesMut,
     /// Something has been written to the client for this exchange: a failure can now only cut
     /// the connection, no longer answer it.
     pub(crate) answered: bool,
@@ -201,7 +204,7 @@ impl Proxy {
     pub(crate) async fn exchange(
         &self,
         c: &mut Client<'_>,
-        req: Inbound,
+        mut req: Inbound,
         peer: &Peer,
         slot: &mut Slot,
         draining: bool,
@@ -215,10 +218,10 @@ impl Proxy {
             kind
         };
         let mut req_capture = Capture::new(s.config.capture_limit);
-        slot.fill(Draft::new(&req, s.config.capture_limit));
+        slot.fill(Draft::new(&mut req, s.config.capture_limit));
 
         #[cfg(test)]
-        if req.headers.contains_key("x-test-panic") {
+        if slot.request_headers().contains_key("x-test-panic") {
             panic!("test panic requested");
         }
 
@@ -298,7 +301,12 @@ impl Proxy {
             Upload::Stream(k) => *k,
         };
         let head = req
-            .upstream_head(&s.forwarded, peer.ip_text(), wire_kind)
+            .upstream_head(
+                slot.request_headers(),
+                &s.forwarded,
+                peer.ip_text(),
+                wire_kind,
+            )
             .freeze();
 
         let max_attempts = if replayable { s.retry.max_attempts } else { 1 };
@@ -327,7 +335,8 @@ impl Proxy {
                         .await;
                 }
             };
-            let mut up_buf = BytesMut::new();
+            let mut up_buf = std::mem::take(&mut c.up_buf);
+            up_buf.clear();
             let result = self
                 .attempt(
                     c,
@@ -665,6 +674,8 @@ impl Proxy {
         };
         let client_failed = sink.failed;
         drop(sink);
+        let leftover = !up_buf.is_empty();
+        c.up_buf = up_buf;
         match relayed {
             Ok(()) => {
                 let reusable = body_sent
@@ -672,7 +683,7 @@ impl Proxy {
                     && !resp.fields.close
                     && !rules::is_ambiguous(&resp.fields)
                     && (!resp.http10 || resp.fields.keep_alive)
-                    && up_buf.is_empty();
+                    && !leftover;
                 if reusable {
                     s.pool.put(tcp);
                 }

@@ -36,6 +36,7 @@ pub(crate) struct Inbound {
     pub(crate) http10: bool,
     /// The inbound fields as they came, except that an absolute-form target's authority
     /// replaces `Host` (RFC 9112 §3.2.2), so the log and the application see the same host.
+    /// Moved into the exchange's draft when the exchange begins.
     pub(crate) headers: HeaderMap,
     pub(crate) fields: HeadFields,
     /// Fields the inbound `Connection` names (hop-by-hop for this request).
@@ -153,6 +154,7 @@ impl Inbound {
     /// forwarding fields set by `policy`, the body framed as `body` says.
     pub(crate) fn upstream_head(
         &self,
+        headers: &HeaderMap,
         policy: &ForwardedPolicy,
         peer_ip: &[u8],
         body: BodyKind,
@@ -162,7 +164,7 @@ impl Inbound {
         out.extend_from_slice(b" ");
         out.extend_from_slice(&self.path);
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &self.headers {
+        for (name, value) in headers {
             let n = name.as_str().as_bytes();
             if rules::is_hop_by_hop_name(n)
                 || policy.rewrites(n)
@@ -182,12 +184,12 @@ impl Inbound {
         }
         policy.write(
             &mut out,
-            self.headers
+            headers
                 .get_all(header::HeaderName::from_static("x-forwarded-for"))
                 .iter()
                 .map(HeaderValue::as_bytes),
             peer_ip,
-            self.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            headers.get(header::HOST).map(HeaderValue::as_bytes),
         );
         match body {
             BodyKind::None => {}
