@@ -39,13 +39,11 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    pub(crate) fn new(req: &Inbound, capture_limit: usize) -> Self {
-        Self::bare(
-            req.method.clone(),
-            req.uri.clone(),
-            req.headers.clone(),
-            capture_limit,
-        )
+    /// The draft of `req`'s exchange; it takes the inbound fields (the record keeps them as
+    /// they came), which the exchange then reads through [`Slot::request_headers`].
+    pub(crate) fn new(req: &mut Inbound, capture_limit: usize) -> Self {
+        let headers = std::mem::take(&mut req.headers);
+        Self::bare(req.method.clone(), req.uri.clone(), headers, capture_limit)
     }
 
     /// A request refused before it could be parsed whole.
