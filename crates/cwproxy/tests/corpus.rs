@@ -37,15 +37,7 @@ fn exchange(port: u16, raw: &[u8]) -> (u16, String) {
 #[test]
 fn cwproxy_answers_every_corpus_vector_as_the_codec_decides_and_logs_each() {
     let up = Upstream::start();
-    let port = up.addr.port().to_string();
-    let proxy = Proxy::start(
-        &[
-            ("APP_PORT", &port),
-            ("HEALTH_URLS", "/health"),
-            ("HEALTH_INTERVAL", "1h"),
-        ],
-        &[],
-    );
+    let proxy = Proxy::for_app(up.addr.port(), &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.hits.total.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -141,14 +141,7 @@ fn json_reply(_: &str) -> Reply {
 }
 
 fn start(up_port: u16, extra: &[(&str, &str)]) -> Proxy {
-    let port = up_port.to_string();
-    let mut env = vec![
-        ("APP_PORT", port.as_str()),
-        ("HEALTH_URLS", "/health"),
-        ("HEALTH_INTERVAL", "1h"),
-    ];
-    env.extend_from_slice(extra);
-    Proxy::start(&env, &[])
+    Proxy::for_app(up_port, extra)
 }
 
 /// How long a test waits for the traffic lines of its requests (bodies up to 10 MB).

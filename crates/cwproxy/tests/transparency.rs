@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 use support::{http, Proxy, Upstream};
 
 fn start(up: &Upstream, extra: &[(&str, &str)]) -> Proxy {
-    let port = up.addr.port().to_string();
-    let mut env = vec![
-        ("APP_PORT", port.as_str()),
-        ("HEALTH_URLS", "/health"),
-        ("HEALTH_INTERVAL", "1h"),
-    ];
-    env.extend_from_slice(extra);
-    Proxy::start(&env, &[])
+    Proxy::for_app(up.addr.port(), extra)
 }
 
 #[test]
@@ -94,15 +87,7 @@ fn line_length_upstream() -> std::net::SocketAddr {
 fn a_long_target_is_forwarded_whole_and_logged() {
     // 100 KiB of query: over hyper's 64 KiB URI limit (which answered 414), under Go's 1 MiB.
     let app = line_length_upstream();
-    let port = app.port().to_string();
-    let proxy = Proxy::start(
-        &[
-            ("APP_PORT", &port),
-            ("HEALTH_URLS", "/h"),
-            ("HEALTH_INTERVAL", "1h"),
-        ],
-        &[],
-    );
+    let proxy = Proxy::for_app(app.port(), &[]);
     let q = "v".repeat(100 * 1024);
     let request_line = format!("GET /long?k={q} HTTP/1.1");
     let out = http(

@@ -274,17 +274,7 @@ impl Proxy {
                 match first_chunk_ok(c).await {
                     Ok(()) => Upload::Stream(kind),
                     Err(Failure::BadBody) => {
-                        return self
-                            .local(
-                                c,
-                                &req,
-                                slot,
-                                req_capture,
-                                StatusCode::BAD_REQUEST,
-                                BAD_REQUEST_BODY,
-                                false,
-                            )
-                            .await
+                        return self.bad_request(c, &req, slot, req_capture).await
                     }
                     Err(_) => {
                         slot.client_gone(req_capture);
@@ -361,19 +351,7 @@ impl Proxy {
                     slot.client_gone(req_capture);
                     return Next::Close;
                 }
-                Err(Failure::BadBody) => {
-                    return self
-                        .local(
-                            c,
-                            &req,
-                            slot,
-                            req_capture,
-                            StatusCode::BAD_REQUEST,
-                            BAD_REQUEST_BODY,
-                            false,
-                        )
-                        .await
-                }
+                Err(Failure::BadBody) => return self.bad_request(c, &req, slot, req_capture).await,
                 Err(Failure::Upstream { msg, fresh_retry }) => {
                     let replay = !matches!(upload, Upload::Stream(_));
                     if fresh_retry && replay && !fresh_tried {
@@ -719,6 +697,25 @@ impl Proxy {
                 Next::Close
             }
         }
+    }
+
+    async fn bad_request(
+        &self,
+        c: &mut Client<'_>,
+        req: &Inbound,
+        slot: &mut Slot,
+        req_capture: Capture,
+    ) -> Next {
+        self.local(
+            c,
+            req,
+            slot,
+            req_capture,
+            StatusCode::BAD_REQUEST,
+            BAD_REQUEST_BODY,
+            false,
+        )
+        .await
     }
 
     async fn bad_gateway(

@@ -250,6 +250,19 @@ pub fn cwproxy_cmd(env: &[(&str, &str)], args: &[&str]) -> Command {
 }
 
 impl Proxy {
+    /// Starts cwproxy in front of the app on `app_port` (health probes on `/health` once an
+    /// hour, so they stay out of the way), with `extra` variables.
+    pub fn for_app(app_port: u16, extra: &[(&str, &str)]) -> Self {
+        let port = app_port.to_string();
+        let mut env = vec![
+            ("APP_PORT", port.as_str()),
+            ("HEALTH_URLS", "/health"),
+            ("HEALTH_INTERVAL", "1h"),
+        ];
+        env.extend_from_slice(extra);
+        Proxy::start(&env, &[])
+    }
+
     /// Starts cwproxy and waits until it accepts connections.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Self {
         let port = free_port();
