@@ -23,17 +23,16 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use telemetry::Capture;
+use telemetry::{Capture, Exchange};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{
-    bearer_token, logged_headers, presented_token, trusted_proxy, Credentials, LogCtx, Server,
-    LEGACY_404_BODY,
-};
+use super::state::Server;
 use crate::access_log::CAPTURE_LIMIT;
+use crate::access_log::{AccessRecord, AccessSink};
+use crate::auth::{bearer_token, logged_headers, presented_token, trusted_proxy, Credentials};
 use crate::host;
 use crate::http_util;
 use crate::mux::{self, RecvHalf, SendHalf};
@@ -44,6 +43,88 @@ use http1::head::{date_field, pairs, parse_request as parse_head, status_line, H
 use http1::{
     put_field, rules, CopyError, Framing as Delimit, HeadFields, Reader, SendLimit, READ_CHUNK,
 };
+
+/// Proxyview's exact error page, used for every failure in legacy mode.
+pub const LEGACY_404_BODY: &str = "Resource was not found.";
+
+/// What the server remembers about a request until its log record is written.
+struct LogCtx {
+    sink: Arc<dyn AccessSink>,
+    done: bool,
+    start: SystemTime,
+    t0: Instant,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request: Arc<Mutex<Capture>>,
+    endpoint: Option<String>,
+    client_id: Option<String>,
+    session: Option<u64>,
+    tls: bool,
+}
+
+impl LogCtx {
+    fn served_by(mut self, s: &Session) -> Self {
+        self.client_id = Some(s.client_id.clone());
+        self.session = Some(s.id);
+        self
+    }
+
+    fn record(
+        mut self,
+        status: u16,
+        response_headers: HeaderMap,
+        response_body: Option<Capture>,
+        local: u64,
+    ) -> AccessRecord {
+        self.take_record(status, response_headers, response_body, local)
+    }
+
+    fn take_record(
+        &mut self,
+        status: u16,
+        response_headers: HeaderMap,
+        response_body: Option<Capture>,
+        local: u64,
+    ) -> AccessRecord {
+        self.done = true;
+        let request_body =
+            std::mem::take(&mut *self.request.lock().unwrap_or_else(|p| p.into_inner()));
+        AccessRecord {
+            exchange: Exchange {
+                start: self.start,
+                end: SystemTime::now(),
+                elapsed: self.t0.elapsed(),
+                method: self.method.clone(),
+                uri: std::mem::take(&mut self.uri),
+                tls: self.tls,
+                request_headers: std::mem::take(&mut self.headers),
+                request_body,
+                status,
+                response_headers,
+                response_body,
+                local_response_bytes: local,
+                endpoint: Some(self.endpoint.take().unwrap_or_else(|| "unmatched".into())),
+                client_id: self.client_id.clone(),
+            },
+            client_id: self.client_id.take(),
+            session: self.session,
+        }
+    }
+}
+
+/// Status logged when the caller went away before a response head was sent (nginx's convention,
+/// as cwproxy logs it).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for LogCtx {
+    fn drop(&mut self) {
+        if !self.done {
+            let rec = self.take_record(CLIENT_CLOSED, HeaderMap::new(), None, 0);
+            self.sink.emit(rec);
+        }
+    }
+}
 
 /// Largest request head accepted: 256 KiB, the read buffer hyper's server used, so callers that
 /// worked through the hyper-based port still fit.
