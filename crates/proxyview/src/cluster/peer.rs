@@ -6,8 +6,7 @@
 //! tunnel; the owner node splices each stream onto a stream of its agent's tunnel, head and
 //! bytes unchanged. So request and response bodies stream both ways with the tunnel's flow
 //! control, upgrades (WebSocket) are the same byte pipe, and the forwarding node's caller code
-//! (errors 502/504, access log, timeouts) is the one it uses for its own agents. The measured
-//! cost against HTTP/1.1 keep-alive is in `bench/proxyview/README.md`.
+//! (errors 502/504, access log, timeouts) is the one it uses for its own agents.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -5,8 +5,7 @@
 //!
 //! Per request the tunnel carries one head each way and maybe some body bytes. HTTP/2 over the
 //! WebSocket costs more than that work: HPACK encoding and decoding of every head, h2's locked
-//! stream store, and a task per stream on both ends. The frames here cost about a third of the
-//! instructions per request (figures and their history: `bench/proxyview/README.md`).
+//! stream store, and a task per stream on both ends. The frames here are a fraction of that work.
 //!
 //! A yamux stream would still need an HTTP/1 codec per stream on both ends. The frames here are
 //! the minimum the tunnel needs: a head (method, path, headers / status, headers) in a compact
@@ -27,9 +26,10 @@
 //! window whatever the callers do (tests `slow_caller_does_not_stall_a_fast_one`,
 //! `big_bodies_stream_both_ways_with_flat_rss`).
 //!
-//! Window sizes: a stream moves at most one window per round trip, so HTTP/2's default 64 KiB
-//! capped a download at ~3 MB/s on a 20 ms path; 1 MiB per stream gave 36–38 MB/s there
-//! (`bench/proxyview/rtt.sh`) while a caller that stops reading parks at most 1 MiB.
+//! Window sizes: a stream moves at most one window per round trip, so the window bounds a
+//! download at window ÷ RTT: HTTP/2's default 64 KiB allows ~3 MB/s on a 20 ms path, the 1 MiB
+//! per stream here ~50 MB/s (`bench/proxyview/rtt.sh` measures it), while a caller that stops
+//! reading parks at most 1 MiB.
 //!
 //! # Where things are
 //!

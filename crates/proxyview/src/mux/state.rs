@@ -307,8 +307,8 @@ pub(super) fn accept(shared: &Arc<Shared>, stream: u32, end: bool, upgrade: bool
 }
 
 /// Hasher for the stream map. Its keys are stream ids from a counter (ours, or the
-/// authenticated peer's), so SipHash's defence against chosen keys buys nothing, and it was a
-/// visible share of each frame's cost; a multiplicative hash spreads sequential ids evenly.
+/// authenticated peer's), so SipHash's defence against chosen keys buys nothing while it would
+/// be a visible share of each frame's cost; a multiplicative hash spreads sequential ids evenly.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 

@@ -90,7 +90,7 @@ impl Server {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut stopping = self.stopping.subscribe();
         // One timer per connection for each limit, re-armed per request: creating and dropping
-        // a timer per request cost more than the rest of the request head's handling.
+        // a timer per request would cost more than the rest of the request head's handling.
         let header_timer = tokio::time::sleep(self.cfg.header_read_timeout);
         let response_timer = tokio::time::sleep(self.cfg.response_timeout);
         tokio::pin!(header_timer, response_timer);
