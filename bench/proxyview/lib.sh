@@ -23,15 +23,18 @@ need_wrk() {
 }
 
 # build_pv [PROFILE] → PV, BACKEND: builds proxyview and the bench backend (release unless
-# PROFILE says otherwise). PV_BIN=path runs that proxyview binary instead of the one built here
-# (e.g. the build of an earlier commit, for a before/after comparison in one sitting).
+# PROFILE says otherwise). PV_BIN=path runs that proxyview binary instead (e.g. the build of an
+# earlier commit, for a before/after comparison in one sitting); then nothing is built unless
+# the backend is missing.
 build_pv() {
   local profile=${1:-release} dir
-  log "building proxyview and the backend ($profile)"
-  cargo build -q --profile "$profile" -p proxyview --bin proxyview --example bench_backend
   dir=$profile; [ "$profile" = dev ] && dir=debug
   PV="${PV_BIN:-$ROOT/target/$dir/proxyview}"
   BACKEND="$ROOT/target/$dir/examples/bench_backend"
+  if [ -z "${PV_BIN:-}" ] || [ ! -x "$BACKEND" ]; then
+    log "building proxyview and the backend ($profile)"
+    cargo build -q --profile "$profile" -p proxyview --bin proxyview --example bench_backend
+  fi
   [ -x "$PV" ] || { echo "PV_BIN=$PV is not an executable" >&2; exit 1; }
 }
 

@@ -9,7 +9,7 @@
 //!    sequence of [`Frame`]s (a message may hold many frames; a frame may span messages). The
 //!    *server* opens one stream per caller request with a [`Frame::Head`]; the agent answers on the
 //!    same stream with its own `Head`, then both sides send `Data` until one with `end` set. See
-//!    [`crate::mux`] for why this and not HTTP/2.
+//!    the `mux` module for why this and not HTTP/2.
 //! 4. A request head carries the caller's method, path and headers (hop-by-hop ones and the
 //!    external token removed) plus the `proxyview-*` headers below, which the agent consumes. An
 //!    upgrade (WebSocket) request has `upgrade` set; after a `101` answer the stream is a raw byte
