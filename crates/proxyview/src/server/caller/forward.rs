@@ -131,12 +131,8 @@ impl Server {
             Ok(c) => c,
             Err(e) => return write_local(&mut wr, &fail(e), keep).await,
         };
-        if let (Some(_), false) = (&upgrade, switching) {
-            // The backend refused the upgrade: close our (empty) direction cleanly, so the
-            // answer's body still streams instead of being cut by a reset.
-            if let Some(mut send) = pipe_send.take() {
-                let _ = send.send_data(Bytes::new(), true).await;
-            }
+        if upgrade.is_some() && !switching {
+            end_pipe(pipe_send.take()).await;
         }
         let delimit = delimit(head_method || switching, status, resp_end, length, http10);
         if delimit == Some(Delimit::Close) || *self.stopping.borrow() {
@@ -147,25 +143,32 @@ impl Server {
         });
 
         if switching {
-            let sent = wr.write_all(&out).await;
-            if let Some(l) = log.take() {
-                self.emit_raw(l, head, None);
-            }
-            return match (sent, pipe_send.take()) {
-                (Ok(()), Some(send)) => Next::Upgrade(send, recv),
-                _ => Next::Close,
-            };
+            return self
+                .switched(&mut wr, &out, head, log, pipe_send, recv)
+                .await;
         }
-        let written = self
-            .write_answer(
-                &mut wr,
-                &mut recv,
-                (head, out, delimit),
-                log,
-                reading.as_mut(),
-                &mut reading_done,
-            )
-            .await;
+        // Written in place, within this exchange's state: the response path moves no future.
+        let resp_capture = log
+            .as_ref()
+            .map(|_| Mutex::new(Capture::new(CAPTURE_LIMIT)));
+        let written = {
+            let write = async {
+                match delimit {
+                    None => wr.write_all(&out).await.map_err(|_| CopyError::Broken),
+                    Some(d) => {
+                        let tap = resp_capture.as_ref().map(crate::access_log::tap);
+                        let tap = tap.as_ref().map(|t| t as _);
+                        http1::write_body(&mut wr, &mut recv, d, out, tap).await
+                    }
+                }
+            };
+            tokio::pin!(write);
+            while_reading(write, reading.as_mut(), &mut reading_done).await
+        };
+        if let Some(l) = log.take() {
+            let cap = resp_capture.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
+            self.emit_raw(l, head, cap);
+        }
         // A request body the backend answered before reading in full is not read to its end
         // here: the connection closes (after a short drain) instead of carrying another request.
         if written.is_ok() && keep_alive && uploaded.load(Ordering::Relaxed) {
@@ -175,36 +178,25 @@ impl Server {
         }
     }
 
-    /// Writes the answer's head (`out`) and body to the caller while the caller's side goes on
-    /// being read, then logs the exchange with the body as the caller got it.
-    async fn write_answer<W: AsyncWrite + Unpin>(
+    /// Writes a 101's head (`out`), logs it, and hands the connection over to the byte pipe
+    /// (or closes it when the head could not be written).
+    async fn switched<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut W,
-        recv: &mut RecvHalf,
-        (head, out, delimit): (RawResponseHead<'_>, BytesMut, Option<Delimit>),
+        out: &[u8],
+        head: RawResponseHead<'_>,
         log: Option<LogCtx>,
-        reading: Pin<&mut impl Future<Output = CallerSide>>,
-        reading_done: &mut bool,
-    ) -> Result<(), CopyError> {
-        let resp_capture = log
-            .as_ref()
-            .map(|_| Mutex::new(Capture::new(CAPTURE_LIMIT)));
-        let write = async {
-            match delimit {
-                None => wr.write_all(&out).await.map_err(|_| CopyError::Broken),
-                Some(d) => {
-                    let tap = resp_capture.as_ref().map(crate::access_log::tap);
-                    let tap = tap.as_ref().map(|t| t as _);
-                    http1::write_body(wr, recv, d, out, tap).await
-                }
-            }
-        };
-        let written = while_reading(write, reading, reading_done).await;
+        pipe: Option<SendHalf>,
+        recv: RecvHalf,
+    ) -> Next {
+        let sent = wr.write_all(out).await;
         if let Some(l) = log {
-            let cap = resp_capture.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
-            self.emit_raw(l, head, cap);
+            self.emit_raw(l, head, None);
         }
-        written
+        match (sent, pipe) {
+            (Ok(()), Some(send)) => Next::Upgrade(send, recv),
+            _ => Next::Close,
+        }
     }
 
     /// The local answer when the agent sent no response head within the response timeout.
@@ -255,6 +247,14 @@ impl Server {
             return Err((StatusCode::NOT_FOUND, "agent error".to_string()));
         }
         Ok(Checked { length, has_date })
+    }
+}
+
+/// The backend refused the upgrade: close our (empty) direction of the pipe cleanly, so the
+/// answer's body still streams instead of being cut by a reset.
+async fn end_pipe(send: Option<SendHalf>) {
+    if let Some(mut send) = send {
+        let _ = send.send_data(Bytes::new(), true).await;
     }
 }
 
@@ -326,15 +326,15 @@ async fn caller_side<R: AsyncRead + Unpin>(
 }
 
 /// Drives `write` while the caller's side goes on being read; a caller gone breaks it off.
+/// Both futures stay where they are pinned (moving them would copy their whole state).
 async fn while_reading(
-    write: impl Future<Output = Result<(), CopyError>>,
+    mut write: Pin<&mut impl Future<Output = Result<(), CopyError>>>,
     mut reading: Pin<&mut impl Future<Output = CallerSide>>,
     reading_done: &mut bool,
 ) -> Result<(), CopyError> {
-    tokio::pin!(write);
     loop {
         tokio::select! {
-            r = &mut write => break r,
+            r = write.as_mut() => break r,
             r = reading.as_mut(), if !*reading_done => {
                 if r == CallerSide::Gone {
                     break Err(CopyError::Broken);
