@@ -7,35 +7,18 @@
 #   (3) route convergence over 100 registrations: for each, a new agent on node 1, then the time
 #       between node 1 first serving the route and node 2 first serving it (polled every 2 ms).
 # PROFILE=release by default (dev for a quick look; then only ratios mean anything).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-ROOT="$PWD"
-WORK="$(mktemp -d)"
+source "$(dirname "$0")/lib.sh"
 PROFILE="${PROFILE:-release}"
 DURATION="${DURATION:-5}"
 CONNS="${CONNS:-50}"
 ROUNDS="${ROUNDS:-3}"
 IDLE="${IDLE:-10}"
 REGS="${REGS:-100}"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '==> %s\n' "$*" >&2; }
 command -v wrk >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
   || { echo "needs wrk, redis-server, redis-cli (apt-get install wrk redis-server)" >&2; exit 1; }
 
-log "building proxyview and the backend ($PROFILE)"
-cargo build -q --profile "$PROFILE" -p proxyview --bin proxyview --example bench_backend
-dir=$PROFILE; [ "$PROFILE" = dev ] && dir=debug
-PV="$ROOT/target/$dir/proxyview"
-BACKEND="$ROOT/target/$dir/examples/bench_backend"
+build_pv "$PROFILE"
 
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 P_R=$(port); P_BE=$(port)
 redis-server --port "$P_R" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
 "$BACKEND" "127.0.0.1:$P_BE" 2>/dev/null & PIDS+=($!)
@@ -70,7 +53,6 @@ run_wrk() { # port → "rps p50ms p99ms"
            function ms(v){ if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
            END{printf "%s %.3f %.3f\n", r, ms(p50), ms(p99)}'
 }
-median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 wrk -t2 -c"$CONNS" -d2s -H 'Host: svc' -H 'auth-token: bench' "http://127.0.0.1:${EX[2]}/" >/dev/null  # warm-up
 : > "$WORK/same"; : > "$WORK/cross"
 for r in $(seq "$ROUNDS"); do
@@ -94,13 +76,14 @@ NG
   : > "$WORK/h1"
   for r in $(seq "$ROUNDS"); do run_wrk "$P_NG" >> "$WORK/h1"; done
 fi
-col() { awk -v c="$2" '{print $c}' "$WORK/$1" | median; }
-S_RPS=$(col same 1); C_RPS=$(col cross 1)
-S50=$(col same 2); C50=$(col cross 2); S99=$(col same 3); C99=$(col cross 3)
+# fcol FILE C → the median of column C of the rounds in $WORK/FILE.
+fcol() { awk -v c="$2" '{print $c}' "$WORK/$1" | median; }
+S_RPS=$(fcol same 1); C_RPS=$(fcol cross 1)
+S50=$(fcol same 2); C50=$(fcol cross 2); S99=$(fcol same 3); C99=$(fcol cross 3)
 echo "same-node  req/s $S_RPS  p50 ${S50} ms  p99 ${S99} ms"
 echo "cross-node req/s $C_RPS  p50 ${C50} ms  p99 ${C99} ms"
 if [ -s "$WORK/h1" ]; then
-  echo "h1-hop     req/s $(col h1 1)  p50 $(col h1 2) ms  p99 $(col h1 3) ms   (nginx keep-alive hop → node 1)"
+  echo "h1-hop     req/s $(fcol h1 1)  p50 $(fcol h1 2) ms  p99 $(fcol h1 3) ms   (nginx keep-alive hop → node 1)"
 fi
 awk -v s="$S_RPS" -v c="$C_RPS" -v s50="$S50" -v c50="$C50" -v s99="$S99" -v c99="$C99" \
   'BEGIN{printf "cross/same req/s %.2f; added p50 %.3f ms, p99 %.3f ms\n", c/s, c50-s50, c99-s99}'

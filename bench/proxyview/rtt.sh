@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
 # 20 MB download through the tunnel with 20 ms RTT between agent and server (a relay that delays
 # each direction by 10 ms), to show what the flow-control window sizes in src/protocol.rs buy.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-HERE="$PWD/bench/proxyview"
-WORK="$(mktemp -d)"; PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cargo build -q --release -p proxyview --bin proxyview --example bench_backend
-PV="$PWD/target/release/proxyview"; BACKEND="$PWD/target/release/examples/bench_backend"
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+source "$(dirname "$0")/lib.sh"
+HERE="$ROOT/bench/proxyview"
+build_pv
 P_BE=$(port); P_IN=$(port); P_EX=$(port); P_RELAY=$(port)
 printf 'host: "127.0.0.1"\ninternal: {port: %s, token: "b"}\nexternal: {port: %s, token: "b"}\n' "$P_IN" "$P_EX" > "$WORK/s.yaml"
 printf 'clientId: "b"\nroutes: [{name: "svc", value: "127.0.0.1", port: %s}]\nproxyview: {url: "127.0.0.1:%s", token: "b"}\n' "$P_BE" "$P_RELAY" > "$WORK/a.yaml"

@@ -6,30 +6,14 @@
 # the median, range and count >= 1.0 of the per-round paired req/s ratios), CPU µs per request
 # of the tunnel processes, 100 MB download MB/s, and peak RSS, with the ratios b/c.
 # Installs its own tools (wrk from apt, rathole built from its crates.io source) under target/.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-ROOT="$PWD"
+source "$(dirname "$0")/lib.sh"
 TOOLS="$ROOT/target/bench-tools"
-WORK="$(mktemp -d)"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-50}"
 ROUNDS="${ROUNDS:-5}"
 BULK_BYTES=$((100 * 1024 * 1024))
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '==> %s\n' "$*" >&2; }
-
 # --- tools -----------------------------------------------------------------------------------
-if ! command -v wrk >/dev/null; then
-  log "installing wrk"
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
-fi
+need_wrk
 RATHOLE="$TOOLS/bin/rathole"
 if [ ! -x "$RATHOLE" ]; then
   # `cargo install rathole --locked` fails on rustc 1.95 (its lock pins time 0.3.29, E0282):
@@ -45,15 +29,10 @@ if [ ! -x "$RATHOLE" ]; then
     && cargo install -q --path . --locked --root "$TOOLS" --no-default-features --features server,client)
 fi
 
-log "building proxyview and the backend (release)"
-cargo build -q --release -p proxyview --bin proxyview --example bench_backend
-PV="$ROOT/target/release/proxyview"
-BACKEND="$ROOT/target/release/examples/bench_backend"
+build_pv
 
 # --- processes -------------------------------------------------------------------------------
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 P_BE=$(port); P_PV_IN=$(port); P_PV_EX=$(port); P_RH_CTL=$(port); P_RH_SVC=$(port)
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 "$BACKEND" "127.0.0.1:$P_BE" 2>/dev/null & PIDS+=($!)
 wait_port "$P_BE"
@@ -99,9 +78,6 @@ for _ in $(seq 100); do
 done
 
 # --- measurements ----------------------------------------------------------------------------
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
-hwm_kib() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
-HZ=$(getconf CLK_TCK)
 
 # run_wrk NAME URL HOSTHEADER PIDS... → sets RPS, P50, P99 (ms), CPU_US
 run_wrk() {
@@ -113,7 +89,6 @@ run_wrk() {
   local c1; c1=$(cpu_ticks "$@")
   RPS=$(awk '/Requests\/sec/{print $2}' <<<"$out")
   local reqs; reqs=$(awk '/requests in/{print $1}' <<<"$out")
-  to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
   P50=$(awk '$1=="50%"{print $2}' <<<"$out" | to_ms)
   P99=$(awk '$1=="99%"{print $2}' <<<"$out" | to_ms)
   if [ "$#" -gt 0 ]; then
@@ -132,7 +107,6 @@ bulk() { # URL HOST → MB/s
 # The two tunnels alternate ROUNDS times and each metric is the median of its rounds: on a shared
 # VM one run of each can differ by 2x from the next (neighbours' load), alternating keeps both
 # under the same conditions.
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 log "small GET, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds"
 run_wrk direct "http://127.0.0.1:$P_BE/" ""
 D_RPS=$RPS D_P50=$P50 D_P99=$P99
@@ -143,7 +117,6 @@ for _ in $(seq "$ROUNDS"); do
   run_wrk rathole "http://127.0.0.1:$P_RH_SVC/" "" "$RH_S" "$RH_C"
   C+=("$RPS $P50 $P99 $CPU_US")
 done
-col() { local i=$1; shift; for r in "$@"; do echo "$r" | awk -v i="$i" '{print $i}'; done | tr '\n' ' ' | median; }
 B_RPS=$(col 1 "${B[@]}") B_P50=$(col 2 "${B[@]}") B_P99=$(col 3 "${B[@]}") B_CPU=$(col 4 "${B[@]}")
 C_RPS=$(col 1 "${C[@]}") C_P50=$(col 2 "${C[@]}") C_P99=$(col 3 "${C[@]}") C_CPU=$(col 4 "${C[@]}")
 # Each proxyview round against the rathole round right after it: on a noisy VM the spread of
@@ -181,7 +154,6 @@ for _ in $(seq "$ROUNDS"); do
 done
 B_BULK=$(echo "${BB[*]}" | median) C_BULK=$(echo "${CB[*]}" | median)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
 printf '\n%-28s %12s %12s %12s %10s\n' "metric" "direct" "proxyview" "rathole" "pv/rathole"
 printf '%-28s %12s %12s %12s %10s\n' "small GET req/s" "$D_RPS" "$B_RPS" "$C_RPS" "$(ratio "$B_RPS" "$C_RPS")"
 printf '%-28s %12s %12s %12s %10s\n' "  paired rounds: median" "" "" "" "$P_MED"

@@ -4,36 +4,15 @@
 # agent, ROUNDS alternating rounds (default 3), medians. Then new TLS connections per second on
 # the one-thread server (wrk with `Connection: close`: one full handshake + one request each),
 # with the server's CPU µs per connection. Self-signed P-256 certificate from openssl.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-ROOT="$PWD"
-WORK="$(mktemp -d)"
+source "$(dirname "$0")/lib.sh"
 DURATION="${DURATION:-5}"
 CONNS="${CONNS:-50}"
 ROUNDS="${ROUNDS:-3}"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '==> %s\n' "$*" >&2; }
-if ! command -v wrk >/dev/null; then
-  log "installing wrk"
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
-fi
-
-log "building proxyview and the backend (release)"
-cargo build -q --release -p proxyview --bin proxyview --example bench_backend
-PV="$ROOT/target/release/proxyview"
-BACKEND="$ROOT/target/release/examples/bench_backend"
+need_wrk
+build_pv
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=svc \
   -addext subjectAltName=DNS:svc -keyout "$WORK/svc.key" -out "$WORK/svc.pem" 2>/dev/null
 
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 P_BE=$(port)
 "$BACKEND" "127.0.0.1:$P_BE" 2>/dev/null & PIDS+=($!)
 wait_port "$P_BE"
@@ -62,10 +41,6 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
 # run_wrk NAME URL EXTRA_HEADER PIDS... → RPS P99 CPU_US
 run_wrk() {
   local name=$1 url=$2 extra=$3; shift 3
@@ -85,13 +60,11 @@ for _ in $(seq "$ROUNDS"); do
   run_wrk plain "http://127.0.0.1:$PL_P/" "" "$PL_S" "$PL_A"; A+=("$RPS $P99 $CPU_US")
   run_wrk tls "https://127.0.0.1:$TL_P/" "" "$TL_S" "$TL_A"; B+=("$RPS $P99 $CPU_US")
 done
-col() { local i=$1; shift; for r in "$@"; do echo "$r" | awk -v i="$i" '{print $i}'; done | tr '\n' ' ' | median; }
 # New connections: each wrk request on a fresh TLS connection (server CPU only: the handshake).
 run_wrk "tls new connections" "https://127.0.0.1:$TL_P/" "Connection: close" "$TL_S"
 H_RPS=$RPS H_CPU=$CPU_US
 run_wrk "plain new connections" "http://127.0.0.1:$PL_P/" "Connection: close" "$PL_S"
 N_RPS=$RPS N_CPU=$CPU_US
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
 printf '\n%-34s %12s %12s %10s\n' "metric" "plain" "tls" "tls/plain"
 printf '%-34s %12s %12s %10s\n' "small GET req/s (keep-alive)" "$(col 1 "${A[@]}")" "$(col 1 "${B[@]}")" "$(ratio "$(col 1 "${B[@]}")" "$(col 1 "${A[@]}")")"
 printf '%-34s %12s %12s %10s\n' "p99 ms" "$(col 2 "${A[@]}")" "$(col 2 "${B[@]}")" "$(ratio "$(col 2 "${B[@]}")" "$(col 2 "${A[@]}")")"

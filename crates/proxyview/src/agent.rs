@@ -375,8 +375,8 @@ impl Agent {
 }
 
 /// Long-lived tasks that serve tunnelled streams one after another. Handing a stream to an
-/// idle worker is one wake-up; a task per stream cost an allocation (over-aligned, so malloc's
-/// slow path), a spawn and a free — ~2k instructions per request, an eighth of the agent's.
+/// idle worker is one wake-up; a task per stream would cost an allocation (over-aligned, so
+/// malloc's slow path), a spawn and a free per request.
 /// One pool per session; the session drops it when it ends, which lets idle workers go.
 struct Workers {
     agent: Arc<Agent>,

@@ -5,10 +5,10 @@
 //! head arrives already parsed and checked by the server, so the agent copies its fields
 //! onto the wire (see `agent::write_request_head`); the response head is parsed with httparse
 //! (the parser hyper itself uses) straight into the tunnel's head encoding, and body bytes go
-//! from the socket buffer into `Data` frames without a body type in between. With hyper's client
-//! the same request cost a spawned connection task, a dispatcher hand-off in each direction, and
-//! a header map built, filtered and serialised twice; callgrind measured the agent at 36,501
-//! instructions per keep-alive GET with it and 19,505 with this module (`bench/proxyview`).
+//! from the socket buffer into `Data` frames without a body type in between. hyper's client would
+//! add a spawned connection task, a dispatcher hand-off in each direction, and a header map
+//! built, filtered and serialised twice per request, about as much work again as the rest of the
+//! agent's.
 //!
 //! A pool is a plain stack of idle connections per route: the most recently used one is taken
 //! first (its buffers are warm), one the backend closed while idle is noticed from its socket's

@@ -2,7 +2,8 @@
 //! port, the tunnel's own field names, upgrades. The HTTP/1.1 rules themselves are in `http1`.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 /// Error type carried by every body in the tunnel.
@@ -29,6 +30,17 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A plain-text answer of the agents' port.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<PvBody> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// Whether `name` is one of the tunnel's own `proxyview-*` fields (any case), which callers

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod agent;
+pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod config;

@@ -9,7 +9,7 @@
 //!    sequence of [`Frame`]s (a message may hold many frames; a frame may span messages). The
 //!    *server* opens one stream per caller request with a [`Frame::Head`]; the agent answers on the
 //!    same stream with its own `Head`, then both sides send `Data` until one with `end` set. See
-//!    [`crate::mux`] for why this and not HTTP/2.
+//!    the `mux` module for why this and not HTTP/2.
 //! 4. A request head carries the caller's method, path and headers (hop-by-hop ones and the
 //!    external token removed) plus the `proxyview-*` headers below, which the agent consumes. An
 //!    upgrade (WebSocket) request has `upgrade` set; after a `101` answer the stream is a raw byte
@@ -708,3 +708,140 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a rejected peer's unread bytes are drained after the 403, so the close is a FIN
 /// the caller can read the answer before, not an RST that destroys it.
 pub const REJECT_DRAIN: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Method};
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let frames = vec![
+            Frame::Head {
+                stream: 1,
+                end: false,
+                upgrade: true,
+                block: Bytes::from_static(b"head"),
+            },
+            Frame::Data {
+                stream: 1,
+                end: true,
+                data: Bytes::from(vec![7u8; 70_000].split_off(5_536)),
+            },
+            Frame::Window {
+                stream: 0,
+                increment: 99,
+            },
+            Frame::Reset {
+                stream: 3,
+                code: reset::CANCEL,
+            },
+            Frame::Ping(42),
+            Frame::Pong(42),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        for cut in [0, 1, 9, 10, 11, 20, 1000, wire.len() - 1] {
+            let mut acc = BytesMut::new();
+            let mut got = Vec::new();
+            for part in [wire.slice(..cut), wire.slice(cut..)] {
+                acc.extend_from_slice(&part);
+                let mut b = acc.split().freeze();
+                while let Some(f) = Frame::decode(&mut b).unwrap() {
+                    got.push(f);
+                }
+                acc.extend_from_slice(&b);
+            }
+            assert_eq!(got, frames, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_head_written_in_place_is_the_same_frame() {
+        let block = crate::protocol::encode_request_head(
+            "GET",
+            "/x",
+            [(&b"Accept"[..], &b"*/*"[..]), (b"x-long", &[b'v'; 600][..])].into_iter(),
+        );
+        // Written after other bytes (the outgoing buffer is rarely empty), the length field is
+        // patched to the block's size: the decoder gets back exactly this frame, and no more.
+        for (end, upgrade) in [(true, false), (false, true)] {
+            let mut out = BytesMut::from(&b"before"[..]);
+            Frame::encode_head_with(&mut out, 7, end, upgrade, |out| {
+                out.extend_from_slice(&block)
+            });
+            out.extend_from_slice(b"after");
+            let mut wire = out.freeze().slice(6..);
+            let got = Frame::decode(&mut wire).unwrap();
+            let want = Frame::Head {
+                stream: 7,
+                end,
+                upgrade,
+                block: block.clone(),
+            };
+            assert_eq!(got, Some(want));
+            assert_eq!(&wire[..], b"after");
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_errors() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        b.extend_from_slice(&(MAX_FRAME_SIZE + 1).to_be_bytes());
+        assert!(matches!(
+            Frame::decode(&mut b.freeze()),
+            Err(FrameError::TooLong { .. })
+        ));
+        let mut b = Bytes::from_static(&[99, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(99)));
+        let mut b = Bytes::from_static(&[3, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0]);
+        assert!(matches!(
+            Frame::decode(&mut b),
+            Err(FrameError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn heads_round_trip_and_reject_garbage() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.insert("host", HeaderValue::from_static("svc"));
+        let req = RequestHead {
+            method: Method::from_bytes(b"PROPFIND").unwrap(),
+            path: "/a/b?c=d".parse().unwrap(),
+            headers: headers.clone(),
+        };
+        let enc = req.encode();
+        let raw = RawRequestHead::parse(&enc).unwrap();
+        assert_eq!(raw.method, b"PROPFIND");
+        assert_eq!(raw.path, b"/a/b?c=d");
+        let fields: Vec<(&[u8], &[u8])> = raw.fields().collect();
+        let want: Vec<(&[u8], &[u8])> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        assert_eq!(fields, want);
+        let resp = ResponseHead {
+            status: StatusCode::IM_A_TEAPOT,
+            headers,
+        };
+        let enc_resp = resp.encode();
+        let raw_resp = RawResponseHead::parse(&enc_resp).unwrap();
+        assert_eq!(raw_resp.status, 418);
+        assert_eq!(raw_resp.fields().collect::<Vec<_>>(), want);
+        for n in 0..enc.len() {
+            assert!(RawRequestHead::parse(&enc[..n]).is_err(), "prefix {n}");
+        }
+        let mut bad = BytesMut::from(&resp.encode()[..]);
+        bad[0] = 0;
+        bad[1] = 5;
+        assert!(RawResponseHead::parse(&bad).is_err());
+    }
+}

@@ -2,50 +2,37 @@
 //! send HTTP/1.1 requests that are routed by Host into the tunnel of the agent serving that route.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
-use base64::Engine as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use telemetry::{Capture, Exchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::access_log::{AccessRecord, AccessSink};
-use crate::config::{normalize_route_name, peer_allowed, Allowlist, Secret, ServerConfig};
-use crate::http_util::{self, empty, full, PvBody};
+use crate::access_log::AccessSink;
+use crate::auth::{basic_password, map_pairs, presented_token};
+use crate::config::{normalize_route_name, peer_allowed, Secret, ServerConfig};
+use crate::http_util::{full, text, PvBody};
 use crate::mux::{self, Heartbeat};
 use crate::protocol::{self, Hello, HelloAck, Rejected};
 use crate::router::{Router, Session};
 
 mod acme;
 mod caller;
+mod state;
 pub mod tls;
 use crate::wsio;
 use caller::CallerIo;
-
-/// Proxyview's exact error page, used for every failure in legacy mode.
-pub const LEGACY_404_BODY: &str = "Resource was not found.";
-
-/// Shared server state.
-pub struct Server {
-    cfg: ServerConfig,
-    router: Router,
-    sink: Option<Arc<dyn AccessSink>>,
-    next_session: AtomicU64,
-    stopping: tokio::sync::watch::Sender<bool>,
-    connections: tokio_util::task::TaskTracker,
-    /// `cluster:` (None: the single-node server).
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-}
+pub use caller::{CLIENT_CLOSED, LEGACY_404_BODY};
+pub use state::Server;
 
 /// Addresses the server actually bound (ports may have been 0 in the config).
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +48,7 @@ pub struct Bound {
 impl Server {
     /// Builds the server; `sink` receives access records when the config enables them.
     pub fn new(cfg: ServerConfig, sink: Option<Arc<dyn AccessSink>>) -> anyhow::Result<Arc<Self>> {
-        let router = Router::new(cfg.agents.clone());
+        let router = Arc::new(Router::new(cfg.agents.clone()));
         let sink = if cfg.access_log { sink } else { None };
         // Cluster hook: the registry client is built here, contacted only once started.
         let cluster = match &cfg.cluster {
@@ -154,7 +141,7 @@ impl Server {
             );
         }
         if let Some(c) = &self.cluster {
-            c.spawn(Arc::downgrade(self));
+            c.spawn(Arc::downgrade(&self.router));
         }
         let s = self.clone();
         tokio::spawn(async move { s.accept_loop(internal, Port::Internal, internal_tls).await });
@@ -271,7 +258,7 @@ impl Server {
             p @ (protocol::STATUS_PATH | "/") => return self.admin(p, &req),
             crate::cluster::peer::PATH if self.cluster.is_some() => {
                 if let Some(c) = &self.cluster {
-                    return crate::cluster::peer::accept(self, c.settings(), peer, req);
+                    return crate::cluster::peer::accept(&self.router, c.settings(), peer, req);
                 }
             }
             _ => return text(StatusCode::NOT_FOUND, "Unknown resource!"),
@@ -303,7 +290,7 @@ impl Server {
             );
             return r;
         }
-        let key = match websocket_key(&req) {
+        let key = match wsio::websocket_key(&req) {
             Ok(k) => k,
             Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
         };
@@ -323,15 +310,7 @@ impl Server {
                 Err(e) => debug!(%peer, error = %e, "agent upgrade failed"),
             }
         });
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = r.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(v) = HeaderValue::from_str(&accept_key(&key)) {
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-        }
-        r
+        wsio::switching_protocols(&key)
     }
 
     async fn run_session<S>(
@@ -533,113 +512,8 @@ enum Port {
     Redirect(u16),
 }
 
-/// What the server remembers about a request until its log record is written.
-struct LogCtx {
-    sink: Arc<dyn AccessSink>,
-    done: bool,
-    start: SystemTime,
-    t0: Instant,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    request: Arc<Mutex<Capture>>,
-    endpoint: Option<String>,
-    client_id: Option<String>,
-    session: Option<u64>,
-    tls: bool,
-}
-
-impl LogCtx {
-    fn served_by(mut self, s: &Session) -> Self {
-        self.client_id = Some(s.client_id.clone());
-        self.session = Some(s.id);
-        self
-    }
-
-    fn record(
-        mut self,
-        status: u16,
-        response_headers: HeaderMap,
-        response_body: Option<Capture>,
-        local: u64,
-    ) -> AccessRecord {
-        self.take_record(status, response_headers, response_body, local)
-    }
-
-    fn take_record(
-        &mut self,
-        status: u16,
-        response_headers: HeaderMap,
-        response_body: Option<Capture>,
-        local: u64,
-    ) -> AccessRecord {
-        self.done = true;
-        let request_body =
-            std::mem::take(&mut *self.request.lock().unwrap_or_else(|p| p.into_inner()));
-        AccessRecord {
-            exchange: Exchange {
-                start: self.start,
-                end: SystemTime::now(),
-                elapsed: self.t0.elapsed(),
-                method: self.method.clone(),
-                uri: std::mem::take(&mut self.uri),
-                tls: self.tls,
-                request_headers: std::mem::take(&mut self.headers),
-                request_body,
-                status,
-                response_headers,
-                response_body,
-                local_response_bytes: local,
-                endpoint: Some(self.endpoint.take().unwrap_or_else(|| "unmatched".into())),
-                client_id: self.client_id.clone(),
-            },
-            client_id: self.client_id.take(),
-            session: self.session,
-        }
-    }
-}
-
-/// Status logged when the caller went away before a response head was sent (nginx's convention,
-/// as cwproxy logs it).
-pub const CLIENT_CLOSED: u16 = 499;
-
-impl Drop for LogCtx {
-    fn drop(&mut self) {
-        if !self.done {
-            let rec = self.take_record(CLIENT_CLOSED, HeaderMap::new(), None, 0);
-            self.sink.emit(rec);
-        }
-    }
-}
-
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Whether `ip` is a trusted proxy whose X-Forwarded fields are kept: unlike the peer
-/// allowlists ([`peer_allowed`]), no list means no one is trusted.
-fn trusted_proxy(list: Option<&Allowlist>, ip: IpAddr) -> bool {
-    list.is_some_and(|l| l.allows(ip))
-}
-
-/// The proxy token a request presents: the first legacy token field (`legacy`) when there is
-/// one, else (when `bearer` allows it) the token of a bearer `Authorization`. The legacy field
-/// wins so that a caller which authenticates with it can still send its own
-/// `Authorization: Bearer` to the backend. One rule for both ports.
-fn presented_token<'a, I>(fields: impl Fn() -> I, legacy: &str, bearer: bool) -> Option<&'a [u8]>
-where
-    I: Iterator<Item = (&'a [u8], &'a [u8])>,
-{
-    let first = |want: &[u8]| {
-        fields()
-            .find(|(n, _)| n.eq_ignore_ascii_case(want))
-            .map(|(_, v)| v.trim_ascii())
-    };
-    first(legacy.as_bytes()).or_else(|| {
-        bearer
-            .then(|| first(b"authorization").and_then(bearer_token))
-            .flatten()
-    })
 }
 
 /// `/api/status`: the route table, and the cluster's part when there is one.
@@ -653,101 +527,6 @@ struct StatusJson {
 
 /// The operator page: one self-contained file (inline CSS and JS, no external assets).
 const ADMIN_PAGE: &str = include_str!("server/admin.html");
-
-/// The password of a Basic `Authorization` value (`Basic base64(user:password)`).
-fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
-    let b64 = (value.len() > 6 && value[..6].eq_ignore_ascii_case(b"basic "))
-        .then(|| value[6..].trim_ascii())?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    let colon = raw.iter().position(|&c| c == b':')?;
-    Some(raw[colon + 1..].to_vec())
-}
-
-/// The token of a bearer `Authorization` value (`Bearer <token>`, the scheme in any case).
-pub(crate) fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
-        .then(|| value[7..].trim_ascii())
-}
-
-/// A header map's fields as `(name, value)` pairs.
-fn map_pairs(h: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    h.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-}
-
-/// The request headers as logged: the caller's proxy token never reaches the log.
-fn logged_headers(h: &HeaderMap, credential: Option<Credentials>) -> HeaderMap {
-    match credential {
-        None => h.clone(),
-        Some(c) => h
-            .iter()
-            .filter(|(n, _)| !c.matches(n))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect(),
-    }
-}
-
-/// The fields of one request that carry the caller's proxy token: `auth-token` always, and
-/// `Authorization` only when it is the bearer token [`presented_token`] read (no `auth-token`
-/// present, bearer accepted); any other `Authorization` belongs to the backend. One rule for
-/// what the agent and the access log never see.
-#[derive(Debug, Clone, Copy)]
-struct Credentials {
-    bearer: bool,
-}
-
-impl Credentials {
-    fn matches(self, n: &HeaderName) -> bool {
-        self.matches_name(n.as_str().as_bytes())
-    }
-
-    /// [`Credentials::matches`] for a raw field name, any case.
-    fn matches_name(self, n: &[u8]) -> bool {
-        n.eq_ignore_ascii_case(protocol::AUTH_TOKEN_HEADER.as_str().as_bytes())
-            || (self.bearer && n.eq_ignore_ascii_case(b"authorization"))
-    }
-}
-
-pub(crate) fn websocket_key(req: &Request<Incoming>) -> Result<String, &'static str> {
-    if req.method() != Method::GET {
-        return Err("/connect needs GET with a WebSocket upgrade\n");
-    }
-    if !http_util::upgrade_protocol(req.headers())
-        .is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
-    {
-        return Err("/connect needs Connection: upgrade and Upgrade: websocket\n");
-    }
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Err("/connect needs Sec-WebSocket-Version: 13\n");
-    }
-    req.headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .ok_or("/connect needs Sec-WebSocket-Key\n")
-}
-
-/// RFC 6455 §4.2.2: base64(SHA-1(key ++ GUID)).
-pub(crate) fn accept_key(key: &str) -> String {
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-}
-
-pub(crate) fn text(status: StatusCode, body: &str) -> Response<PvBody> {
-    let mut r = Response::new(full(body.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
 
 /// Answers a peer outside the allowlist without parsing or forwarding anything it sent: its
 /// first bytes are read and discarded (so an HTTP client is reading by then), then 403 and a FIN;
@@ -790,54 +569,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!(plain, wrapped);
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn token_sources_and_stripping() {
-        let mut h = HeaderMap::new();
-        h.insert("auth-token", HeaderValue::from_static("legacy"));
-        let legacy = "auth-token";
-        assert_eq!(
-            presented_token(|| map_pairs(&h), legacy, true),
-            Some(&b"legacy"[..])
-        );
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer  tok "),
-        );
-        assert_eq!(
-            presented_token(|| map_pairs(&h), legacy, true),
-            Some(&b"legacy"[..]),
-            "auth-token wins; the bearer is the backend's"
-        );
-        h.remove("auth-token");
-        assert_eq!(
-            presented_token(|| map_pairs(&h), legacy, true),
-            Some(&b"tok"[..])
-        );
-        assert_eq!(presented_token(|| map_pairs(&h), legacy, false), None);
-        h.insert("auth-token", HeaderValue::from_static("legacy"));
-        h.insert("x-other", HeaderValue::from_static("1"));
-        let kept = |h: &HeaderMap, bearer: bool| {
-            let c = Credentials { bearer };
-            h.keys()
-                .filter(|n| !c.matches(n))
-                .map(|n| n.as_str().to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(kept(&h, true), ["x-other"]);
-        assert_eq!(
-            kept(&h, false),
-            ["authorization", "x-other"],
-            "non-bearer Authorization belongs to the backend"
-        );
     }
 }

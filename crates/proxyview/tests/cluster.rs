@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt as _, StreamExt as _};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -109,29 +108,8 @@ async fn wait_body(node: &Server, host: &str, want: &str, within: Duration) -> D
 }
 
 async fn websocket_echo(node: &Server, host: &str) {
-    let tcp = TcpStream::connect(node.external).await.unwrap();
-    let uri = format!("ws://{host}:{}/ws", node.external.port());
-    let (mut ws, resp) = tokio_websockets::ClientBuilder::new()
-        .uri(&uri)
-        .unwrap()
-        .add_header("auth-token".parse().unwrap(), TOKEN_OUT.parse().unwrap())
-        .unwrap()
-        .connect_on(tcp)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    for i in 0..5 {
-        let msg = format!("hello {i}");
-        ws.send(tokio_websockets::Message::text(msg.clone()))
-            .await
-            .unwrap();
-        let back = tokio::time::timeout(T, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.as_text(), Some(msg.as_str()));
-    }
+    let mut ws = websocket(node.external, host).await;
+    echo_texts(&mut ws, 5, T).await;
 }
 
 /// A raw peer-link handshake with `bearer`; returns the status line.
@@ -256,19 +234,11 @@ async fn three_nodes_serve_every_host_forward_streams_and_fail_over() {
     let (bp1, bp2) = (backend("p1").await, backend("p2").await);
     let p1 = agent("agent-p1", "part", bp1, &[&n1]);
     wait_body(&n2, "part", "p1", T).await;
-    let signal = |sig: &str, pid: u32| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP", n1.proc.pid());
+    signal(n1.proc.pid(), "-STOP");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let p2 = agent("agent-p2", "part", bp2, &[&n3]);
     let p2_took = wait_body(&n2, "part", "p2", T).await;
-    signal("-CONT", n1.proc.pid());
+    signal(n1.proc.pid(), "-CONT");
     assert!(
         n1.proc
             .wait_log("route withdrawn", Duration::from_secs(3))

@@ -12,15 +12,6 @@ use proxyview::http_util::full;
 
 const T: Duration = Duration::from_secs(15);
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_agent_is_declared_dead_by_heartbeat_then_comes_back() {
     let hb = "  heartbeatIntervalSecs: 0.3\n  heartbeatTimeoutSecs: 0.5\n";

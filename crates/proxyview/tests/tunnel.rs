@@ -361,29 +361,8 @@ async fn backend_switching_protocols_unasked_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_tunnel() {
     let (server, _agent, _) = setup("", "").await;
-    let tcp = TcpStream::connect(server.external).await.unwrap();
-    let uri = format!("ws://route1:{}/ws", server.external.port());
-    let (mut ws, resp) = tokio_websockets::ClientBuilder::new()
-        .uri(&uri)
-        .unwrap()
-        .add_header("auth-token".parse().unwrap(), TOKEN_OUT.parse().unwrap())
-        .unwrap()
-        .connect_on(tcp)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    for i in 0..20 {
-        let msg = format!("hello {i}");
-        ws.send(tokio_websockets::Message::text(msg.clone()))
-            .await
-            .unwrap();
-        let back = tokio::time::timeout(T, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.as_text(), Some(msg.as_str()));
-    }
+    let mut ws = websocket(server.external, "route1").await;
+    echo_texts(&mut ws, 20, T).await;
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
     ws.send(tokio_websockets::Message::binary(big.clone()))
         .await

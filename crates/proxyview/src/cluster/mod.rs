@@ -29,7 +29,6 @@ use tracing::{debug, info, warn};
 use crate::config::{AgentPolicy, ClusterSettings};
 use crate::protocol::Rejected;
 use crate::router::{Registration, Router, Session};
-use crate::server::Server;
 use crate::stats::RouteStats;
 use registry::{Claim, Registry};
 
@@ -166,13 +165,14 @@ impl Cluster {
         self.cfg.heartbeat * LEASE_HEARTBEATS
     }
 
-    /// Starts the heartbeat (sync) and pub/sub tasks; they end when the server is dropped.
-    pub fn spawn(self: &Arc<Self>, server: Weak<Server>) {
+    /// Starts the heartbeat (sync) and pub/sub tasks on the server's route table; they end when
+    /// the server, its only owner, drops it.
+    pub fn spawn(self: &Arc<Self>, router: Weak<Router>) {
         let c = self.clone();
-        let s = server.clone();
+        let s = router.clone();
         tokio::spawn(async move { c.heartbeat_loop(s).await });
         let c = self.clone();
-        tokio::spawn(async move { c.subscribe_loop(server).await });
+        tokio::spawn(async move { c.subscribe_loop(router).await });
     }
 
     /// Local routes changed (a session ended): sync soon.
@@ -292,7 +292,7 @@ impl Cluster {
     /// Every heartbeat (or sooner when local routes changed): release routes no longer served
     /// here, renew and claim the others, follow the node list, reload the view when the
     /// registry's revision moved.
-    async fn heartbeat_loop(self: Arc<Self>, server: Weak<Server>) {
+    async fn heartbeat_loop(self: Arc<Self>, table: Weak<Router>) {
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -300,8 +300,10 @@ impl Cluster {
                 _ = tick.tick() => {}
                 () = self.changed.notified() => {}
             }
-            let Some(srv) = server.upgrade() else { return };
-            self.sync_once(srv.router()).await;
+            let Some(router) = table.upgrade() else {
+                return;
+            };
+            self.sync_once(&router).await;
         }
     }
 
@@ -449,9 +451,9 @@ impl Cluster {
     /// since messages sent while unsubscribed are lost. A subscription silent for a heartbeat
     /// while the registry is unhealthy is dropped and made again (a connection cut without a
     /// FIN would otherwise wait forever).
-    async fn subscribe_loop(self: Arc<Self>, server: Weak<Server>) {
+    async fn subscribe_loop(self: Arc<Self>, table: Weak<Router>) {
         let channel = self.registry.channel();
-        while server.strong_count() > 0 {
+        while table.strong_count() > 0 {
             let sub = async {
                 let mut ps = self.client.get_async_pubsub().await?;
                 ps.subscribe(&channel).await?;
@@ -465,7 +467,7 @@ impl Cluster {
                         let m = tokio::select! {
                             m = msgs.next() => m,
                             () = tokio::time::sleep(self.cfg.heartbeat) => {
-                                if server.strong_count() == 0 {
+                                if table.strong_count() == 0 {
                                     return;
                                 }
                                 if self.healthy.load(Ordering::Relaxed) {

@@ -6,8 +6,7 @@
 //! tunnel; the owner node splices each stream onto a stream of its agent's tunnel, head and
 //! bytes unchanged. So request and response bodies stream both ways with the tunnel's flow
 //! control, upgrades (WebSocket) are the same byte pipe, and the forwarding node's caller code
-//! (errors 502/504, access log, timeouts) is the one it uses for its own agents. The measured
-//! cost against HTTP/1.1 keep-alive is in `bench/proxyview/README.md`.
+//! (errors 502/504, access log, timeouts) is the one it uses for its own agents.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,12 +23,13 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
+use crate::auth;
 use crate::config::ClusterSettings;
-use crate::http_util::{empty, PvBody};
+use crate::http_util::{self, PvBody};
 use crate::mux::{self, Accepted, Heartbeat};
 use crate::protocol::{self, RawRequestHead};
-use crate::router::Session;
-use crate::server::{self, Server};
+use crate::router::{Router, Session};
+use crate::wsio;
 
 /// Path of the peer endpoint on the internal port.
 pub const PATH: &str = "/cluster/peer";
@@ -243,7 +243,7 @@ async fn dial(
 /// Answers `GET /cluster/peer` on the internal port: a node presenting the cluster secret as a
 /// bearer gets a link whose streams are spliced onto this node's agents.
 pub fn accept(
-    srv: &Arc<Server>,
+    router: &Arc<Router>,
     cfg: &ClusterSettings,
     peer: SocketAddr,
     mut req: Request<Incoming>,
@@ -251,7 +251,7 @@ pub fn accept(
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| server::bearer_token(v.as_bytes()));
+        .and_then(|v| auth::bearer_token(v.as_bytes()));
     let node = req
         .headers()
         .get(NODE_HEADER)
@@ -260,17 +260,17 @@ pub fn accept(
         .to_string();
     if !presented.is_some_and(|t| cfg.secret.matches(t)) {
         info!(%peer, %node, "cluster peer refused: bad or missing cluster secret");
-        return server::text(
+        return http_util::text(
             StatusCode::UNAUTHORIZED,
             "proxyview: cluster secret required\n",
         );
     }
-    let key = match server::websocket_key(&req) {
+    let key = match wsio::websocket_key(&req) {
         Ok(k) => k,
-        Err(msg) => return server::text(StatusCode::BAD_REQUEST, msg),
+        Err(msg) => return http_util::text(StatusCode::BAD_REQUEST, msg),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let srv = srv.clone();
+    let router = router.clone();
     let hb = heartbeat(cfg);
     tokio::spawn(async move {
         let up = match on_upgrade.await {
@@ -282,14 +282,14 @@ pub fn accept(
                 tokio_websockets::Limits::default().max_payload_len(Some(protocol::MAX_WS_MESSAGE)),
             )
             .serve(TokioIo::new(up));
-        let weak = Arc::downgrade(&srv);
-        drop(srv);
+        let weak = Arc::downgrade(&router);
+        drop(router);
         let tunnel = mux::Session::start_acceptor(
             ws,
             hb,
             Box::new(move |a| {
-                if let Some(srv) = weak.upgrade() {
-                    tokio::spawn(relay(srv, a));
+                if let Some(router) = weak.upgrade() {
+                    tokio::spawn(relay(router, a));
                 }
             }),
         );
@@ -297,21 +297,13 @@ pub fn accept(
         let reason = tunnel.closed().await;
         info!(%peer, %node, %reason, "cluster peer disconnected");
     });
-    let mut r = Response::new(empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&server::accept_key(&key)) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    wsio::switching_protocols(&key)
 }
 
 /// Splices one stream of a peer link onto a stream of the local agent serving its route: the
 /// head as it came, then bytes both ways until each direction ends. A reset on either side
 /// resets the other (dropping an unfinished half resets its stream).
-async fn relay(srv: Arc<Server>, a: Accepted) {
+async fn relay(router: Arc<Router>, a: Accepted) {
     let Accepted {
         head,
         end,
@@ -327,7 +319,7 @@ async fn relay(srv: Arc<Server>, a: Accepted) {
     let Some(route) = route else {
         return answer(send, 400, "bad request head on a cluster peer link").await;
     };
-    let (candidates, _) = srv.router().candidates(&route);
+    let (candidates, _) = router.candidates(&route);
     let opened = candidates.iter().find_map(|s| {
         s.sender
             .get()

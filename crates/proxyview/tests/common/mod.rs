@@ -230,6 +230,57 @@ pub async fn wait_route(external: SocketAddr, host: &str, within: Duration) {
 
 // ---------------------------------------------------------------------------------------------
 // Caller
+/// Sends `sig` (`-STOP`, `-CONT`, …) to process `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A WebSocket client through the external port `addr` to the backend of `host`, presenting
+/// the callers' token; the upgrade must be answered 101.
+pub async fn websocket(
+    addr: SocketAddr,
+    host: &str,
+) -> tokio_websockets::WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let uri = format!("ws://{host}:{}/ws", addr.port());
+    let (ws, resp) = tokio_websockets::ClientBuilder::new()
+        .uri(&uri)
+        .unwrap()
+        .add_header("auth-token".parse().unwrap(), TOKEN_OUT.parse().unwrap())
+        .unwrap()
+        .connect_on(tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// Sends `n` text messages on `ws`, each echoed back (by the backend's `/ws`) within `within`.
+pub async fn echo_texts<S>(
+    ws: &mut tokio_websockets::WebSocketStream<S>,
+    n: usize,
+    within: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..n {
+        let msg = format!("hello {i}");
+        ws.send(tokio_websockets::Message::text(msg.clone()))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(within, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.as_text(), Some(msg.as_str()));
+    }
+}
 
 /// Sends one request on a fresh connection with the given Host and the caller token.
 pub async fn send(addr: SocketAddr, req: Request<PvBody>) -> Result<Response<Incoming>, String> {
