@@ -373,7 +373,10 @@ pub async fn backend(name: &'static str) -> SocketAddr {
                     service_fn(
                         move |req| async move { Ok::<_, Infallible>(handle(name, req).await) },
                     );
+                // As many fields as Go's servers take (no count limit), so that what the
+                // tunnel passes on is what the test sees.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .max_headers(1000)
                     .serve_connection(TokioIo::new(tcp), svc)
                     .with_upgrades()
                     .await;

@@ -24,11 +24,12 @@ use crate::stats::{Probe, RouteStats};
 use http1::head::{pairs, parse_request as parse_head, HeadError};
 use http1::{rules, HeadFields};
 
-/// Largest request head accepted: 256 KiB, the read buffer hyper's server used, so callers that
-/// worked through the hyper-based port still fit.
-pub const MAX_REQUEST_HEAD: usize = 256 * 1024;
-/// Most header fields accepted in a request head (hyper's default).
-pub const MAX_REQUEST_HEADERS: usize = 100;
+/// Largest request head accepted: the tunnel protocol's head list limit
+/// ([`crate::protocol::MAX_HEADER_LIST`], 256 KiB), which older agents also enforce.
+pub const MAX_REQUEST_HEAD: usize = crate::protocol::MAX_HEADER_LIST as usize;
+/// Most header fields accepted in a request head: no count limit below the byte limit (as the
+/// cwproxy sidecar and Go's servers), so the workspace's binaries answer the same heads alike.
+pub const MAX_REQUEST_HEADERS: usize = usize::MAX;
 
 /// How a request's body follows its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
