@@ -94,6 +94,10 @@ pub struct Redaction {
     shortest_key: usize,
     /// 1 for every byte a key (or a word normalising to one) may start with.
     first_bytes: [u8; 256],
+    /// For each normalised length up to the longest key, the set of bytes a key of that length
+    /// ends with (a 256-bit set): most words of a body (`items`, `tags`, `name`) fail this
+    /// before the binary search of the list.
+    last_bytes: Box<[[u64; 4]]>,
 }
 
 fn normalise(name: &[u8]) -> Box<[u8]> {
@@ -107,8 +111,9 @@ fn normalise(name: &[u8]) -> Box<[u8]> {
 const MAX_NAME: usize = 64;
 
 /// Whether `name`, normalised into a stack buffer, is on the sorted `list`: a binary search,
-/// no allocation. Called for every word of a body's raw text, so kept cheap.
-fn on_list(list: &[Box<[u8]>], name: &[u8]) -> bool {
+/// no allocation, after the normalised word's length and last byte are checked against
+/// `last_bytes` (see [`Redaction`]). Called for every word of a body's raw text, so kept cheap.
+fn on_list(list: &[Box<[u8]>], last_bytes: &[[u64; 4]], name: &[u8]) -> bool {
     let mut buf = [0u8; MAX_NAME];
     let mut n = 0;
     for &b in name {
@@ -120,6 +125,13 @@ fn on_list(list: &[Box<[u8]>], name: &[u8]) -> bool {
         }
         buf[n] = b.to_ascii_lowercase();
         n += 1;
+    }
+    let Some(last) = n.checked_sub(1).map(|i| usize::from(buf[i])) else {
+        return false;
+    };
+    match last_bytes.get(n) {
+        Some(set) if set[last / 64] & (1 << (last % 64)) != 0 => {}
+        _ => return false,
     }
     list.binary_search_by(|k| k.as_ref().cmp(&buf[..n])).is_ok()
 }
@@ -159,12 +171,19 @@ impl Redaction {
         // A word may start with the characters normalisation drops.
         first_bytes[usize::from(b'-')] = 1;
         first_bytes[usize::from(b'_')] = 1;
+        let mut last_bytes = vec![[0u64; 4]; longest_key + 1].into_boxed_slice();
+        for k in &keys {
+            if let (Some(set), Some(&b)) = (last_bytes.get_mut(k.len()), k.last()) {
+                set[usize::from(b) / 64] |= 1 << (b % 64);
+            }
+        }
         Self {
             headers,
             keys,
             longest_key,
             shortest_key,
             first_bytes,
+            last_bytes,
         }
     }
 
@@ -203,7 +222,7 @@ impl Redaction {
                 name.len() >= self.shortest_key
                     && name.len() <= self.longest_key + 8
                     && self.first_bytes[usize::from(first.to_ascii_lowercase())] != 0
-                    && on_list(&self.keys, name)
+                    && on_list(&self.keys, &self.last_bytes, name)
             }
         }
     }
