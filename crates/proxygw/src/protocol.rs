@@ -867,7 +867,8 @@ mod tests {
             assert_eq!(r.next().await.unwrap().unwrap().id, 8);
             assert!(r.next().await.unwrap().is_none());
         }
-        // 256 KiB trickled: re-parsing the buffer after every byte took 10 s in a release build.
+        // 256 KiB trickled one byte per read: a reader that re-parsed the whole buffer after every
+        // byte would be quadratic, seconds at this size (figures: bench/proxygw/README.md).
         let name = "n".repeat(256 << 10);
         for codec in [Codec::Json, Codec::Cbor] {
             let bytes = encode(
