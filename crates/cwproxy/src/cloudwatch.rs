@@ -23,7 +23,7 @@ use aws_credential_types::provider::{future, ProvideCredentials};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_cloudwatchlogs::Client;
-use rand::Rng;
+use netpolicy::{Backoff, Jitter};
 use telemetry::diag::Diag;
 use telemetry::entry::{cloudwatch_form, Category};
 use telemetry::pipeline::EventSink;
@@ -40,12 +40,18 @@ pub const QUEUE_BYTES: usize = 64 << 20;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts per batch for retryable errors (throttling, 5xx, network).
 pub const MAX_ATTEMPTS: u32 = 10;
-/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`], with full jitter.
+/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`] (or [`MAX_SETUP_BACKOFF`]).
 pub const BASE_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest delay between two attempts of one batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Largest delay between two attempts to create the group and stream.
 pub const MAX_SETUP_BACKOFF: Duration = Duration::from_secs(30);
+/// Waits between attempts of one batch. Jittered (each wait a random point in the upper half of
+/// the nominal one) so that many sidecars throttled at the same moment do not retry in lock-step.
+const BATCH_BACKOFF: Backoff = Backoff::new(BASE_BACKOFF, MAX_BACKOFF).jitter(Jitter::UpperHalf);
+/// Waits between attempts to create the group and stream; jittered as [`BATCH_BACKOFF`].
+const SETUP_BACKOFF: Backoff =
+    Backoff::new(BASE_BACKOFF, MAX_SETUP_BACKOFF).jitter(Jitter::UpperHalf);
 /// Time allowed for one API call attempt.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to connect to the endpoint.
@@ -546,16 +552,6 @@ fn one_line(text: &str) -> String {
         .join("; ")
 }
 
-/// Full-jitter exponential backoff for `attempt` (1-based).
-fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
-    let ceiling = exp.min(cap);
-    let ms = u64::try_from(ceiling.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-}
-
 async fn create_resources(client: &Client, target: &Target) -> Result<(), (Class, String)> {
     match client
         .create_log_group()
@@ -715,7 +711,7 @@ impl Sink {
                         return false;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff(attempt, MAX_SETUP_BACKOFF)) => {}
+                        _ = tokio::time::sleep(SETUP_BACKOFF.delay(attempt - 1)) => {}
                         _ = stop.changed() => {}
                     }
                 }
@@ -831,11 +827,11 @@ impl Sink {
                     if attempt + 1 >= MAX_ATTEMPTS {
                         break e;
                     }
-                    tokio::time::sleep(backoff(attempt, MAX_BACKOFF)).await;
+                    tokio::time::sleep(BATCH_BACKOFF.delay(attempt - 1)).await;
                 }
                 continue;
             }
-            tokio::time::sleep(backoff(attempt, MAX_BACKOFF)).await;
+            tokio::time::sleep(BATCH_BACKOFF.delay(attempt - 1)).await;
         };
         let total = self.stats.failed.fetch_add(n_input, Ordering::Relaxed) + n_input;
         self.diag.log(format_args!(
@@ -861,11 +857,15 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_capped() {
-        for attempt in 1..20 {
-            let d = backoff(attempt, MAX_BACKOFF);
-            assert!(d <= MAX_BACKOFF, "{attempt}: {d:?}");
-            let exp = BASE_BACKOFF.saturating_mul(1 << (attempt - 1).min(15));
-            assert!(d >= exp.min(MAX_BACKOFF) / 2, "{attempt}: {d:?}");
+        for (schedule, cap) in [
+            (BATCH_BACKOFF, MAX_BACKOFF),
+            (SETUP_BACKOFF, MAX_SETUP_BACKOFF),
+        ] {
+            for n in 0..20 {
+                let d = schedule.delay(n);
+                let nominal = BASE_BACKOFF.saturating_mul(1 << n.min(15)).min(cap);
+                assert!(d <= nominal && d >= nominal / 2, "{n}: {d:?}");
+            }
         }
     }
 

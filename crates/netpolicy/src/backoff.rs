@@ -29,11 +29,15 @@ pub struct Backoff {
 
 impl Backoff {
     /// Doubling from `initial` up to `max`, without jitter. A `max` below `initial` is raised
-    /// to `initial`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    /// to `initial`. `const` so that a caller can name its schedule as a constant.
+    pub const fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
-            max: max.max(initial),
+            max: if max.as_nanos() < initial.as_nanos() {
+                initial
+            } else {
+                max
+            },
             multiplier: 2.0,
             jitter: Jitter::None,
         }
@@ -51,7 +55,7 @@ impl Backoff {
     }
 
     /// Spreads the delays as `jitter` says.
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
+    pub const fn jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self
     }

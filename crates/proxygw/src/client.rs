@@ -221,13 +221,22 @@ pub fn status_table(s: &StatusResponse) -> String {
     .map(String::from)
     .collect::<Vec<_>>()];
     for x in &s.frontends {
+        // A dual-home frontend lists both endpoints, comma-joined as ENDPOINTS above.
+        let (mut target, mut backend) = (
+            format!("{}:{}", x.target_name, x.endpoint_name),
+            x.proxyaddress.clone(),
+        );
+        if !x.dual_endpoint_name.is_empty() {
+            target = format!("{target},{}:{}", x.target_name, x.dual_endpoint_name);
+            backend = format!("{backend},{}", x.dual_proxyaddress);
+        }
         f.push(vec![
             x.name.clone(),
             x.kind.clone(),
             x.state.clone(),
             format!("{}/{}", x.listen, x.protocol.0),
-            format!("{}:{}", x.target_name, x.endpoint_name),
-            x.proxyaddress.clone(),
+            target,
+            backend,
             x.last_error.clone(),
         ]);
     }

@@ -76,6 +76,8 @@ struct Frontend {
     epoch: u64,
     op: Option<JoinHandle<()>>,
     backend: SocketAddr,
+    /// A dual-home frontend's backend of the other address family.
+    dual_backend: Option<SocketAddr>,
     /// Its DNAT mappings: one, or one per address family for a dual-home frontend.
     mappings: Vec<Mapping>,
 }
@@ -845,6 +847,8 @@ impl<D: Dataplane> Engine<D> {
                     target_name: f.cfg.target_name.clone(),
                     endpoint_name: f.cfg.endpoint_name.clone(),
                     proxyaddress: f.backend.to_string(),
+                    dual_endpoint_name: f.cfg.dual_endpoint.clone().unwrap_or_default(),
+                    dual_proxyaddress: f.dual_backend.map(|b| b.to_string()).unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -1212,6 +1216,7 @@ fn new_frontend(
         epoch: 0,
         op: None,
         backend,
+        dual_backend,
         mappings,
     })
 }

@@ -240,6 +240,13 @@ pub struct FrontendStatus {
     pub endpoint_name: String,
     /// Backend `addr:port` (no underscore, as in the original).
     pub proxyaddress: String,
+    /// A dual-home frontend's endpoint of the other address family (not in the original, whose
+    /// frontends had one endpoint); omitted otherwise, so single-endpoint output keeps its bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dual_endpoint_name: String,
+    /// The backend `addr:port` of [`Self::dual_endpoint_name`]; omitted when that is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dual_proxyaddress: String,
 }
 
 /// A decoded packet whose body is still in its codec's generic form.
@@ -706,6 +713,8 @@ mod tests {
                 target_name: "backend".into(),
                 endpoint_name: "http".into(),
                 proxyaddress: "127.0.0.1:8080".into(),
+                dual_endpoint_name: String::new(),
+                dual_proxyaddress: String::new(),
             }],
         }
     }
@@ -858,7 +867,8 @@ mod tests {
             assert_eq!(r.next().await.unwrap().unwrap().id, 8);
             assert!(r.next().await.unwrap().is_none());
         }
-        // 256 KiB trickled: re-parsing the buffer after every byte took 10 s in a release build.
+        // 256 KiB trickled one byte per read: a reader that re-parsed the whole buffer after every
+        // byte would be quadratic, seconds at this size (figures: bench/proxygw/README.md).
         let name = "n".repeat(256 << 10);
         for codec in [Codec::Json, Codec::Cbor] {
             let bytes = encode(

@@ -54,9 +54,14 @@ struct Setup {
 
 impl Setup {
     async fn new(codec: &str) -> Self {
+        Self::edited(codec, |c| c).await
+    }
+
+    /// A daemon on [`config`] as `edit` changes it.
+    async fn edited(codec: &str, edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg_path = dir.path().join("proxygw.yaml");
-        std::fs::write(&cfg_path, config(dir.path(), codec)).unwrap();
+        std::fs::write(&cfg_path, edit(config(dir.path(), codec))).unwrap();
         let (cfg, reg) = proxygw::plugins::load_checked(&cfg_path).unwrap();
         let daemon = Daemon::start(&cfg, &reg, MemoryDataplane::default(), Logger::discard())
             .await
@@ -165,6 +170,49 @@ async fn status_json_is_exactly_the_originals_shape() {
     assert!(
         out.contains(
             "public-http  static:always  stopped  0.0.0.0:8088/tcp  backend:http  127.0.0.1:8080"
+        ),
+        "{out}"
+    );
+    s.daemon.unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_both_endpoints_of_a_dual_home_frontend() {
+    let s = Setup::edited("json", |c| {
+        c.replace(
+            "      - name: alt\n",
+            "      - name: http6\n        protocol: tcp\n        address: \"[::1]:8080\"\n      - name: alt\n",
+        )
+        .replace("listen: 0.0.0.0:8088", "listen: \"[::]:8088\"")
+        .replace("target: backend:http\n", "target: [backend:http, backend:http6]\n")
+    })
+    .await;
+    let (code, _, err) = s.ctl(&["stop", "public-http"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = s.ctl(&["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    let expected = "  \"frontends\": [
+    {
+      \"name\": \"public-http\",
+      \"kind\": \"static:always\",
+      \"state\": \"stopped\",
+      \"protocol\": \"tcp\",
+      \"listen\": \"[::]:8088\",
+      \"target_name\": \"backend\",
+      \"endpoint_name\": \"http\",
+      \"proxyaddress\": \"127.0.0.1:8080\",
+      \"dual_endpoint_name\": \"http6\",
+      \"dual_proxyaddress\": \"[::1]:8080\"
+    }
+  ]
+}
+";
+    assert!(out.ends_with(expected), "{out}");
+    let (code, out, _) = s.ctl(&["status", "--format", "table"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with(
+            "public-http  static:always  stopped  [::]:8088/tcp  backend:http,backend:http6  127.0.0.1:8080,[::1]:8080\n"
         ),
         "{out}"
     );

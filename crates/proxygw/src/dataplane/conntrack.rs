@@ -176,14 +176,7 @@ fn dump_entries(with_ended: bool) -> Result<Vec<Flow>, DataplaneError> {
             }
             let (buf, _) = match s.recv_from_full() {
                 Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if super::read_timed_out(&e) => continue,
                 Err(e) => return Err(kernel(e)),
             };
             let mut off = 0;
@@ -296,14 +289,7 @@ fn event_loop(s: Socket, sink: FlowSink, log: Logger, stop: Arc<AtomicBool>) {
         }
         let buf = match s.recv_from_full() {
             Ok((b, _)) => b,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if super::read_timed_out(&e) => continue,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 // Events were lost: the dump tells the truth again.
                 log.warn("conntrack events lost; resyncing", &[]);

@@ -75,6 +75,15 @@ pub mod memory;
 pub mod monitor;
 pub mod nft;
 
+/// True when a netlink read ended at the socket's read timeout with nothing to read: the event
+/// threads read with a timeout so that they notice shutdown, and simply read again.
+fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// One frontend's DNAT: new flows to `listen` go to `backend`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Mapping {

@@ -76,11 +76,7 @@ fn watch(s: netlink_sys::Socket, sink: HealSink, log: Logger, stop: Arc<AtomicBo
             }
             // ENOBUFS: events were lost, so something changed.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if super::read_timed_out(&e) => {}
             Err(e) => {
                 log.error("nft monitor socket failed", &[("err", &e)]);
                 std::thread::sleep(SETTLE);
