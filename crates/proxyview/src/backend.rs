@@ -10,13 +10,13 @@
 //! built, filtered and serialised twice per request, about as much work again as the rest of the
 //! agent's.
 //!
-//! A pool is a plain stack of idle connections per route: the most recently used one is taken
-//! first (its buffers are warm), one the backend closed while idle is noticed from its socket's
-//! readiness and dropped, and a request that finds its reused connection closed before any
-//! answer byte is sent again on a new one when it is safe to (no body, idempotent method).
+//! Each route's connections are kept by the workspace's pool (`http1::client::Pool`, as the
+//! cwproxy sidecar's): the most recently used one is taken first, one the backend closed while
+//! idle is dropped, and a request that finds its reused connection closed before any answer
+//! byte is sent again on a new one when it is safe to (no body, idempotent method).
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -29,7 +29,6 @@ use tracing::warn;
 
 use crate::mux::{self, RecvHalf, SendHalf};
 use crate::protocol::{self, BACKEND_POOL_IDLE};
-use http1::client::still_open;
 use http1::head::{pairs, HeadError};
 use http1::{rules, HeadFields, Reader, READ_CHUNK};
 
@@ -167,30 +166,24 @@ impl From<BackendError> for ExchangeError {
     }
 }
 
-/// Keep-alive connections to one backend.
+/// Keep-alive connections to one backend: the workspace's pool (`http1::client::Pool`) and the
+/// exchange on top of it.
 pub struct Pool {
     addr: String,
-    connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
-}
-
-struct Idle {
-    tcp: TcpStream,
-    since: Instant,
+    conns: http1::client::Pool,
 }
 
 impl Pool {
     /// A pool for `addr` (`host:port`).
     pub fn new(addr: String, connect_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            addr,
+        let conns = http1::client::Pool::new(http1::client::PoolConfig {
+            addr: addr.clone(),
             connect_timeout,
-            idle: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+            tcp_keepalive: None,
+            idle_timeout: BACKEND_POOL_IDLE,
+            max_idle: usize::MAX,
+        });
+        Arc::new(Self { addr, conns })
     }
 
     /// Sends `head` (a complete HTTP/1.1 request head, blank line included) and the body read
@@ -214,10 +207,7 @@ impl Pool {
                 .await
             {
                 Ok(Reuse::Yes) => {
-                    self.idle().push(Idle {
-                        tcp,
-                        since: Instant::now(),
-                    });
+                    self.conns.put(tcp);
                     return Ok(Outcome::Done);
                 }
                 Ok(Reuse::No) => return Ok(Outcome::Done),
@@ -369,40 +359,26 @@ impl Pool {
 
     /// An idle connection the backend has not closed, if any.
     fn take_idle(&self) -> Option<TcpStream> {
-        let now = Instant::now();
-        let mut idle = self.idle();
-        while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < BACKEND_POOL_IDLE && still_open(&i.tcp) {
-                return Some(i.tcp);
-            }
-        }
-        None
+        self.conns.take_idle()
     }
 
     /// A new connection to the backend (connect timeout, no Nagle).
     pub async fn connect(&self) -> Result<TcpStream, BackendError> {
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
-            .await
-        {
-            Err(_) => return Err(BackendError::ConnectTimeout(self.addr.clone())),
-            Ok(Err(source)) => {
-                return Err(BackendError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })
+        self.conns.connect().await.map_err(|e| match e {
+            http1::client::ConnectError::Timeout { .. } => {
+                BackendError::ConnectTimeout(self.addr.clone())
             }
-            Ok(Ok(t)) => t,
-        };
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
+            http1::client::ConnectError::Io { source, .. } => BackendError::Connect {
+                addr: self.addr.clone(),
+                source,
+            },
+        })
     }
 
     /// Drops idle connections that timed out or that the backend closed (called periodically,
     /// so an agent without traffic does not hold backend sockets forever).
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.idle()
-            .retain(|i| now.duration_since(i.since) < BACKEND_POOL_IDLE && still_open(&i.tcp));
+        self.conns.sweep();
     }
 
     /// The backend's `host:port`.
@@ -412,7 +388,7 @@ impl Pool {
 
     /// Idle connections currently held.
     pub fn len(&self) -> usize {
-        self.idle().len()
+        self.conns.len()
     }
 
     /// Whether the pool holds no idle connection.
