@@ -81,6 +81,23 @@ struct Response {
     upgrade: Option<HeaderValue>,
 }
 
+/// The upstream's answer: its connection, its head, what was read past the head, and whether
+/// the request body was sent whole.
+struct Answer {
+    tcp: TcpStream,
+    resp: Response,
+    up_buf: BytesMut,
+    body_sent: bool,
+}
+
+/// Why an exchange got no answer from the upstream.
+enum NoAnswer {
+    ClientGone,
+    BadBody,
+    /// Answered 502; the text is logged.
+    Gateway(String),
+}
+
 /// How an attempt failed before a response head arrived.
 enum Failure {
     /// The client left (or broke its request body off): recorded as 499, nothing answered.
@@ -246,43 +263,16 @@ impl Proxy {
                 BodyKind::Length(n) => n <= s.retry.body_buffer_bytes as u64,
                 BodyKind::Chunked => false,
             };
-        let mut upload = match kind {
-            BodyKind::None => Upload::None,
-            BodyKind::Length(n) if replayable => {
-                let mut sink = Collect {
-                    data: BytesMut::with_capacity(usize::try_from(n).unwrap_or(0)),
-                    capture: &mut req_capture,
-                };
-                let mut rd = Watched {
-                    inner: &mut c.rd,
-                    gone: false,
-                };
-                let mut reader = Reader {
-                    rd: &mut rd,
-                    buf: &mut c.buf,
-                    idle: BODY_IDLE,
-                    tap: None,
-                };
-                if reader.forward_bytes(n, true, &mut sink).await.is_err() {
-                    slot.client_gone(req_capture);
-                    return Next::Close;
-                }
-                Upload::Buffered(sink.data.freeze())
+        let mut upload = match self
+            .read_upload(c, kind, replayable, &mut req_capture)
+            .await
+        {
+            Ok(u) => u,
+            Err(Failure::BadBody) => return self.bad_request(c, &req, slot, req_capture).await,
+            Err(_) => {
+                slot.client_gone(req_capture);
+                return Next::Close;
             }
-            BodyKind::Chunked => {
-                // A body broken from its first chunk is refused before the upstream sees anything.
-                match first_chunk_ok(c).await {
-                    Ok(()) => Upload::Stream(kind),
-                    Err(Failure::BadBody) => {
-                        return self.bad_request(c, &req, slot, req_capture).await
-                    }
-                    Err(_) => {
-                        slot.client_gone(req_capture);
-                        return Next::Close;
-                    }
-                }
-            }
-            BodyKind::Length(_) => Upload::Stream(kind),
         };
         let wire_kind = match &upload {
             Upload::None => BodyKind::None,
@@ -299,10 +289,77 @@ impl Proxy {
             )
             .freeze();
 
+        let answer = match self
+            .answer(c, &head, &mut upload, replayable, &mut req_capture)
+            .await
+        {
+            Ok(a) => a,
+            Err(NoAnswer::ClientGone) => {
+                slot.client_gone(req_capture);
+                return Next::Close;
+            }
+            Err(NoAnswer::BadBody) => return self.bad_request(c, &req, slot, req_capture).await,
+            Err(NoAnswer::Gateway(msg)) => {
+                return self.bad_gateway(c, &req, slot, req_capture, &msg).await
+            }
+        };
+        self.respond(c, req, slot, req_capture, answer, draining)
+            .await
+    }
+
+    /// Reads a replayable request body into memory, or checks a chunked one's first chunk; other
+    /// bodies are streamed during the attempt.
+    async fn read_upload(
+        &self,
+        c: &mut Client<'_>,
+        kind: BodyKind,
+        replayable: bool,
+        req_capture: &mut Capture,
+    ) -> Result<Upload, Failure> {
+        match kind {
+            BodyKind::None => Ok(Upload::None),
+            BodyKind::Length(n) if replayable => {
+                let mut sink = Collect {
+                    data: BytesMut::with_capacity(usize::try_from(n).unwrap_or(0)),
+                    capture: req_capture,
+                };
+                let mut rd = Watched {
+                    inner: &mut c.rd,
+                    gone: false,
+                };
+                let mut reader = Reader {
+                    rd: &mut rd,
+                    buf: &mut c.buf,
+                    idle: BODY_IDLE,
+                    tap: None,
+                };
+                reader
+                    .forward_bytes(n, true, &mut sink)
+                    .await
+                    .map_err(|_| Failure::ClientGone)?;
+                Ok(Upload::Buffered(sink.data.freeze()))
+            }
+            // A body broken from its first chunk is refused before the upstream sees anything.
+            BodyKind::Chunked => first_chunk_ok(c).await.map(|()| Upload::Stream(kind)),
+            BodyKind::Length(_) => Ok(Upload::Stream(kind)),
+        }
+    }
+
+    /// The upstream's answer after the attempts the retry policy allows (one fresh connection
+    /// more when a reused one was found closed before any answer byte).
+    async fn answer(
+        &self,
+        c: &mut Client<'_>,
+        head: &Bytes,
+        upload: &mut Upload,
+        replayable: bool,
+        req_capture: &mut Capture,
+    ) -> Result<Answer, NoAnswer> {
+        let s = &*self.shared;
         let max_attempts = if replayable { s.retry.max_attempts } else { 1 };
         let mut attempt = 1u32;
         let mut fresh_tried = false;
-        let (tcp, response, up_buf, body_sent) = loop {
+        loop {
             let more = attempt < max_attempts;
             let conn = if fresh_tried {
                 s.pool
@@ -320,22 +377,13 @@ impl Proxy {
                         attempt += 1;
                         continue;
                     }
-                    return self
-                        .bad_gateway(c, &req, slot, req_capture, &e.to_string())
-                        .await;
+                    return Err(NoAnswer::Gateway(e.to_string()));
                 }
             };
             let mut up_buf = std::mem::take(&mut c.up_buf);
             up_buf.clear();
             let result = self
-                .attempt(
-                    c,
-                    &mut conn,
-                    &head,
-                    &mut upload,
-                    &mut up_buf,
-                    &mut req_capture,
-                )
+                .attempt(c, &mut conn, head, upload, &mut up_buf, req_capture)
                 .await;
             match result {
                 Ok((resp, body_sent)) => {
@@ -345,13 +393,15 @@ impl Proxy {
                         attempt += 1;
                         continue;
                     }
-                    break (conn.tcp, resp, up_buf, body_sent);
+                    return Ok(Answer {
+                        tcp: conn.tcp,
+                        resp,
+                        up_buf,
+                        body_sent,
+                    });
                 }
-                Err(Failure::ClientGone) => {
-                    slot.client_gone(req_capture);
-                    return Next::Close;
-                }
-                Err(Failure::BadBody) => return self.bad_request(c, &req, slot, req_capture).await,
+                Err(Failure::ClientGone) => return Err(NoAnswer::ClientGone),
+                Err(Failure::BadBody) => return Err(NoAnswer::BadBody),
                 Err(Failure::Upstream { msg, fresh_retry }) => {
                     let replay = !matches!(upload, Upload::Stream(_));
                     if fresh_retry && replay && !fresh_tried {
@@ -364,33 +414,15 @@ impl Proxy {
                         attempt += 1;
                         continue;
                     }
-                    return self.bad_gateway(c, &req, slot, req_capture, &msg).await;
+                    return Err(NoAnswer::Gateway(msg));
                 }
                 Err(Failure::Timeout) => {
-                    return self
-                        .bad_gateway(
-                            c,
-                            &req,
-                            slot,
-                            req_capture,
-                            "timeout awaiting response headers",
-                        )
-                        .await
+                    return Err(NoAnswer::Gateway(
+                        "timeout awaiting response headers".to_owned(),
+                    ))
                 }
             }
-        };
-        self.respond(
-            c,
-            req,
-            slot,
-            req_capture,
-            tcp,
-            response,
-            up_buf,
-            body_sent,
-            draining,
-        )
-        .await
+        }
     }
 
     /// One try on one connection: the head and body up, the response head back.
@@ -520,13 +552,16 @@ impl Proxy {
         req: Inbound,
         slot: &mut Slot,
         req_capture: Capture,
-        mut tcp: TcpStream,
-        resp: Response,
-        mut up_buf: BytesMut,
-        body_sent: bool,
+        answer: Answer,
         draining: bool,
     ) -> Next {
         let s = &*self.shared;
+        let Answer {
+            mut tcp,
+            resp,
+            mut up_buf,
+            body_sent,
+        } = answer;
         let status = resp.status;
         let tunnel = if status == 101 {
             let Some(asked) = &req.upgrade else {
@@ -554,61 +589,11 @@ impl Proxy {
         } else {
             req.method == Method::CONNECT && (200..300).contains(&status)
         };
-        let no_body = req.method == Method::HEAD
-            || (100..200).contains(&status)
-            || status == 204
-            || status == 304
-            || tunnel;
-        let up_framing = if no_body {
-            Framing::None
-        } else if resp.fields.has_codings() {
-            if resp.fields.chunked_last {
-                Framing::Chunked
-            } else {
-                Framing::Close
-            }
-        } else if let Some(n) = resp.fields.length {
-            Framing::Length(n)
-        } else {
-            Framing::Close
-        };
-        let out_framing = match up_framing {
-            Framing::Chunked | Framing::Close if req.http10 => Framing::Close,
-            Framing::Close => Framing::Chunked,
-            f => f,
-        };
+        let (up_framing, out_framing) = framings(&req, &resp, tunnel);
         let keep =
             !tunnel && !draining && body_sent && req.keep_alive() && out_framing != Framing::Close;
         let mut out = BytesMut::with_capacity(256 + up_buf.len().min(16 * 1024));
-        status_line(&mut out, req.http10, status);
-        let mut has_date = false;
-        for (name, value) in &resp.headers {
-            if name == header::TRAILER && out_framing != Framing::Chunked {
-                continue;
-            }
-            if name == header::CONTENT_LENGTH
-                && matches!(out_framing, Framing::Chunked | Framing::Close)
-            {
-                continue;
-            }
-            has_date |= name == header::DATE;
-            put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        if !has_date {
-            date_field(&mut out);
-        }
-        if let (true, Some(up)) = (status == 101, &resp.upgrade) {
-            out.extend_from_slice(b"connection: Upgrade\r\n");
-            put_field(&mut out, b"upgrade", up.as_bytes());
-        } else if !keep && !tunnel {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if keep && req.http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        if out_framing == Framing::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        client_head(&mut out, &req, &resp, out_framing, keep, tunnel);
         c.answered = true;
 
         if tunnel {
@@ -817,6 +802,75 @@ enum Framing {
     Length(u64),
     Chunked,
     Close,
+}
+
+/// How the response body is delimited from the upstream, and how it is sent to the client:
+/// chunked when its length is unknown (an HTTP/1.0 client: until the connection closes).
+fn framings(req: &Inbound, resp: &Response, tunnel: bool) -> (Framing, Framing) {
+    let status = resp.status;
+    let no_body = req.method == Method::HEAD
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+        || tunnel;
+    let up = if no_body {
+        Framing::None
+    } else if resp.fields.has_codings() {
+        if resp.fields.chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(n) = resp.fields.length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let out = match up {
+        Framing::Chunked | Framing::Close if req.http10 => Framing::Close,
+        Framing::Close => Framing::Chunked,
+        f => f,
+    };
+    (up, out)
+}
+
+/// Writes the response head for the client: the upstream's fields that this hop passes on,
+/// `Date` when the upstream sent none, and this hop's framing and connection fields.
+fn client_head(
+    out: &mut BytesMut,
+    req: &Inbound,
+    resp: &Response,
+    framing: Framing,
+    keep: bool,
+    tunnel: bool,
+) {
+    status_line(out, req.http10, resp.status);
+    let mut has_date = false;
+    for (name, value) in &resp.headers {
+        if name == header::TRAILER && framing != Framing::Chunked {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && matches!(framing, Framing::Chunked | Framing::Close) {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_date {
+        date_field(out);
+    }
+    if let (true, Some(up)) = (resp.status == 101, &resp.upgrade) {
+        out.extend_from_slice(b"connection: Upgrade\r\n");
+        put_field(out, b"upgrade", up.as_bytes());
+    } else if !keep && !tunnel {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if keep && req.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn relay_to_eof<R, S>(reader: &mut Reader<'_, R>, sink: &mut S) -> Result<(), CopyError>
