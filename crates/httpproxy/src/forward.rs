@@ -17,7 +17,7 @@ use http1::client::{read_response_head, ResponseHeadError};
 use http1::head::{date_field, pairs, parse_response, status_line};
 use http1::{put_field, rules, HeadFields};
 use telemetry::Capture;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::exchange::{Draft, Slot, STATUS_CLIENT_CLOSED};
 use crate::proxy::{Peer, Proxy};
 use crate::request::{BodyKind, Inbound};
+use crate::wire::{relay_to_eof, Collect, Watched, WireSink};
 
 /// Body of the 502 sent when the upstream cannot be reached (Go `http.Error` adds the newline).
 pub const BAD_GATEWAY_BODY: &str = "Bad Gateway\n";
@@ -109,103 +110,6 @@ enum Failure {
     Upstream { msg: String, fresh_retry: bool },
     /// No answer within the response-header timeout.
     Timeout,
-}
-
-/// A [`BodySink`] writing a body to a socket in the framing chosen for this hop, copying what
-/// passes into a capture. Bytes already due (a head) leave with the first piece of the body.
-struct WireSink<'a, W> {
-    wr: &'a mut W,
-    out: BytesMut,
-    chunked: bool,
-    capture: &'a mut Capture,
-    trailers: Option<Bytes>,
-    /// Writing failed: the far side of this sink is gone.
-    failed: bool,
-}
-
-impl<W: AsyncWrite + Unpin + Send> WireSink<'_, W> {
-    async fn flush_out(&mut self) -> Result<(), CopyError> {
-        if !self.out.is_empty() {
-            if self.wr.write_all(&self.out).await.is_err() {
-                self.failed = true;
-                return Err(CopyError::Broken);
-            }
-            self.out.clear();
-        }
-        Ok(())
-    }
-}
-
-impl<W: AsyncWrite + Unpin + Send> BodySink for WireSink<'_, W> {
-    async fn send(&mut self, data: Bytes, end: bool) -> Result<(), CopyError> {
-        use std::fmt::Write as _;
-        self.capture.push(&data);
-        if self.chunked && !data.is_empty() {
-            let _ = write!(self.out, "{:x}\r\n", data.len());
-        }
-        if self.out.len() + data.len() <= 16 * 1024 {
-            self.out.extend_from_slice(&data);
-        } else {
-            self.flush_out().await?;
-            if self.wr.write_all(&data).await.is_err() {
-                self.failed = true;
-                return Err(CopyError::Broken);
-            }
-        }
-        if self.chunked && !data.is_empty() {
-            self.out.extend_from_slice(b"\r\n");
-        }
-        if end && self.chunked {
-            self.out.extend_from_slice(b"0\r\n");
-            if let Some(t) = self.trailers.take() {
-                self.out.extend_from_slice(&t);
-            }
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.flush_out().await
-    }
-
-    fn trailers(&mut self, section: Bytes) {
-        self.trailers = Some(section);
-    }
-}
-
-/// Collects a body in memory (a request made replayable for retries).
-struct Collect<'a> {
-    data: BytesMut,
-    capture: &'a mut Capture,
-}
-
-impl BodySink for Collect<'_> {
-    async fn send(&mut self, data: Bytes, _end: bool) -> Result<(), CopyError> {
-        self.capture.push(&data);
-        self.data.extend_from_slice(&data);
-        Ok(())
-    }
-}
-
-/// A read side that remembers whether it reached EOF or failed, so that a broken body can be
-/// told from a client that went away.
-struct Watched<R> {
-    inner: R,
-    gone: bool,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &r {
-            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => self.gone = true,
-            std::task::Poll::Ready(Err(_)) => self.gone = true,
-            _ => {}
-        }
-        r
-    }
 }
 
 /// The request body as it will be sent: not at all, from memory (replayable), or streamed from
@@ -871,26 +775,6 @@ fn client_head(
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-async fn relay_to_eof<R, S>(reader: &mut Reader<'_, R>, sink: &mut S) -> Result<(), CopyError>
-where
-    R: AsyncRead + Unpin,
-    S: BodySink,
-{
-    loop {
-        if !reader.buf.is_empty() {
-            let data = reader.buf.split().freeze();
-            sink.send(data, false).await?;
-        }
-        reader.buf.reserve(http1::READ_CHUNK);
-        match tokio::time::timeout(reader.idle, reader.rd.read_buf(reader.buf)).await {
-            Err(_) => return Err(CopyError::Idle),
-            Ok(Err(_)) => return Err(CopyError::Broken),
-            Ok(Ok(0)) => return sink.send(Bytes::new(), true).await,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 /// Waits until the client's socket has something to say while the upstream is awaited:

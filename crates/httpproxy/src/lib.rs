@@ -26,6 +26,7 @@ mod proxy;
 mod request;
 pub mod retry;
 mod server;
+mod wire;
 
 pub use config::{
     ConfigError, ProxyConfig, Upstream, CAPTURE_LIMIT, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT,
