@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{HeaderMap, StatusCode};
 use http1::server::{read_request_head, HeadFailure, HeadLimits};
@@ -61,7 +61,11 @@ impl Proxy {
             first = false;
             let next = match head {
                 Ok(n) => {
-                    let head = c.buf.split_to(n).freeze();
+                    // A copy the size of the head: the record keeps its fields until the
+                    // telemetry thread has written it, and a slice would pin the connection's
+                    // whole read buffer that long (and make the next read allocate a new one).
+                    let head = Bytes::copy_from_slice(&c.buf[..n]);
+                    c.buf.advance(n);
                     let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
                     match Inbound::parse(&head) {
                         Ok(req) => {

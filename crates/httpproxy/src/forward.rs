@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http1::body::{BodySink, CopyError, Reader};
@@ -823,7 +823,9 @@ fn response_failure(e: ResponseHeadError, reused: bool) -> Failure {
 
 /// Takes the response head of `n` bytes off `up_buf` and keeps what this hop passes on.
 fn parse_response_head(up_buf: &mut BytesMut, n: usize) -> Result<Response, &'static str> {
-    let head = up_buf.split_to(n).freeze();
+    // A copy the size of the head, not a slice of the read buffer (see `conn.rs`).
+    let head = Bytes::copy_from_slice(&up_buf[..n]);
+    up_buf.advance(n);
     let parsed = parse_response(&head, usize::MAX, |resp, _| {
         let status = resp.code.ok_or("malformed HTTP response")?;
         let fields = HeadFields::read(pairs(resp.headers), |_, _| {})?;
