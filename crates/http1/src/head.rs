@@ -239,6 +239,34 @@ pub fn date_field(out: &mut BytesMut) {
     });
 }
 
+/// A complete response of a proxy's own (a refusal, a 502): status line, `fields`, the body's
+/// length, `Date`, `Connection` (`close`, or `keep-alive` for an HTTP/1.0 client kept), then
+/// `body`.
+pub fn local_response(
+    http10: bool,
+    status: u16,
+    fields: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> BytesMut {
+    use std::fmt::Write as _;
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    status_line(&mut out, http10, status);
+    for (n, v) in fields {
+        put_field(&mut out, n.as_bytes(), v.as_bytes());
+    }
+    let _ = write!(out, "content-length: {}\r\n", body.len());
+    date_field(&mut out);
+    if close {
+        put_field(&mut out, b"connection", b"close");
+    } else if http10 {
+        put_field(&mut out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -66,9 +66,9 @@ impl Proxy {
                     // whole read buffer that long (and make the next read allocate a new one).
                     let head = Bytes::copy_from_slice(&c.buf[..n]);
                     c.buf.advance(n);
-                    let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
                     match Inbound::parse(&head) {
                         Ok(req) => {
+                            let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
                             let draining = drain.is_cancelled();
                             let run = AssertUnwindSafe(
                                 self.exchange(&mut c, req, &peer, &mut slot, draining),
@@ -84,30 +84,18 @@ impl Proxy {
                                 }
                             }
                         }
-                        Err(refused) => {
-                            let _ = refused;
-                            self.refuse(&mut c, &head, &mut slot, StatusCode::BAD_REQUEST)
-                                .await
-                        }
+                        Err(_) => self.refuse(&mut c, &head, StatusCode::BAD_REQUEST).await,
                     }
                 }
                 Err(HeadFailure::Closed | HeadFailure::TimedOut) => return,
-                Err(HeadFailure::Malformed) => {
-                    let head = c.buf.split().freeze();
-                    let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
-                    self.refuse(&mut c, &head, &mut slot, StatusCode::BAD_REQUEST)
-                        .await
-                }
-                Err(HeadFailure::TooLarge) => {
-                    let head = c.buf.split().freeze();
-                    let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
-                    self.refuse(
-                        &mut c,
-                        &head,
-                        &mut slot,
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    )
-                    .await
+                Err(failure) => {
+                    let status = if failure == HeadFailure::TooLarge {
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    let head = c.buf.split();
+                    self.refuse(&mut c, &head, status).await
                 }
             };
             buf = std::mem::take(&mut c.buf);
@@ -134,14 +122,9 @@ impl Proxy {
 
     /// Answers a request that was refused before it was forwarded, and records it with what
     /// could be read of it.
-    async fn refuse(
-        &self,
-        c: &mut Client<'_>,
-        head: &[u8],
-        slot: &mut Slot,
-        status: StatusCode,
-    ) -> Next {
+    async fn refuse(&self, c: &mut Client<'_>, head: &[u8], status: StatusCode) -> Next {
         let s = &*self.shared;
+        let mut slot = Slot::new(std::sync::Arc::clone(&s.sink));
         let (method, uri) = salvaged(head);
         slot.fill(Draft::bare(
             method,
@@ -153,7 +136,7 @@ impl Proxy {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large",
             _ => BAD_REQUEST_BODY,
         };
-        let (bytes, headers) = local_response(false, status, text, false);
+        let (bytes, headers) = local_response(false, status, text);
         slot.finish(
             status.as_u16(),
             headers,
@@ -175,7 +158,6 @@ impl Proxy {
             false,
             StatusCode::INTERNAL_SERVER_ERROR,
             INTERNAL_ERROR_BODY,
-            false,
         );
         slot.finish(
             500,

@@ -602,7 +602,6 @@ impl Proxy {
             req_capture,
             StatusCode::BAD_REQUEST,
             BAD_REQUEST_BODY,
-            false,
         )
         .await
     }
@@ -626,7 +625,6 @@ impl Proxy {
             req_capture,
             StatusCode::BAD_GATEWAY,
             BAD_GATEWAY_BODY,
-            false,
         )
         .await
     }
@@ -641,10 +639,8 @@ impl Proxy {
         req_capture: Capture,
         status: StatusCode,
         text: &'static str,
-        keep: bool,
     ) -> Next {
-        let keep = keep && req.keep_alive();
-        let (bytes, headers) = local_response(req.http10, status, text, keep);
+        let (bytes, headers) = local_response(req.http10, status, text);
         slot.finish(
             status.as_u16(),
             headers,
@@ -656,46 +652,27 @@ impl Proxy {
             return Next::Close;
         }
         c.answered = true;
-        if keep {
-            Next::KeepAlive
-        } else {
-            // The request's body may not have been read: let the answer arrive before a reset.
-            Next::Linger
-        }
+        // The request's body may not have been read: let the answer arrive before a reset.
+        Next::Linger
     }
 }
 
-/// A complete plain-text answer of the proxy's own, and the fields it carries (for the record).
+/// A complete plain-text answer of the proxy's own (the connection closes after it), and the
+/// fields it carries (for the record).
 pub(crate) fn local_response(
     http10: bool,
     status: StatusCode,
     text: &str,
-    keep: bool,
 ) -> (BytesMut, HeaderMap) {
-    let mut headers = HeaderMap::with_capacity(2);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    let mut out = BytesMut::with_capacity(256);
-    status_line(&mut out, http10, status.as_u16());
-    for (n, v) in &headers {
-        put_field(&mut out, n.as_str().as_bytes(), v.as_bytes());
-    }
-    date_field(&mut out);
-    {
-        use std::fmt::Write as _;
-        let _ = write!(out, "content-length: {}\r\n", text.len());
-    }
-    if !keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(text.as_bytes());
+    const FIELDS: [(&str, &str); 2] = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("x-content-type-options", "nosniff"),
+    ];
+    let headers = FIELDS
+        .iter()
+        .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+        .collect();
+    let out = http1::head::local_response(http10, status.as_u16(), &FIELDS, text.as_bytes(), true);
     (out, headers)
 }
 
@@ -837,9 +814,9 @@ fn parse_response_head(up_buf: &mut BytesMut, n: usize) -> Result<Response, &'st
             if n.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok();
             }
-            if (rules::is_dropped(n, &fields, &named) && !n.eq_ignore_ascii_case(b"trailer"))
-                || (fields.has_codings() && n.eq_ignore_ascii_case(b"content-length"))
-            {
+            // Hop-by-hop fields go (a `Content-Length` beside a coding with them); `Trailer`
+            // stays, for the chunked answer that carries the trailers on.
+            if rules::is_dropped(n, &fields, &named) && !n.eq_ignore_ascii_case(b"trailer") {
                 continue;
             }
             let name = HeaderName::from_bytes(n).map_err(|_| "malformed MIME header")?;

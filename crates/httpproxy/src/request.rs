@@ -206,28 +206,12 @@ impl Inbound {
 /// The target as the exchange record keeps it. `http::Uri` holds at most 64 KiB; a longer
 /// target (heads may be 1 MiB) is cut at that length for the record only.
 fn log_uri(target: &Bytes) -> Result<Uri, Refused> {
-    let cut = if target.len() > MAX_LOGGED_TARGET {
-        let mut end = MAX_LOGGED_TARGET;
-        while !target.is_char_boundary_at(end) {
-            end -= 1;
-        }
-        target.slice(..end)
-    } else {
-        target.clone()
-    };
-    Uri::from_maybe_shared(cut).map_err(|_| Refused("invalid request target"))
-}
-
-trait CharBoundary {
-    fn is_char_boundary_at(&self, i: usize) -> bool;
-}
-
-impl CharBoundary for Bytes {
-    fn is_char_boundary_at(&self, i: usize) -> bool {
-        // Targets are ASCII after httparse; any byte is a boundary unless it continues a UTF-8
-        // sequence.
-        self.get(i).is_none_or(|b| (*b as i8) >= -0x40)
+    let mut end = target.len().min(MAX_LOGGED_TARGET);
+    // Not inside a UTF-8 sequence (`http::Uri` takes bytes above ASCII in paths).
+    while end > 0 && end < target.len() && (target[end] as i8) < -0x40 {
+        end -= 1;
     }
+    Uri::from_maybe_shared(target.slice(..end)).map_err(|_| Refused("invalid request target"))
 }
 
 /// The method and target of a request that was refused before it could be parsed whole, for

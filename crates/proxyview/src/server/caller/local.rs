@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::log::LogCtx;
 use crate::protocol;
 use crate::server::state::Server;
-use http1::head::{date_field, status_line};
-use http1::{put_field, SendLimit};
+use http1::head::local_response;
+use http1::SendLimit;
 
 /// Proxyview's exact error page, used for every failure in legacy mode.
 pub const LEGACY_404_BODY: &str = "Resource was not found.";
@@ -71,7 +71,7 @@ impl Server {
                 .collect();
             sink.emit(l.record(status.as_u16(), headers, None, body.len() as u64));
         }
-        local_response(http10, status, fields, body.as_bytes(), close)
+        local_response(http10, status.as_u16(), fields, body.as_bytes(), close)
     }
 }
 
@@ -152,36 +152,7 @@ pub(super) fn local(
     http10: bool,
 ) -> BytesMut {
     let (status, fields, body) = local_answer(legacy, status, PLAIN, msg);
-    local_response(http10, status, fields, body.as_bytes(), close)
-}
-
-/// A complete response: status line, `fields`, length, `Date`, `Connection`, then `body`.
-fn local_response(
-    http10: bool,
-    status: StatusCode,
-    fields: &[(&str, &str)],
-    body: &[u8],
-    close: bool,
-) -> BytesMut {
-    let mut out = BytesMut::with_capacity(256 + body.len());
-    status_line(&mut out, http10, status.as_u16());
-    for (n, v) in fields {
-        put_field(&mut out, n.as_bytes(), v.as_bytes());
-    }
-    put_field(
-        &mut out,
-        b"content-length",
-        body.len().to_string().as_bytes(),
-    );
-    date_field(&mut out);
-    if close {
-        put_field(&mut out, b"connection", b"close");
-    } else if http10 {
-        put_field(&mut out, b"connection", b"keep-alive");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+    local_response(http10, status.as_u16(), fields, body.as_bytes(), close)
 }
 
 #[cfg(test)]
